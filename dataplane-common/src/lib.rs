@@ -1,0 +1,193 @@
+//! Map keys and values shared by the XDP program (`dataplane-ebpf`) and the controller
+//! (`dataplane-user`).
+//!
+//! The classifier is a short chain of lookups, each constant work whatever the number of flows:
+//!
+//! 1. `DST_V4`/`DST_V6` (LPM trie): destination address -> destination class (a set of protected
+//!    roles). No match: the destination is not protected.
+//! 2. `SRC_V4`/`SRC_V6` (LPM trie): source address -> source class (the set of every role whose
+//!    CIDRs contain the address, so a broader role is never hidden by a more specific one).
+//!    No match: class [`CLASS_NONE`].
+//! 3. `PAIRS` (hash): (source class, destination class) -> policy id, a deduplicated set of flows.
+//!    No match: no flow allows the packet.
+//! 4. `PORTS` (LPM trie): (policy, protocol, destination port prefix) -> verdict value. A port
+//!    range is stored as the few prefixes that cover it.
+//! 5. `SPORTS` (LPM trie), only when the value says so: (source-port table, source port prefix)
+//!    -> verdict value, for flows that also constrain the source port.
+//!
+//! Multi-byte fields of LPM keys are big-endian so that prefix bits run from the most
+//! significant bit, as the kernel's LPM trie compares them.
+#![no_std]
+
+/// Source class of an address that is in no role.
+pub const CLASS_NONE: u32 = 0;
+
+/// Verdict value bit: the low bits name a source-port table to look up next, not a flow.
+pub const VALUE_SPORT_TABLE: u32 = 1 << 31;
+/// Verdict value bit: the flow is a documented prohibition; the packet is dropped.
+pub const VALUE_DENY: u32 = 1 << 30;
+/// Low bits of a verdict value: a flow index (counter slot) or a source-port table id.
+pub const VALUE_INDEX_MASK: u32 = VALUE_DENY - 1;
+
+/// Key of `PAIRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    pub src_class: u32,
+    pub dst_class: u32,
+}
+
+/// Data part of a `PORTS` LPM key: policy (BE), protocol, destination port (BE), padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub policy: [u8; 4],
+    pub proto: u8,
+    pub dport: [u8; 2],
+    pub pad: u8,
+}
+
+/// Bits of a `PortKey` before the destination port: policy and protocol always match exactly.
+pub const PORT_KEY_FIXED_BITS: u32 = 40;
+
+impl PortKey {
+    #[inline(always)]
+    pub const fn new(policy: u32, proto: u8, dport: u16) -> Self {
+        Self { policy: policy.to_be_bytes(), proto, dport: dport.to_be_bytes(), pad: 0 }
+    }
+}
+
+/// Data part of a `SPORTS` LPM key: table (BE), source port (BE), padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SportKey {
+    pub table: [u8; 4],
+    pub sport: [u8; 2],
+    pub pad: [u8; 2],
+}
+
+/// Bits of a `SportKey` before the source port.
+pub const SPORT_KEY_FIXED_BITS: u32 = 32;
+
+impl SportKey {
+    #[inline(always)]
+    pub const fn new(table: u32, sport: u16) -> Self {
+        Self { table: table.to_be_bytes(), sport: sport.to_be_bytes(), pad: [0; 2] }
+    }
+}
+
+/// Packets and bytes; the value of every per-CPU counter array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `CONFIG` array slot 0: site-wide switches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bit set of `CONFIG_*`.
+    pub flags: u32,
+}
+
+/// Drop traffic to addresses that are not protected (default: pass it).
+pub const CONFIG_DROP_UNPROTECTED: u32 = 1 << 0;
+/// Pass ICMP/ICMPv6 echo requests and replies to protected addresses.
+pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
+
+/// Why a packet got its verdict: the index of the `REASONS` per-CPU counter array.
+/// Every packet the program sees moves exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Allowed by a flow (the flow's own counter moves too).
+    PassFlow = 0,
+    /// Destination is not a protected address.
+    PassUnprotected = 1,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNonIp = 2,
+    /// ICMP/ICMPv6 control traffic: errors, neighbour discovery, echo when allowed.
+    PassIcmp = 3,
+    /// Non-first fragment of a datagram whose first fragment was allowed.
+    PassFragment = 4,
+    /// No flow matches (address classes, protocol, ports).
+    DropNoFlow = 5,
+    /// A documented prohibition matches (the flow's own counter moves too).
+    DropDenyFlow = 6,
+    /// The frame or its headers are truncated or inconsistent.
+    DropMalformed = 7,
+    /// Non-first fragment with no allowed first fragment, or a first fragment too short for ports.
+    DropFragment = 8,
+    /// Unprotected destination, dropped because the site says so.
+    DropUnprotected = 9,
+    /// ICMP echo to a protected address when the site does not allow it, or other ICMP.
+    DropIcmp = 10,
+    /// More VLAN tags or IPv6 extension headers than the parser reads.
+    DropUnparsed = 11,
+}
+
+pub const REASON_COUNT: u32 = 12;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassFlow,
+        Reason::PassUnprotected,
+        Reason::PassNonIp,
+        Reason::PassIcmp,
+        Reason::PassFragment,
+        Reason::DropNoFlow,
+        Reason::DropDenyFlow,
+        Reason::DropMalformed,
+        Reason::DropFragment,
+        Reason::DropUnprotected,
+        Reason::DropIcmp,
+        Reason::DropUnparsed,
+    ];
+
+    /// Stable snake_case name used by `stats`, `explain` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassFlow => "flow",
+            Reason::PassUnprotected => "unprotected",
+            Reason::PassNonIp => "non_ip",
+            Reason::PassIcmp => "icmp_control",
+            Reason::PassFragment => "fragment_of_allowed",
+            Reason::DropNoFlow => "no_flow",
+            Reason::DropDenyFlow => "deny_flow",
+            Reason::DropMalformed => "malformed",
+            Reason::DropFragment => "fragment",
+            Reason::DropUnprotected => "unprotected",
+            Reason::DropIcmp => "icmp",
+            Reason::DropUnparsed => "unparsed",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= Reason::DropNoFlow as u32
+    }
+}
+
+/// Key of the `FRAGS` LRU map: a datagram whose first fragment was allowed.
+/// Addresses are 16 bytes; IPv4 uses the first 4 and zeroes the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for SportKey {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FragKey {}
+}

@@ -1,0 +1,53 @@
+//! `dataplane`: compile vendor-documented firewall policy for collaboration servers into XDP maps,
+//! enforce it in the NIC driver, and report per-flow counters.
+
+use clap::{Parser, Subcommand};
+use dataplane::{cli_policy, lab, run, stats};
+
+#[derive(Parser)]
+#[command(name = "dataplane", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the policy catalogs (one per source document).
+    Catalogs(cli_policy::CatalogsArgs),
+    /// List the roles of the catalogs.
+    Roles(cli_policy::RolesArgs),
+    /// List every documented flow.
+    Flows(cli_policy::FlowsArgs),
+    /// Validate a site and compile it into the map tables; print a summary.
+    Compile(cli_policy::CompileArgs),
+    /// Predict the verdict for packets, through the compiled tables.
+    Explain(cli_policy::ExplainArgs),
+    /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Per-flow packets and bytes and drop reasons, read from the pinned maps.
+    Stats(stats::StatsArgs),
+    /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
+    Lab(lab::LabArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_secs()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Lab(lab::LabArgs::default())) {
+        Command::Catalogs(a) => cli_policy::catalogs(a),
+        Command::Roles(a) => cli_policy::roles(a),
+        Command::Flows(a) => cli_policy::flows(a),
+        Command::Compile(a) => cli_policy::compile(a),
+        Command::Explain(a) => cli_policy::explain(a),
+        Command::Run(a) => run::run(a),
+        Command::Stats(a) => stats::stats(a),
+        Command::Lab(a) => lab::lab(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
