@@ -3,6 +3,7 @@
 
 pub mod cli_policy;
 pub mod lab;
+pub mod load;
 pub mod run;
 pub mod stats;
 pub mod tables;

@@ -1,1 +1,132 @@
-fn main() {}
+//! `cargo xtask`: builds the eBPF object and the controller, and runs the project's jobs.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use setup::say;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run and test the XDP dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object and the `dataplane` binary (installs missing build tools).
+    Build,
+    /// Run every test, including those that load the program into the kernel (needs root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run `dataplane` as root with ARGS; with no ARGS, the built-in lab.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("[xtask] error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Build => {
+            build_ebpf()?;
+            cargo(&["build", "--release", "-p", "dataplane-user"])
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Run { args } => {
+            setup::check_kernel()?;
+            build_ebpf()?;
+            cargo(&["build", "--release", "-p", "dataplane-user"])?;
+            let args = if args.is_empty() { vec!["lab".to_string()] } else { args };
+            let bin = workspace().join("target/release/dataplane");
+            check(Command::new(&bin).args(&args).status(), &format!("dataplane {}", args.join(" ")))
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // Kernel tests are never skipped: without root, BTF or bpffs they cannot mean anything.
+    setup::check_kernel()?;
+    setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
+    build_ebpf()?;
+    let started = Instant::now();
+    let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
+    unit.extend(args.iter().map(String::as_str));
+    cargo(&unit)?;
+    // Kernel tests share interfaces and pinned paths: one at a time.
+    let mut kernel = vec!["test", "-p", "dataplane-tests", "--", "--test-threads=1"];
+    kernel.extend(args.iter().map(String::as_str));
+    cargo(&kernel)?;
+    say(&format!("all tests passed in {:.0?}", started.elapsed()));
+    Ok(())
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// The eBPF object the controller embeds (see dataplane-user/build.rs).
+fn ebpf_object() -> PathBuf {
+    workspace().join("dataplane-ebpf/target/bpfel-unknown-none/release/dataplane")
+}
+
+fn build_ebpf() -> Result<()> {
+    let toolchain = setup::bpf_toolchain()?;
+    setup::ensure_bpf_linker()?;
+    say(&format!("building the eBPF object with {}", toolchain.description));
+    let dir = workspace().join("dataplane-ebpf");
+    let mut cmd = Command::new("cargo");
+    cmd.args(&toolchain.cargo_prefix)
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .current_dir(&dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .envs(toolchain.env.iter().map(|(k, v)| (k, v)));
+    // bpf-linker may have just been installed into cargo's bin directory.
+    if let Some(path) = std::env::var_os("PATH") {
+        let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        let mut paths = vec![PathBuf::from(home).join("bin")];
+        paths.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(paths)?);
+    }
+    check(cmd.status(), "building the eBPF object")?;
+    if !ebpf_object().exists() {
+        bail!("the eBPF build did not produce {}", ebpf_object().display());
+    }
+    Ok(())
+}
+
+/// Runs host cargo in the workspace with the eBPF object to embed.
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace())
+        .env("DATAPLANE_EBPF_OBJECT", ebpf_object())
+        .status();
+    check(status, &format!("cargo {}", args.join(" ")))
+}
+
+fn check(status: std::io::Result<ExitStatus>, what: &str) -> Result<()> {
+    let status = status.with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Packet parsing: Ethernet with up to two VLAN tags, IPv4 (any header length), IPv6 with a bounded
+//! chain of extension headers, then TCP/UDP ports or the ICMP type.
+//!
+//! Every read is bounds-checked against `data_end` at a bounded offset so that the verifier can
+//! follow it. Parsing never guesses: what cannot be read completely is reported as such, and the
+//! classifier drops it when it is headed to a protected address.
+
+use aya_ebpf::programs::XdpContext;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+/// 802.1Q and 802.1ad (QinQ): two tags at most.
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers the parser follows before giving up.
+const MAX_IPV6_EXT: usize = 6;
+/// Furthest offset an upper-layer header may start at; keeps offsets bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const ICMP_HLEN: usize = 4;
+
+/// Where a packet stands in fragmentation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment.
+    Whole,
+    /// The first fragment: it carries the transport header.
+    First,
+    /// A later fragment: no transport header; judged by its datagram's first fragment.
+    Later,
+}
+
+/// What the parser could read of the transport layer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Ports { sport: u16, dport: u16 },
+    Icmp { ty: u8 },
+    /// Another protocol, or a later fragment (no header to read).
+    None,
+    /// Headers cut short, or lengths that contradict each other.
+    Malformed,
+    /// Longer chains of extension headers than the parser reads.
+    Unparsed,
+    /// A fragment too small to be judged safely: a first fragment that does not hold the whole
+    /// transport header, or a TCP fragment that would overlap it (RFC 1858).
+    BadFragment,
+}
+
+/// An IP packet with readable addresses. IPv4 addresses use the first 4 bytes.
+pub struct Packet {
+    pub v6: bool,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    pub frag: Frag,
+    pub frag_id: u32,
+    pub l4: L4,
+}
+
+pub enum Parsed {
+    /// Not IP (ARP, LLDP, ...).
+    NonIp,
+    /// Not even the addresses can be read.
+    Malformed,
+    /// More VLAN tags than the parser reads.
+    TooManyTags,
+    Ip(Packet),
+}
+
+/// Reads N bytes at `off`, or None past the end of the frame.
+///
+/// `data` and `data_end` are read with volatile loads so that LLVM cannot prove this check
+/// redundant from the length arithmetic elsewhere and drop it: the verifier only trusts a
+/// comparison of the packet pointer against `data_end`.
+#[inline(always)]
+fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+    // Safety: reading two fields of the context the kernel handed us.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    };
+    if start + off + N > end {
+        return None;
+    }
+    // Safety: the N bytes at `off` lie inside the packet (checked just above).
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(eth) = load::<ETH_HLEN>(ctx, 0) else { return Parsed::Malformed };
+    let mut ethertype = be16([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(tag) = load::<VLAN_HLEN>(ctx, off) else { return Parsed::Malformed };
+        ethertype = be16([tag[2], tag[3]]);
+        off += VLAN_HLEN;
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, off, frame_len),
+        ETH_P_IPV6 => parse_ipv6(ctx, off, frame_len),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::TooManyTags,
+        _ => Parsed::NonIp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
+    let Some(h) = load::<20>(ctx, l3) else { return Parsed::Malformed };
+    if h[0] >> 4 != 4 {
+        return Parsed::Malformed;
+    }
+    let mut p = Packet {
+        v6: false,
+        src: [0; 16],
+        dst: [0; 16],
+        proto: h[9],
+        frag: Frag::Whole,
+        frag_id: be16([h[4], h[5]]) as u32,
+        l4: L4::None,
+    };
+    p.src[..4].copy_from_slice(&h[12..16]);
+    p.dst[..4].copy_from_slice(&h[16..20]);
+
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = be16([h[2], h[3]]) as usize;
+    // Header length below 20, past the datagram, or a datagram longer than the frame.
+    if ihl < 20 || total < ihl || l3 + total > frame_len {
+        p.l4 = L4::Malformed;
+        return Parsed::Ip(p);
+    }
+    let frag = be16([h[6], h[7]]);
+    let offset8 = (frag & 0x1fff) as usize;
+    let more = frag & 0x2000 != 0;
+    p.frag = if offset8 != 0 {
+        Frag::Later
+    } else if more {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
+    if p.frag == Frag::Later {
+        // RFC 1858: a TCP fragment at offset 8 or 16 would rewrite the header of the first.
+        if p.proto == IPPROTO_TCP && offset8 * 8 < TCP_HLEN {
+            p.l4 = L4::BadFragment;
+        }
+        return Parsed::Ip(p);
+    }
+    p.l4 = parse_l4(ctx, l3 + ihl, l3 + total, p.proto, IPPROTO_ICMP, p.frag);
+    Parsed::Ip(p)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
+    let Some(h) = load::<IPV6_HLEN>(ctx, l3) else { return Parsed::Malformed };
+    if h[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut p = Packet {
+        v6: true,
+        src: [0; 16],
+        dst: [0; 16],
+        proto: h[6],
+        frag: Frag::Whole,
+        frag_id: 0,
+        l4: L4::None,
+    };
+    p.src.copy_from_slice(&h[8..24]);
+    p.dst.copy_from_slice(&h[24..40]);
+
+    let end = l3 + IPV6_HLEN + be16([h[4], h[5]]) as usize;
+    if end > frame_len {
+        p.l4 = L4::Malformed;
+        return Parsed::Ip(p);
+    }
+    let mut off = l3 + IPV6_HLEN;
+    let mut next = h[6];
+    let mut done = false;
+    for _ in 0..MAX_IPV6_EXT {
+        let cur = next;
+        let len = match cur {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let Some(e) = load::<2>(ctx, off) else {
+                    p.l4 = L4::Malformed;
+                    return Parsed::Ip(p);
+                };
+                next = e[0];
+                if cur == IPPROTO_AH {
+                    (e[1] as usize + 2) * 4
+                } else {
+                    (e[1] as usize + 1) * 8
+                }
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(e) = load::<8>(ctx, off) else {
+                    p.l4 = L4::Malformed;
+                    return Parsed::Ip(p);
+                };
+                next = e[0];
+                let fo = be16([e[2], e[3]]);
+                p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                if fo >> 3 != 0 {
+                    p.frag = Frag::Later;
+                    p.proto = next;
+                    if next == IPPROTO_TCP && ((fo >> 3) as usize) * 8 < TCP_HLEN {
+                        p.l4 = L4::BadFragment;
+                    }
+                    return Parsed::Ip(p);
+                }
+                if fo & 1 != 0 {
+                    p.frag = Frag::First;
+                }
+                8
+            }
+            _ => {
+                done = true;
+                0
+            }
+        };
+        if done {
+            break;
+        }
+        p.proto = next;
+        off += len;
+        if off > MAX_L4_OFFSET || off > end {
+            p.l4 = if off > end { L4::Malformed } else { L4::Unparsed };
+            return Parsed::Ip(p);
+        }
+    }
+    if !done && is_ipv6_ext(next) {
+        p.l4 = L4::Unparsed;
+        return Parsed::Ip(p);
+    }
+    p.proto = next;
+    p.l4 = parse_l4(ctx, off, end, next, IPPROTO_ICMPV6, p.frag);
+    Parsed::Ip(p)
+}
+
+#[inline(always)]
+fn is_ipv6_ext(nh: u8) -> bool {
+    matches!(nh, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS)
+}
+
+/// Reads the transport header at `off`, which must end by `end` (the end of the IP datagram).
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, off: usize, end: usize, proto: u8, icmp: u8, frag: Frag) -> L4 {
+    if off > MAX_L4_OFFSET {
+        return L4::Unparsed;
+    }
+    let need = match proto {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        p if p == icmp => ICMP_HLEN,
+        _ => return L4::None,
+    };
+    if off + need > end {
+        return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
+    }
+    let Some(b) = load::<4>(ctx, off) else { return L4::Malformed };
+    if proto == icmp {
+        return L4::Icmp { ty: b[0] };
+    }
+    if proto == IPPROTO_TCP {
+        // Data offset below 5 words or past the datagram: the header lies about itself.
+        let Some(d) = load::<1>(ctx, off + 12) else { return L4::Malformed };
+        let doff = ((d[0] >> 4) as usize) * 4;
+        if doff < TCP_HLEN || off + doff > end {
+            return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
+        }
+    }
+    L4::Ports { sport: be16([b[0], b[1]]), dport: be16([b[2], b[3]]) }
+}
