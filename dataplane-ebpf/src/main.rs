@@ -33,6 +33,12 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes everything: the baseline `cargo xtask bench` measures the classifier against.
+#[xdp]
+pub fn baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
     if let Some(c) = map.get_ptr_mut(index) {

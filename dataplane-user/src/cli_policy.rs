@@ -1,6 +1,500 @@
-//! Placeholder: the policy subcommands are being written.
-macro_rules! cmd { ($($f:ident $a:ident),*) => { $(
-    #[derive(clap::Args)] pub struct $a {}
-    pub fn $f(_a: $a) -> anyhow::Result<()> { anyhow::bail!("not built yet") }
-)* } }
-cmd!(catalogs CatalogsArgs, roles RolesArgs, flows FlowsArgs, compile CompileArgs, explain ExplainArgs);
+//! Policy subcommands: `catalogs`, `roles`, `flows`, `compile`, `explain`.
+
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::classify::{
+    Classifier, Decision, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use crate::compile::{compile_with_summary, Summary};
+use crate::policy::ports::format_ranges;
+use crate::policy::{self, catalog_dir, load_all_catalogs, Catalog, Policy};
+use crate::tables::Tables;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct CatalogsArgs {
+    /// Print JSON: [{"name", "path", "document", ...}].
+    #[arg(long)]
+    pub json: bool,
+    /// Catalog directory (default: $DATAPLANE_CATALOG_DIR, ./policies/catalog, the source tree's).
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct RolesArgs {
+    /// Print JSON: [{"id", "aliases", "any", ...}].
+    #[arg(long)]
+    pub json: bool,
+    /// Only the roles of this catalog.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct FlowsArgs {
+    /// Print JSON: every flow with its ports resolved at the options' defaults.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the flows of this catalog.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct CompileArgs {
+    /// The site file.
+    #[arg(long, value_name = "FILE", required_unless_present = "synthetic")]
+    pub site: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Catalog directory (default: $DATAPLANE_CATALOG_DIR, <site dir>/../catalog, ...).
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+    /// Compile a synthetic site instead: FLOWS:CIDRS[:SEED] (benchmarks).
+    #[arg(long, value_name = "FLOWS:CIDRS[:SEED]", hide = true)]
+    pub synthetic: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ExplainArgs {
+    /// The site file.
+    #[arg(long, value_name = "FILE")]
+    pub site: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+    /// One packet from flags instead of JSON lines on stdin: source address.
+    #[arg(long, value_name = "IP", requires_all = ["dst", "proto"])]
+    pub src: Option<IpAddr>,
+    #[arg(long, value_name = "IP", requires = "src")]
+    pub dst: Option<IpAddr>,
+    /// tcp, udp, icmp, icmpv6 or a protocol number.
+    #[arg(long, value_name = "PROTO", requires = "src")]
+    pub proto: Option<String>,
+    /// Source port (default 49152).
+    #[arg(long, value_name = "N", requires = "src")]
+    pub sport: Option<u16>,
+    #[arg(long, value_name = "N", requires = "src")]
+    pub dport: Option<u16>,
+    /// ICMP type (default: echo request).
+    #[arg(long, value_name = "N", requires = "src")]
+    pub icmp_type: Option<u8>,
+}
+
+/// Source port assumed when a packet does not give one: the first IANA ephemeral port.
+pub const DEFAULT_SPORT: u16 = 49152;
+
+fn catalogs_in(dir: Option<&Path>, only: Option<&str>) -> anyhow::Result<Vec<Catalog>> {
+    let dir = catalog_dir(dir, None);
+    let all = load_all_catalogs(&dir)?;
+    match only {
+        None => Ok(all),
+        Some(name) => {
+            let c: Vec<Catalog> = all.into_iter().filter(|c| c.name == name).collect();
+            if c.is_empty() {
+                anyhow::bail!("no catalog `{name}` in {}", dir.display());
+            }
+            Ok(c)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn catalogs(a: CatalogsArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalog_dir.as_deref(), None)?;
+    let rows: Vec<Value> = cats
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "path": c.path, "document": c.document, "title": c.title,
+                "roles": c.roles.len(), "flows": c.flows.len(),
+                "options": c.options.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if a.json {
+        return print_json(&rows);
+    }
+    let w = cats.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:w$}  {:>5}  {:>5}  {:30}  TITLE",
+        "NAME", "ROLES", "FLOWS", "DOCUMENT"
+    );
+    for c in &cats {
+        println!(
+            "{:w$}  {:>5}  {:>5}  {:30}  {}",
+            c.name,
+            c.roles.len(),
+            c.flows.len(),
+            c.document,
+            c.title
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RoleRow {
+    id: String,
+    aliases: Vec<String>,
+    any: bool,
+    description: String,
+    catalogs: Vec<String>,
+}
+
+pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let mut rows: Vec<RoleRow> = Vec::new();
+    for c in &cats {
+        for r in &c.roles {
+            let row = match rows.iter_mut().position(|x| x.id == r.id) {
+                Some(i) => &mut rows[i],
+                None => {
+                    let row = RoleRow {
+                        id: r.id.clone(),
+                        aliases: vec![],
+                        any: false,
+                        description: r.description.clone(),
+                        catalogs: vec![],
+                    };
+                    rows.push(row);
+                    rows.last_mut().expect("just pushed")
+                }
+            };
+            row.any |= r.any;
+            row.catalogs.push(c.name.clone());
+            for al in &r.aliases {
+                if !row.aliases.contains(al) {
+                    row.aliases.push(al.clone());
+                }
+            }
+        }
+    }
+    if a.json {
+        return print_json(&rows);
+    }
+    let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    println!("{:w$}  ANY  CATALOGS / ALIASES", "ID");
+    for r in &rows {
+        println!(
+            "{:w$}  {:3}  {} / {}",
+            r.id,
+            if r.any { "yes" } else { "" },
+            r.catalogs.join(","),
+            r.aliases.join("; ")
+        );
+    }
+    Ok(())
+}
+
+pub fn flows(a: FlowsArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let rows: Vec<Value> = cats.iter().flat_map(flow_rows).collect();
+    if a.json {
+        return print_json(&rows);
+    }
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    println!(
+        "{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  ACTION",
+        "ID", "FROM", "TO", "PROTO", "SPORT", "DPORT"
+    );
+    for r in &rows {
+        let proto = r["protocols"].as_array().map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("+")
+        });
+        let mut action = s(r, "action");
+        if !r["included"].as_bool().unwrap_or(true) {
+            action.push_str(" (when)");
+        }
+        println!(
+            "{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  {}",
+            s(r, "id"),
+            s(r, "from"),
+            s(r, "to"),
+            proto.unwrap_or_default(),
+            s(r, "sport"),
+            s(r, "dport"),
+            action
+        );
+    }
+    Ok(())
+}
+
+/// A catalog's flows as JSON, ports resolved at the options' defaults.
+fn flow_rows(c: &Catalog) -> Vec<Value> {
+    let values = c.default_values();
+    c.flows
+        .iter()
+        .map(|f| {
+            let (sport, dport) = (f.sport().resolve(&values), f.dport().resolve(&values));
+            let protocols: Vec<&str> = f.protocols.iter().map(|p| p.name()).collect();
+            serde_json::json!({
+                "id": f.id, "catalog": c.name, "description": f.description,
+                "from": f.from, "to": f.to,
+                "protocol": if protocols.len() == 1 { Value::from(protocols[0]) } else { Value::from(protocols.clone()) },
+                "protocols": protocols,
+                "sport": format_ranges(&sport), "dport": format_ranges(&dport),
+                "sport_ranges": sport, "dport_ranges": dport,
+                "action": f.action.name(),
+                "when": if f.when.0.is_empty() { Value::Null } else { f.when.to_json() },
+                "included": f.when.holds(&values),
+                "document": c.document, "table": f.table, "note": f.note,
+            })
+        })
+        .collect()
+}
+
+pub fn compile(a: CompileArgs) -> anyhow::Result<()> {
+    let policy = match (&a.synthetic, &a.site) {
+        (Some(spec), _) => synthetic_policy(spec)?,
+        (None, Some(site)) => load(site, a.catalog_dir.as_deref())?,
+        (None, None) => anyhow::bail!("--site FILE is required"),
+    };
+    let (_, s) = compile_with_summary(&policy)?;
+    if a.json {
+        let v = serde_json::json!({
+            "site": policy.name, "path": policy.path,
+            "catalogs": policy.catalogs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            "summary": s,
+        });
+        return print_json(&v);
+    }
+    print_summary(&policy, &s);
+    Ok(())
+}
+
+fn synthetic_policy(spec: &str) -> anyhow::Result<Policy> {
+    let n: Vec<u64> = spec
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("--synthetic FLOWS:CIDRS[:SEED]")?;
+    match n[..] {
+        [f, c] => Ok(crate::synth::synthetic_site(f as usize, c as usize, 1)),
+        [f, c, seed] => Ok(crate::synth::synthetic_site(f as usize, c as usize, seed)),
+        _ => anyhow::bail!("--synthetic FLOWS:CIDRS[:SEED]"),
+    }
+}
+
+fn print_summary(p: &Policy, s: &Summary) {
+    let cats: Vec<&str> = p.catalogs.iter().map(|c| c.name.as_str()).collect();
+    println!(
+        "site {} ({}): catalogs {}",
+        p.name,
+        p.path.display(),
+        cats.join(", ")
+    );
+    println!("roles: {} ({} protected)", s.roles, s.protected_roles);
+    println!(
+        "flows: {} catalog flows enforced, {} counter slots",
+        s.catalog_flows, s.slots
+    );
+    println!(
+        "address classes: {} source, {} destination",
+        s.src_classes, s.dst_classes
+    );
+    println!(
+        "policies: {}, source-port tables: {}",
+        s.policies, s.sport_tables
+    );
+    println!("{:14} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
+    for m in &s.maps {
+        let note = if m.kind == "percpu_array" {
+            " per CPU"
+        } else {
+            ""
+        };
+        println!("{:14} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
+    }
+    println!("compiled in {:.1} ms", s.elapsed.as_secs_f64() * 1000.0);
+}
+
+fn load(site: &Path, dir: Option<&Path>) -> anyhow::Result<Policy> {
+    policy::load_site_from(site, &catalog_dir(dir, Some(site)))
+}
+
+/// One line of `explain` output.
+#[derive(Serialize)]
+struct Answer<'a> {
+    verdict: &'static str,
+    flow: Option<&'a str>,
+    reason: &'static str,
+    slot: Option<usize>,
+    catalog: Option<&'a str>,
+    description: Option<&'a str>,
+}
+
+fn answer<'a>(t: &'a Tables, d: &Decision) -> Answer<'a> {
+    let info = d.flow.and_then(|s| t.flows.get(s));
+    Answer {
+        verdict: if d.allow { "allow" } else { "deny" },
+        flow: info.map(|f| f.id.as_str()),
+        reason: d.reason.name(),
+        slot: d.flow,
+        catalog: info.map(|f| f.catalog.as_str()),
+        description: info.map(|f| f.description.as_str()),
+    }
+}
+
+pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
+    let policy = load(&a.site, a.catalog_dir.as_deref())?;
+    let (tables, _) = compile_with_summary(&policy)?;
+    let cls = Classifier::new(&tables);
+    if let (Some(src), Some(dst), Some(proto)) = (a.src, a.dst, &a.proto) {
+        let proto = proto_number(&Value::from(proto.as_str()), dst)?;
+        let p = packet(
+            src,
+            dst,
+            proto,
+            a.sport.map(u32::from),
+            a.dport.map(u32::from),
+            a.icmp_type.map(u32::from),
+        )?;
+        println!(
+            "{}",
+            serde_json::to_string(&answer(&tables, &cls.classify(&p)))?
+        );
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    let mut bad = 0;
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(&line) {
+            Ok(p) => {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&answer(&tables, &cls.classify(&p)))?
+                )?;
+                out.flush()?;
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("stdin:{}: {e:#}", i + 1);
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} bad input line(s)");
+    }
+    Ok(())
+}
+
+/// `tcp`, `udp`, `icmp` (ICMPv6 for an IPv6 destination), `icmpv6`, or a number 0-255.
+fn proto_number(v: &Value, dst: IpAddr) -> anyhow::Result<u8> {
+    match v {
+        Value::String(s) => match s.as_str() {
+            "tcp" => Ok(IPPROTO_TCP),
+            "udp" => Ok(IPPROTO_UDP),
+            "icmp" if dst.is_ipv6() => Ok(IPPROTO_ICMPV6),
+            "icmp" => Ok(IPPROTO_ICMP),
+            "icmpv6" => Ok(IPPROTO_ICMPV6),
+            _ => anyhow::bail!("field \"proto\": `{s}` is not tcp, udp, icmp, icmpv6 or a number"),
+        },
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| anyhow::anyhow!("field \"proto\": {n} is not a protocol number 0-255")),
+        _ => anyhow::bail!("field \"proto\" must be a string or a number"),
+    }
+}
+
+fn packet(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    sport: Option<u32>,
+    dport: Option<u32>,
+    icmp: Option<u32>,
+) -> anyhow::Result<Packet> {
+    if src.is_ipv4() != dst.is_ipv4() {
+        anyhow::bail!("fields \"src\" and \"dst\" must be the same IP version");
+    }
+    let port = |name: &str, v: u32| {
+        u16::try_from(v).map_err(|_| anyhow::anyhow!("field \"{name}\": {v} is above 65535"))
+    };
+    let ported = proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+    let dport = match dport {
+        Some(d) => port("dport", d)?,
+        None if ported => anyhow::bail!("field \"dport\" is required for tcp and udp"),
+        None => 0,
+    };
+    let sport = port("sport", sport.unwrap_or(DEFAULT_SPORT as u32))?;
+    let icmp_type = icmp
+        .map(|t| {
+            u8::try_from(t).map_err(|_| anyhow::anyhow!("field \"icmp_type\": {t} is above 255"))
+        })
+        .transpose()?;
+    Ok(Packet {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        icmp_type,
+    })
+}
+
+/// One JSON line: {"src", "dst", "proto", "sport", "dport", "icmp_type"?}; other keys ignored.
+pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
+    let v: Value = serde_json::from_str(line).context("not valid JSON")?;
+    if !v.is_object() {
+        anyhow::bail!("expected a JSON object");
+    }
+    let ip = |k: &str| -> anyhow::Result<IpAddr> {
+        let s = v
+            .get(k)
+            .ok_or_else(|| anyhow::anyhow!("field \"{k}\" is missing"))?;
+        let s = s
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("field \"{k}\" must be a string"))?;
+        s.parse()
+            .map_err(|_| anyhow::anyhow!("field \"{k}\": `{s}` is not an IP address"))
+    };
+    let num = |k: &str| -> anyhow::Result<Option<u32>> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| anyhow::anyhow!("field \"{k}\" must be a non-negative integer")),
+        }
+    };
+    let (src, dst) = (ip("src")?, ip("dst")?);
+    let proto = proto_number(
+        v.get("proto")
+            .ok_or_else(|| anyhow::anyhow!("field \"proto\" is missing"))?,
+        dst,
+    )?;
+    packet(
+        src,
+        dst,
+        proto,
+        num("sport")?,
+        num("dport")?,
+        num("icmp_type")?,
+    )
+}

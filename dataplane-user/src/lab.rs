@@ -1,6 +1,247 @@
-#[derive(clap::Args, Default)]
-pub struct LabArgs {}
+//! `dataplane lab`: the product on a built-in lab. Two network namespaces joined by a veth pair;
+//! the server side is protected by the lab site; a client with addresses in several roles sends
+//! documented and undocumented TCP and UDP; what got through is compared with what `explain`
+//! predicts, next to the live counters. Everything is torn down at the end, on Ctrl-C too.
 
-pub fn lab(_a: LabArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    classify, load,
+    netns::{self, Lab, Servers, SERVER_IF},
+    run::{compile_site, Enforcer, Mode},
+    state::FlowRecord,
+    stats::Stats,
+};
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Site to enforce (default: policies/sites/lab.yaml).
+    #[arg(long)]
+    pub site: Option<PathBuf>,
+    /// Rounds of traffic, with the counters printed after each.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
+impl Default for LabArgs {
+    fn default() -> Self {
+        Self { site: None, rounds: 3 }
+    }
+}
+
+const SERVER: [&str; 2] = ["10.200.0.1", "fd00:200::1"];
+/// Client addresses: the management PC, the VCS Control, and an address in no named role.
+const CLIENTS: [(&str, &str); 6] = [
+    ("10.200.0.2", "management PC"),
+    ("10.200.0.3", "VCS Control"),
+    ("10.200.0.9", "no named role"),
+    ("fd00:200::2", "management PC"),
+    ("fd00:200::3", "VCS Control"),
+    ("fd00:200::9", "no named role"),
+];
+/// Documented and undocumented ports the clients try.
+const PROBES: [(u8, u16); 10] = [
+    (6, 22),
+    (6, 443),
+    (6, 5061),
+    (6, 7001),
+    (6, 8080),
+    (17, 161),
+    (17, 5060),
+    (17, 3478),
+    (17, 36000),
+    (17, 9999),
+];
+const UDP_BURST: usize = 5;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn default_site() -> PathBuf {
+    let local = PathBuf::from("policies/sites/lab.yaml");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/sites/lab.yaml"))
+}
+
+pub fn lab(a: LabArgs) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab creates network namespaces and loads an XDP program: run it as root");
+    }
+    // Ctrl-C and SIGTERM stop the traffic; the namespaces are then removed on the way out.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let site = a.site.unwrap_or_else(default_site);
+    println!("lab: compiling {}", site.display());
+    let tables = compile_site(&site)?;
+
+    println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
+    let server_addrs = [format!("{}/24", SERVER[0]), format!("{}/64", SERVER[1])];
+    let client_addrs: Vec<String> =
+        CLIENTS.iter().map(|(a, _)| format!("{a}/{}", if a.contains(':') { 64 } else { 24 })).collect();
+    let lab = Lab::new(
+        "dp-lab",
+        &server_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+        &client_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+
+    let (enforcer, modes) = Enforcer::start(&site, &tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server))?;
+    println!(
+        "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
+        modes[0],
+        tables.flows.len(),
+        tables.dst_v4.len() + tables.dst_v6.len()
+    );
+    let servers = start_servers(&lab.server)?;
+    let classifier = classify::Classifier::new(&tables);
+    let flows: Vec<FlowRecord> = tables.flows.iter().map(FlowRecord::from).collect();
+
+    let mut mismatches = 0;
+    for round in 0..a.rounds {
+        if STOP.load(Ordering::Relaxed) {
+            println!("lab: interrupted");
+            break;
+        }
+        println!("\nlab: round {} of {}", round + 1, a.rounds);
+        mismatches += run_round(&lab, &servers, &classifier, &tables, round)?;
+        let c = load::Counters::read(&enforcer.ebpf)?;
+        print!("{}", Stats::new(&flows, &c.flows, &c.reasons).render());
+    }
+    drop(servers);
+    drop(enforcer);
+    println!("\nlab: tearing down namespaces");
+    drop(lab);
+    if mismatches > 0 {
+        bail!("{mismatches} probes did not get the verdict explain predicted");
+    }
+    println!("lab: every probe got the verdict explain predicted");
+    Ok(())
+}
+
+fn start_servers(ns: &str) -> Result<Servers> {
+    let mut tcp = vec![];
+    let mut udp = vec![];
+    for server in SERVER {
+        let ip: IpAddr = server.parse()?;
+        for (proto, port) in PROBES {
+            let list = if proto == 6 { &mut tcp } else { &mut udp };
+            list.push(SocketAddr::new(ip, port));
+        }
+    }
+    Servers::start(ns, &tcp, &udp)
+}
+
+struct Probe {
+    client: IpAddr,
+    role: &'static str,
+    proto: u8,
+    sport: u16,
+    dst: SocketAddr,
+    udp_index: Option<usize>,
+    expect: classify::Decision,
+}
+
+/// Sends every probe at once (threads), then compares the outcome with the prediction.
+fn run_round(lab: &Lab, servers: &Servers, classifier: &classify::Classifier, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
+    let mut probes = vec![];
+    let mut udp_index = 0;
+    for (si, server) in SERVER.iter().enumerate() {
+        let server: IpAddr = server.parse()?;
+        for (i, (proto, port)) in PROBES.iter().copied().enumerate() {
+            let this_udp = (proto == 17).then(|| {
+                udp_index += 1;
+                udp_index - 1
+            });
+            for (ci, (client, role)) in CLIENTS.iter().enumerate() {
+                let client: IpAddr = client.parse()?;
+                if client.is_ipv4() != server.is_ipv4() {
+                    continue;
+                }
+                let sport = 40000 + (round as u16) * 600 + (si * 300 + ci * 30 + i) as u16;
+                let packet = classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None };
+                probes.push(Probe {
+                    client,
+                    role,
+                    proto,
+                    sport,
+                    dst: SocketAddr::new(server, port),
+                    udp_index: this_udp,
+                    expect: classifier.classify(&packet),
+                });
+            }
+        }
+    }
+    let before: Vec<u64> = servers.udp_received.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let outcomes: Vec<Result<bool>> = std::thread::scope(|s| {
+        let handles: Vec<_> = probes
+            .iter()
+            .filter(|p| p.proto == 6)
+            .map(|p| {
+                s.spawn(|| {
+                    netns::tcp_exchange_from(&lab.client, SocketAddr::new(p.client, p.sport), p.dst, Duration::from_millis(800))
+                })
+            })
+            .collect();
+        for p in probes.iter().filter(|p| p.proto == 17) {
+            let _ = netns::udp_send_from(&lab.client, SocketAddr::new(p.client, p.sport), p.dst, UDP_BURST);
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(false))).collect()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    // UDP: several clients share a server socket, so compare the total each socket received.
+    let mut expected_udp = vec![0u64; servers.udp_received.len()];
+    for p in probes.iter().filter(|p| p.expect.allow) {
+        if let Some(i) = p.udp_index {
+            expected_udp[i] += UDP_BURST as u64;
+        }
+    }
+    let mut mismatches = 0;
+    let mut tcp_results = outcomes.into_iter();
+    for p in &probes {
+        let got = match p.udp_index {
+            None => tcp_results.next().transpose()?.unwrap_or(false),
+            Some(i) => servers.udp_received[i].load(Ordering::Relaxed) - before[i] == expected_udp[i] && p.expect.allow,
+        };
+        let ok = match p.udp_index {
+            None => got == p.expect.allow,
+            Some(i) => servers.udp_received[i].load(Ordering::Relaxed) - before[i] == expected_udp[i],
+        };
+        if !ok {
+            mismatches += 1;
+            if let Some(i) = p.udp_index {
+                println!("    udp {}: the server socket received {} datagrams, {} expected", p.dst, servers.udp_received[i].load(Ordering::Relaxed) - before[i], expected_udp[i]);
+            }
+        }
+        let flow = p.expect.flow.map(|s| tables.flows[s].id.as_str()).unwrap_or("-");
+        println!(
+            "  {:<12} {:<14} -> {:<5} {:>5}  explain: {:<5} {:<14} {:<34} {}",
+            p.client.to_string(),
+            p.role,
+            if p.proto == 6 { "tcp" } else { "udp" },
+            p.dst.port(),
+            if p.expect.allow { "allow" } else { "deny" },
+            p.expect.reason.name(),
+            flow,
+            match (ok, got) {
+                (true, true) => "got through",
+                (true, false) => "blocked",
+                (false, _) => "MISMATCH",
+            }
+        );
+    }
+    Ok(mismatches)
 }

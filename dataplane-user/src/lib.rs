@@ -1,9 +1,15 @@
 //! The controller: policy catalogs and sites, the compiler, the userspace classifier that
 //! `explain` uses, and loading, running and reading the XDP program.
 
+pub mod classify;
 pub mod cli_policy;
+pub mod compile;
 pub mod lab;
+pub mod policy;
 pub mod load;
+pub mod netns;
 pub mod run;
+pub mod state;
 pub mod stats;
+pub mod synth;
 pub mod tables;

@@ -57,8 +57,15 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// The program that passes everything, for benchmarks.
+pub const BASELINE: &str = "baseline";
+
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    Ok(ebpf.program_mut(PROGRAM).context("XDP program missing from the object")?.try_into()?)
+    program_named(ebpf, PROGRAM)
+}
+
+pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
 fn fill(ebpf: &mut Ebpf, t: &Tables) -> Result<()> {

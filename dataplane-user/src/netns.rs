@@ -60,6 +60,8 @@ impl Lab {
         ip(&["netns", "add", &lab.server])?;
         ip(&["link", "add", CLIENT_IF, "netns", &lab.client, "type", "veth", "peer", "name", SERVER_IF, "netns", &lab.server])?;
         for (ns, ifname, addrs) in [(&lab.client, CLIENT_IF, client_addrs), (&lab.server, SERVER_IF, server_addrs)] {
+            // Duplicate address detection would hold IPv6 traffic back for a second or two.
+            in_netns(ns, || std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0"))??;
             for a in addrs {
                 let mut args = vec!["-n", ns.as_str(), "addr", "add", a, "dev", ifname];
                 if a.contains(':') {
@@ -70,7 +72,30 @@ impl Lab {
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        lab.wait_ready(Duration::from_secs(5))?;
         Ok(lab)
+    }
+
+    /// Waits until both ends are operationally up with no tentative address, within `limit`.
+    /// A new veth pair's carrier is switched on by linkwatch up to a second later; until then
+    /// the kernel holds IPv6 traffic back.
+    fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        let ready = |ns: &str, ifname: &str| {
+            let show = |args: &[&str]| Command::new("ip").args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let link = show(&["-n", ns, "link", "show", ifname]).unwrap_or_default();
+            let tentative = show(&["-n", ns, "-6", "addr", "show", "tentative"]).unwrap_or_else(|_| "?".into());
+            link.contains("state UP") && tentative.is_empty()
+        };
+        loop {
+            if ready(&self.client, CLIENT_IF) && ready(&self.server, SERVER_IF) {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("the veth pair is not up after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn teardown(&self) {
@@ -154,8 +179,12 @@ fn serve_udp(sock: UdpSocket, stop: Arc<AtomicBool>, count: Arc<std::sync::atomi
 /// Connects from namespace `ns`, bound to `src`, sends a message and waits for its echo.
 /// Ok(true): the connection completed; Ok(false): it timed out or was refused.
 pub fn tcp_exchange(ns: &str, src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<bool> {
+    tcp_exchange_from(ns, SocketAddr::new(src, 0), dst, timeout)
+}
+
+/// As `tcp_exchange`, from a chosen source port.
+pub fn tcp_exchange_from(ns: &str, local: SocketAddr, dst: SocketAddr, timeout: Duration) -> Result<bool> {
     in_netns(ns, || -> Result<bool> {
-        let local = SocketAddr::new(src, 0);
         let stream = connect_from(local, dst, timeout);
         let Ok(mut stream) = stream else { return Ok(false) };
         stream.set_read_timeout(Some(timeout))?;
@@ -249,8 +278,13 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Sends `count` UDP datagrams from `src` in namespace `ns` to `dst`.
 pub fn udp_send(ns: &str, src: IpAddr, dst: SocketAddr, count: usize) -> Result<()> {
+    udp_send_from(ns, SocketAddr::new(src, 0), dst, count)
+}
+
+/// As `udp_send`, from a chosen source port.
+pub fn udp_send_from(ns: &str, local: SocketAddr, dst: SocketAddr, count: usize) -> Result<()> {
     in_netns(ns, || -> Result<()> {
-        let sock = UdpSocket::bind(SocketAddr::new(src, 0)).with_context(|| format!("bind {src}"))?;
+        let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
         for i in 0..count {
             sock.send_to(format!("datagram {i}").as_bytes(), dst)?;
         }

@@ -1,6 +1,121 @@
-#[derive(clap::Args, Default)]
-pub struct RunArgs {}
+//! `dataplane run`: compile a site, load the program, attach it to interfaces, pin its maps, and
+//! enforce until SIGINT or SIGTERM; then detach cleanly.
 
-pub fn run(_a: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{xdp::XdpLinkId, XdpMode};
+use log::{info, warn};
+
+use crate::{load, state, tables::Tables};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Site file (policies/sites/*.yaml).
+    #[arg(long)]
+    pub site: PathBuf,
+    /// Interface to enforce on (repeat for several).
+    #[arg(long = "iface", required = true)]
+    pub ifaces: Vec<String>,
+    /// native: in the driver; skb: generic mode; auto: native, else skb with a warning.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Validates and compiles a site into the tables the maps will hold.
+pub fn compile_site(site: &Path) -> Result<Tables> {
+    let policy = crate::policy::load_site(site)?;
+    crate::compile::compile(&policy)
+}
+
+/// The program, loaded with a policy, attached to interfaces and pinned for `stats`.
+pub struct Enforcer {
+    pub ebpf: aya::Ebpf,
+    links: Vec<XdpLinkId>,
+    _pins: state::Pins,
+}
+
+impl Enforcer {
+    /// Loads `tables`, pins the maps and records the state, then attaches to each interface
+    /// (`netns`: inside that network namespace). Returns the mode used per interface.
+    pub fn start(site: &Path, tables: &Tables, ifaces: &[String], mode: Mode, netns: Option<&str>) -> Result<(Self, Vec<&'static str>)> {
+        let mut ebpf = load::load(tables)?;
+        let pins = state::Pins::create(&ebpf, site, tables, ifaces)?;
+        let mut links = vec![];
+        let mut modes = vec![];
+        for iface in ifaces {
+            let prog = load::program(&mut ebpf)?;
+            let (link, used) = match netns {
+                Some(ns) => crate::netns::in_netns(ns, || attach(prog, iface, mode))??,
+                None => attach(prog, iface, mode)?,
+            };
+            links.push(link);
+            modes.push(used);
+        }
+        Ok((Self { ebpf, links, _pins: pins }, modes))
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        if let Ok(prog) = load::program(&mut self.ebpf) {
+            for link in self.links.drain(..) {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+}
+
+fn attach(prog: &mut aya::programs::Xdp, iface: &str, mode: Mode) -> Result<(XdpLinkId, &'static str)> {
+    if mode != Mode::Skb {
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(link) => return Ok((link, "native")),
+            Err(e) if mode == Mode::Auto => {
+                warn!("{iface}: native XDP is not available ({e}); falling back to generic (skb) mode, which runs later and costs more per packet");
+            }
+            Err(e) => return Err(e).with_context(|| format!("attaching natively to {iface} (try --mode skb)")),
+        }
+    }
+    let link = prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in skb mode"))?;
+    Ok((link, "skb"))
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
+    }
+    let tables = compile_site(&a.site)?;
+    let (enforcer, modes) = Enforcer::start(&a.site, &tables, &a.ifaces, a.mode, None)?;
+    for (iface, mode) in a.ifaces.iter().zip(&modes) {
+        println!(
+            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes; counters: dataplane stats",
+            a.site.display(),
+            tables.flows.len(),
+            tables.dst_v4.len() + tables.dst_v6.len()
+        );
+    }
+    wait_for_signal()?;
+    info!("stopping: detaching from {}", a.ifaces.join(", "));
+    drop(enforcer);
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM.
+pub fn wait_for_signal() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! Helpers for the tests that need a real kernel: crafted frames through BPF_PROG_TEST_RUN, and
 //! network namespaces joined by a veth pair for real traffic.
 
-pub mod netns;
 pub mod packet;
 
 use anyhow::{Context, Result};

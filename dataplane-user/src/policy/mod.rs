@@ -1,0 +1,212 @@
+//! Policy sources: catalogs and sites, validated with `file:line:column` errors, resolved into a
+//! [`Policy`]: roles with addresses and the flows that can reach a protected role, in counter-slot
+//! order. `compile` turns a `Policy` into map tables; `classify::reference` evaluates it directly.
+
+pub mod catalog;
+pub mod cidr;
+pub mod options;
+pub mod ports;
+pub mod site;
+mod yaml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
+
+use crate::tables::FlowInfo;
+pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
+pub use cidr::Cidr;
+pub use options::{OptValue, OptionValues, SiteOptions};
+pub use ports::{PortSpec, Ranges};
+pub use site::Site;
+
+/// A role as the site sees it.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub id: String,
+    pub any: bool,
+    /// The site's binding; for an unbound `any` role 0.0.0.0/0 and ::/0; else none.
+    pub cidrs: Vec<Cidr>,
+    pub protected: bool,
+}
+
+/// One compiled flow (one protocol of a catalog flow); its index in `Policy::flows` is its slot.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub info: FlowInfo,
+    /// Role indices into `Policy::roles`.
+    pub from: usize,
+    pub to: usize,
+    pub proto: u8,
+    pub sport: Ranges,
+    pub dport: Ranges,
+    pub deny: bool,
+}
+
+/// A site resolved against its catalogs: what the compiler needs.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub path: PathBuf,
+    /// Selected catalogs, in the site's order (flow precedence follows it).
+    pub catalogs: Vec<Catalog>,
+    /// Every role of the selected catalogs, in first-declared order.
+    pub roles: Vec<Role>,
+    /// Flows whose `to` is protected and whose `when` holds, in slot order.
+    pub flows: Vec<Flow>,
+    /// Catalog flows included (before the tcp/udp split).
+    pub catalog_flows: usize,
+    pub drop_unprotected: bool,
+    pub allow_echo: bool,
+}
+
+impl Policy {
+    pub fn config(&self) -> Config {
+        let mut flags = 0;
+        if self.drop_unprotected {
+            flags |= CONFIG_DROP_UNPROTECTED;
+        }
+        if self.allow_echo {
+            flags |= CONFIG_ALLOW_ECHO;
+        }
+        Config { flags }
+    }
+
+    pub fn protected(&self) -> impl Iterator<Item = &Role> {
+        self.roles.iter().filter(|r| r.protected)
+    }
+
+    /// Builds a policy from a checked site and its catalogs (in the site's order).
+    pub fn resolve(site: &Site, catalogs: Vec<Catalog>) -> anyhow::Result<Policy> {
+        let mut roles: Vec<Role> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for r in catalogs.iter().flat_map(|c| &c.roles) {
+            match index.get(&r.id) {
+                Some(&i) => roles[i].any |= r.any,
+                None => {
+                    index.insert(r.id.clone(), roles.len());
+                    roles.push(Role {
+                        id: r.id.clone(),
+                        any: r.any,
+                        cidrs: Vec::new(),
+                        protected: false,
+                    });
+                }
+            }
+        }
+        let role_of = |id: &str| {
+            index
+                .get(id)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("unknown role `{id}`"))
+        };
+        for r in roles.iter_mut().filter(|r| r.any) {
+            r.cidrs = vec![Cidr::ANY_V4, Cidr::ANY_V6];
+        }
+        for (id, cidrs) in &site.roles {
+            roles[role_of(id)?].cidrs = cidrs.clone();
+        }
+        for id in &site.protect {
+            let i = role_of(id)?;
+            if roles[i].cidrs.is_empty() {
+                anyhow::bail!("protected role `{id}` has no addresses");
+            }
+            roles[i].protected = true;
+        }
+        let mut flows = Vec::new();
+        let mut catalog_flows = 0;
+        for c in &catalogs {
+            let values = OptionValues::resolve(&c.options, &site.options.0);
+            for f in &c.flows {
+                let (from, to) = (role_of(&f.from)?, role_of(&f.to)?);
+                if !roles[to].protected || !f.when.holds(&values) {
+                    continue;
+                }
+                catalog_flows += 1;
+                let (sport, dport) = (f.sport().resolve(&values), f.dport().resolve(&values));
+                for p in &f.protocols {
+                    flows.push(Flow {
+                        info: flow_info(c, f, *p),
+                        from,
+                        to,
+                        proto: p.number(),
+                        sport: sport.clone(),
+                        dport: dport.clone(),
+                        deny: f.action == Action::Deny,
+                    });
+                }
+            }
+        }
+        let opt = |n: &str| site.options.get(n).map(|v| v.to_string());
+        Ok(Policy {
+            name: site.name.clone(),
+            path: site.path.clone(),
+            catalogs,
+            roles,
+            flows,
+            catalog_flows,
+            drop_unprotected: opt("unprotected").as_deref() == Some("drop"),
+            allow_echo: opt("icmp-echo").as_deref() == Some("allow"),
+        })
+    }
+}
+
+pub fn flow_info(c: &Catalog, f: &FlowDecl, p: Proto) -> FlowInfo {
+    FlowInfo {
+        id: f.id.clone(),
+        catalog: c.name.clone(),
+        from: f.from.clone(),
+        to: f.to.clone(),
+        protocol: p.name().into(),
+        action: f.action.name().into(),
+        description: f.description.clone(),
+        document: c.document.clone(),
+        table: f.table.clone(),
+    }
+}
+
+/// The catalog directory: `explicit`, else `$DATAPLANE_CATALOG_DIR`, else `<site dir>/../catalog`,
+/// else `./policies/catalog`, else the source tree's `policies/catalog`.
+pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
+    if let Some(d) = explicit {
+        return d.to_owned();
+    }
+    if let Some(d) = std::env::var_os("DATAPLANE_CATALOG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = site.and_then(Path::parent) {
+        // `policies/sites` -> `policies/catalog`, written without `..` when the name allows.
+        candidates.push(match (dir.parent(), dir.file_name()) {
+            (Some(up), Some(_)) => up.join("catalog"),
+            _ => dir.join("../catalog"),
+        });
+    }
+    candidates.push(PathBuf::from("policies/catalog"));
+    candidates
+        .into_iter()
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog"))
+        })
+}
+
+/// Loads and checks a site with its catalogs from the default catalog directory ([`catalog_dir`]).
+pub fn load_site(path: &Path) -> anyhow::Result<Policy> {
+    load_site_from(path, &catalog_dir(None, Some(path)))
+}
+
+/// Loads and checks a site with its catalogs from `catalog_dir`.
+pub fn load_site_from(path: &Path, catalog_dir: &Path) -> anyhow::Result<Policy> {
+    let (site, catalogs) = site::load_site_file(path, catalog_dir)?;
+    Policy::resolve(&site, catalogs)
+}
+
+/// Every catalog in `dir`, sorted by name (flow ids unique across them).
+pub fn load_all_catalogs(dir: &Path) -> anyhow::Result<Vec<Catalog>> {
+    let files = catalog_files(dir)?;
+    catalog::load_catalogs(&files.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
+}
+
+use catalog::catalog_files;

@@ -1,0 +1,508 @@
+//! Catalog options: declarations, values, `when` conditions, and the values a site chooses.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::yaml::{catalog_ctx, checked_map, site_ctx, StrWith};
+
+/// Option names the dataplane itself reads from a site; catalogs may not declare them.
+pub const DATAPLANE_OPTIONS: [&str; 2] = ["unprotected", "icmp-echo"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionKind {
+    Enum(Vec<String>),
+    Int { min: i64, max: i64 },
+    Bool,
+}
+
+/// An option value as written: a string, an integer or a boolean.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OptValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl fmt::Display for OptValue {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            OptValue::Str(s) => f.write_str(s),
+            OptValue::Int(n) => write!(f, "{n}"),
+            OptValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl OptValue {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            OptValue::Str(s) => s.as_str().into(),
+            OptValue::Int(n) => (*n).into(),
+            OptValue::Bool(b) => (*b).into(),
+        }
+    }
+}
+
+impl OptionKind {
+    /// The canonical value for `v`, or why it is not a value of this option.
+    pub fn check(&self, v: &OptValue) -> Result<OptValue, String> {
+        match (self, v) {
+            (OptionKind::Enum(vals), OptValue::Str(_) | OptValue::Int(_)) => {
+                let s = v.to_string();
+                if vals.contains(&s) {
+                    Ok(OptValue::Str(s))
+                } else {
+                    Err(format!(
+                        "`{s}` is not a value of this option ({})",
+                        self.describe()
+                    ))
+                }
+            }
+            (OptionKind::Int { min, max }, OptValue::Int(n)) if (*min..=*max).contains(n) => {
+                Ok(v.clone())
+            }
+            (OptionKind::Bool, OptValue::Bool(_)) => Ok(v.clone()),
+            _ => Err(format!(
+                "`{v}` is not a value of this option ({})",
+                self.describe()
+            )),
+        }
+    }
+
+    /// Every value, for enum and bool options (what `by` must cover).
+    pub fn values(&self) -> Option<Vec<OptValue>> {
+        match self {
+            OptionKind::Enum(v) => Some(v.iter().map(|s| OptValue::Str(s.clone())).collect()),
+            OptionKind::Bool => Some(vec![OptValue::Bool(false), OptValue::Bool(true)]),
+            OptionKind::Int { .. } => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            OptionKind::Enum(v) => format!("one of: {}", v.join(", ")),
+            OptionKind::Int { min, max } => format!("an integer {min}..{max}"),
+            OptionKind::Bool => "true or false".into(),
+        }
+    }
+}
+
+/// Reads a scalar option value and checks it against `kind` (if known) inside the visitor.
+pub(crate) struct ValueSeed<'a>(pub Option<&'a OptionKind>);
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = OptValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<OptValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ValueSeed<'_> {
+    fn done<E: de::Error>(self, v: OptValue) -> Result<OptValue, E> {
+        match self.0 {
+            Some(k) => k.check(&v).map_err(E::custom),
+            None => Ok(v),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = OptValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an option value (a string, an integer or a boolean)")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<OptValue, E> {
+        self.done(OptValue::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<OptValue, E> {
+        self.done(OptValue::Int(n))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
+        let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
+        self.done(OptValue::Int(n))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
+        self.done(OptValue::Str(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for OptValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ValueSeed(None).deserialize(d)
+    }
+}
+
+/// A declared option.
+#[derive(Clone, Debug)]
+pub struct OptionDecl {
+    pub description: String,
+    pub kind: OptionKind,
+    pub default: OptValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecl {
+    #[serde(default)]
+    description: String,
+    values: Option<Vec<String>>,
+    integer: Option<IntRange>,
+    bool: Option<bool>,
+    default: Option<OptValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntRange {
+    min: i64,
+    max: i64,
+}
+
+impl<'de> Deserialize<'de> for OptionDecl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_map(d, |r: RawDecl| {
+            let kind = match (r.values, r.integer, r.bool) {
+                (Some(v), None, None) => {
+                    if v.is_empty() {
+                        return Err("`values` must list at least one value".into());
+                    }
+                    if let Some(dup) = v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)) {
+                        return Err(format!("value `{}` is listed twice", dup.1));
+                    }
+                    OptionKind::Enum(v)
+                }
+                (None, Some(IntRange { min, max }), None) if min <= max => {
+                    OptionKind::Int { min, max }
+                }
+                (None, Some(_), None) => return Err("`integer`: min is above max".into()),
+                (None, None, Some(true)) => OptionKind::Bool,
+                (None, None, Some(false)) => {
+                    return Err("`bool:` must be `true` (it marks a boolean option)".into())
+                }
+                _ => {
+                    return Err(
+                        "an option needs exactly one of `values`, `integer` or `bool`".into(),
+                    )
+                }
+            };
+            let default = r.default.ok_or("missing field `default`")?;
+            let default = kind.check(&default).map_err(|e| format!("default: {e}"))?;
+            Ok(OptionDecl {
+                description: r.description,
+                kind,
+                default,
+            })
+        })
+    }
+}
+
+/// A flow's condition: every listed option must have one of the listed values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct When(pub Vec<(String, Vec<OptValue>)>);
+
+impl When {
+    pub fn holds(&self, values: &OptionValues) -> bool {
+        self.0
+            .iter()
+            .all(|(name, accepted)| values.get(name).is_some_and(|v| accepted.contains(v)))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let m: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.as_slice() {
+                    [one] => one.to_json(),
+                    many => many.iter().map(OptValue::to_json).collect(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        m.into()
+    }
+}
+
+/// A catalog option name (checked against the catalog being read): returns its kind.
+/// `seen`: names already listed in the same mapping (a repeat is an error).
+pub(crate) fn catalog_option(
+    seen: Vec<String>,
+) -> StrWith<impl FnOnce(&str) -> Result<NamedKind, String>> {
+    StrWith("an option name", move |s: &str| {
+        if seen.iter().any(|n| n == s) {
+            return Err(format!("option `{s}` is listed twice"));
+        }
+        check_catalog_option(s)
+    })
+}
+
+/// An option name with its kind (`None` outside a loader, where nothing is checked).
+pub(crate) type NamedKind = (String, Option<OptionKind>);
+
+/// The kind of catalog option `s`, or why it is not an option.
+pub(crate) fn check_catalog_option(s: &str) -> Result<NamedKind, String> {
+    let kind = catalog_ctx(|c| {
+        c.options.get(s).cloned().ok_or_else(|| {
+            let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
+            known.sort();
+            format!(
+                "`{s}` is not an option of this catalog (options: {})",
+                list_or_none(&known)
+            )
+        })
+    })
+    .transpose()?;
+    Ok((s.to_owned(), kind))
+}
+
+pub(crate) fn list_or_none(v: &[&str]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// One accepted value or a list of them, each checked against `kind`.
+struct AcceptedSeed<'a>(Option<&'a OptionKind>);
+
+impl<'de> DeserializeSeed<'de> for AcceptedSeed<'_> {
+    type Value = Vec<OptValue>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AcceptedSeed<'_> {
+    type Value = Vec<OptValue>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an option value or a list of values")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        ValueSeed(self.0).visit_bool(b).map(|v| vec![v])
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        ValueSeed(self.0).visit_i64(n).map(|v| vec![v])
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        ValueSeed(self.0).visit_u64(n).map(|v| vec![v])
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        ValueSeed(self.0).visit_str(s).map(|v| vec![v])
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(ValueSeed(self.0))? {
+            out.push(v);
+        }
+        if out.is_empty() {
+            return Err(de::Error::custom("the list of accepted values is empty"));
+        }
+        Ok(out)
+    }
+}
+
+impl<'de> Deserialize<'de> for When {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = When;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of option name to value(s)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<When, A::Error> {
+                let mut out: Vec<(String, Vec<OptValue>)> = Vec::new();
+                loop {
+                    let seen: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
+                    let Some((name, kind)) = map.next_key_seed(catalog_option(seen))? else {
+                        break;
+                    };
+                    let vals = map.next_value_seed(AcceptedSeed(kind.as_ref()))?;
+                    out.push((name, vals));
+                }
+                Ok(When(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The value of every option of one catalog (site choice or default).
+#[derive(Clone, Debug, Default)]
+pub struct OptionValues(pub HashMap<String, OptValue>);
+
+impl OptionValues {
+    pub fn get(&self, name: &str) -> Option<&OptValue> {
+        self.0.get(name)
+    }
+
+    /// Defaults of `decls`, overridden by `chosen` where it names them.
+    pub fn resolve(decls: &[(String, OptionDecl)], chosen: &[(String, OptValue)]) -> Self {
+        let mut m = HashMap::new();
+        for (name, d) in decls {
+            let v = chosen
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| d.kind.check(v).ok())
+                .unwrap_or_else(|| d.default.clone());
+            m.insert(name.clone(), v);
+        }
+        OptionValues(m)
+    }
+}
+
+/// The site's `options:` mapping: catalog options and the dataplane's own, each checked against
+/// every declaration of that name.
+#[derive(Clone, Debug, Default)]
+pub struct SiteOptions(pub Vec<(String, OptValue)>);
+
+fn dataplane_kind(name: &str) -> Option<OptionKind> {
+    match name {
+        "unprotected" => Some(OptionKind::Enum(vec!["pass".into(), "drop".into()])),
+        "icmp-echo" => Some(OptionKind::Enum(vec!["allow".into(), "deny".into()])),
+        _ => None,
+    }
+}
+
+impl SiteOptions {
+    pub fn get(&self, name: &str) -> Option<&OptValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// Every kind a site option name must satisfy, with the catalog declaring it ("" for the
+/// dataplane's own options).
+fn site_option_kinds(s: &str) -> Result<Vec<(String, OptionKind)>, String> {
+    if let Some(k) = dataplane_kind(s) {
+        return Ok(vec![(String::new(), k)]);
+    }
+    site_ctx(|c| match c.options.get(s) {
+        Some(v) => Ok(v.clone()),
+        None => {
+            let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
+            known.extend(DATAPLANE_OPTIONS);
+            known.sort();
+            Err(format!(
+                "unknown option `{s}` (options of the selected catalogs and the dataplane: {})",
+                known.join(", ")
+            ))
+        }
+    })
+    .unwrap_or(Ok(Vec::new()))
+}
+
+/// Checks a value against several kinds (an option declared by several catalogs).
+struct MultiValueSeed(Vec<(String, OptionKind)>);
+
+impl<'de> DeserializeSeed<'de> for MultiValueSeed {
+    type Value = OptValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<OptValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl MultiValueSeed {
+    fn done<E: de::Error>(self, v: OptValue) -> Result<OptValue, E> {
+        let mut out = v.clone();
+        for (catalog, k) in &self.0 {
+            out = k.check(&v).map_err(|e| match catalog.as_str() {
+                "" => E::custom(e),
+                c => E::custom(format!("{e} in catalog `{c}`")),
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+impl<'de> Visitor<'de> for MultiValueSeed {
+    type Value = OptValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an option value (a string, an integer or a boolean)")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<OptValue, E> {
+        self.done(OptValue::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<OptValue, E> {
+        self.done(OptValue::Int(n))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
+        let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
+        self.done(OptValue::Int(n))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
+        self.done(OptValue::Str(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for SiteOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SiteOptions;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of option name to value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SiteOptions, A::Error> {
+                let mut out: Vec<(String, OptValue)> = Vec::new();
+                loop {
+                    let out_ref = &out;
+                    let key = StrWith("an option name", |s: &str| {
+                        if out_ref.iter().any(|(n, _)| n == s) {
+                            return Err(format!("option `{s}` is set twice"));
+                        }
+                        site_option_kinds(s).map(|k| (s.to_owned(), k))
+                    });
+                    let Some((name, kinds)) = map.next_key_seed(key)? else {
+                        break;
+                    };
+                    let v = map.next_value_seed(MultiValueSeed(kinds))?;
+                    out.push((name, v));
+                }
+                Ok(SiteOptions(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A map of option declarations in file order; names are unique and not the dataplane's.
+#[derive(Clone, Debug, Default)]
+pub struct OptionDecls(pub Vec<(String, OptionDecl)>);
+
+impl<'de> Deserialize<'de> for OptionDecls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OptionDecls;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of option name to declaration")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OptionDecls, A::Error> {
+                let mut out: Vec<(String, OptionDecl)> = Vec::new();
+                loop {
+                    let out_ref = &out;
+                    let key = StrWith("an option name", |s: &str| {
+                        super::yaml::check_kebab("option name", s)?;
+                        if DATAPLANE_OPTIONS.contains(&s) {
+                            return Err(format!("option name `{s}` is reserved for the dataplane"));
+                        }
+                        if out_ref.iter().any(|(n, _)| n == s) {
+                            return Err(format!("option `{s}` is declared twice"));
+                        }
+                        Ok(s.to_owned())
+                    });
+                    let Some(name) = map.next_key_seed(key)? else {
+                        break;
+                    };
+                    let decl: OptionDecl = map.next_value()?;
+                    out.push((name, decl));
+                }
+                Ok(OptionDecls(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

@@ -1,0 +1,457 @@
+//! Port specs (`sport`, `dport`): parsing with positions, and resolution to port ranges once the
+//! option values are known.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::options::{check_catalog_option, OptValue, OptionKind, OptionValues, ValueSeed};
+use super::yaml::key_of;
+
+/// Sorted, disjoint, non-adjacent inclusive port ranges.
+pub type Ranges = Vec<(u16, u16)>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// 0-65535 (source ports only).
+    Any,
+    Range(u16, u16),
+    List(Vec<PortSpec>),
+    /// Depends on an enum or bool option; every value has a case.
+    By {
+        option: String,
+        cases: Vec<(OptValue, PortSpec)>,
+    },
+    /// `base` .. `base + N - 1` for the integer option's value N.
+    Count {
+        base: u16,
+        option: String,
+    },
+}
+
+impl PortSpec {
+    /// The ports this spec names under `values`.
+    pub fn resolve(&self, values: &OptionValues) -> Ranges {
+        let mut out = Vec::new();
+        self.collect(values, &mut out);
+        normalize(out)
+    }
+
+    fn collect(&self, values: &OptionValues, out: &mut Vec<(u16, u16)>) {
+        match self {
+            PortSpec::Any => out.push((0, u16::MAX)),
+            PortSpec::Range(a, b) => out.push((*a, *b)),
+            PortSpec::List(v) => v.iter().for_each(|s| s.collect(values, out)),
+            PortSpec::By { option, cases } => {
+                let chosen = values.get(option);
+                if let Some((_, s)) = cases.iter().find(|(v, _)| Some(v) == chosen) {
+                    s.collect(values, out);
+                }
+            }
+            PortSpec::Count { base, option } => {
+                if let Some(OptValue::Int(n)) = values.get(option) {
+                    if *n >= 1 {
+                        let last = (*base as i64 + n - 1).min(u16::MAX as i64) as u16;
+                        out.push((*base, last));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sorts and merges overlapping or adjacent ranges.
+pub fn normalize(mut v: Vec<(u16, u16)>) -> Ranges {
+    v.sort_unstable();
+    let mut out: Ranges = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// `any`, `443`, `80,443,1024-65535`; `none` for no port.
+pub fn format_ranges(r: &[(u16, u16)]) -> String {
+    if r == [(0, u16::MAX)] {
+        return "any".into();
+    }
+    if r.is_empty() {
+        return "none".into();
+    }
+    r.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A port 1-65535.
+fn port(n: i64) -> Result<u16, String> {
+    match n {
+        0 => Err(
+            "port 0 is not allowed (ports are 1-65535; a source port spec may say `any`)".into(),
+        ),
+        1..=65535 => Ok(n as u16),
+        _ if n < 0 => Err(format!("port {n} is negative (ports are 1-65535)")),
+        _ => Err(format!("port {n} is above 65535")),
+    }
+}
+
+fn parse_port_text(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{s}` is not a port number"));
+    }
+    port(t.parse::<i64>().unwrap_or(i64::MAX))
+}
+
+/// `5060`, `36000-59999` or (source ports) `any`.
+fn parse_port_str(s: &str, sport: bool) -> Result<PortSpec, String> {
+    let t = s.trim();
+    if t == "any" {
+        return if sport {
+            Ok(PortSpec::Any)
+        } else {
+            Err("`any` is only allowed for sport; dport must name ports".into())
+        };
+    }
+    match t.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse_port_text(a)?, parse_port_text(b)?);
+            if a > b {
+                return Err(format!("range {a}-{b} is reversed"));
+            }
+            Ok(PortSpec::Range(a, b))
+        }
+        None => {
+            let p = parse_port_text(t).map_err(|e| {
+                if t.bytes().all(|b| b.is_ascii_digit()) {
+                    e
+                } else {
+                    format!("{e}: expected a port, a range like 36000-59999, a list, `by` or `base`/`count`")
+                }
+            })?;
+            Ok(PortSpec::Range(p, p))
+        }
+    }
+}
+
+/// Reads any port spec; `sport` allows `any`.
+#[derive(Clone, Copy)]
+pub(crate) struct SpecSeed {
+    pub sport: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for SpecSeed {
+    type Value = PortSpec;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PortSpec, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SpecSeed {
+    type Value = PortSpec;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a port spec: a port, a range like \"36000-59999\", a list, {by, cases} or {base, count}")
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortSpec, E> {
+        let p = port(n).map_err(E::custom)?;
+        Ok(PortSpec::Range(p, p))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortSpec, E> {
+        self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<PortSpec, E> {
+        parse_port_str(s, self.sport).map_err(E::custom)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PortSpec, A::Error> {
+        let mut out = Vec::new();
+        while let Some(s) = seq.next_element_seed(self)? {
+            out.push(s);
+        }
+        if out.is_empty() {
+            return Err(de::Error::custom("the port list is empty"));
+        }
+        Ok(PortSpec::List(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PortSpec, A::Error> {
+        let mut by: Option<(String, Option<OptionKind>)> = None;
+        let mut cases: Option<Vec<(OptValue, PortSpec)>> = None;
+        let mut base: Option<u16> = None;
+        let mut count: Option<(String, Option<OptionKind>)> = None;
+        while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count"]))? {
+            match k {
+                "by" => {
+                    by =
+                        Some(map.next_value_seed(option_of(
+                            |k| k.values().is_some(),
+                            "an enum or bool",
+                        ))?)
+                }
+                "cases" => {
+                    let kind = by.as_ref().and_then(|b| b.1.clone());
+                    cases = Some(map.next_value_seed(CasesSeed {
+                        sport: self.sport,
+                        kind,
+                    })?);
+                }
+                "base" => base = Some(map.next_value_seed(PortSeed)?),
+                _ => {
+                    count = Some(map.next_value_seed(option_of(
+                        |k| matches!(k, OptionKind::Int { .. }),
+                        "an integer",
+                    ))?)
+                }
+            }
+        }
+        match (by, cases, base, count) {
+            (Some((option, kind)), Some(cases), None, None) => {
+                check_cases(&option, kind.as_ref(), &cases).map_err(de::Error::custom)?;
+                Ok(PortSpec::By { option, cases })
+            }
+            (None, None, Some(base), Some((option, kind))) => {
+                if let Some(OptionKind::Int { max, .. }) = kind {
+                    if base as i64 + max - 1 > 65535 {
+                        return Err(de::Error::custom(format!(
+                            "base {base} + {option} (up to {max}) - 1 goes above port 65535"
+                        )));
+                    }
+                }
+                Ok(PortSpec::Count { base, option })
+            }
+            _ => Err(de::Error::custom("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`")),
+        }
+    }
+}
+
+/// Every value of the `by` option has exactly one case and every case is a value.
+fn check_cases(
+    option: &str,
+    kind: Option<&OptionKind>,
+    cases: &[(OptValue, PortSpec)],
+) -> Result<(), String> {
+    let Some(kind) = kind else { return Ok(()) };
+    let mut canon = Vec::new();
+    for (v, _) in cases {
+        canon.push(kind.check(v).map_err(|e| format!("cases: {e}"))?);
+    }
+    for (i, v) in canon.iter().enumerate() {
+        if canon[..i].contains(v) {
+            return Err(format!("cases: `{v}` is listed twice"));
+        }
+    }
+    let missing: Vec<String> = kind
+        .values()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !canon.contains(v))
+        .map(|v| v.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "cases: every value of `{option}` needs a case; missing: {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// An option name for `by`/`count` whose kind passes `ok`.
+fn option_of(ok: fn(&OptionKind) -> bool, want: &'static str) -> OptionOf {
+    OptionOf { ok, want }
+}
+
+struct OptionOf {
+    ok: fn(&OptionKind) -> bool,
+    want: &'static str,
+}
+
+impl<'de> DeserializeSeed<'de> for OptionOf {
+    type Value = (String, Option<OptionKind>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let (ok, want) = (self.ok, self.want);
+        let seed = super::yaml::StrWith("an option name", move |s: &str| {
+            let (name, kind) = check_catalog_option(s)?;
+            match &kind {
+                Some(k) if !ok(k) => Err(format!("option `{s}` is not {want} option")),
+                _ => Ok((name, kind)),
+            }
+        });
+        seed.deserialize(d)
+    }
+}
+
+/// A single port number (for `base`).
+struct PortSeed;
+
+impl<'de> DeserializeSeed<'de> for PortSeed {
+    type Value = u16;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u16, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PortSeed {
+    type Value = u16;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a port number 1-65535")
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u16, E> {
+        port(n).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u16, E> {
+        self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+/// `cases:` of a `by` spec: option value -> port spec.
+struct CasesSeed {
+    sport: bool,
+    kind: Option<OptionKind>,
+}
+
+impl<'de> DeserializeSeed<'de> for CasesSeed {
+    type Value = Vec<(OptValue, PortSpec)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CasesSeed {
+    type Value = Vec<(OptValue, PortSpec)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a mapping of option value to port spec")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = map.next_key_seed(ValueSeed(self.kind.as_ref()))? {
+            let spec = map.next_value_seed(SpecSeed { sport: self.sport })?;
+            out.push((v, spec));
+        }
+        Ok(out)
+    }
+}
+
+/// `sport:` of a flow (may be `any`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SportSpec(pub PortSpec);
+
+/// `dport:` of a flow (must name ports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DportSpec(pub PortSpec);
+
+impl Default for SportSpec {
+    fn default() -> Self {
+        SportSpec(PortSpec::Any)
+    }
+}
+
+impl<'de> Deserialize<'de> for SportSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SpecSeed { sport: true }.deserialize(d).map(SportSpec)
+    }
+}
+
+impl<'de> Deserialize<'de> for DportSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SpecSeed { sport: false }.deserialize(d).map(DportSpec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(sport: bool, y: &str) -> Result<PortSpec, String> {
+        let d = serde_yaml::Deserializer::from_str(y);
+        SpecSeed { sport }.deserialize(d).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn forms() {
+        let v = OptionValues::default();
+        assert_eq!(
+            parse(false, "5060").unwrap().resolve(&v),
+            vec![(5060, 5060)]
+        );
+        assert_eq!(
+            parse(false, "\"36000-59999\"").unwrap().resolve(&v),
+            vec![(36000, 59999)]
+        );
+        assert_eq!(
+            parse(false, "36000-59999").unwrap().resolve(&v),
+            vec![(36000, 59999)]
+        );
+        assert_eq!(
+            parse(false, "[80, 443, 1024-65535, 81]")
+                .unwrap()
+                .resolve(&v),
+            vec![(80, 81), (443, 443), (1024, 65535)]
+        );
+        assert_eq!(parse(true, "any").unwrap().resolve(&v), vec![(0, 65535)]);
+        assert_eq!(
+            parse(true, "[any, 5]").unwrap().resolve(&v),
+            vec![(0, 65535)]
+        );
+    }
+
+    #[test]
+    fn errors() {
+        for (sport, y, want) in [
+            (false, "0", "port 0"),
+            (false, "65536", "above 65535"),
+            (false, "-1", "negative"),
+            (false, "200-100", "reversed"),
+            (false, "any", "only allowed for sport"),
+            (true, "1-70000", "above 65535"),
+            (false, "http", "not a port"),
+            (false, "[]", "empty"),
+            (false, "1.5", "port spec"),
+            (false, "{ by: x }", "either"),
+            (false, "{ foo: 1 }", "unknown key `foo`"),
+        ] {
+            let e = parse(sport, y).unwrap_err();
+            assert!(e.contains(want), "{y}: {e}");
+        }
+    }
+
+    #[test]
+    fn by_and_count_resolve() {
+        let by = PortSpec::By {
+            option: "release".into(),
+            cases: vec![
+                (OptValue::Str("new".into()), PortSpec::Range(30000, 35999)),
+                (
+                    OptValue::Str("upgraded".into()),
+                    PortSpec::Range(40000, 49999),
+                ),
+            ],
+        };
+        let count = PortSpec::Count {
+            base: 7001,
+            option: "zones".into(),
+        };
+        let mut v = OptionValues::default();
+        v.0.insert("release".into(), OptValue::Str("upgraded".into()));
+        v.0.insert("zones".into(), OptValue::Int(3));
+        assert_eq!(by.resolve(&v), vec![(40000, 49999)]);
+        assert_eq!(count.resolve(&v), vec![(7001, 7003)]);
+        v.0.insert("zones".into(), OptValue::Int(0));
+        assert_eq!(count.resolve(&v), vec![]);
+    }
+
+    #[test]
+    fn format() {
+        assert_eq!(format_ranges(&[(0, 65535)]), "any");
+        assert_eq!(format_ranges(&[(80, 80), (1024, 65535)]), "80,1024-65535");
+    }
+}

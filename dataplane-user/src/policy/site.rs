@@ -1,0 +1,242 @@
+//! Site files (`policies/sites/NAME.yaml`): role bindings, catalogs, protected roles, options.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::catalog::{catalog_files, load_catalogs, Catalog};
+use super::cidr::Cidr;
+use super::options::{list_or_none, SiteOptions};
+use super::yaml::{parse_value, seq_with, site_ctx, with_site_ctx, yaml_error, SiteCtx, StrWith};
+
+/// A site as written, references checked.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub name: String,
+    pub path: PathBuf,
+    pub catalogs: Vec<String>,
+    /// Role id -> CIDRs, in file order.
+    pub roles: Vec<(String, Vec<Cidr>)>,
+    pub protect: Vec<String>,
+    pub options: SiteOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteFile {
+    name: String,
+    #[serde(deserialize_with = "catalog_refs")]
+    catalogs: Vec<String>,
+    #[serde(default, deserialize_with = "bindings")]
+    roles: Vec<(String, Vec<Cidr>)>,
+    #[serde(deserialize_with = "protect_refs")]
+    protect: Vec<String>,
+    #[serde(default)]
+    options: SiteOptions,
+}
+
+fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    seq_with(d, "catalog", || {
+        StrWith("a catalog name", |s: &str| {
+            site_ctx(|c| {
+                if !c.available.iter().any(|a| a == s) {
+                    let known: Vec<&str> = c.available.iter().map(String::as_str).collect();
+                    return Err(format!(
+                        "unknown catalog `{s}` (catalogs: {})",
+                        list_or_none(&known)
+                    ));
+                }
+                if !c.seen_catalogs.insert(s.to_owned()) {
+                    return Err(format!("catalog `{s}` is listed twice"));
+                }
+                Ok(())
+            })
+            .transpose()?;
+            Ok(s.to_owned())
+        })
+    })
+}
+
+fn unknown_role(c: &SiteCtx, s: &str) -> String {
+    let mut known: Vec<&str> = c.roles.keys().map(String::as_str).collect();
+    known.sort();
+    format!(
+        "unknown role `{s}` (roles of the selected catalogs: {})",
+        list_or_none(&known)
+    )
+}
+
+fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let seen = RefCell::new(HashSet::new());
+    seq_with(d, "role", || {
+        let seen = &seen;
+        StrWith("a role id", move |s: &str| {
+            site_ctx(|c| {
+                let Some(&any) = c.roles.get(s) else {
+                    return Err(unknown_role(c, s));
+                };
+                let Some(bound) = &c.bound else { return Ok(()) };
+                let has = bound.get(s).copied().unwrap_or(any);
+                if !has {
+                    return Err(format!(
+                        "protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"
+                    ));
+                }
+                Ok(())
+            })
+            .transpose()?;
+            if !seen.borrow_mut().insert(s.to_owned()) {
+                return Err(format!("role `{s}` is listed twice"));
+            }
+            Ok(s.to_owned())
+        })
+    })
+}
+
+/// `roles:` role id -> a CIDR or a list of CIDRs.
+fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(String, Vec<Cidr>)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a mapping of role id to CIDRs")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Vec<Cidr>)> = Vec::new();
+            loop {
+                let out_ref = &out;
+                let key = StrWith("a role id", |s: &str| {
+                    site_ctx(|c| {
+                        if c.roles.contains_key(s) {
+                            Ok(())
+                        } else {
+                            Err(unknown_role(c, s))
+                        }
+                    })
+                    .transpose()?;
+                    if out_ref.iter().any(|(r, _)| r == s) {
+                        return Err(format!("role `{s}` is bound twice"));
+                    }
+                    Ok(s.to_owned())
+                });
+                let Some(role) = map.next_key_seed(key)? else {
+                    break;
+                };
+                let cidrs: CidrList = map.next_value()?;
+                out.push((role, cidrs.0));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+/// One CIDR or a list of them (possibly empty: the role then has no addresses).
+struct CidrList(Vec<Cidr>);
+
+impl<'de> Deserialize<'de> for CidrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CidrList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a CIDR or a list of CIDRs")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<CidrList, E> {
+                Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CidrList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<Cidr>()? {
+                    out.push(c);
+                }
+                Ok(CidrList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Loads a site and the catalogs it selects from `catalog_dir`.
+pub fn load_site_file(path: &Path, catalog_dir: &Path) -> anyhow::Result<(Site, Vec<Catalog>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading site {}", path.display()))?;
+    let v = parse_value(path, &text)?;
+    let available = catalog_files(catalog_dir)?;
+    // First pass: the catalogs it names (unknown ones are reported by the second pass).
+    let mut wanted: Vec<PathBuf> = Vec::new();
+    for name in v
+        .get("catalogs")
+        .and_then(|c| c.as_sequence())
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+    {
+        if let Some((_, p)) = available.iter().find(|(n, _)| n == name) {
+            if !wanted.contains(p) {
+                wanted.push(p.clone());
+            }
+        }
+    }
+    let catalogs = load_catalogs(&wanted)?;
+    let ctx = site_context(&v, &available, &catalogs);
+    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(&text))
+        .map_err(|e| yaml_error(path, e))?;
+    // Keep the catalogs in the site's order.
+    let catalogs = f
+        .catalogs
+        .iter()
+        .filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned())
+        .collect();
+    let site = Site {
+        name: f.name,
+        path: path.to_owned(),
+        catalogs: f.catalogs,
+        roles: f.roles,
+        protect: f.protect,
+        options: f.options,
+    };
+    Ok((site, catalogs))
+}
+
+fn site_context(
+    v: &serde_yaml::Value,
+    available: &[(String, PathBuf)],
+    catalogs: &[Catalog],
+) -> SiteCtx {
+    let mut ctx = SiteCtx {
+        available: available.iter().map(|(n, _)| n.clone()).collect(),
+        ..Default::default()
+    };
+    for c in catalogs {
+        for r in &c.roles {
+            *ctx.roles.entry(r.id.clone()).or_insert(false) |= r.any;
+        }
+        for (name, d) in &c.options {
+            ctx.options
+                .entry(name.clone())
+                .or_default()
+                .push((c.name.clone(), d.kind.clone()));
+        }
+    }
+    let roles = v.get("roles");
+    if let Some(m) = roles.map_or(Some(&serde_yaml::Mapping::new()), |r| r.as_mapping()) {
+        let bound = ctx.bound.get_or_insert_with(Default::default);
+        for (k, b) in m {
+            let has = match b {
+                serde_yaml::Value::Sequence(s) => !s.is_empty(),
+                serde_yaml::Value::String(_) => true,
+                _ => false,
+            };
+            if let Some(k) = k.as_str() {
+                bound.insert(k.to_owned(), has);
+            }
+        }
+    }
+    ctx
+}

@@ -1,0 +1,111 @@
+//! What a running `dataplane run` leaves for other processes: its maps pinned under
+//! `/sys/fs/bpf/dataplane/`, and `/run/dataplane/state.json` naming the flow of every counter slot.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::Ebpf;
+use serde::{Deserialize, Serialize};
+
+use crate::tables::{FlowInfo, Tables};
+
+pub const PIN_DIR: &str = "/sys/fs/bpf/dataplane";
+pub const STATE_FILE: &str = "/run/dataplane/state.json";
+
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    pub pid: u32,
+    pub site: PathBuf,
+    pub interfaces: Vec<String>,
+    /// Flow of each counter slot.
+    pub flows: Vec<FlowRecord>,
+}
+
+/// A flow as `stats` reports it.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct FlowRecord {
+    pub id: String,
+    pub catalog: String,
+    pub from: String,
+    pub to: String,
+    pub protocol: String,
+    pub action: String,
+}
+
+impl From<&FlowInfo> for FlowRecord {
+    fn from(f: &FlowInfo) -> Self {
+        Self {
+            id: f.id.clone(),
+            catalog: f.catalog.clone(),
+            from: f.from.clone(),
+            to: f.to.clone(),
+            protocol: f.protocol.clone(),
+            action: f.action.clone(),
+        }
+    }
+}
+
+impl State {
+    pub fn read() -> Result<Self> {
+        let text = std::fs::read_to_string(STATE_FILE)
+            .with_context(|| format!("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)"))?;
+        serde_json::from_str(&text).with_context(|| format!("{STATE_FILE} is unreadable"))
+    }
+}
+
+pub fn pin_path(map: &str) -> PathBuf {
+    Path::new(PIN_DIR).join(map)
+}
+
+/// The pins and state file of this process; removed on drop.
+pub struct Pins;
+
+impl Pins {
+    pub fn create(ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String]) -> Result<Self> {
+        ensure_bpffs()?;
+        if let Ok(old) = State::read() {
+            if Path::new(&format!("/proc/{}", old.pid)).exists() && old.pid != std::process::id() {
+                bail!("another dataplane (pid {}) is enforcing {}; stop it first", old.pid, old.site.display());
+            }
+        }
+        remove_all();
+        std::fs::create_dir_all(PIN_DIR).with_context(|| format!("creating {PIN_DIR}"))?;
+        for (name, map) in ebpf.maps() {
+            map.pin(pin_path(name)).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
+        }
+        let state = State {
+            pid: std::process::id(),
+            site: site.to_path_buf(),
+            interfaces: interfaces.to_vec(),
+            flows: tables.flows.iter().map(FlowRecord::from).collect(),
+        };
+        std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
+        std::fs::write(STATE_FILE, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {STATE_FILE}"))?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        remove_all();
+    }
+}
+
+fn remove_all() {
+    let _ = std::fs::remove_dir_all(PIN_DIR);
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not mounted yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+        return Ok(());
+    }
+    log::info!("mounting bpffs at /sys/fs/bpf");
+    let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
+    if !status.success() {
+        bail!("could not mount bpffs at /sys/fs/bpf: maps cannot be pinned");
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The policy subcommands through the real binary: output formats other tools parse, and bad
+//! input on `explain`'s stdin.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dataplane"))
+        .args(args)
+        .env_remove("DATAPLANE_CATALOG_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs dataplane");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writes stdin");
+    child.wait_with_output().expect("waits")
+}
+
+fn dirs() -> (String, String) {
+    let d = common::data();
+    (
+        d.join("catalog").display().to_string(),
+        d.join("sites/test.yaml").display().to_string(),
+    )
+}
+
+#[test]
+fn explain_lines_and_bad_lines() {
+    let (cat, site) = dirs();
+    let input = [
+        r#"{"src": "10.0.0.5", "dst": "192.0.2.10", "proto": "tcp", "sport": 40000, "dport": 443}"#,
+        r#"{"src": "10.0.0.5", "dst": "192.0.2.10", "proto": "tcp", "sport": 40000"#,
+        r#"{"src": "10.0.0.300", "dst": "192.0.2.10", "proto": "tcp", "sport": 1, "dport": 443}"#,
+        "",
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.10", "proto": 6, "sport": 1, "dport": 23}"#,
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.10", "proto": "tcp", "sport": 1}"#,
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.10", "proto": "icmp"}"#,
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.10", "proto": "gre", "dport": 1}"#,
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.10", "proto": 47}"#,
+        r#"{"src": "8.8.8.8", "dst": "192.0.2.99", "proto": "udp", "sport": 1, "dport": 70000}"#,
+        r#"{"src": "fd00::1", "dst": "2001:db8::10", "proto": "udp", "sport": 1, "dport": 53}"#,
+    ]
+    .join("\n");
+    let out = run(&["explain", "--site", &site, "--catalog-dir", &cat], &input);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bad lines must fail the run");
+    let answers: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(answers.len(), 5, "{stdout}");
+    assert_eq!(answers[0]["verdict"], "allow");
+    assert_eq!(answers[0]["flow"], "alpha-admin-https");
+    assert_eq!(answers[0]["reason"], "flow");
+    assert_eq!(answers[1]["verdict"], "deny");
+    assert_eq!(answers[1]["flow"], "alpha-no-telnet");
+    assert_eq!(answers[1]["reason"], "deny_flow");
+    assert_eq!(answers[2]["reason"], "icmp_control");
+    assert_eq!(answers[2]["flow"], Value::Null);
+    assert_eq!(answers[3]["reason"], "no_flow");
+    assert_eq!(answers[4]["flow"], "alpha-lan-dns");
+    for (line, what) in [
+        (2, "not valid JSON"),
+        (3, "\"src\""),
+        (6, "\"dport\" is required"),
+        (8, "\"proto\""),
+        (10, "\"dport\": 70000"),
+    ] {
+        assert!(
+            stderr.contains(&format!("stdin:{line}: ")),
+            "line {line} in: {stderr}"
+        );
+        assert!(stderr.contains(what), "{what} in: {stderr}");
+    }
+}
+
+#[test]
+fn explain_one_packet() {
+    let (cat, site) = dirs();
+    let args = [
+        "explain",
+        "--site",
+        &site,
+        "--catalog-dir",
+        &cat,
+        "--src",
+        "198.51.100.7",
+        "--dst",
+        "192.0.2.10",
+        "--proto",
+        "tcp",
+        "--dport",
+        "7002",
+    ];
+    let out = run(&args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (
+            v["verdict"].as_str(),
+            v["flow"].as_str(),
+            v["reason"].as_str()
+        ),
+        (Some("allow"), Some("alpha-zones"), Some("flow"))
+    );
+}
+
+#[test]
+fn listings() {
+    let (cat, site) = dirs();
+    let out = run(&["catalogs", "--json", "--catalog-dir", &cat], "");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["name"], "alpha");
+    assert_eq!(v[0]["document"], "alpha.txt");
+    assert!(v[0]["path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("alpha.yaml")));
+
+    let out = run(
+        &[
+            "roles",
+            "--json",
+            "--catalog-dir",
+            &cat,
+            "--catalog",
+            "beta",
+        ],
+        "",
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["server", "lan", "db"]);
+    assert_eq!(v[0]["any"], false);
+    assert!(v[0]["aliases"].is_array());
+
+    let out = run(&["flows", "--json", "--catalog-dir", &cat], "");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let media = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["id"] == "alpha-media")
+        .expect("alpha-media");
+    // Options at their defaults: release new.
+    assert_eq!(media["dport"], "30000-35999");
+    assert_eq!(media["sport"], "any");
+    assert_eq!(
+        (media["from"].as_str(), media["to"].as_str()),
+        (Some("internet"), Some("server"))
+    );
+    assert_eq!(media["protocol"], "udp");
+    assert_eq!(media["document"], "alpha.txt");
+    assert_eq!(media["table"], "Media");
+    let dns = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["id"] == "alpha-lan-dns")
+        .expect("dns");
+    assert_eq!(dns["protocol"], serde_json::json!(["tcp", "udp"]));
+    let zones = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["id"] == "alpha-zones")
+        .expect("zones");
+    assert_eq!(zones["dport"], "7001");
+
+    let out = run(
+        &["compile", "--site", &site, "--catalog-dir", &cat, "--json"],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["summary"]["slots"], 14);
+    assert!(v["summary"]["maps"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["name"] == "PORTS")));
+}
+
+#[test]
+fn compile_error_exit() {
+    let dir = common::scratch();
+    let site = dir.join("sites/s.yaml");
+    std::fs::write(&site, "name: s\ncatalogs: [alpha]\nprotect: [nobody]\n").expect("write");
+    let out = run(&["compile", "--site", &site.display().to_string()], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The catalog directory is found next to the site (`sites/../catalog`).
+    assert!(
+        err.contains("s.yaml:3:11: protect[0]: unknown role `nobody`"),
+        "{err}"
+    );
+}

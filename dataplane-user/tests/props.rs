@@ -1,0 +1,290 @@
+//! Property: for random sites (overlapping CIDRs in both IP versions, `any` roles, port ranges,
+//! source-port constraints, deny flows) and random packets biased to boundaries, walking the
+//! compiled tables gives exactly the reference evaluator's decision (verdict, flow, reason).
+
+use std::net::IpAddr;
+
+use dataplane::classify::{reference, Classifier, Packet};
+use dataplane::compile::compile;
+use dataplane::policy::options::When;
+use dataplane::policy::ports::{DportSpec, PortSpec, SportSpec};
+use dataplane::policy::{
+    Action, Catalog, Cidr, FlowDecl, OptValue, Policy, Proto, RoleDecl, Site, SiteOptions,
+};
+use proptest::prelude::*;
+
+/// Ports around which flows and packets cluster.
+const PORTS: [u16; 14] = [
+    1, 2, 3, 22, 23, 80, 443, 1023, 1024, 1025, 5060, 5061, 65534, 65535,
+];
+
+#[derive(Clone, Debug)]
+struct RoleSpec {
+    any: bool,
+    /// (IPv6, host 0..16, prefix length choice); None: not bound by the site.
+    cidrs: Option<Vec<(bool, u8, u8)>>,
+    protect: bool,
+}
+
+#[derive(Clone, Debug)]
+struct FlowSpec {
+    from: usize,
+    to: usize,
+    protos: u8,
+    dport: Vec<(u16, u16)>,
+    sport: Option<Vec<(u16, u16)>>,
+    deny: bool,
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![4 => prop::sample::select(PORTS.to_vec()), 1 => 1u16..=65535]
+}
+
+fn range() -> impl Strategy<Value = (u16, u16)> {
+    (port(), port()).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
+fn role() -> impl Strategy<Value = RoleSpec> {
+    let cidr = (any::<bool>(), 0u8..16, 0u8..7);
+    (
+        prop::bool::weighted(0.2),
+        prop::option::weighted(0.8, prop::collection::vec(cidr, 0..4)),
+        prop::bool::weighted(0.6),
+    )
+        .prop_map(|(any, cidrs, protect)| RoleSpec {
+            any,
+            cidrs,
+            protect,
+        })
+}
+
+fn flow() -> impl Strategy<Value = FlowSpec> {
+    (
+        0usize..6,
+        0usize..6,
+        1u8..=3,
+        prop::collection::vec(range(), 1..3),
+        prop::option::weighted(0.4, prop::collection::vec(range(), 1..3)),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(from, to, protos, dport, sport, deny)| FlowSpec {
+            from,
+            to,
+            protos,
+            dport,
+            sport,
+            deny,
+        })
+}
+
+fn cidr((v6, host, len): (bool, u8, u8)) -> Cidr {
+    // Lengths: /0, /8, or one of the five longest; hosts 0..16 so prefixes nest and overlap.
+    let w = if v6 { 128 } else { 32 };
+    let len = match len {
+        0 => 0,
+        1 => 8,
+        n => w - (n - 2),
+    };
+    let base: u128 = if v6 { 0xfd00u128 << 112 } else { 10u128 << 24 };
+    Cidr {
+        v6,
+        addr: (base | host as u128) & dataplane::policy::cidr::mask(len, w),
+        len,
+    }
+}
+
+fn spec(ranges: &[(u16, u16)]) -> PortSpec {
+    PortSpec::List(ranges.iter().map(|&(a, b)| PortSpec::Range(a, b)).collect())
+}
+
+fn build(roles: &[RoleSpec], flows: &[FlowSpec], drop: bool, echo: bool) -> Policy {
+    let n = roles.len();
+    let decls = roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RoleDecl {
+            id: format!("r{i}"),
+            aliases: vec![],
+            description: String::new(),
+            any: r.any,
+        })
+        .collect();
+    let flows = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FlowDecl {
+            id: format!("f{i}"),
+            description: String::new(),
+            from: format!("r{}", f.from % n),
+            to: format!("r{}", f.to % n),
+            protocols: match f.protos {
+                1 => vec![Proto::Tcp],
+                2 => vec![Proto::Udp],
+                _ => vec![Proto::Tcp, Proto::Udp],
+            },
+            sport: SportSpec(f.sport.as_deref().map_or(PortSpec::Any, spec)),
+            dport: DportSpec(spec(&f.dport)),
+            table: String::new(),
+            when: When::default(),
+            action: if f.deny { Action::Deny } else { Action::Allow },
+            note: None,
+        })
+        .collect();
+    let catalog = Catalog {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        document: String::new(),
+        title: String::new(),
+        options: vec![],
+        roles: decls,
+        flows,
+    };
+    let bindings: Vec<(String, Vec<Cidr>)> = roles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.cidrs
+                .as_ref()
+                .map(|c| (format!("r{i}"), c.iter().copied().map(cidr).collect()))
+        })
+        .collect();
+    let has_addresses = |i: usize| match &roles[i].cidrs {
+        Some(c) => !c.is_empty(),
+        None => roles[i].any,
+    };
+    let protect = (0..n)
+        .filter(|&i| roles[i].protect && has_addresses(i))
+        .map(|i| format!("r{i}"))
+        .collect();
+    let s = |v: &str| OptValue::Str(v.into());
+    let options = SiteOptions(vec![
+        ("unprotected".into(), s(if drop { "drop" } else { "pass" })),
+        ("icmp-echo".into(), s(if echo { "allow" } else { "deny" })),
+    ]);
+    let site = Site {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        catalogs: vec!["prop".into()],
+        roles: bindings,
+        protect,
+        options,
+    };
+    Policy::resolve(&site, vec![catalog]).expect("generated sites are consistent")
+}
+
+#[derive(Clone, Debug)]
+struct PacketSpec {
+    v6: bool,
+    src: u8,
+    dst: u8,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    icmp: Option<u8>,
+    /// Take the addresses from a flow's roles (most random addresses are in no role).
+    aim: bool,
+}
+
+fn packet() -> impl Strategy<Value = PacketSpec> {
+    // A pool port or one off it.
+    let port = || (port(), 0u8..3).prop_map(|(p, d)| p.wrapping_add(d as u16).wrapping_sub(1));
+    (
+        any::<bool>(),
+        0u8..20,
+        0u8..20,
+        prop_oneof![8 => Just(6u8), 8 => Just(17u8), 1 => Just(1u8), 1 => Just(58u8), 1 => Just(47u8)],
+        prop_oneof![3 => port(), 1 => Just(0u16)],
+        port(),
+        prop::option::of(prop::sample::select(vec![0u8, 1, 3, 8, 11, 128, 129, 133, 135, 200])),
+        prop::bool::weighted(0.7),
+    )
+        .prop_map(|(v6, src, dst, proto, sport, dport, icmp, aim)| PacketSpec { v6, src, dst, proto, sport, dport, icmp, aim })
+}
+
+/// Hosts 0..16 of the pool, 16..20 elsewhere (inside /8 or outside everything).
+fn addr(v6: bool, h: u8) -> IpAddr {
+    let h = h as u128;
+    let (a, b) = match h {
+        0..=15 => (h, h),
+        16 | 17 => (h << 16, h << 80),
+        _ => (h << 24, h << 120),
+    };
+    if v6 {
+        IpAddr::V6(((0xfd00u128 << 112) | b).into())
+    } else {
+        IpAddr::V4((((10u128 << 24) | a) as u32).into())
+    }
+}
+
+/// The packet with its source in a CIDR of a flow's `from` role and its destination in a CIDR of
+/// its `to` role (host bits from the spec), when the flow and the family allow it.
+fn aimed(policy: &Policy, ps: &PacketSpec) -> Option<Packet> {
+    let f = policy
+        .flows
+        .get(ps.src as usize % policy.flows.len().max(1))?;
+    // The spec's family if both roles have it, else the other one.
+    let has = |role: usize, v6: bool| policy.roles[role].cidrs.iter().any(|c| c.v6 == v6);
+    let v6 = if has(f.from, ps.v6) && has(f.to, ps.v6) {
+        ps.v6
+    } else {
+        !ps.v6
+    };
+    let pick = |role: usize, k: u8| {
+        let c: Vec<&Cidr> = policy.roles[role]
+            .cidrs
+            .iter()
+            .filter(|c| c.v6 == v6)
+            .collect();
+        let c = c.get(k as usize % c.len().max(1))?;
+        let w = c.width();
+        let bits = (k as u128 * 0x0101_0101_0101_0101_0101_0101_0101_0101)
+            & !dataplane::policy::cidr::mask(c.len, w);
+        let a = c.addr | (bits & if w == 32 { 0xffff_ffff } else { u128::MAX });
+        Some(if c.v6 {
+            IpAddr::V6(a.into())
+        } else {
+            IpAddr::V4((a as u32).into())
+        })
+    };
+    Some(Packet {
+        src: pick(f.from, ps.dst)?,
+        dst: pick(f.to, ps.dst / 2)?,
+        proto: if ps.proto == 6 || ps.proto == 17 {
+            f.proto
+        } else {
+            ps.proto
+        },
+        sport: ps.sport,
+        dport: ps.dport,
+        icmp_type: ps.icmp,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn tables_match_reference(
+        roles in prop::collection::vec(role(), 1..6),
+        flows in prop::collection::vec(flow(), 0..16),
+        drop in any::<bool>(),
+        echo in any::<bool>(),
+        packets in prop::collection::vec(packet(), 64),
+    ) {
+        let policy = build(&roles, &flows, drop, echo);
+        let tables = compile(&policy).expect("compiles");
+        let cls = Classifier::new(&tables);
+        for ps in &packets {
+            let p = Packet {
+                src: addr(ps.v6, ps.src),
+                dst: addr(ps.v6, ps.dst),
+                proto: ps.proto,
+                sport: ps.sport,
+                dport: ps.dport,
+                icmp_type: ps.icmp,
+            };
+            let p = if ps.aim { aimed(&policy, ps).unwrap_or(p) } else { p };
+            let d = cls.classify(&p);
+            prop_assert_eq!(d, reference(&policy, &p), "packet {:?}", p);
+        }
+    }
+}

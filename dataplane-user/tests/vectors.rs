@@ -1,0 +1,137 @@
+//! Runs every `policies/vectors/*.yaml` through load_site + compile + classify and reports every
+//! mismatch with its `why`. Passes vacuously only when the directory holds no vector file.
+
+use std::path::{Path, PathBuf};
+
+use dataplane::classify::Classifier;
+use dataplane::cli_policy::parse_line;
+use dataplane::compile::compile;
+use dataplane::policy::{catalog_dir, load_site_from};
+
+fn vector_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/vectors");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Line numbers of the list items under `cases:` (vector files write one case per item).
+fn case_lines(text: &str) -> Vec<usize> {
+    let mut in_cases = false;
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.starts_with("cases:") {
+            in_cases = true;
+        } else if in_cases && l.trim_start().starts_with("- ") {
+            out.push(i + 1);
+        } else if in_cases && !l.starts_with(' ') && !l.starts_with('#') && !l.trim().is_empty() {
+            in_cases = false;
+        }
+    }
+    out
+}
+
+/// Checks one vector file; returns (cases, mismatch descriptions).
+fn check_file(path: &Path) -> (usize, Vec<String>) {
+    let fail = |msg: String| (0, vec![format!("{}: {msg}", path.display())]);
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let doc: serde_yaml::Value = match serde_yaml::from_str(&text) {
+        Ok(d) => d,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Some(site) = doc.get("site").and_then(|s| s.as_str()) else {
+        return fail("no `site:`".into());
+    };
+    let site = path.parent().unwrap_or(Path::new(".")).join(site);
+    let policy = match load_site_from(&site, &catalog_dir(None, Some(&site))) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let tables = match compile(&policy) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let cls = Classifier::new(&tables);
+    let cases = doc
+        .get("cases")
+        .and_then(|c| c.as_sequence())
+        .cloned()
+        .unwrap_or_default();
+    let lines = case_lines(&text);
+    let mut bad = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let at = format!("{}:{}", path.display(), lines.get(i).copied().unwrap_or(0));
+        let s = |k: &str| {
+            case.get(k).map(|v| {
+                serde_yaml::to_string(v)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+        };
+        let why = s("why").unwrap_or_default();
+        let json = serde_json::to_string(case).unwrap_or_default();
+        let packet = match parse_line(&json) {
+            Ok(p) => p,
+            Err(e) => {
+                bad.push(format!("{at}: bad case: {e:#} (why: {why})"));
+                continue;
+            }
+        };
+        let d = cls.classify(&packet);
+        let got_verdict = if d.allow { "allow" } else { "deny" };
+        let got_flow = d.flow.map(|f| tables.flows[f].id.clone());
+        let want_verdict = s("verdict").unwrap_or_default();
+        let want_flow = s("flow");
+        let want_reason = s("reason");
+        let ok = want_verdict == got_verdict
+            && (want_flow.is_none() || want_flow == got_flow)
+            && (want_reason.is_none() || want_reason.as_deref() == Some(d.reason.name()));
+        if !ok {
+            bad.push(format!(
+                "{at}: {} {} -> {} sport {} dport {}: want {want_verdict}{}{}, got {got_verdict} flow {} reason {} (why: {why})",
+                s("proto").unwrap_or_default(),
+                s("src").unwrap_or_default(),
+                s("dst").unwrap_or_default(),
+                s("sport").unwrap_or_default(),
+                s("dport").unwrap_or_default(),
+                want_flow.map(|f| format!(" flow {f}")).unwrap_or_default(),
+                want_reason.map(|r| format!(" reason {r}")).unwrap_or_default(),
+                got_flow.unwrap_or_else(|| "-".into()),
+                d.reason.name(),
+            ));
+        }
+    }
+    (cases.len(), bad)
+}
+
+#[test]
+fn vectors() {
+    let files = vector_files();
+    if files.is_empty() {
+        eprintln!("no vector files: nothing to check");
+        return;
+    }
+    let (mut total, mut bad) = (0, Vec::new());
+    for f in &files {
+        let (n, b) = check_file(f);
+        eprintln!("{}: {n} cases, {} mismatches", f.display(), b.len());
+        total += n;
+        bad.extend(b);
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {total} vector cases fail:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
