@@ -29,6 +29,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Cost per packet through BPF_PROG_TEST_RUN against an empty XDP program (needs root).
+    Bench {
+        /// A shorter run: a smaller synthetic site.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run `dataplane` as root with ARGS; with no ARGS, the built-in lab.
     Run {
         #[arg(last = true)]
@@ -50,6 +56,15 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "--release", "-p", "dataplane-user"])
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { quick } => {
+            setup::check_kernel()?;
+            build_ebpf()?;
+            let mut args = vec!["run", "--release", "-q", "-p", "dataplane-tests", "--bin", "bench", "--"];
+            if quick {
+                args.push("--quick");
+            }
+            cargo(&args)
+        }
         Cmd::Run { args } => {
             setup::check_kernel()?;
             build_ebpf()?;
@@ -65,11 +80,14 @@ fn test(args: &[String]) -> Result<()> {
     // Kernel tests are never skipped: without root, BTF or bpffs they cannot mean anything.
     setup::check_kernel()?;
     setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
+    setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test")?;
     build_ebpf()?;
     let started = Instant::now();
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
     unit.extend(args.iter().map(String::as_str));
     cargo(&unit)?;
+    // The end-to-end tests run the real binary.
+    cargo(&["build", "-p", "dataplane-user"])?;
     // Kernel tests share interfaces and pinned paths: one at a time.
     let mut kernel = vec!["test", "-p", "dataplane-tests", "--", "--test-threads=1"];
     kernel.extend(args.iter().map(String::as_str));
@@ -119,6 +137,7 @@ fn cargo(args: &[&str]) -> Result<()> {
         .args(args)
         .current_dir(workspace())
         .env("DATAPLANE_EBPF_OBJECT", ebpf_object())
+        .env("DATAPLANE_BIN", workspace().join("target/debug/dataplane"))
         .status();
     check(status, &format!("cargo {}", args.join(" ")))
 }

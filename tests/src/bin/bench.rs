@@ -31,6 +31,7 @@ fn main() -> Result<()> {
     let mut results = vec![];
     for (label, tables) in &cases {
         let mut ebpf = load::load(tables)?;
+        load::program_named(&mut ebpf, load::BASELINE)?.load()?;
         for (kind, frame) in sample_packets(tables)? {
             let prog_ns = median_ns(&mut ebpf, load::PROGRAM, &frame)?;
             let base_ns = median_ns(&mut ebpf, load::BASELINE, &frame)?;
