@@ -72,16 +72,16 @@ pub fn judge(parsed: Parsed) -> Verdict {
     if p.frag == Frag::Later {
         return later_fragment(&p);
     }
-    let (sport, dport) = match p.l4 {
-        L4::Icmp { ty } => return icmp(p.v6, ty, flags),
+    let v = match p.l4 {
+        L4::Icmp { ty } => icmp(p.v6, ty, flags),
         L4::Ports { sport, dport } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
-            (sport, dport)
+            flow(&p, dst_class, sport, dport)
         }
-        _ => return verdict(Reason::DropNoFlow),
+        _ => verdict(Reason::DropNoFlow),
     };
-    let v = flow(&p, dst_class, sport, dport);
-    if v.reason == Reason::PassFlow && p.frag == Frag::First {
-        // Remember the datagram so that its later fragments follow this verdict.
+    if p.frag == Frag::First && !v.reason.is_drop() {
+        // Remember the datagram so that its later fragments follow this verdict (and its flow
+        // counter; NO_SLOT for ICMP).
         let _ = FRAGS.insert(&frag_key(&p), &v.slot, 0);
     }
     v

@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use dataplane::classify::{Classifier, Decision, Packet};
 use dataplane::tables::{LpmEntry, Tables};
-use dataplane_common::{Reason, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS};
+use dataplane_common::{
+    PairKey, Reason, CLASS_NONE, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_INDEX_MASK,
+    VALUE_SPORT_TABLE,
+};
 use dataplane_tests::{
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
     Harness, Observed, XDP_DROP, XDP_PASS,
@@ -79,14 +82,36 @@ fn host_mask(len: u32, w: u32) -> u128 {
     }
 }
 
+fn prefix<const N: usize>(e: &LpmEntry<[u8; N]>) -> Prefix {
+    Prefix {
+        addr: e.key.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b)),
+        len: e.prefix_len,
+    }
+}
+
 fn prefixes<const N: usize>(entries: &[LpmEntry<[u8; N]>]) -> Vec<Prefix> {
+    entries.iter().map(prefix).collect()
+}
+
+/// The prefixes of `entries` whose value (address class) is `class`.
+fn of_class<const N: usize>(entries: &[LpmEntry<[u8; N]>], class: u32) -> Vec<Prefix> {
     entries
         .iter()
-        .map(|e| Prefix {
-            addr: e.key.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b)),
-            len: e.prefix_len,
-        })
+        .filter(|e| e.value == class)
+        .map(prefix)
         .collect()
+}
+
+/// An address inside one of `ps`: its first or last address, or a random one.
+fn addr_in(rng: &mut Rng, ps: &[Prefix], w: u32) -> u128 {
+    let p = *rng.pick(ps);
+    let host = host_mask(p.len, w);
+    let net = p.addr & !host & full(w);
+    match rng.below(4) {
+        0 => net,
+        1 => net | host,
+        _ => net | (rng.u128() & host),
+    }
 }
 
 /// An address at an edge of one of `ps` (first, last, one before, one after) or inside it.
@@ -119,6 +144,18 @@ fn port_edges(port: u16, bits: u32, out: &mut Vec<u16>) {
     out.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1)]);
 }
 
+/// A port at an edge of a port prefix (or just outside it), or inside it.
+fn port_near(rng: &mut Rng, port: u16, bits: u32) -> u16 {
+    let host: u16 = if bits >= 16 { 0 } else { u16::MAX >> bits };
+    let mut edges = vec![];
+    port_edges(port, bits, &mut edges);
+    if rng.chance(70) {
+        *rng.pick(&edges)
+    } else {
+        (port & !host) | (rng.next() as u16 & host)
+    }
+}
+
 const COMMON_PORTS: [u16; 9] = [0, 1, 53, 1023, 1024, 1025, 32767, 65534, 65535];
 
 struct Site {
@@ -137,11 +174,19 @@ impl Site {
     fn new(name: &str, tables: Tables) -> Self {
         let mut dports = COMMON_PORTS.to_vec();
         for e in &tables.ports {
-            port_edges(u16::from_be_bytes(e.key.dport), e.prefix_len - PORT_KEY_FIXED_BITS, &mut dports);
+            port_edges(
+                u16::from_be_bytes(e.key.dport),
+                e.prefix_len - PORT_KEY_FIXED_BITS,
+                &mut dports,
+            );
         }
         let mut sports = COMMON_PORTS.to_vec();
         for e in &tables.sports {
-            port_edges(u16::from_be_bytes(e.key.sport), e.prefix_len - SPORT_KEY_FIXED_BITS, &mut sports);
+            port_edges(
+                u16::from_be_bytes(e.key.sport),
+                e.prefix_len - SPORT_KEY_FIXED_BITS,
+                &mut sports,
+            );
         }
         dports.sort_unstable();
         dports.dedup();
@@ -160,14 +205,105 @@ impl Site {
         }
     }
 
+    /// A TCP/UDP packet aimed at one `PORTS` entry: from an address of a source class and to an
+    /// address of a destination class that the entry's policy is for, to a destination port at
+    /// (or just outside) the edges of the entry's port prefix, from a source port at the edges
+    /// of the entry's source-port table if it has one. None if the site has no such entry.
+    fn directed(&self, rng: &mut Rng, v6: bool) -> Option<Case> {
+        let t = &self.tables;
+        if t.ports.is_empty() {
+            return None;
+        }
+        let e = rng.pick(&t.ports);
+        let policy = u32::from_be_bytes(e.key.policy);
+        let pairs: Vec<PairKey> = t
+            .pairs
+            .iter()
+            .filter(|(_, p)| *p == policy)
+            .map(|(k, _)| *k)
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let pair = *rng.pick(&pairs);
+        let classes = |v6: bool| {
+            let (src, dst) = if v6 {
+                (
+                    of_class(&t.src_v6, pair.src_class),
+                    of_class(&t.dst_v6, pair.dst_class),
+                )
+            } else {
+                (
+                    of_class(&t.src_v4, pair.src_class),
+                    of_class(&t.dst_v4, pair.dst_class),
+                )
+            };
+            (!dst.is_empty() && (pair.src_class == CLASS_NONE || !src.is_empty()))
+                .then_some((src, dst))
+        };
+        let (v6, (src, dst)) = match classes(v6) {
+            Some(c) => (v6, c),
+            None => (!v6, classes(!v6)?),
+        };
+        let w = if v6 { 128 } else { 32 };
+        let src = if src.is_empty() {
+            rng.u128() & full(w)
+        } else {
+            addr_in(rng, &src, w)
+        };
+        let dst = addr_in(rng, &dst, w);
+        let sport_entries: Vec<_> = if e.value & VALUE_SPORT_TABLE != 0 {
+            let table = e.value & VALUE_INDEX_MASK;
+            t.sports
+                .iter()
+                .filter(|s| u32::from_be_bytes(s.key.table) == table)
+                .collect()
+        } else {
+            vec![]
+        };
+        let sport = match sport_entries.is_empty() {
+            false if rng.chance(80) => {
+                let s = rng.pick(&sport_entries);
+                port_near(
+                    rng,
+                    u16::from_be_bytes(s.key.sport),
+                    s.prefix_len - SPORT_KEY_FIXED_BITS,
+                )
+            }
+            _ => self.port(rng, &self.sports),
+        };
+        Some(Case {
+            src: to_ip(v6, src),
+            dst: to_ip(v6, dst),
+            proto: e.key.proto,
+            sport,
+            dport: port_near(
+                rng,
+                u16::from_be_bytes(e.key.dport),
+                e.prefix_len - PORT_KEY_FIXED_BITS,
+            ),
+            icmp_type: None,
+            payload: vec![0; 8],
+        })
+    }
+
     fn file(name: &str) -> Self {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/sites").join(format!("{name}.yaml"));
-        let tables = dataplane::run::compile_site(&path).unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies/sites")
+            .join(format!("{name}.yaml"));
+        let tables = dataplane::run::compile_site(&path)
+            .unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
         Site::new(name, tables)
     }
 
     /// A synthetic site (overlapping CIDRs in 10/8 and fd00::/16), with the site-wide switches set.
-    fn synthetic(flows: usize, cidrs: usize, seed: u64, drop_unprotected: bool, allow_echo: bool) -> Self {
+    fn synthetic(
+        flows: usize,
+        cidrs: usize,
+        seed: u64,
+        drop_unprotected: bool,
+        allow_echo: bool,
+    ) -> Self {
         let mut policy = dataplane::synth::synthetic_site(flows, cidrs, seed);
         policy.drop_unprotected = drop_unprotected;
         policy.allow_echo = allow_echo;
@@ -176,14 +312,19 @@ impl Site {
     }
 
     fn harness(&self) -> Harness {
-        Harness::new(&self.tables).unwrap_or_else(|e| panic!("{}: loading the XDP program: {e:#}", self.name))
+        Harness::new(&self.tables)
+            .unwrap_or_else(|e| panic!("{}: loading the XDP program: {e:#}", self.name))
     }
 
     /// An address of family `v6`: mostly near a prefix of the destination (or source) table,
     /// sometimes near one of the other table's, sometimes anywhere.
     fn address(&self, rng: &mut Rng, v6: bool, dst_side: bool) -> IpAddr {
         let w = if v6 { 128 } else { 32 };
-        let (src, dst) = if v6 { (&self.src_v6, &self.dst_v6) } else { (&self.src_v4, &self.dst_v4) };
+        let (src, dst) = if v6 {
+            (&self.src_v6, &self.dst_v6)
+        } else {
+            (&self.src_v4, &self.dst_v4)
+        };
         let (mine, other) = if dst_side { (dst, src) } else { (src, dst) };
         let r = rng.below(100);
         let a = if r < 75 && !mine.is_empty() {
@@ -206,6 +347,11 @@ impl Site {
 
     /// A random packet of family `v6`: TCP or UDP only, or of every kind.
     fn case(&self, rng: &mut Rng, v6: bool, only_ports: bool) -> Case {
+        if rng.chance(50) {
+            if let Some(c) = self.directed(rng, v6) {
+                return c;
+            }
+        }
         let src = self.address(rng, v6, false);
         let dst = self.address(rng, v6, true);
         let icmp = if v6 { 58 } else { 1 };
@@ -234,7 +380,10 @@ impl Site {
         let icmp_type = (proto == icmp).then(|| {
             if rng.chance(85) {
                 if v6 {
-                    *rng.pick(&[0, 1, 2, 3, 4, 5, 127, 128, 129, 130, 132, 133, 134, 135, 136, 137, 138, 143, 255])
+                    *rng.pick(&[
+                        0, 1, 2, 3, 4, 5, 127, 128, 129, 130, 132, 133, 134, 135, 136, 137, 138,
+                        143, 255,
+                    ])
                 } else {
                     *rng.pick(&[0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 17, 30, 255])
                 }
@@ -351,7 +500,11 @@ fn expected(d: &Decision) -> Observed {
 }
 
 fn observed(reason: Reason, flow: Option<usize>) -> Observed {
-    expected(&Decision { allow: !reason.is_drop(), flow, reason })
+    expected(&Decision {
+        allow: !reason.is_drop(),
+        flow,
+        reason,
+    })
 }
 
 /// Runs frames through the kernel and collects mismatches (all of them are reported at the end,
@@ -367,7 +520,13 @@ struct Checker {
 
 impl Checker {
     fn new(site: &Site, seed: u64) -> Self {
-        Checker { site: site.name.clone(), seed, sent: 0, by_reason: [0; Reason::ALL.len()], failures: vec![] }
+        Checker {
+            site: site.name.clone(),
+            seed,
+            sent: 0,
+            by_reason: [0; Reason::ALL.len()],
+            failures: vec![],
+        }
     }
 
     fn check(&mut self, h: &mut Harness, what: &str, pkt: &Pkt, want: &Observed) -> Observed {
@@ -391,7 +550,11 @@ impl Checker {
     }
 
     fn finish(self) -> Checked {
-        Checked { sent: self.sent, by_reason: self.by_reason, failures: self.failures }
+        Checked {
+            sent: self.sent,
+            by_reason: self.by_reason,
+            failures: self.failures,
+        }
     }
 }
 
@@ -405,19 +568,34 @@ fn report(test: &str, started: Instant, results: Vec<Checked>, min_packets: usiz
     let sent: usize = results.iter().map(|r| r.sent).sum();
     let by_reason: Vec<String> = Reason::ALL
         .iter()
-        .map(|&r| (r, results.iter().map(|c| c.by_reason[r as usize]).sum::<usize>()))
+        .map(|&r| {
+            (
+                r,
+                results
+                    .iter()
+                    .map(|c| c.by_reason[r as usize])
+                    .sum::<usize>(),
+            )
+        })
         .filter(|&(_, n)| n > 0)
         .map(|(r, n)| format!("{r:?} {n}"))
         .collect();
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.failures).collect();
-    println!("{test}: {sent} packets through the kernel in {:.2?}, {} mismatches", started.elapsed(), failures.len());
+    println!(
+        "{test}: {sent} packets through the kernel in {:.2?}, {} mismatches",
+        started.elapsed(),
+        failures.len()
+    );
     println!("{test}: expected verdicts: {}", by_reason.join(", "));
     assert!(sent >= min_packets, "{test}: only {sent} packets sent");
     if !failures.is_empty() {
         for f in failures.iter().take(20) {
             eprintln!("{f}\n");
         }
-        panic!("{test}: {} of {sent} packets differ between the kernel and explain (first 20 above)", failures.len());
+        panic!(
+            "{test}: {} of {sent} packets differ between the kernel and explain (first 20 above)",
+            failures.len()
+        );
     }
 }
 
@@ -484,9 +662,22 @@ fn wrappers_do_not_change_the_decision() {
                     ("hop-by-hop", case.pkt().v6_ext(&[0])),
                     ("destination options", case.pkt().v6_ext(&[60])),
                     ("routing", case.pkt().v6_ext(&[43])),
-                    ("hop-by-hop, routing, destination options", case.pkt().v6_ext(&[0, 43, 60])),
-                    ("six extension headers", case.pkt().v6_ext(&[0, 60, 43, 60, 43, 60])),
-                    ("atomic fragment", case.pkt().v6_ext(&[0]).frag(FragSpec { offset8: 0, more: false, id: n as u32 })),
+                    (
+                        "hop-by-hop, routing, destination options",
+                        case.pkt().v6_ext(&[0, 43, 60]),
+                    ),
+                    (
+                        "six extension headers",
+                        case.pkt().v6_ext(&[0, 60, 43, 60, 43, 60]),
+                    ),
+                    (
+                        "atomic fragment",
+                        case.pkt().v6_ext(&[0]).frag(FragSpec {
+                            offset8: 0,
+                            more: false,
+                            id: n as u32,
+                        }),
+                    ),
                 ]
             } else {
                 vec![
@@ -494,7 +685,14 @@ fn wrappers_do_not_change_the_decision() {
                     ("1 word of options", case.pkt().v4_options(1)),
                     ("3 words of options", case.pkt().v4_options(3)),
                     ("10 words of options", case.pkt().v4_options(10)),
-                    ("unfragmented with an id", case.pkt().frag(FragSpec { offset8: 0, more: false, id: n as u32 })),
+                    (
+                        "unfragmented with an id",
+                        case.pkt().frag(FragSpec {
+                            offset8: 0,
+                            more: false,
+                            id: n as u32,
+                        }),
+                    ),
                 ]
             };
             for tags in Tags::ALL {
@@ -506,13 +704,21 @@ fn wrappers_do_not_change_the_decision() {
         }
         results.push(c.finish());
     }
-    report("wrappers_do_not_change_the_decision", started, results, 2000);
+    report(
+        "wrappers_do_not_change_the_decision",
+        started,
+        results,
+        2000,
+    );
 }
 
 /// Fragments: a first fragment gets the verdict of the whole packet; a later fragment of an
 /// allowed datagram passes as `PassFragment` on the first fragment's flow slot; a later fragment
 /// of a denied datagram, of an unseen datagram, or (TCP) one that would overlap the transport
 /// header is dropped as `DropFragment`; to an unprotected address fragments are unprotected.
+///
+/// Most datagrams are TCP or UDP; some are ICMP or other protocols: a passed ICMP first fragment
+/// is remembered too, so its later fragments pass with no flow counter.
 #[test]
 fn fragments_follow_their_first_fragment() {
     const PER_SITE: usize = 250;
@@ -532,23 +738,28 @@ fn fragments_follow_their_first_fragment() {
         };
         for _ in 0..PER_SITE {
             let v6 = site.family(&mut rng);
-            let case = site.case(&mut rng, v6, true);
+            let only_ports = rng.chance(80);
+            let case = site.case(&mut rng, v6, only_ports);
             let whole = site.cls.classify(&case.packet());
-            let unprotected = matches!(whole.reason, Reason::PassUnprotected | Reason::DropUnprotected);
+            let unprotected = matches!(
+                whole.reason,
+                Reason::PassUnprotected | Reason::DropUnprotected
+            );
             let (id, stranger) = (fresh(), fresh());
             let tags = Tags::random(&mut rng);
             let extras = |rng: &mut Rng, p: Pkt| random_l3_extras(rng, p.vlans(tags.tpids()), 4);
             let frag = |offset8: u16, more: bool, id: u32| FragSpec { offset8, more, id };
             let later_off = 3 + rng.below(200) as u16;
             // What a later fragment gets, given what its first fragment was recorded as.
-            let later_want = |recorded: Option<usize>, offset8: u16| {
+            // `recorded`: the first fragment passed, crediting this flow slot (None for ICMP).
+            let later_want = |recorded: Option<Option<usize>>, offset8: u16| {
                 if unprotected {
                     expected(&whole)
                 } else if case.proto == 6 && offset8 < 3 {
                     observed(Reason::DropFragment, None)
                 } else {
                     match recorded {
-                        Some(slot) => observed(Reason::PassFragment, Some(slot)),
+                        Some(slot) => observed(Reason::PassFragment, slot),
                         None => observed(Reason::DropFragment, None),
                     }
                 }
@@ -557,16 +768,25 @@ fn fragments_follow_their_first_fragment() {
             // A later fragment before any first fragment of its datagram.
             let more = rng.chance(50);
             let p = extras(&mut rng, case.pkt().frag(frag(later_off, more, id)));
-            c.check(&mut h, "later fragment before its first", &p, &later_want(None, later_off));
+            c.check(
+                &mut h,
+                "later fragment before its first",
+                &p,
+                &later_want(None, later_off),
+            );
 
             // The first fragment: the verdict of the whole packet.
             let p = extras(&mut rng, case.pkt().frag(frag(0, true, id)));
             c.check(&mut h, "first fragment", &p, &expected(&whole));
-            let recorded = (whole.reason == Reason::PassFlow).then(|| whole.flow.expect("a flow verdict has a slot"));
+            let recorded = (!whole.reason.is_drop()).then_some(whole.flow);
 
             // Later fragments of the same datagram (the last one, and one in the middle).
             for more in [true, false] {
-                let off = if more { 3 + rng.below(100) as u16 } else { later_off };
+                let off = if more {
+                    3 + rng.below(100) as u16
+                } else {
+                    later_off
+                };
                 let p = extras(&mut rng, case.pkt().frag(frag(off, more, id)));
                 c.check(&mut h, "later fragment", &p, &later_want(recorded, off));
             }
@@ -574,13 +794,28 @@ fn fragments_follow_their_first_fragment() {
             if case.proto == 6 {
                 let off = 1 + rng.below(2) as u16;
                 let p = extras(&mut rng, case.pkt().frag(frag(off, true, id)));
-                c.check(&mut h, "overlapping TCP fragment", &p, &later_want(recorded, off));
+                c.check(
+                    &mut h,
+                    "overlapping TCP fragment",
+                    &p,
+                    &later_want(recorded, off),
+                );
             }
             // A later fragment of a datagram whose first fragment never came.
             let p = extras(&mut rng, case.pkt().frag(frag(later_off, false, stranger)));
-            c.check(&mut h, "later fragment with an unseen id", &p, &later_want(None, later_off));
+            c.check(
+                &mut h,
+                "later fragment with an unseen id",
+                &p,
+                &later_want(None, later_off),
+            );
         }
         results.push(c.finish());
     }
-    report("fragments_follow_their_first_fragment", started, results, 2000);
+    report(
+        "fragments_follow_their_first_fragment",
+        started,
+        results,
+        2000,
+    );
 }
