@@ -90,12 +90,55 @@ pub struct Counter {
 pub struct Config {
     /// Bit set of `CONFIG_*`.
     pub flags: u32,
+    /// Policy generation: verdicts cached under another generation are not used.
+    pub generation: u32,
 }
 
 /// Drop traffic to addresses that are not protected (default: pass it).
 pub const CONFIG_DROP_UNPROTECTED: u32 = 1 << 0;
 /// Pass ICMP/ICMPv6 echo requests and replies to protected addresses.
 pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
+
+/// Do not use or fill the verdict cache (benchmarks of the uncached path).
+pub const CONFIG_NO_CACHE: u32 = 1 << 2;
+
+/// Key of `CACHE_V4`: the 5-tuple of an unfragmented TCP/UDP packet (ports big-endian as on the
+/// wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// Key of `CACHE_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKeyV6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// A cached verdict: without state, a packet's verdict is a function of its 5-tuple and the
+/// policy, so a pass decided once holds for every packet of the flow until the policy changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheValue {
+    /// A `Reason` that passes.
+    pub reason: u32,
+    /// Flow slot (or `u32::MAX` for none).
+    pub slot: u32,
+    /// `Config::generation` when it was decided.
+    pub generation: u32,
+}
 
 /// Why a packet got its verdict: the index of the `REASONS` per-CPU counter array.
 /// Every packet the program sees moves exactly one of these.
@@ -190,4 +233,7 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for CacheKeyV4 {}
+    unsafe impl aya::Pod for CacheKeyV6 {}
+    unsafe impl aya::Pod for CacheValue {}
 }

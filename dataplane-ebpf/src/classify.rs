@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
 };
 use dataplane_common::{
-    Config, FragKey, PairKey, PortKey, Reason, SportKey, CLASS_NONE, CONFIG_ALLOW_ECHO,
-    CONFIG_DROP_UNPROTECTED, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_DENY,
+    CacheKeyV4, CacheKeyV6, CacheValue, Config, FragKey, PairKey, PortKey, Reason, SportKey,
+    CLASS_NONE, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED, CONFIG_NO_CACHE, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_DENY,
     VALUE_INDEX_MASK, VALUE_SPORT_TABLE,
 };
 
@@ -55,8 +55,29 @@ pub fn judge(parsed: Parsed) -> Verdict {
         Parsed::TooManyTags => return verdict(Reason::DropUnparsed),
         Parsed::Ip(p) => p,
     };
-    let flags = CONFIG.get(0).map(|c| c.flags).unwrap_or(0);
-    let Some(dst_class) = dst_class(&p) else {
+    let (flags, generation) = CONFIG.get(0).map(|c| (c.flags, c.generation)).unwrap_or((0, 0));
+    // Only whole TCP/UDP packets have a verdict that their 5-tuple alone decides.
+    let cacheable = flags & CONFIG_NO_CACHE == 0
+        && p.frag == Frag::Whole
+        && (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP)
+        && matches!(p.l4, L4::Ports { .. });
+    if cacheable {
+        if let Some(v) = cache::get(&p, generation) {
+            return v;
+        }
+    }
+    let v = decide(&p, flags);
+    // Passes only: a flood of denied packets must not cost an insert each.
+    if cacheable && (v.reason == Reason::PassFlow || v.reason == Reason::PassUnprotected) {
+        cache::put(&p, &v, generation);
+    }
+    v
+}
+
+/// The full classification of an IP packet.
+#[inline(always)]
+fn decide(p: &Packet, flags: u32) -> Verdict {
+    let Some(dst_class) = dst_class(p) else {
         return verdict(if flags & CONFIG_DROP_UNPROTECTED != 0 {
             Reason::DropUnprotected
         } else {
@@ -70,19 +91,19 @@ pub fn judge(parsed: Parsed) -> Verdict {
         _ => {}
     }
     if p.frag == Frag::Later {
-        return later_fragment(&p);
+        return later_fragment(p);
     }
     let v = match p.l4 {
         L4::Icmp { ty } => icmp(p.v6, ty, flags),
         L4::Ports { sport, dport } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
-            flow(&p, dst_class, sport, dport)
+            flow(p, dst_class, sport, dport)
         }
         _ => verdict(Reason::DropNoFlow),
     };
     if p.frag == Frag::First && !v.reason.is_drop() {
         // Remember the datagram so that its later fragments follow this verdict (and its flow
         // counter; NO_SLOT for ICMP).
-        let _ = FRAGS.insert(&frag_key(&p), &v.slot, 0);
+        let _ = FRAGS.insert(&frag_key(p), &v.slot, 0);
     }
     v
 }
@@ -161,3 +182,68 @@ fn icmp(v6: bool, ty: u8, flags: u32) -> Verdict {
 
 // Silence "unused" for the ICMP protocol numbers the parser uses.
 const _: (u8, u8) = (IPPROTO_ICMP, IPPROTO_ICMPV6);
+
+/// Verdicts of flows that passed, by 5-tuple: one hash lookup instead of the whole chain for every
+/// packet of a flow after its first. LRU lists per CPU (BPF_F_NO_COMMON_LRU) avoid contention.
+mod cache {
+    use super::*;
+
+    const NO_COMMON_LRU: u32 = 2;
+
+    #[map]
+    static CACHE_V4: LruHashMap<CacheKeyV4, CacheValue> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
+    #[map]
+    static CACHE_V6: LruHashMap<CacheKeyV6, CacheValue> = LruHashMap::with_max_entries(32768, NO_COMMON_LRU);
+
+    #[inline(always)]
+    fn ports(p: &Packet) -> (u16, u16) {
+        match p.l4 {
+            L4::Ports { sport, dport } => (sport, dport),
+            _ => (0, 0),
+        }
+    }
+
+    #[inline(always)]
+    fn key4(p: &Packet) -> CacheKeyV4 {
+        let (sport, dport) = ports(p);
+        CacheKeyV4 {
+            src: [p.src[0], p.src[1], p.src[2], p.src[3]],
+            dst: [p.dst[0], p.dst[1], p.dst[2], p.dst[3]],
+            sport,
+            dport,
+            proto: p.proto,
+            pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn key6(p: &Packet) -> CacheKeyV6 {
+        let (sport, dport) = ports(p);
+        CacheKeyV6 { src: p.src, dst: p.dst, sport, dport, proto: p.proto, pad: [0; 3] }
+    }
+
+    #[inline(always)]
+    pub fn get(p: &Packet, generation: u32) -> Option<Verdict> {
+        // Safety: the value is copied out at once.
+        let v = if p.v6 {
+            unsafe { CACHE_V6.get(&key6(p)) }.copied()
+        } else {
+            unsafe { CACHE_V4.get(&key4(p)) }.copied()
+        }?;
+        if v.generation != generation {
+            return None;
+        }
+        let reason = if v.reason == Reason::PassFlow as u32 { Reason::PassFlow } else { Reason::PassUnprotected };
+        Some(Verdict { reason, slot: v.slot })
+    }
+
+    #[inline(always)]
+    pub fn put(p: &Packet, v: &Verdict, generation: u32) {
+        let value = CacheValue { reason: v.reason as u32, slot: v.slot, generation };
+        let _ = if p.v6 {
+            CACHE_V6.insert(&key6(p), &value, 0)
+        } else {
+            CACHE_V4.insert(&key4(p), &value, 0)
+        };
+    }
+}

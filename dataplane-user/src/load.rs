@@ -79,9 +79,13 @@ fn fill(ebpf: &mut Ebpf, t: &Tables) -> Result<()> {
     for (k, v) in &t.pairs {
         pairs.insert(k, v, 0).with_context(|| format!("writing {MAP_PAIRS}"))?;
     }
+    write_config(ebpf, t.config)
+}
+
+/// Replaces the site-wide switches of a loaded program.
+pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
     let mut config: Array<_, dataplane_common::Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(0, t.config, 0).with_context(|| format!("writing {MAP_CONFIG}"))?;
-    Ok(())
+    config.set(0, c, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

@@ -157,3 +157,31 @@ fn later_fragments_follow_their_first_fragment() {
         expect(&mut h, &denied_later, XDP_DROP, Reason::DropFragment, None);
     }
 }
+
+#[test]
+fn cached_verdicts_hold_until_the_policy_generation_changes() {
+    use aya::maps::{lpm_trie::Key, LpmTrie};
+    use dataplane_common::{PortKey, CONFIG_NO_CACHE, PORT_KEY_FIXED_BITS};
+    let tables = simple_tables();
+    let mut h = Harness::new(&tables).unwrap();
+    let frame = Pkt::tcp(ip("192.0.2.7"), ip("10.0.0.1"), 40000, 80).build();
+    expect(&mut h, &frame, XDP_PASS, Reason::PassFlow, Some(0));
+    // Take TCP 80 out of the policy without a new generation: the flow's cached verdict stands,
+    // counted exactly as before.
+    {
+        let map = h.ebpf.map_mut(dataplane::load::MAP_PORTS).unwrap();
+        let mut ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(map).unwrap();
+        ports.remove(&Key::new(PORT_KEY_FIXED_BITS + 16, PortKey::new(7, 6, 80))).unwrap();
+    }
+    expect(&mut h, &frame, XDP_PASS, Reason::PassFlow, Some(0));
+    // With the cache off the maps decide.
+    let mut config = tables.config;
+    config.flags |= CONFIG_NO_CACHE;
+    dataplane::load::write_config(&mut h.ebpf, config).unwrap();
+    expect(&mut h, &frame, XDP_DROP, Reason::DropNoFlow, None);
+    // A new generation makes every cached verdict stale.
+    config.flags &= !CONFIG_NO_CACHE;
+    config.generation += 1;
+    dataplane::load::write_config(&mut h.ebpf, config).unwrap();
+    expect(&mut h, &frame, XDP_DROP, Reason::DropNoFlow, None);
+}

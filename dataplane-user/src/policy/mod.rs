@@ -70,7 +70,7 @@ impl Policy {
         if self.allow_echo {
             flags |= CONFIG_ALLOW_ECHO;
         }
-        Config { flags }
+        Config { flags, generation: 1 }
     }
 
     pub fn protected(&self) -> impl Iterator<Item = &Role> {
