@@ -16,7 +16,6 @@ use crate::{
     classify, load,
     netns::{self, Lab, Servers, SERVER_IF},
     run::{compile_site, Enforcer, Mode},
-    state::FlowRecord,
     stats::Stats,
 };
 
@@ -107,7 +106,6 @@ pub fn lab(a: LabArgs) -> Result<()> {
     );
     let servers = start_servers(&lab.server)?;
     let classifier = classify::Classifier::new(&tables);
-    let flows: Vec<FlowRecord> = tables.flows.iter().map(FlowRecord::from).collect();
 
     let mut mismatches = 0;
     for round in 0..a.rounds {
@@ -118,7 +116,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
         println!("\nlab: round {} of {}", round + 1, a.rounds);
         mismatches += run_round(&lab, &servers, &classifier, &tables, round)?;
         let c = load::Counters::read(&enforcer.ebpf)?;
-        print!("{}", Stats::new(&flows, &c.flows, &c.reasons).render());
+        print!("{}", Stats::new(&tables.flows, &c.flows, &c.reasons).render());
     }
     drop(servers);
     drop(enforcer);

@@ -18,31 +18,7 @@ pub struct State {
     pub site: PathBuf,
     pub interfaces: Vec<String>,
     /// Flow of each counter slot.
-    pub flows: Vec<FlowRecord>,
-}
-
-/// A flow as `stats` reports it.
-#[derive(Serialize, Deserialize, Clone)]
-pub struct FlowRecord {
-    pub id: String,
-    pub catalog: String,
-    pub from: String,
-    pub to: String,
-    pub protocol: String,
-    pub action: String,
-}
-
-impl From<&FlowInfo> for FlowRecord {
-    fn from(f: &FlowInfo) -> Self {
-        Self {
-            id: f.id.clone(),
-            catalog: f.catalog.clone(),
-            from: f.from.clone(),
-            to: f.to.clone(),
-            protocol: f.protocol.clone(),
-            action: f.action.clone(),
-        }
-    }
+    pub flows: Vec<FlowInfo>,
 }
 
 impl State {
@@ -77,7 +53,7 @@ impl Pins {
             pid: std::process::id(),
             site: site.to_path_buf(),
             interfaces: interfaces.to_vec(),
-            flows: tables.flows.iter().map(FlowRecord::from).collect(),
+            flows: tables.flows.clone(),
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
         std::fs::write(STATE_FILE, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {STATE_FILE}"))?;

@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use dataplane_common::{Counter, Reason};
 use serde::Serialize;
 
-use crate::{load, state};
+use crate::{load, state, tables::FlowInfo};
 
 #[derive(clap::Args, Default)]
 pub struct StatsArgs {
@@ -24,7 +24,7 @@ pub struct Stats {
 #[derive(Serialize)]
 pub struct FlowStats {
     #[serde(flatten)]
-    pub flow: state::FlowRecord,
+    pub flow: FlowInfo,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -46,7 +46,7 @@ fn read_pinned(name: &str) -> Result<Vec<Counter>> {
 
 impl Stats {
     /// Builds the report from a flow list and the two counter arrays.
-    pub fn new(flows: &[state::FlowRecord], flow_counters: &[Counter], reasons: &[Counter]) -> Self {
+    pub fn new(flows: &[FlowInfo], flow_counters: &[Counter], reasons: &[Counter]) -> Self {
         Self {
             flows: flows
                 .iter()

@@ -4,7 +4,7 @@
 use dataplane_common::{Config, PairKey, PortKey, SportKey};
 
 /// One flow as compiled; its position in `Tables::flows` is its counter slot in the kernel.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowInfo {
     pub id: String,
     pub catalog: String,

@@ -109,25 +109,32 @@ impl ValueSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for ValueSeed<'_> {
-    type Value = OptValue;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an option value (a string, an integer or a boolean)")
-    }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<OptValue, E> {
-        self.done(OptValue::Bool(b))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<OptValue, E> {
-        self.done(OptValue::Int(n))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
-        let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
-        self.done(OptValue::Int(n))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
-        self.done(OptValue::Str(s.to_owned()))
-    }
+/// A visitor for one option value (string, integer or boolean), handed to the seed's `done`.
+macro_rules! option_value_visitor {
+    ($seed:ty) => {
+        impl<'de> Visitor<'de> for $seed {
+            type Value = OptValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an option value (a string, an integer or a boolean)")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<OptValue, E> {
+                self.done(OptValue::Bool(b))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<OptValue, E> {
+                self.done(OptValue::Int(n))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
+                let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
+                self.done(OptValue::Int(n))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
+                self.done(OptValue::Str(s.to_owned()))
+            }
+        }
+    };
 }
+
+option_value_visitor!(ValueSeed<'_>);
 
 impl<'de> Deserialize<'de> for OptValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -417,25 +424,7 @@ impl MultiValueSeed {
     }
 }
 
-impl<'de> Visitor<'de> for MultiValueSeed {
-    type Value = OptValue;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an option value (a string, an integer or a boolean)")
-    }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<OptValue, E> {
-        self.done(OptValue::Bool(b))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<OptValue, E> {
-        self.done(OptValue::Int(n))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
-        let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
-        self.done(OptValue::Int(n))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
-        self.done(OptValue::Str(s.to_owned()))
-    }
-}
+option_value_visitor!(MultiValueSeed);
 
 impl<'de> Deserialize<'de> for SiteOptions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
