@@ -7,7 +7,8 @@ mod classify;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
-use dataplane_common::{Counter, REASON_COUNT};
+use aya_log_ebpf::debug;
+use dataplane_common::{Counter, Reason, REASON_COUNT};
 
 use classify::NO_SLOT;
 
@@ -22,6 +23,10 @@ static FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let v = classify::judge(parse::parse(&ctx));
+    if matches!(v.reason, Reason::DropMalformed | Reason::DropUnparsed | Reason::DropFragment) {
+        // Pruned by the verifier unless the controller runs with RUST_LOG=debug.
+        debug!(&ctx, "dropped a packet that cannot be judged safely: {}", v.reason.name());
+    }
     count(&REASONS, v.reason as u32, bytes);
     if v.slot != NO_SLOT {
         count(&FLOWS, v.slot, bytes);

@@ -46,6 +46,10 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
         (MAP_FLOWS, tables.flows.len()),
     ];
     let mut loader = EbpfLoader::new();
+    // The program's log statements at levels the controller does not log are pruned by the
+    // verifier, so they cost nothing per packet.
+    let level = log_level();
+    loader.override_global(aya_log::LEVEL, &level, true);
     for (name, len) in sizes {
         // A map cannot have zero entries; an empty table is a map nobody finds anything in.
         loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);
@@ -59,6 +63,18 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
 
 /// The program that passes everything, for benchmarks.
 pub const BASELINE: &str = "baseline";
+
+/// The controller's log level as aya-log numbers it (0: off, 1: error ... 5: trace).
+fn log_level() -> u8 {
+    match log::max_level() {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => 1,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 3,
+        log::LevelFilter::Debug => 4,
+        log::LevelFilter::Trace => 5,
+    }
+}
 
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     program_named(ebpf, PROGRAM)

@@ -92,7 +92,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
     }
     let tables = compile_site(&a.site)?;
-    let (enforcer, modes) = Enforcer::start(&a.site, &tables, &a.ifaces, a.mode, None)?;
+    let (mut enforcer, modes) = Enforcer::start(&a.site, &tables, &a.ifaces, a.mode, None)?;
+    // What the program logs (RUST_LOG=debug) goes to this process's log.
+    let logger = aya_log::EbpfLogger::init(&mut enforcer.ebpf)
+        .map_err(|e| warn!("the program's log is not available: {e}"))
+        .ok();
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
             "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes; counters: dataplane stats",
@@ -101,21 +105,31 @@ pub fn run(a: RunArgs) -> Result<()> {
             tables.dst_v4.len() + tables.dst_v6.len()
         );
     }
-    wait_for_signal()?;
+    wait_for_signal(logger)?;
     info!("stopping: detaching from {}", a.ifaces.join(", "));
     drop(enforcer);
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM.
-pub fn wait_for_signal() -> Result<()> {
+/// Blocks until SIGINT or SIGTERM, passing what the program logs to the log meanwhile.
+pub fn wait_for_signal(logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+        // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.
+        let mut logs = match logger {
+            Some(l) => Some(unsafe { tokio::io::unix::AsyncFd::register(l) }.map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.map_err(anyhow::Error::from),
+                _ = term.recv() => return Ok(()),
+                Ok(mut ready) = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
+                    ready.get_inner_mut().flush();
+                    ready.clear_ready();
+                }
+            }
         }
-    })?;
-    Ok(())
+    })
 }

@@ -46,7 +46,8 @@ impl Pins {
         }
         remove_all();
         std::fs::create_dir_all(PIN_DIR).with_context(|| format!("creating {PIN_DIR}"))?;
-        for (name, map) in ebpf.maps() {
+        // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
+        for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
             map.pin(pin_path(name)).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
         }
         let state = State {

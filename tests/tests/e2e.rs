@@ -12,7 +12,8 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{tcp_exchange, udp_send, Lab, Servers, SERVER_IF};
+use dataplane::netns::{in_netns, tcp_exchange, udp_send, Lab, Servers, SERVER_IF};
+use dataplane_tests::packet::{FragSpec, Pkt};
 use serde_json::Value;
 
 fn sa(s: &str) -> SocketAddr {
@@ -30,8 +31,12 @@ fn dataplane_bin() -> PathBuf {
     bin
 }
 
-/// `dataplane run` inside a network namespace; SIGTERM on drop.
-struct Daemon(Child);
+/// `dataplane run` inside a network namespace, logging at debug level; SIGTERM on drop.
+struct Daemon {
+    child: Child,
+    /// Lines of its log (stderr).
+    log: mpsc::Receiver<String>,
+}
 
 impl Daemon {
     fn start(ns: &str, site: &Path) -> Self {
@@ -42,35 +47,70 @@ impl Daemon {
             .arg(site)
             .args(["--iface", SERVER_IF])
             .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting dataplane run");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("dataplane run: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let status = rx.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
+        let lines = |from: Box<dyn std::io::Read + Send>, tag: &'static str| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(from).lines().map_while(Result::ok) {
+                    println!("dataplane run {tag}: {line}");
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        };
+        let status = lines(Box::new(child.stdout.take().unwrap()), "stdout");
+        let log = lines(Box::new(child.stderr.take().unwrap()), "log");
+        let status = status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
         assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && status.contains("native mode"), "status line: {status}");
-        Self(child)
+        Self { child, log }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    fn wait_log(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let status = self.0.wait().unwrap();
-        std::mem::forget(self);
-        status
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
+}
+
+/// Sends one raw IPv4 packet (IP header onwards) from namespace `ns`.
+fn send_raw_ipv4(ns: &str, packet: &[u8], dst: std::net::Ipv4Addr) {
+    in_netns(ns, || unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        assert_eq!(n, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    })
+    .unwrap();
 }
 
 fn stats() -> Value {
@@ -166,6 +206,13 @@ fn run_enforces_and_stats_counts_real_traffic() {
     let end = stats();
     assert!(flow_packets(&end, "vcs-sip-public-in-tcp", "tcp") >= 3, "SIP over TCP counted");
     assert!(flow_packets(&end, "vcs-sip-public-in-udp", "udp") > flow_packets(&after, "vcs-sip-public-in-udp", "udp"));
+
+    // The program's own log reaches the daemon's log: a later fragment with no first fragment.
+    let stray = Pkt::udp("10.201.0.2".parse().unwrap(), "10.201.0.1".parse().unwrap(), 40000, 5060)
+        .frag(FragSpec { offset8: 100, more: false, id: 4242 })
+        .build();
+    send_raw_ipv4(&lab.client, &stray[14..], "10.201.0.1".parse().unwrap());
+    assert!(daemon.wait_log("cannot be judged safely: fragment"), "the XDP program's log line");
 
     // SIGTERM: a clean exit, nothing left attached or pinned.
     assert!(daemon.stop().success(), "dataplane run exits cleanly on SIGTERM");
