@@ -92,6 +92,11 @@ pub struct Config {
     pub flags: u32,
     /// Policy generation: verdicts cached under another generation are not used.
     pub generation: u32,
+    /// Idle timeouts of tracked connections, in seconds: established TCP, TCP opening or
+    /// closing (half-open, FIN or RST seen), and UDP.
+    pub ct_tcp_established: u32,
+    pub ct_tcp_transitory: u32,
+    pub ct_udp: u32,
 }
 
 /// Drop traffic to addresses that are not protected (default: pass it).
@@ -102,7 +107,7 @@ pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
 /// Do not use or fill the verdict cache (benchmarks of the uncached path).
 pub const CONFIG_NO_CACHE: u32 = 1 << 2;
 
-/// Key of `CACHE_V4`: the 5-tuple of an unfragmented TCP/UDP packet (ports big-endian as on the
+/// Key of `FLOW_V4`: the 5-tuple of an unfragmented TCP/UDP packet (ports big-endian as on the
 /// wire).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,7 +120,7 @@ pub struct CacheKeyV4 {
     pub pad: [u8; 3],
 }
 
-/// Key of `CACHE_V6`.
+/// Key of `FLOW_V6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKeyV6 {
@@ -127,18 +132,44 @@ pub struct CacheKeyV6 {
     pub pad: [u8; 3],
 }
 
-/// A cached verdict: without state, a packet's verdict is a function of its 5-tuple and the
-/// policy, so a pass decided once holds for every packet of the flow until the policy changes.
+/// An entry of the flow table (`FLOW_V4`/`FLOW_V6`, keyed by the 5-tuple as it arrives). Two
+/// kinds share the table so that one lookup serves both:
+/// - a cached verdict (`reason` PassFlow or PassUnprotected): without state, a packet's verdict
+///   is a function of its 5-tuple and the policy, so a pass decided once holds for every packet
+///   of the flow until the policy generation changes;
+/// - a tracked connection (`reason` PassReply) that a protected server opened: its replies pass
+///   while `state` and `last_seen` say it is alive.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CacheValue {
+pub struct FlowEntry {
     /// A `Reason` that passes.
     pub reason: u32,
-    /// Flow slot (or `u32::MAX` for none).
+    /// Flow slot (`u32::MAX` for none); for a tracked connection, the outbound flow's slot.
     pub slot: u32,
-    /// `Config::generation` when it was decided.
+    /// Cached verdicts: `Config::generation` when decided.
     pub generation: u32,
+    /// Tracked connections: a `CT_*` state.
+    pub state: u32,
+    /// Tracked connections: `bpf_ktime_get_coarse_ns` of the last packet either way.
+    pub last_seen: u64,
 }
+
+/// TCP: the server sent a SYN; a SYN-ACK is awaited.
+pub const CT_SYN_SENT: u32 = 1;
+/// TCP: the peer answered.
+pub const CT_ESTABLISHED: u32 = 2;
+/// TCP: a FIN went either way; the connection is closing.
+pub const CT_CLOSING: u32 = 3;
+/// A UDP exchange.
+pub const CT_UDP: u32 = 4;
+
+/// Slots of the `CT_STATS` per-CPU array of connection-tracking events.
+pub const CT_STAT_INSERTS: u32 = 0;
+/// Entries removed because they expired or the connection closed (RST).
+pub const CT_STAT_REMOVALS: u32 = 1;
+/// Inbound packets that looked like replies but were not (a bare SYN, a stale entry).
+pub const CT_STAT_REFUSED: u32 = 2;
+pub const CT_STAT_COUNT: u32 = 3;
 
 /// Why a packet got its verdict: the index of the `REASONS` per-CPU counter array.
 /// Every packet the program sees moves exactly one of these.
@@ -169,9 +200,11 @@ pub enum Reason {
     DropIcmp = 10,
     /// More VLAN tags or IPv6 extension headers than the parser reads.
     DropUnparsed = 11,
+    /// The reply of a connection a protected server opened (counted on the outbound flow).
+    PassReply = 12,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 13;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -187,6 +220,7 @@ impl Reason {
         Reason::DropUnprotected,
         Reason::DropIcmp,
         Reason::DropUnparsed,
+        Reason::PassReply,
     ];
 
     /// Stable snake_case name used by `stats`, `explain` and metrics.
@@ -204,11 +238,13 @@ impl Reason {
             Reason::DropUnprotected => "unprotected",
             Reason::DropIcmp => "icmp",
             Reason::DropUnparsed => "unparsed",
+            Reason::PassReply => "reply",
         }
     }
 
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= Reason::DropNoFlow as u32
+        let r = self as u32;
+        r >= Reason::DropNoFlow as u32 && r <= Reason::DropUnparsed as u32
     }
 }
 
@@ -235,5 +271,5 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for CacheKeyV4 {}
     unsafe impl aya::Pod for CacheKeyV6 {}
-    unsafe impl aya::Pod for CacheValue {}
+    unsafe impl aya::Pod for FlowEntry {}
 }

@@ -6,11 +6,12 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
 };
 use dataplane_common::{
-    CacheKeyV4, CacheKeyV6, CacheValue, Config, FragKey, PairKey, PortKey, Reason, SportKey,
+    Config, FragKey, PairKey, PortKey, Reason, SportKey,
     CLASS_NONE, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED, CONFIG_NO_CACHE, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_DENY,
     VALUE_INDEX_MASK, VALUE_SPORT_TABLE,
 };
 
+use crate::flowtable;
 use crate::parse::{Frag, Packet, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 
 // Sizes are placeholders: the loader sets every table's size from the compiled policy.
@@ -28,6 +29,60 @@ static PAIRS: HashMap<PairKey, u32> = HashMap::with_max_entries(1, 0);
 static PORTS: LpmTrie<PortKey, u32> = LpmTrie::with_max_entries(1, 0);
 #[map]
 static SPORTS: LpmTrie<SportKey, u32> = LpmTrie::with_max_entries(1, 0);
+// The same chain for packets a protected server sends (tc egress): peers' addresses in
+// OUT_DST_*, the protected ones in OUT_SRC_*.
+#[map]
+static OUT_SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OUT_SRC_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OUT_DST_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OUT_DST_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OUT_PAIRS: HashMap<PairKey, u32> = HashMap::with_max_entries(1, 0);
+#[map]
+static OUT_PORTS: LpmTrie<PortKey, u32> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OUT_SPORTS: LpmTrie<SportKey, u32> = LpmTrie::with_max_entries(1, 0);
+
+/// One set of classification maps. Implemented by zero-sized markers so that every map
+/// reference stays a direct relocation after monomorphisation, as the verifier requires.
+pub trait Chain {
+    fn src_v4() -> &'static LpmTrie<[u8; 4], u32>;
+    fn src_v6() -> &'static LpmTrie<[u8; 16], u32>;
+    fn dst_v4() -> &'static LpmTrie<[u8; 4], u32>;
+    fn dst_v6() -> &'static LpmTrie<[u8; 16], u32>;
+    fn pairs() -> &'static HashMap<PairKey, u32>;
+    fn ports() -> &'static LpmTrie<PortKey, u32>;
+    fn sports() -> &'static LpmTrie<SportKey, u32>;
+}
+
+macro_rules! chain {
+    ($name:ident, $src4:ident, $src6:ident, $dst4:ident, $dst6:ident, $pairs:ident, $ports:ident, $sports:ident) => {
+        pub struct $name;
+        impl Chain for $name {
+            #[inline(always)]
+            fn src_v4() -> &'static LpmTrie<[u8; 4], u32> { &$src4 }
+            #[inline(always)]
+            fn src_v6() -> &'static LpmTrie<[u8; 16], u32> { &$src6 }
+            #[inline(always)]
+            fn dst_v4() -> &'static LpmTrie<[u8; 4], u32> { &$dst4 }
+            #[inline(always)]
+            fn dst_v6() -> &'static LpmTrie<[u8; 16], u32> { &$dst6 }
+            #[inline(always)]
+            fn pairs() -> &'static HashMap<PairKey, u32> { &$pairs }
+            #[inline(always)]
+            fn ports() -> &'static LpmTrie<PortKey, u32> { &$ports }
+            #[inline(always)]
+            fn sports() -> &'static LpmTrie<SportKey, u32> { &$sports }
+        }
+    };
+}
+
+chain!(Inbound, SRC_V4, SRC_V6, DST_V4, DST_V6, PAIRS, PORTS, SPORTS);
+chain!(Outbound, OUT_SRC_V4, OUT_SRC_V6, OUT_DST_V4, OUT_DST_V6, OUT_PAIRS, OUT_PORTS, OUT_SPORTS);
+
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Datagrams whose first fragment was allowed -> flow slot, so later fragments follow it.
@@ -36,6 +91,15 @@ static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// No flow slot to count against.
 pub const NO_SLOT: u32 = u32::MAX;
+/// Slot bit: the slot is an outbound flow's, counted in `REPLY_FLOWS` (replies and their
+/// fragments).
+pub const REPLY_SLOT: u32 = 1 << 31;
+
+/// The site-wide switches and timeouts.
+#[inline(always)]
+pub fn flags_config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
 
 pub struct Verdict {
     pub reason: Reason,
@@ -55,29 +119,35 @@ pub fn judge(parsed: Parsed) -> Verdict {
         Parsed::TooManyTags => return verdict(Reason::DropUnparsed),
         Parsed::Ip(p) => p,
     };
-    let (flags, generation) = CONFIG.get(0).map(|c| (c.flags, c.generation)).unwrap_or((0, 0));
-    // Only whole TCP/UDP packets have a verdict that their 5-tuple alone decides.
-    let cacheable = flags & CONFIG_NO_CACHE == 0
-        && p.frag == Frag::Whole
-        && (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP)
-        && matches!(p.l4, L4::Ports { .. });
-    if cacheable {
-        if let Some(v) = cache::get(&p, generation) {
-            return v;
+    let config = flags_config();
+    // One lookup for most packets: a cached pass of this flow, or a reply of a connection a
+    // protected server opened. Otherwise the policy decides.
+    let v = match flowtable::lookup(&p, &config) {
+        Some(v) => v,
+        None => {
+            let v = decide(&p, &config);
+            // Only whole TCP/UDP packets have a verdict that their 5-tuple alone decides; and
+            // passes only: a flood of denied packets must not cost an insert each.
+            let cacheable = config.flags & CONFIG_NO_CACHE == 0 && p.frag == Frag::Whole;
+            if cacheable && (v.reason == Reason::PassFlow || v.reason == Reason::PassUnprotected) {
+                flowtable::remember(&p, &v, config.generation);
+            }
+            v
         }
-    }
-    let v = decide(&p, flags);
-    // Passes only: a flood of denied packets must not cost an insert each.
-    if cacheable && (v.reason == Reason::PassFlow || v.reason == Reason::PassUnprotected) {
-        cache::put(&p, &v, generation);
+    };
+    if p.frag == Frag::First && !v.reason.is_drop() {
+        // Remember the datagram so that its later fragments follow this verdict (and its flow
+        // counter; NO_SLOT for ICMP).
+        let _ = FRAGS.insert(&frag_key(&p), &v.slot, 0);
     }
     v
 }
 
 /// The full classification of an IP packet.
 #[inline(always)]
-fn decide(p: &Packet, flags: u32) -> Verdict {
-    let Some(dst_class) = dst_class(p) else {
+fn decide(p: &Packet, config: &Config) -> Verdict {
+    let flags = config.flags;
+    let Some(dst_class) = dst_class::<Inbound>(p) else {
         return verdict(if flags & CONFIG_DROP_UNPROTECTED != 0 {
             Reason::DropUnprotected
         } else {
@@ -93,55 +163,49 @@ fn decide(p: &Packet, flags: u32) -> Verdict {
     if p.frag == Frag::Later {
         return later_fragment(p);
     }
-    let v = match p.l4 {
+    match p.l4 {
         L4::Icmp { ty } => icmp(p.v6, ty, flags),
-        L4::Ports { sport, dport } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
-            flow(p, dst_class, sport, dport)
+        L4::Ports { sport, dport, .. } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
+            flow::<Inbound>(p, dst_class, sport, dport)
         }
         _ => verdict(Reason::DropNoFlow),
-    };
-    if p.frag == Frag::First && !v.reason.is_drop() {
-        // Remember the datagram so that its later fragments follow this verdict (and its flow
-        // counter; NO_SLOT for ICMP).
-        let _ = FRAGS.insert(&frag_key(p), &v.slot, 0);
     }
-    v
 }
 
 #[inline(always)]
-fn dst_class(p: &Packet) -> Option<u32> {
+pub fn dst_class<C: Chain>(p: &Packet) -> Option<u32> {
     if p.v6 {
-        DST_V6.get(Key::new(128, p.dst)).copied()
+        C::dst_v6().get(Key::new(128, p.dst)).copied()
     } else {
-        DST_V4.get(Key::new(32, [p.dst[0], p.dst[1], p.dst[2], p.dst[3]])).copied()
+        C::dst_v4().get(Key::new(32, [p.dst[0], p.dst[1], p.dst[2], p.dst[3]])).copied()
     }
 }
 
 #[inline(always)]
-fn src_class(p: &Packet) -> u32 {
+fn src_class<C: Chain>(p: &Packet) -> u32 {
     let c = if p.v6 {
-        SRC_V6.get(Key::new(128, p.src))
+        C::src_v6().get(Key::new(128, p.src))
     } else {
-        SRC_V4.get(Key::new(32, [p.src[0], p.src[1], p.src[2], p.src[3]]))
+        C::src_v4().get(Key::new(32, [p.src[0], p.src[1], p.src[2], p.src[3]]))
     };
     c.copied().unwrap_or(CLASS_NONE)
 }
 
 /// The flow lookup proper: class pair -> policy -> destination port -> maybe source port.
 #[inline(always)]
-fn flow(p: &Packet, dst_class: u32, sport: u16, dport: u16) -> Verdict {
-    let pair = PairKey { src_class: src_class(p), dst_class };
-    // Safety: the value is a plain u32 copied out at once; PAIRS is only replaced whole.
-    let Some(policy) = (unsafe { PAIRS.get(&pair) }).copied() else {
+pub fn flow<C: Chain>(p: &Packet, dst_class: u32, sport: u16, dport: u16) -> Verdict {
+    let pair = PairKey { src_class: src_class::<C>(p), dst_class };
+    // Safety: the value is a plain u32 copied out at once; the pairs map is only replaced whole.
+    let Some(policy) = (unsafe { C::pairs().get(&pair) }).copied() else {
         return verdict(Reason::DropNoFlow);
     };
     let key = Key::new(PORT_KEY_FIXED_BITS + 16, PortKey::new(policy, p.proto, dport));
-    let Some(mut value) = PORTS.get(key).copied() else {
+    let Some(mut value) = C::ports().get(key).copied() else {
         return verdict(Reason::DropNoFlow);
     };
     if value & VALUE_SPORT_TABLE != 0 {
         let key = Key::new(SPORT_KEY_FIXED_BITS + 16, SportKey::new(value & VALUE_INDEX_MASK, sport));
-        match SPORTS.get(key) {
+        match C::sports().get(key) {
             Some(v) => value = *v,
             None => return verdict(Reason::DropNoFlow),
         }
@@ -182,68 +246,3 @@ fn icmp(v6: bool, ty: u8, flags: u32) -> Verdict {
 
 // Silence "unused" for the ICMP protocol numbers the parser uses.
 const _: (u8, u8) = (IPPROTO_ICMP, IPPROTO_ICMPV6);
-
-/// Verdicts of flows that passed, by 5-tuple: one hash lookup instead of the whole chain for every
-/// packet of a flow after its first. LRU lists per CPU (BPF_F_NO_COMMON_LRU) avoid contention.
-mod cache {
-    use super::*;
-
-    const NO_COMMON_LRU: u32 = 2;
-
-    #[map]
-    static CACHE_V4: LruHashMap<CacheKeyV4, CacheValue> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
-    #[map]
-    static CACHE_V6: LruHashMap<CacheKeyV6, CacheValue> = LruHashMap::with_max_entries(32768, NO_COMMON_LRU);
-
-    #[inline(always)]
-    fn ports(p: &Packet) -> (u16, u16) {
-        match p.l4 {
-            L4::Ports { sport, dport } => (sport, dport),
-            _ => (0, 0),
-        }
-    }
-
-    #[inline(always)]
-    fn key4(p: &Packet) -> CacheKeyV4 {
-        let (sport, dport) = ports(p);
-        CacheKeyV4 {
-            src: [p.src[0], p.src[1], p.src[2], p.src[3]],
-            dst: [p.dst[0], p.dst[1], p.dst[2], p.dst[3]],
-            sport,
-            dport,
-            proto: p.proto,
-            pad: [0; 3],
-        }
-    }
-
-    #[inline(always)]
-    fn key6(p: &Packet) -> CacheKeyV6 {
-        let (sport, dport) = ports(p);
-        CacheKeyV6 { src: p.src, dst: p.dst, sport, dport, proto: p.proto, pad: [0; 3] }
-    }
-
-    #[inline(always)]
-    pub fn get(p: &Packet, generation: u32) -> Option<Verdict> {
-        // Safety: the value is copied out at once.
-        let v = if p.v6 {
-            unsafe { CACHE_V6.get(&key6(p)) }.copied()
-        } else {
-            unsafe { CACHE_V4.get(&key4(p)) }.copied()
-        }?;
-        if v.generation != generation {
-            return None;
-        }
-        let reason = if v.reason == Reason::PassFlow as u32 { Reason::PassFlow } else { Reason::PassUnprotected };
-        Some(Verdict { reason, slot: v.slot })
-    }
-
-    #[inline(always)]
-    pub fn put(p: &Packet, v: &Verdict, generation: u32) {
-        let value = CacheValue { reason: v.reason as u32, slot: v.slot, generation };
-        let _ = if p.v6 {
-            CACHE_V6.insert(&key6(p), &value, 0)
-        } else {
-            CACHE_V4.insert(&key4(p), &value, 0)
-        };
-    }
-}

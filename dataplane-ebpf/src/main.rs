@@ -4,13 +4,20 @@
 #![no_main]
 
 mod classify;
+mod flowtable;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK},
+    macros::{classifier, map, xdp},
+    maps::PerCpuArray,
+    programs::{TcContext, XdpContext},
+};
 use aya_log_ebpf::debug;
 use dataplane_common::{Counter, Reason, REASON_COUNT};
 
-use classify::NO_SLOT;
+use classify::{NO_SLOT, REPLY_SLOT};
+use parse::{Frame, Parsed};
 
 /// Packets and bytes per `Reason`.
 #[map]
@@ -18,6 +25,11 @@ static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUN
 /// Packets and bytes per flow slot (sized by the loader).
 #[map]
 static FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+/// Per outbound flow slot: packets the protected servers sent, and the replies admitted.
+#[map]
+static OUT_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static REPLY_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn dataplane(ctx: XdpContext) -> u32 {
@@ -29,13 +41,37 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
     }
     count(&REASONS, v.reason as u32, bytes);
     if v.slot != NO_SLOT {
-        count(&FLOWS, v.slot, bytes);
+        if v.slot & REPLY_SLOT != 0 {
+            count(&REPLY_FLOWS, v.slot & !REPLY_SLOT, bytes);
+        } else {
+            count(&FLOWS, v.slot, bytes);
+        }
     }
     if v.reason.is_drop() {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// Headers an outbound packet needs readable: Ethernet, two tags, IPv6, TCP.
+const EGRESS_HEADERS: u32 = 14 + 8 + 40 + 20;
+
+/// tc egress: records the connections protected servers open, so that `dataplane` admits their
+/// replies. Never drops: outbound traffic is not filtered.
+#[classifier]
+pub fn egress(ctx: TcContext) -> i32 {
+    let (start, end) = ctx.bounds();
+    if ((end - start) as u32) < EGRESS_HEADERS {
+        // Headers in paged data: pull what there is of them into the linear part.
+        let _ = ctx.pull_data(EGRESS_HEADERS.min(ctx.len()));
+    }
+    if let Parsed::Ip(p) = parse::parse(&ctx) {
+        if let Some(slot) = flowtable::outbound(&p) {
+            count(&OUT_FLOWS, slot, ctx.len() as u64);
+        }
+    }
+    TC_ACT_OK
 }
 
 /// Passes everything: the baseline `cargo xtask bench` measures the classifier against.

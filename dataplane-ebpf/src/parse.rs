@@ -5,7 +5,7 @@
 //! follow it. Parsing never guesses: what cannot be read completely is reported as such, and the
 //! classifier drops it when it is headed to a protected address.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -50,7 +50,8 @@ pub enum Frag {
 /// What the parser could read of the transport layer.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Ports { sport: u16, dport: u16 },
+    /// `flags`: the TCP flags byte (0 for UDP).
+    Ports { sport: u16, dport: u16, flags: u8 },
     Icmp { ty: u8 },
     /// Another protocol, or a later fragment (no header to read).
     None,
@@ -84,20 +85,44 @@ pub enum Parsed {
     Ip(Packet),
 }
 
+/// A packet buffer: XDP frames on ingress, socket buffers on tc egress.
+pub trait Frame {
+    /// `data` and `data_end`, read with volatile loads so that LLVM cannot prove a bounds check
+    /// redundant from the length arithmetic elsewhere and drop it: the verifier only trusts a
+    /// comparison of the packet pointer against `data_end`.
+    fn bounds(&self) -> (usize, usize);
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // Safety: reading two fields of the context the kernel handed us.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*self.ctx).data) as usize,
+                core::ptr::read_volatile(&(*self.ctx).data_end) as usize,
+            )
+        }
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // Safety: as above, on the socket buffer.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*self.skb.skb).data) as usize,
+                core::ptr::read_volatile(&(*self.skb.skb).data_end) as usize,
+            )
+        }
+    }
+}
+
 /// Reads N bytes at `off`, or None past the end of the frame.
-///
-/// `data` and `data_end` are read with volatile loads so that LLVM cannot prove this check
-/// redundant from the length arithmetic elsewhere and drop it: the verifier only trusts a
-/// comparison of the packet pointer against `data_end`.
 #[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
-    // Safety: reading two fields of the context the kernel handed us.
-    let (start, end) = unsafe {
-        (
-            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
-            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
-        )
-    };
+fn load<const N: usize, F: Frame>(ctx: &F, off: usize) -> Option<[u8; N]> {
+    let (start, end) = ctx.bounds();
     if start + off + N > end {
         return None;
     }
@@ -110,19 +135,20 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some(eth) = load::<ETH_HLEN>(ctx, 0) else { return Parsed::Malformed };
+pub fn parse<F: Frame>(ctx: &F) -> Parsed {
+    let Some(eth) = load::<ETH_HLEN, F>(ctx, 0) else { return Parsed::Malformed };
     let mut ethertype = be16([eth[12], eth[13]]);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Some(tag) = load::<VLAN_HLEN>(ctx, off) else { return Parsed::Malformed };
+        let Some(tag) = load::<VLAN_HLEN, F>(ctx, off) else { return Parsed::Malformed };
         ethertype = be16([tag[2], tag[3]]);
         off += VLAN_HLEN;
     }
-    let frame_len = ctx.data_end() - ctx.data();
+    let (start, end) = ctx.bounds();
+    let frame_len = end - start;
     match ethertype {
         ETH_P_IP => parse_ipv4(ctx, off, frame_len),
         ETH_P_IPV6 => parse_ipv6(ctx, off, frame_len),
@@ -132,8 +158,8 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
-    let Some(h) = load::<20>(ctx, l3) else { return Parsed::Malformed };
+fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
+    let Some(h) = load::<20, F>(ctx, l3) else { return Parsed::Malformed };
     if h[0] >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -178,8 +204,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
-    let Some(h) = load::<IPV6_HLEN>(ctx, l3) else { return Parsed::Malformed };
+fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
+    let Some(h) = load::<IPV6_HLEN, F>(ctx, l3) else { return Parsed::Malformed };
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
@@ -207,7 +233,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
         let cur = next;
         let len = match cur {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                let Some(e) = load::<2>(ctx, off) else {
+                let Some(e) = load::<2, F>(ctx, off) else {
                     p.l4 = L4::Malformed;
                     return Parsed::Ip(p);
                 };
@@ -219,7 +245,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
                 }
             }
             IPPROTO_FRAGMENT => {
-                let Some(e) = load::<8>(ctx, off) else {
+                let Some(e) = load::<8, F>(ctx, off) else {
                     p.l4 = L4::Malformed;
                     return Parsed::Ip(p);
                 };
@@ -270,7 +296,7 @@ fn is_ipv6_ext(nh: u8) -> bool {
 
 /// Reads the transport header at `off`, which must end by `end` (the end of the IP datagram).
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, off: usize, end: usize, proto: u8, icmp: u8, frag: Frag) -> L4 {
+fn parse_l4<F: Frame>(ctx: &F, off: usize, end: usize, proto: u8, icmp: u8, frag: Frag) -> L4 {
     if off > MAX_L4_OFFSET {
         return L4::Unparsed;
     }
@@ -283,17 +309,19 @@ fn parse_l4(ctx: &XdpContext, off: usize, end: usize, proto: u8, icmp: u8, frag:
     if off + need > end {
         return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
     }
-    let Some(b) = load::<4>(ctx, off) else { return L4::Malformed };
+    let Some(b) = load::<4, F>(ctx, off) else { return L4::Malformed };
     if proto == icmp {
         return L4::Icmp { ty: b[0] };
     }
+    let mut flags = 0;
     if proto == IPPROTO_TCP {
         // Data offset below 5 words or past the datagram: the header lies about itself.
-        let Some(d) = load::<1>(ctx, off + 12) else { return L4::Malformed };
+        let Some(d) = load::<2, F>(ctx, off + 12) else { return L4::Malformed };
         let doff = ((d[0] >> 4) as usize) * 4;
         if doff < TCP_HLEN || off + doff > end {
             return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
         }
+        flags = d[1];
     }
-    L4::Ports { sport: be16([b[0], b[1]]), dport: be16([b[2], b[3]]) }
+    L4::Ports { sport: be16([b[0], b[1]]), dport: be16([b[2], b[3]]), flags }
 }

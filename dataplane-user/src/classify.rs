@@ -1,6 +1,11 @@
 //! The userspace twin of the XDP classifier: walks the compiled [`Tables`] exactly as the kernel
 //! walks its maps (so `explain` previews the kernel), plus [`reference`], a direct evaluation of
 //! the policy's flows that the property tests compare it with.
+//!
+//! Outbound packets (a protected server sends them; the kernel's tc egress program) walk the
+//! `OUT_*` maps ([`Tables::outbound`]) with [`Classifier::new_outbound`] and
+//! [`Classifier::classify_outbound`], or [`classify_outbound`]; [`reference_outbound`] is their
+//! direct evaluation over `Policy::out_flows`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,7 +15,7 @@ use dataplane_common::{
     VALUE_DENY, VALUE_INDEX_MASK, VALUE_SPORT_TABLE,
 };
 
-use crate::policy::Policy;
+use crate::policy::{Flow, Policy};
 use crate::tables::{LpmEntry, Tables};
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -196,6 +201,52 @@ impl Classifier {
             return Decision::new(Reason::DropNoFlow, None);
         }
         let src_class = src_trie.lookup(&addr_bytes(p.src)).unwrap_or(CLASS_NONE);
+        self.flow(p, src_class, dst_class)
+    }
+}
+
+/// Classifies one packet through `t` (builds the lookup structures each call; use
+/// [`Classifier`] for many packets).
+pub fn classify(t: &Tables, p: &Packet) -> Decision {
+    Classifier::new(t).classify(p)
+}
+
+impl Classifier {
+    /// A classifier over the outbound tables `t.outbound` (the `OUT_*` maps), for
+    /// [`Classifier::classify_outbound`]. None when the policy has no outbound flow: then no
+    /// connection is tracked.
+    pub fn new_outbound(t: &Tables) -> Option<Classifier> {
+        t.outbound.as_deref().map(Classifier::new)
+    }
+
+    /// The walk for a packet a protected server sends (source = the server, destination = the
+    /// peer), over a classifier built by [`Classifier::new_outbound`]: peer address -> class
+    /// (`OUT_DST_*`; miss: no flow), server address -> class (`OUT_SRC_*`), `OUT_PAIRS`,
+    /// `OUT_PORTS` (the peer's port, `dport`), `OUT_SPORTS` (the server's port, `sport`).
+    /// Site switches (`unprotected`, `icmp-echo`) do not apply; anything but TCP and UDP has no
+    /// flow.
+    ///
+    /// Returns `PassFlow` with the outbound slot (index into `Tables::outbound.flows`) when an
+    /// allow flow documents the connection (it is tracked and its replies admitted),
+    /// `DropDenyFlow` with the slot of the deny flow that wins, or `DropNoFlow`.
+    pub fn classify_outbound(&self, p: &Packet) -> Decision {
+        if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
+            return Decision::new(Reason::DropNoFlow, None);
+        }
+        let (dst_trie, src_trie) = if p.dst.is_ipv6() {
+            (&self.dst_v6, &self.src_v6)
+        } else {
+            (&self.dst_v4, &self.src_v4)
+        };
+        let Some(dst_class) = dst_trie.lookup(&addr_bytes(p.dst)) else {
+            return Decision::new(Reason::DropNoFlow, None);
+        };
+        let src_class = src_trie.lookup(&addr_bytes(p.src)).unwrap_or(CLASS_NONE);
+        self.flow(p, src_class, dst_class)
+    }
+
+    /// Pair, ports and source ports: the end of both walks.
+    fn flow(&self, p: &Packet, src_class: u32, dst_class: u32) -> Decision {
         let Some(&policy) = self.pairs.get(&PairKey {
             src_class,
             dst_class,
@@ -227,10 +278,25 @@ impl Classifier {
     }
 }
 
-/// Classifies one packet through `t` (builds the lookup structures each call; use
-/// [`Classifier`] for many packets).
-pub fn classify(t: &Tables, p: &Packet) -> Decision {
-    Classifier::new(t).classify(p)
+/// Classifies one outbound packet (server -> peer) through `t.outbound`; `DropNoFlow` when there
+/// are no outbound tables. See [`Classifier::classify_outbound`].
+pub fn classify_outbound(t: &Tables, p: &Packet) -> Decision {
+    match Classifier::new_outbound(t) {
+        Some(c) => c.classify_outbound(p),
+        None => Decision::new(Reason::DropNoFlow, None),
+    }
+}
+
+/// The outbound semantics stated directly over `policy.out_flows`: a TCP or UDP packet from a
+/// protected server is documented iff an outbound flow has `from` containing the source, `to`
+/// containing the destination, and matches protocol, destination port (the peer's) and source
+/// port (the server's); the first matching deny flow wins (`DropDenyFlow`), else the first
+/// allow flow (`PassFlow`); slots index `out_flows`.
+pub fn reference_outbound(policy: &Policy, p: &Packet) -> Decision {
+    if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
+        return Decision::new(Reason::DropNoFlow, None);
+    }
+    first_match(policy, &policy.out_flows, p)
 }
 
 /// The semantics stated directly over the policy's flows, without tables: the packet is allowed
@@ -254,8 +320,14 @@ pub fn reference(policy: &Policy, p: &Packet) -> Decision {
     if let Some(r) = icmp_verdict(p.dst.is_ipv6(), p.proto, p.icmp_type, policy.allow_echo) {
         return Decision::new(r, None);
     }
+    first_match(policy, &policy.flows, p)
+}
+
+/// The first matching deny flow of `flows`, else the first matching allow flow.
+fn first_match(policy: &Policy, flows: &[Flow], p: &Packet) -> Decision {
+    let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
     let in_ranges = |r: &[(u16, u16)], x: u16| r.iter().any(|&(a, b)| (a..=b).contains(&x));
-    let matching = policy.flows.iter().enumerate().filter(|(_, f)| {
+    let matching = flows.iter().enumerate().filter(|(_, f)| {
         f.proto == p.proto
             && has(f.to, p.dst)
             && has(f.from, p.src)

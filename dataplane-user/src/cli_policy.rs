@@ -15,6 +15,7 @@ use crate::compile::{compile_with_summary, Summary};
 use crate::policy::ports::format_ranges;
 use crate::policy::{self, catalog_dir, load_all_catalogs, Catalog, Policy};
 use crate::tables::Tables;
+use dataplane_common::Reason;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct CatalogsArgs {
@@ -89,6 +90,20 @@ pub struct ExplainArgs {
     /// ICMP type (default: echo request).
     #[arg(long, value_name = "N", requires = "src")]
     pub icmp_type: Option<u8>,
+    /// `out`: the protected server sends the packet (is the connection tracked and its replies
+    /// admitted?). Default `in`: a packet to a protected address.
+    #[arg(long, value_enum, value_name = "DIR", requires = "src")]
+    pub direction: Option<Direction>,
+}
+
+/// Which way a packet goes for `explain`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// To a protected address: the inbound policy.
+    #[default]
+    In,
+    /// Sent by a protected server: the outbound flows (connection tracking).
+    Out,
 }
 
 /// Source port assumed when a packet does not give one: the first IANA ephemeral port.
@@ -314,6 +329,23 @@ fn print_summary(p: &Policy, s: &Summary) {
         "policies: {}, source-port tables: {}",
         s.policies, s.sport_tables
     );
+    match &s.outbound {
+        Some(o) => {
+            println!(
+                "outbound: {} catalog flows from protected roles, {} slots, {} peer roles",
+                o.catalog_flows, o.slots, o.peer_roles
+            );
+            println!(
+                "outbound address classes: {} source, {} destination; policies: {}, source-port tables: {}",
+                o.src_classes, o.dst_classes, o.policies, o.sport_tables
+            );
+        }
+        None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),
+    }
+    println!(
+        "connection tracking: {} entries per IP version",
+        s.conntrack_size
+    );
     println!("{:14} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
     for m in &s.maps {
         let note = if m.kind == "percpu_array" {
@@ -339,6 +371,9 @@ struct Answer<'a> {
     slot: Option<usize>,
     catalog: Option<&'a str>,
     description: Option<&'a str>,
+    /// "out" for an outbound packet; absent for inbound ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
 }
 
 fn answer<'a>(t: &'a Tables, d: &Decision) -> Answer<'a> {
@@ -350,13 +385,54 @@ fn answer<'a>(t: &'a Tables, d: &Decision) -> Answer<'a> {
         slot: d.flow,
         catalog: info.map(|f| f.catalog.as_str()),
         description: info.map(|f| f.description.as_str()),
+        direction: None,
+    }
+}
+
+/// The inbound and outbound classifiers of one site, and the answer for a packet either way.
+struct Explainer<'a> {
+    tables: &'a Tables,
+    inbound: Classifier,
+    outbound: Option<Classifier>,
+}
+
+impl<'a> Explainer<'a> {
+    fn new(tables: &'a Tables) -> Self {
+        Explainer {
+            tables,
+            inbound: Classifier::new(tables),
+            outbound: Classifier::new_outbound(tables),
+        }
+    }
+
+    fn answer(&self, p: &Packet, dir: Direction) -> Answer<'a> {
+        match dir {
+            Direction::In => answer(self.tables, &self.inbound.classify(p)),
+            Direction::Out => {
+                let d = match &self.outbound {
+                    Some(c) => c.classify_outbound(p),
+                    None => Decision {
+                        allow: false,
+                        flow: None,
+                        reason: Reason::DropNoFlow,
+                    },
+                };
+                let out = self.tables.outbound.as_deref().unwrap_or(self.tables);
+                let mut a = answer(out, &d);
+                if d.allow {
+                    a.reason = "outbound";
+                }
+                a.direction = Some("out");
+                a
+            }
+        }
     }
 }
 
 pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let policy = load(&a.site, a.catalog_dir.as_deref())?;
     let (tables, _) = compile_with_summary(&policy)?;
-    let cls = Classifier::new(&tables);
+    let ex = Explainer::new(&tables);
     if let (Some(src), Some(dst), Some(proto)) = (a.src, a.dst, &a.proto) {
         let proto = proto_number(&Value::from(proto.as_str()), dst)?;
         let p = packet(
@@ -367,10 +443,8 @@ pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             a.dport.map(u32::from),
             a.icmp_type.map(u32::from),
         )?;
-        println!(
-            "{}",
-            serde_json::to_string(&answer(&tables, &cls.classify(&p)))?
-        );
+        let dir = a.direction.unwrap_or_default();
+        println!("{}", serde_json::to_string(&ex.answer(&p, dir))?);
         return Ok(());
     }
     let stdin = std::io::stdin();
@@ -381,13 +455,9 @@ pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line) {
-            Ok(p) => {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&answer(&tables, &cls.classify(&p)))?
-                )?;
+        match parse_request(&line) {
+            Ok((p, dir)) => {
+                writeln!(out, "{}", serde_json::to_string(&ex.answer(&p, dir))?)?;
                 out.flush()?;
             }
             Err(e) => {
@@ -457,7 +527,22 @@ fn packet(
     })
 }
 
-/// One JSON line: {"src", "dst", "proto", "sport", "dport", "icmp_type"?}; other keys ignored.
+/// One `explain` JSON line with its optional `"direction": "in"|"out"` (default in).
+pub fn parse_request(line: &str) -> anyhow::Result<(Packet, Direction)> {
+    let p = parse_line(line)?;
+    let v: Value = serde_json::from_str(line).context("not valid JSON")?;
+    let dir = match v.get("direction") {
+        None | Some(Value::Null) => Direction::In,
+        Some(Value::String(s)) if s == "in" => Direction::In,
+        Some(Value::String(s)) if s == "out" => Direction::Out,
+        Some(Value::String(s)) => anyhow::bail!("field \"direction\": `{s}` is not in or out"),
+        Some(_) => anyhow::bail!("field \"direction\" must be a string (in or out)"),
+    };
+    Ok((p, dir))
+}
+
+/// One JSON line: {"src", "dst", "proto", "sport", "dport", "icmp_type"?}; other keys (such as
+/// "direction", see [`parse_request`]) ignored.
 pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
     let v: Value = serde_json::from_str(line).context("not valid JSON")?;
     if !v.is_object() {

@@ -8,6 +8,10 @@
 //!    (destination set -> policy) map, then destination sets with the same (source class ->
 //!    policy) map. This keeps PAIRS small when many roles share the same flows.
 //! 4. PORTS and SPORTS per policy (`ports`).
+//!
+//! The outbound tables (`Tables::outbound`, the `OUT_*` maps: packets a protected server sends)
+//! are the same compiler run on [`Policy::outbound_policy`]: the outbound flows, with their `to`
+//! roles (the peers) in the destination part.
 
 pub mod classes;
 pub mod cover;
@@ -46,9 +50,36 @@ pub struct Summary {
     pub dst_classes: usize,
     pub policies: usize,
     pub sport_tables: usize,
+    /// The outbound tables (`OUT_*` maps); None when no flow starts at a protected role.
+    pub outbound: Option<OutboundSummary>,
+    /// Entries of the connection-tracking table per IP version (`conntrack-size`).
+    pub conntrack_size: u32,
+    /// Every map, the `OUT_*` ones included (0 entries when there are no outbound flows).
     pub maps: Vec<MapSize>,
     #[serde(serialize_with = "ms")]
     pub elapsed: Duration,
+}
+
+/// The outbound part of [`Summary`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutboundSummary {
+    /// Roles that are the `to` of an outbound flow (the peers the protected servers reach).
+    pub peer_roles: usize,
+    pub catalog_flows: usize,
+    /// Outbound slots (a tcp+udp flow takes two).
+    pub slots: usize,
+    pub src_classes: usize,
+    pub dst_classes: usize,
+    pub policies: usize,
+    pub sport_tables: usize,
+}
+
+/// Class and policy counts of one compiled direction.
+struct Counts {
+    src_classes: usize,
+    dst_classes: usize,
+    policies: usize,
+    sport_tables: usize,
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -62,9 +93,49 @@ pub fn compile(p: &Policy) -> anyhow::Result<Tables> {
 
 pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let start = Instant::now();
+    let (mut t, counts) = compile_direction(p, "")?;
+    t.conntrack_size = p.conntrack.size;
+    let mut outbound = None;
+    if !p.out_flows.is_empty() {
+        let out = p.outbound_policy();
+        let (mut o, c) = compile_direction(&out, "OUT_")?;
+        o.config = t.config;
+        o.conntrack_size = t.conntrack_size;
+        t.outbound = Some(Box::new(o));
+        outbound = Some(OutboundSummary {
+            peer_roles: out.protected().count(),
+            catalog_flows: out.catalog_flows,
+            slots: out.flows.len(),
+            src_classes: c.src_classes,
+            dst_classes: c.dst_classes,
+            policies: c.policies,
+            sport_tables: c.sport_tables,
+        });
+    }
+    let summary = Summary {
+        roles: p.roles.len(),
+        protected_roles: p.protected().count(),
+        catalog_flows: p.catalog_flows,
+        slots: p.flows.len(),
+        src_classes: counts.src_classes,
+        dst_classes: counts.dst_classes,
+        policies: counts.policies,
+        sport_tables: counts.sport_tables,
+        outbound,
+        conntrack_size: t.conntrack_size,
+        maps: map_sizes(&t),
+        elapsed: start.elapsed(),
+    };
+    Ok((t, summary))
+}
+
+/// The tables of one direction: `p.flows` against `p`'s protected roles. `prefix` names the maps
+/// in errors ("" inbound, "OUT_" outbound).
+fn compile_direction(p: &Policy, prefix: &'static str) -> anyhow::Result<(Tables, Counts)> {
+    let kind = if prefix.is_empty() { "" } else { "outbound " };
     if p.flows.len() > limits::MAX_FLOWS.min(VALUE_INDEX_MASK as usize) {
         anyhow::bail!(
-            "{} flow slots exceed the limit of {}",
+            "{} {kind}flow slots exceed the limit of {}",
             p.flows.len(),
             limits::MAX_FLOWS
         );
@@ -82,7 +153,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let src = label(role_cidrs(&|i| from_role[i]), &mut ssets);
 
     let mut policies = Sets::default();
-    let raw = set_pairs(p, &ssets, &dsets, &mut policies)?;
+    let raw = set_pairs(p, &ssets, &dsets, &mut policies, prefix)?;
     let (src_class, pairs) = merge_src(&raw, ssets.sets.len());
     let (dst_class, pairs) = merge_dst(&pairs, dsets.sets.len());
 
@@ -93,15 +164,15 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     };
     (t.src_v4, t.src_v6) = lpm_entries(&src, &src_class, Some(CLASS_NONE));
     (t.dst_v4, t.dst_v6) = lpm_entries(&dst, &dst_class, None);
-    for v in [
-        t.src_v4.len(),
-        t.src_v6.len(),
-        t.dst_v4.len(),
-        t.dst_v6.len(),
+    for (name, v) in [
+        ("SRC_V4", t.src_v4.len()),
+        ("SRC_V6", t.src_v6.len()),
+        ("DST_V4", t.dst_v4.len()),
+        ("DST_V6", t.dst_v6.len()),
     ] {
         if v > limits::MAX_ADDR_ENTRIES {
             anyhow::bail!(
-                "an address map would hold {v} entries, above the limit of {}",
+                "the address map {prefix}{name} would hold {v} entries, above the limit of {}",
                 limits::MAX_ADDR_ENTRIES
             );
         }
@@ -120,28 +191,26 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
         .collect();
 
     let mut pt = ports::PortTables::default();
+    pt.prefix = prefix;
     for (pid, slots) in policies.sets.iter().enumerate().skip(1) {
         pt.add_policy(pid as u32, slots, &p.flows)?;
         if pt.sports.len() > limits::MAX_SPORTS {
-            anyhow::bail!("the SPORTS map would exceed {} entries", limits::MAX_SPORTS);
+            anyhow::bail!(
+                "the {prefix}SPORTS map would exceed {} entries",
+                limits::MAX_SPORTS
+            );
         }
     }
     let sport_tables = pt.sport_tables();
     (t.ports, t.sports) = (pt.ports, pt.sports);
 
-    let summary = Summary {
-        roles: p.roles.len(),
-        protected_roles: p.protected().count(),
-        catalog_flows: p.catalog_flows,
-        slots: p.flows.len(),
+    let counts = Counts {
         src_classes: distinct_nonzero(&src_class),
         dst_classes: distinct_nonzero(&dst_class),
         policies: policies.sets.len() - 1,
         sport_tables,
-        maps: map_sizes(&t),
-        elapsed: start.elapsed(),
     };
-    Ok((t, summary))
+    Ok((t, counts))
 }
 
 fn distinct_nonzero(v: &[u32]) -> usize {
@@ -154,6 +223,7 @@ fn set_pairs(
     ssets: &Sets,
     dsets: &Sets,
     policies: &mut Sets,
+    prefix: &str,
 ) -> anyhow::Result<Vec<(u32, u32, u32)>> {
     let mut flows_to: HashMap<usize, Vec<u32>> = HashMap::new();
     for (slot, f) in p.flows.iter().enumerate() {
@@ -194,7 +264,7 @@ fn set_pairs(
         }
         if out.len() > limits::MAX_PAIRS {
             anyhow::bail!(
-                "the PAIRS map would exceed {} entries: too many distinct source and destination role combinations",
+                "the {prefix}PAIRS map would exceed {} entries: too many distinct source and destination role combinations",
                 limits::MAX_PAIRS
             );
         }

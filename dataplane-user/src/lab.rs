@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    classify, load,
+    classify,
     netns::{self, Lab, Servers, SERVER_IF},
     run::{compile_site, Enforcer, Mode},
     stats::Stats,
@@ -115,8 +115,8 @@ pub fn lab(a: LabArgs) -> Result<()> {
         }
         println!("\nlab: round {} of {}", round + 1, a.rounds);
         mismatches += run_round(&lab, &servers, &classifier, &tables, round)?;
-        let c = load::Counters::read(&enforcer.ebpf)?;
-        print!("{}", Stats::new(&tables.flows, &c.flows, &c.reasons).render());
+        let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
+        print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
     }
     drop(servers);
     drop(enforcer);

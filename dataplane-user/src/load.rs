@@ -28,6 +28,19 @@ pub const MAP_SPORTS: &str = "SPORTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REASONS: &str = "REASONS";
+pub const MAP_OUT_FLOWS: &str = "OUT_FLOWS";
+pub const MAP_REPLY_FLOWS: &str = "REPLY_FLOWS";
+/// The flow tables: cached verdicts and tracked connections (see dataplane_common::FlowEntry).
+pub const MAP_FLOW_V4: &str = "FLOW_V4";
+pub const MAP_FLOW_V6: &str = "FLOW_V6";
+pub const MAP_CT_STATS: &str = "CT_STATS";
+/// The tc egress program that records the connections protected servers open.
+pub const EGRESS: &str = "egress";
+/// Connection-tracking entries when the tables do not say (hand-built tables in tests).
+const DEFAULT_CONNTRACK: u32 = 65536;
+
+/// Outbound map names, in the order of the inbound ones they mirror.
+const OUT_MAPS: [&str; 7] = ["OUT_SRC_V4", "OUT_SRC_V6", "OUT_DST_V4", "OUT_DST_V6", "OUT_PAIRS", "OUT_PORTS", "OUT_SPORTS"];
 
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
 /// Nothing is attached: the caller decides where (an interface, or BPF_PROG_TEST_RUN).
@@ -35,16 +48,13 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!("this dataplane binary was built without the XDP object: build it with `cargo xtask build`");
     }
-    let sizes = [
-        (MAP_SRC_V4, tables.src_v4.len()),
-        (MAP_SRC_V6, tables.src_v6.len()),
-        (MAP_DST_V4, tables.dst_v4.len()),
-        (MAP_DST_V6, tables.dst_v6.len()),
-        (MAP_PAIRS, tables.pairs.len()),
-        (MAP_PORTS, tables.ports.len()),
-        (MAP_SPORTS, tables.sports.len()),
-        (MAP_FLOWS, tables.flows.len()),
-    ];
+    let empty = Tables::default();
+    let out = tables.outbound.as_deref().unwrap_or(&empty);
+    let ct = if tables.conntrack_size == 0 { DEFAULT_CONNTRACK } else { tables.conntrack_size };
+    let mut sizes = vec![(MAP_FLOWS, tables.flows.len()), (MAP_OUT_FLOWS, out.flows.len()), (MAP_REPLY_FLOWS, out.flows.len())];
+    sizes.extend(chain_sizes(&INBOUND_MAPS, tables));
+    sizes.extend(chain_sizes(&OUT_MAPS, out));
+    sizes.extend([(MAP_FLOW_V4, ct as usize), (MAP_FLOW_V6, ct as usize)]);
     let mut loader = EbpfLoader::new();
     // The program's log statements at levels the controller does not log are pruned by the
     // verifier, so they cost nothing per packet.
@@ -55,10 +65,24 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
         loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    fill(&mut ebpf, tables)?;
-    let prog: &mut Xdp = program(&mut ebpf)?;
-    prog.load().context("the kernel verifier rejected the XDP program")?;
+    fill(&mut ebpf, &INBOUND_MAPS, tables)?;
+    fill(&mut ebpf, &OUT_MAPS, out)?;
+    write_config(&mut ebpf, tables.config)?;
+    program(&mut ebpf)?.load().context("the kernel verifier rejected the XDP program")?;
+    egress(&mut ebpf)?.load().context("the kernel verifier rejected the tc egress program")?;
     Ok(ebpf)
+}
+
+const INBOUND_MAPS: [&str; 7] = [MAP_SRC_V4, MAP_SRC_V6, MAP_DST_V4, MAP_DST_V6, MAP_PAIRS, MAP_PORTS, MAP_SPORTS];
+
+/// Entries of each map of one classification chain (names in `INBOUND_MAPS` order).
+fn chain_sizes<'a>(names: &[&'a str; 7], t: &Tables) -> [(&'a str, usize); 7] {
+    let lens = [t.src_v4.len(), t.src_v6.len(), t.dst_v4.len(), t.dst_v6.len(), t.pairs.len(), t.ports.len(), t.sports.len()];
+    std::array::from_fn(|i| (names[i], lens[i]))
+}
+
+pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
+    Ok(ebpf.program_mut(EGRESS).context("tc program missing from the object")?.try_into()?)
 }
 
 /// The program that passes everything, for benchmarks.
@@ -84,18 +108,19 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
     Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
-fn fill(ebpf: &mut Ebpf, t: &Tables) -> Result<()> {
-    fill_lpm(ebpf, MAP_SRC_V4, &t.src_v4)?;
-    fill_lpm(ebpf, MAP_SRC_V6, &t.src_v6)?;
-    fill_lpm(ebpf, MAP_DST_V4, &t.dst_v4)?;
-    fill_lpm(ebpf, MAP_DST_V6, &t.dst_v6)?;
-    fill_lpm(ebpf, MAP_PORTS, &t.ports)?;
-    fill_lpm(ebpf, MAP_SPORTS, &t.sports)?;
-    let mut pairs: HashMap<_, PairKey, u32> = HashMap::try_from(map_mut(ebpf, MAP_PAIRS)?)?;
+/// Writes one classification chain's tables into the maps named (in `INBOUND_MAPS` order).
+fn fill(ebpf: &mut Ebpf, names: &[&str; 7], t: &Tables) -> Result<()> {
+    fill_lpm(ebpf, names[0], &t.src_v4)?;
+    fill_lpm(ebpf, names[1], &t.src_v6)?;
+    fill_lpm(ebpf, names[2], &t.dst_v4)?;
+    fill_lpm(ebpf, names[3], &t.dst_v6)?;
+    fill_lpm(ebpf, names[5], &t.ports)?;
+    fill_lpm(ebpf, names[6], &t.sports)?;
+    let mut pairs: HashMap<_, PairKey, u32> = HashMap::try_from(map_mut(ebpf, names[4])?)?;
     for (k, v) in &t.pairs {
-        pairs.insert(k, v, 0).with_context(|| format!("writing {MAP_PAIRS}"))?;
+        pairs.insert(k, v, 0).with_context(|| format!("writing {}", names[4]))?;
     }
-    write_config(ebpf, t.config)
+    Ok(())
 }
 
 /// Replaces the site-wide switches of a loaded program.
@@ -117,6 +142,47 @@ fn fill_lpm<K: Pod>(ebpf: &mut Ebpf, name: &str, entries: &[LpmEntry<K>]) -> Res
     Ok(())
 }
 
+/// A per-CPU counter array, summed over CPUs.
+pub fn read_array(map: &aya::maps::Map) -> Result<Vec<Counter>> {
+    read_counters(&PerCpuArray::<&MapData, Counter>::try_from(map)?)
+}
+
+/// Connection tracking: entries now, and events since the program was loaded.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ConntrackStats {
+    pub entries: u64,
+    pub inserts: u64,
+    pub removals: u64,
+    /// Inbound packets that looked like replies but were not (a bare SYN, an expired entry).
+    pub refused: u64,
+    /// Entries the full table dropped to make room (inserts - removals - entries).
+    pub evictions: u64,
+}
+
+impl ConntrackStats {
+    /// From the maps a running program pinned (see `state`).
+    pub fn read_pinned() -> Result<Self> {
+        use aya::maps::Map;
+        use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
+        let pinned = |name: &str| {
+            let path = crate::state::pin_path(name);
+            MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+        };
+        // The flow tables also hold cached verdicts: count the tracked connections only.
+        let reply = Reason::PassReply as u32;
+        let v4: HashMap<_, CacheKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V4)?))?;
+        let v6: HashMap<_, CacheKeyV6, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V6)?))?;
+        let tracked4 = v4.iter().filter_map(Result::ok).filter(|(_, e)| e.reason == reply).count();
+        let tracked6 = v6.iter().filter_map(Result::ok).filter(|(_, e)| e.reason == reply).count();
+        let entries = (tracked4 + tracked6) as u64;
+        let events: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(pinned(MAP_CT_STATS)?))?;
+        let sum = |i: u32| -> Result<u64> { Ok(events.get(&i, 0)?.iter().sum()) };
+        let (inserts, removals, refused) = (sum(CT_STAT_INSERTS)?, sum(CT_STAT_REMOVALS)?, sum(CT_STAT_REFUSED)?);
+        let evictions = inserts.saturating_sub(removals).saturating_sub(entries);
+        Ok(Self { entries, inserts, removals, refused, evictions })
+    }
+}
+
 /// Sums a per-CPU counter array over CPUs, slot by slot.
 pub fn read_counters(map: &PerCpuArray<impl std::borrow::Borrow<MapData>, Counter>) -> Result<Vec<Counter>> {
     let mut out = Vec::with_capacity(map.len() as usize);
@@ -134,14 +200,25 @@ pub fn read_counters(map: &PerCpuArray<impl std::borrow::Borrow<MapData>, Counte
 pub struct Counters {
     pub reasons: Vec<Counter>,
     pub flows: Vec<Counter>,
+    /// Per outbound flow: packets protected servers sent, and replies admitted.
+    pub out_flows: Vec<Counter>,
+    pub reply_flows: Vec<Counter>,
 }
 
 impl Counters {
+    /// From a program loaded by this process.
     pub fn read(ebpf: &Ebpf) -> Result<Self> {
-        let get = |name| -> Result<PerCpuArray<&MapData, Counter>> {
-            Ok(PerCpuArray::try_from(ebpf.map(name).with_context(|| format!("map {name} missing"))?)?)
-        };
-        Ok(Self { reasons: read_counters(&get(MAP_REASONS)?)?, flows: read_counters(&get(MAP_FLOWS)?)? })
+        Self::read_with(|name| ebpf.map(name).with_context(|| format!("map {name} missing")).map(|m| read_array(m))?)
+    }
+
+    /// From maps found by name (`read_array` on a loaded or a pinned map).
+    pub fn read_with(get: impl Fn(&str) -> Result<Vec<Counter>>) -> Result<Self> {
+        Ok(Self {
+            reasons: get(MAP_REASONS)?,
+            flows: get(MAP_FLOWS)?,
+            out_flows: get(MAP_OUT_FLOWS)?,
+            reply_flows: get(MAP_REPLY_FLOWS)?,
+        })
     }
 
     pub fn reason(&self, r: Reason) -> Counter {

@@ -291,3 +291,14 @@ pub fn udp_send_from(ns: &str, local: SocketAddr, dst: SocketAddr, count: usize)
         Ok(())
     })?
 }
+
+/// Sends one datagram from `local` in namespace `ns` and waits up to `timeout` for an answer.
+pub fn udp_query(ns: &str, local: SocketAddr, dst: SocketAddr, timeout: Duration) -> Result<bool> {
+    in_netns(ns, || -> Result<bool> {
+        let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.send_to(b"query", dst)?;
+        let mut buf = [0u8; 64];
+        Ok(matches!(sock.recv_from(&mut buf), Ok((_, from)) if from == dst))
+    })?
+}

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{xdp::XdpLinkId, XdpMode};
+use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, XdpMode};
 use log::{info, warn};
 
 use crate::{load, state, tables::Tables};
@@ -39,6 +39,7 @@ pub fn compile_site(site: &Path) -> Result<Tables> {
 pub struct Enforcer {
     pub ebpf: aya::Ebpf,
     links: Vec<XdpLinkId>,
+    egress_links: Vec<SchedClassifierLinkId>,
     _pins: state::Pins,
 }
 
@@ -48,18 +49,21 @@ impl Enforcer {
     pub fn start(site: &Path, tables: &Tables, ifaces: &[String], mode: Mode, netns: Option<&str>) -> Result<(Self, Vec<&'static str>)> {
         let mut ebpf = load::load(tables)?;
         let pins = state::Pins::create(&ebpf, site, tables, ifaces)?;
-        let mut links = vec![];
-        let mut modes = vec![];
+        let (mut links, mut egress_links, mut modes) = (vec![], vec![], vec![]);
+        let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
+            Some(ns) => crate::netns::in_netns(ns, f)?,
+            None => f(),
+        };
         for iface in ifaces {
-            let prog = load::program(&mut ebpf)?;
-            let (link, used) = match netns {
-                Some(ns) => crate::netns::in_netns(ns, || attach(prog, iface, mode))??,
-                None => attach(prog, iface, mode)?,
-            };
-            links.push(link);
-            modes.push(used);
+            in_ns(&mut || {
+                let (link, used) = attach(load::program(&mut ebpf)?, iface, mode)?;
+                links.push(link);
+                modes.push(used);
+                egress_links.push(attach_egress(load::egress(&mut ebpf)?, iface)?);
+                Ok(())
+            })?;
         }
-        Ok((Self { ebpf, links, _pins: pins }, modes))
+        Ok((Self { ebpf, links, egress_links, _pins: pins }, modes))
     }
 }
 
@@ -69,6 +73,24 @@ impl Drop for Enforcer {
             for link in self.links.drain(..) {
                 let _ = prog.detach(link);
             }
+        }
+        if let Ok(prog) = load::egress(&mut self.ebpf) {
+            for link in self.egress_links.drain(..) {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+}
+
+/// The egress program records the connections protected servers open (TCX on Linux 6.6 and
+/// later; a clsact qdisc before).
+fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLinkId> {
+    match prog.attach(iface, TcAttachType::Egress) {
+        Ok(link) => Ok(link),
+        Err(_) => {
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            prog.attach(iface, TcAttachType::Egress)
+                .with_context(|| format!("attaching the egress program to {iface}"))
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct State {
     pub interfaces: Vec<String>,
     /// Flow of each counter slot.
     pub flows: Vec<FlowInfo>,
+    /// Outbound flow of each slot of the outbound and reply counters.
+    #[serde(default)]
+    pub outbound: Vec<FlowInfo>,
 }
 
 impl State {
@@ -55,6 +58,7 @@ impl Pins {
             site: site.to_path_buf(),
             interfaces: interfaces.to_vec(),
             flows: tables.flows.clone(),
+            outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
         std::fs::write(STATE_FILE, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {STATE_FILE}"))?;

@@ -2,7 +2,7 @@
 //! maps a running `dataplane run` pinned (summed over CPUs).
 
 use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{Map, MapData};
 use dataplane_common::{Counter, Reason};
 use serde::Serialize;
 
@@ -18,7 +18,10 @@ pub struct StatsArgs {
 #[derive(Serialize)]
 pub struct Stats {
     pub flows: Vec<FlowStats>,
+    /// Connections protected servers opened: packets out, replies in, per outbound flow.
+    pub outbound: Vec<OutboundStats>,
     pub reasons: Vec<ReasonStats>,
+    pub conntrack: load::ConntrackStats,
 }
 
 #[derive(Serialize)]
@@ -27,6 +30,18 @@ pub struct FlowStats {
     pub flow: FlowInfo,
     pub packets: u64,
     pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct OutboundStats {
+    #[serde(flatten)]
+    pub flow: FlowInfo,
+    /// Sent by the protected servers.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Replies admitted.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -40,22 +55,33 @@ pub struct ReasonStats {
 fn read_pinned(name: &str) -> Result<Vec<Counter>> {
     let path = state::pin_path(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-    load::read_counters(&map)
+    load::read_array(&Map::PerCpuArray(data))
 }
 
 impl Stats {
-    /// Builds the report from a flow list and the two counter arrays.
-    pub fn new(flows: &[FlowInfo], flow_counters: &[Counter], reasons: &[Counter]) -> Self {
-        Self {
+    /// The report of the program whose maps are pinned, with its flows and outbound flows.
+    pub fn read_pinned(flows: &[FlowInfo], outbound: &[FlowInfo]) -> Result<Self> {
+        let c = load::Counters::read_with(read_pinned)?;
+        Ok(Self {
             flows: flows
                 .iter()
-                .zip(flow_counters)
+                .zip(&c.flows)
                 .map(|(f, c)| FlowStats { flow: f.clone(), packets: c.packets, bytes: c.bytes })
+                .collect(),
+            outbound: outbound
+                .iter()
+                .zip(c.out_flows.iter().zip(&c.reply_flows))
+                .map(|(f, (o, r))| OutboundStats {
+                    flow: f.clone(),
+                    packets: o.packets,
+                    bytes: o.bytes,
+                    reply_packets: r.packets,
+                    reply_bytes: r.bytes,
+                })
                 .collect(),
             reasons: Reason::ALL
                 .iter()
-                .zip(reasons)
+                .zip(&c.reasons)
                 .map(|(r, c)| ReasonStats {
                     verdict: if r.is_drop() { "drop" } else { "pass" },
                     reason: r.name(),
@@ -63,10 +89,11 @@ impl Stats {
                     bytes: c.bytes,
                 })
                 .collect(),
-        }
+            conntrack: load::ConntrackStats::read_pinned()?,
+        })
     }
 
-    /// Human-readable: flows that saw traffic, then every reason that did.
+    /// Human-readable: flows that saw traffic, outbound flows, then every reason that did.
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!("{:<40} {:<5} {:<6} {:<24} {:>10} {:>12}\n", "FLOW", "PROTO", "ACTION", "FROM -> TO", "PACKETS", "BYTES"));
@@ -78,7 +105,20 @@ impl Stats {
             ));
         }
         let idle = self.flows.iter().filter(|f| f.packets == 0).count();
-        out.push_str(&format!("({idle} flows without traffic not shown)\n\n"));
+        out.push_str(&format!("({idle} flows without traffic not shown)\n"));
+        let active: Vec<_> = self.outbound.iter().filter(|f| f.packets + f.reply_packets > 0).collect();
+        if !active.is_empty() {
+            out.push_str(&format!("\n{:<40} {:<5} {:<24} {:>10} {:>10}\n", "OUTBOUND FLOW", "PROTO", "FROM -> TO", "OUT", "REPLIES"));
+            for f in active {
+                let roles = format!("{} -> {}", f.flow.from, f.flow.to);
+                out.push_str(&format!("{:<40} {:<5} {:<24} {:>10} {:>10}\n", f.flow.id, f.flow.protocol, roles, f.packets, f.reply_packets));
+            }
+        }
+        let ct = &self.conntrack;
+        out.push_str(&format!(
+            "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n\n",
+            ct.entries, ct.inserts, ct.removals, ct.evictions, ct.refused
+        ));
         out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", "VERDICT", "REASON", "PACKETS", "BYTES"));
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
             out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", r.verdict, r.reason, r.packets, r.bytes));
@@ -89,7 +129,7 @@ impl Stats {
 
 pub fn stats(a: StatsArgs) -> Result<()> {
     let st = state::State::read()?;
-    let report = Stats::new(&st.flows, &read_pinned(load::MAP_FLOWS)?, &read_pinned(load::MAP_REASONS)?);
+    let report = Stats::read_pinned(&st.flows, &st.outbound)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

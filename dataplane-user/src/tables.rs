@@ -43,4 +43,10 @@ pub struct Tables {
     /// (source-port table, source port prefix) -> verdict value.
     pub sports: Vec<LpmEntry<SportKey>>,
     pub config: Config,
+    /// The same tables for packets a protected server sends (egress): `dst_*` hold the peers'
+    /// addresses, `src_*` the protected ones, `flows` the outbound flows (the `OUT_*` maps).
+    /// None when no selected flow starts at a protected role.
+    pub outbound: Option<Box<Tables>>,
+    /// Entries of the connection-tracking table (per IP version).
+    pub conntrack_size: u32,
 }

@@ -216,3 +216,124 @@ fn compile_error_exit() {
         "{err}"
     );
 }
+
+fn outbound_dirs() -> (String, String) {
+    let d = common::data().join("outbound");
+    (
+        d.join("catalog").display().to_string(),
+        d.join("sites/outbound.yaml").display().to_string(),
+    )
+}
+
+#[test]
+fn explain_outbound() {
+    let (cat, site) = outbound_dirs();
+    let input = [
+        r#"{"direction": "out", "src": "192.0.2.10", "dst": "198.51.100.53", "proto": "udp", "sport": 40000, "dport": 53}"#,
+        r#"{"direction": "out", "src": "192.0.2.10", "dst": "198.51.100.89", "proto": "tcp", "dport": 389}"#,
+        r#"{"direction": "out", "src": "192.0.2.10", "dst": "198.51.100.89", "proto": "udp", "dport": 389}"#,
+        r#"{"direction": "out", "src": "192.0.2.10", "dst": "198.51.100.25", "proto": "tcp", "dport": 25}"#,
+        r#"{"direction": "in", "src": "10.0.0.5", "dst": "192.0.2.10", "proto": "tcp", "dport": 443}"#,
+        r#"{"src": "198.51.100.53", "dst": "192.0.2.10", "proto": "udp", "sport": 53, "dport": 40000}"#,
+        r#"{"direction": "sideways", "src": "192.0.2.10", "dst": "198.51.100.53", "proto": "udp", "dport": 53}"#,
+        r#"{"direction": 1, "src": "192.0.2.10", "dst": "198.51.100.53", "proto": "udp", "dport": 53}"#,
+    ]
+    .join("\n");
+    let out = run(&["explain", "--site", &site, "--catalog-dir", &cat], &input);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bad lines must fail the run");
+    let a: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(a.len(), 6, "{stdout}");
+    let brief = |v: &Value| {
+        (
+            v["verdict"].as_str().map(str::to_owned),
+            v["flow"].as_str().map(str::to_owned),
+            v["reason"].as_str().map(str::to_owned),
+            v["slot"].as_u64(),
+        )
+    };
+    let s = |x: &str| Some(x.to_owned());
+    assert_eq!(
+        brief(&a[0]),
+        (s("allow"), s("dir-dns"), s("outbound"), Some(0))
+    );
+    assert_eq!(
+        brief(&a[1]),
+        (s("allow"), s("dir-ldap"), s("outbound"), Some(1))
+    );
+    assert_eq!(brief(&a[2]), (s("deny"), None, s("no_flow"), None));
+    assert_eq!(
+        brief(&a[3]),
+        (s("deny"), s("dir-no-smtp"), s("deny_flow"), Some(3))
+    );
+    assert_eq!(a[0]["direction"], "out");
+    assert_eq!(a[0]["catalog"], "directory");
+    // Inbound answers are unchanged (no "direction" key).
+    assert_eq!(
+        brief(&a[4]),
+        (s("allow"), s("dir-clients-https"), s("flow"), Some(0))
+    );
+    assert!(a[4].get("direction").is_none());
+    assert_eq!(brief(&a[5]), (s("deny"), None, s("no_flow"), None));
+    for (line, what) in [
+        (7, "\"direction\": `sideways` is not in or out"),
+        (8, "\"direction\" must be a string"),
+    ] {
+        assert!(
+            stderr.contains(&format!("stdin:{line}: ")) && stderr.contains(what),
+            "line {line}: {what} in: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn explain_outbound_one_packet() {
+    let (cat, site) = outbound_dirs();
+    let base = [
+        "explain",
+        "--site",
+        &site,
+        "--catalog-dir",
+        &cat,
+        "--src",
+        "2001:db8::10",
+        "--dst",
+        "2001:db8:53::53",
+        "--proto",
+        "udp",
+        "--dport",
+        "53",
+    ];
+    let json = |args: &[&str]| -> Value {
+        let out = run(args, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let v = json(&[&base[..], &["--direction", "out"]].concat());
+    assert_eq!(
+        (
+            v["verdict"].as_str(),
+            v["flow"].as_str(),
+            v["reason"].as_str()
+        ),
+        (Some("allow"), Some("dir-dns"), Some("outbound"))
+    );
+    // The same packet inbound: the peer is not a protected address.
+    let v = json(&base);
+    assert_eq!(v["reason"], "unprotected");
+    let v = json(&[&base[..], &["--direction", "out", "--sport", "53"]].concat());
+    assert_eq!(
+        (v["verdict"].as_str(), v["reason"].as_str()),
+        (Some("deny"), Some("no_flow"))
+    );
+    let out = run(&[&base[..], &["--direction", "up"]].concat(), "");
+    assert!(!out.status.success());
+}

@@ -458,3 +458,93 @@ fn catalog_syntax_and_empty() {
     let e = site_error(&dir, GOOD_SITE);
     expect(&e, "catalog/alpha.yaml", 1, 1, &["invalid type"]);
 }
+
+#[test]
+fn bad_conntrack_options() {
+    let base = "name: s\ncatalogs: [alpha, beta]\nroles:\n  server: 10.0.0.1\nprotect: [server]\noptions:\n";
+    for (line, col, parts) in [
+        (
+            "  conntrack-size: 1000\n",
+            19,
+            &["options.conntrack-size", "`1000`", "1024..4194304"][..],
+        ),
+        (
+            "  conntrack-size: 4194305\n",
+            19,
+            &["options.conntrack-size", "`4194305`", "1024..4194304"],
+        ),
+        (
+            "  conntrack-size: big\n",
+            19,
+            &["options.conntrack-size", "`big`", "an integer"],
+        ),
+        (
+            "  conntrack-tcp-established: 9\n",
+            30,
+            &["options.conntrack-tcp-established", "`9`", "10..604800"],
+        ),
+        (
+            "  conntrack-tcp-established: 604801\n",
+            30,
+            &["options.conntrack-tcp-established", "10..604800"],
+        ),
+        (
+            "  conntrack-tcp-transitory: 0\n",
+            29,
+            &["options.conntrack-tcp-transitory", "`0`", "1..3600"],
+        ),
+        (
+            "  conntrack-tcp-transitory: 3601\n",
+            29,
+            &["options.conntrack-tcp-transitory", "`3601`", "1..3600"],
+        ),
+        (
+            "  conntrack-udp: -5\n",
+            18,
+            &["options.conntrack-udp", "`-5`", "1..3600"],
+        ),
+        (
+            "  conntrack-udp: \"60\"\n",
+            18,
+            &["options.conntrack-udp", "`60`", "an integer 1..3600"],
+        ),
+        (
+            "  conntrack-udp: true\n",
+            18,
+            &["options.conntrack-udp", "`true`", "an integer"],
+        ),
+        (
+            "  conntrack-udp: 60\n  conntrack-udp: 30\n",
+            3,
+            &["options", "duplicate", "conntrack-udp"],
+        ),
+        (
+            "  conntrack-udb: 60\n",
+            3,
+            &["options", "unknown option `conntrack-udb`", "conntrack-udp"],
+        ),
+    ] {
+        let e = site_error(&scratch(), &format!("{base}{line}"));
+        expect(&e, "sites/s.yaml", 7, col, parts);
+    }
+    // The bounds themselves are accepted.
+    let dir = scratch();
+    let site = dir.join("sites/s.yaml");
+    std::fs::write(
+        &site,
+        format!(
+            "{base}  conntrack-size: 4194304\n  conntrack-tcp-established: 10\n  conntrack-tcp-transitory: 3600\n  conntrack-udp: 1\n"
+        ),
+    )
+    .expect("write");
+    let p = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
+    let c = p.config();
+    assert_eq!(
+        (c.ct_tcp_established, c.ct_tcp_transitory, c.ct_udp),
+        (10, 3600, 1)
+    );
+    assert_eq!(p.conntrack.size, 4194304);
+    // Catalogs may not declare the dataplane's options.
+    let e = catalog_error("alpha", "  zones:\n", "  conntrack-udp:\n");
+    expect(&e, "catalog/alpha.yaml", 10, 3, &["options", "reserved"]);
+}

@@ -1,10 +1,12 @@
 //! Property: for random sites (overlapping CIDRs in both IP versions, `any` roles, port ranges,
 //! source-port constraints, deny flows) and random packets biased to boundaries, walking the
-//! compiled tables gives exactly the reference evaluator's decision (verdict, flow, reason).
+//! compiled tables gives exactly the reference evaluator's decision (verdict, flow, reason); and
+//! the same for the outbound tables (packets a protected server sends) against
+//! `reference_outbound` over `Policy::out_flows`.
 
 use std::net::IpAddr;
 
-use dataplane::classify::{reference, Classifier, Packet};
+use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Packet};
 use dataplane::compile::compile;
 use dataplane::policy::options::When;
 use dataplane::policy::ports::{DportSpec, PortSpec, SportSpec};
@@ -219,9 +221,12 @@ fn addr(v6: bool, h: u8) -> IpAddr {
 /// The packet with its source in a CIDR of a flow's `from` role and its destination in a CIDR of
 /// its `to` role (host bits from the spec), when the flow and the family allow it.
 fn aimed(policy: &Policy, ps: &PacketSpec) -> Option<Packet> {
-    let f = policy
-        .flows
-        .get(ps.src as usize % policy.flows.len().max(1))?;
+    aimed_at(policy, &policy.flows, ps)
+}
+
+/// [`aimed`] at one of `flows` (inbound or outbound flows of `policy`).
+fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec) -> Option<Packet> {
+    let f = flows.get(ps.src as usize % flows.len().max(1))?;
     // The spec's family if both roles have it, else the other one.
     let has = |role: usize, v6: bool| policy.roles[role].cidrs.iter().any(|c| c.v6 == v6);
     let v6 = if has(f.from, ps.v6) && has(f.to, ps.v6) {
@@ -285,6 +290,49 @@ proptest! {
             let p = if ps.aim { aimed(&policy, ps).unwrap_or(p) } else { p };
             let d = cls.classify(&p);
             prop_assert_eq!(d, reference(&policy, &p), "packet {:?}", p);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Outbound: the `OUT_*` tables walked as the kernel's egress program walks them give the
+    /// direct evaluation over `out_flows` (from contains the source, to contains the destination,
+    /// protocol, destination and source ports; deny precedence), and their flows are the
+    /// outbound flows in slot order.
+    #[test]
+    fn outbound_tables_match_reference(
+        roles in prop::collection::vec(role(), 1..6),
+        flows in prop::collection::vec(flow(), 0..16),
+        drop in any::<bool>(),
+        echo in any::<bool>(),
+        packets in prop::collection::vec(packet(), 64),
+    ) {
+        let policy = build(&roles, &flows, drop, echo);
+        let tables = compile(&policy).expect("compiles");
+        match tables.outbound.as_deref() {
+            None => prop_assert!(policy.out_flows.is_empty()),
+            Some(out) => {
+                let infos: Vec<_> = policy.out_flows.iter().map(|f| f.info.clone()).collect();
+                prop_assert_eq!(&out.flows, &infos);
+            }
+        }
+        let cls = Classifier::new_outbound(&tables);
+        for ps in &packets {
+            let p = Packet {
+                src: addr(ps.v6, ps.src),
+                dst: addr(ps.v6, ps.dst),
+                proto: ps.proto,
+                sport: ps.sport,
+                dport: ps.dport,
+                icmp_type: ps.icmp,
+            };
+            let p = if ps.aim { aimed_at(&policy, &policy.out_flows, ps).unwrap_or(p) } else { p };
+            let d = classify_outbound(&tables, &p);
+            if let Some(c) = &cls {
+                prop_assert_eq!(c.classify_outbound(&p), d);
+            }
+            prop_assert_eq!(d, reference_outbound(&policy, &p), "packet {:?}", p);
         }
     }
 }

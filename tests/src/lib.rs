@@ -33,6 +33,15 @@ impl Harness {
         Ok(r.return_value)
     }
 
+    /// Runs one frame through the tc egress program (what a protected server sends); returns
+    /// the tc action.
+    pub fn run_egress(&mut self, frame: &[u8]) -> Result<u32> {
+        let prog = load::egress(&mut self.ebpf)?;
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN (egress)")?.return_value)
+    }
+
     pub fn counters(&self) -> Result<load::Counters> {
         load::Counters::read(&self.ebpf)
     }
@@ -49,7 +58,12 @@ impl Harness {
             .into_iter()
             .map(|i| Reason::ALL[i])
             .collect();
-        Ok(Observed { action, reasons, flows: moved(&before.flows, &after.flows) })
+        Ok(Observed {
+            action,
+            reasons,
+            flows: moved(&before.flows, &after.flows),
+            reply_flows: moved(&before.reply_flows, &after.reply_flows),
+        })
     }
 }
 
@@ -58,6 +72,8 @@ pub struct Observed {
     pub action: u32,
     pub reasons: Vec<Reason>,
     pub flows: Vec<usize>,
+    /// Outbound flow slots whose reply counter moved.
+    pub reply_flows: Vec<usize>,
 }
 
 /// A small hand-built policy: 10.0.0.1 and fd00::1 are protected; any source may reach TCP 80
@@ -91,6 +107,48 @@ pub fn simple_tables() -> Tables {
             LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 15, key: PortKey::new(7, 17, 5000), value: 1 },
         ],
         sports: vec![],
-        config: Default::default(),
+        outbound: Some(Box::new(simple_outbound())),
+        config: dataplane_common::Config {
+            generation: 1,
+            ct_tcp_established: 3600,
+            ct_tcp_transitory: 60,
+            ct_udp: 60,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Outbound part of `simple_tables`: the protected servers (10.0.0.1, fd00::1) may query DNS
+/// (UDP 53, outbound slot 0) and LDAP (TCP 389, slot 1) on 192.0.2.0/24 and 2001:db8::/32.
+pub fn simple_outbound() -> Tables {
+    use dataplane::tables::{FlowInfo, LpmEntry};
+    use dataplane_common::{PairKey, PortKey, PORT_KEY_FIXED_BITS};
+    let flow = |id: &str, proto: &str| FlowInfo {
+        id: id.into(),
+        catalog: "test".into(),
+        from: "server".into(),
+        to: "peer".into(),
+        protocol: proto.into(),
+        action: "allow".into(),
+        description: String::new(),
+        document: String::new(),
+        table: String::new(),
+    };
+    let mut server6 = [0u8; 16];
+    server6[0] = 0xfd;
+    server6[15] = 1;
+    Tables {
+        flows: vec![flow("dns", "udp"), flow("ldap", "tcp")],
+        src_v4: vec![LpmEntry { prefix_len: 32, key: [10, 0, 0, 1], value: 1 }],
+        src_v6: vec![LpmEntry { prefix_len: 128, key: server6, value: 1 }],
+        dst_v4: vec![LpmEntry { prefix_len: 24, key: [192, 0, 2, 0], value: 1 }],
+        dst_v6: vec![LpmEntry { prefix_len: 32, key: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], value: 1 }],
+        pairs: vec![(PairKey { src_class: 1, dst_class: 1 }, 3)],
+        ports: vec![
+            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 16, key: PortKey::new(3, 17, 53), value: 0 },
+            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 16, key: PortKey::new(3, 6, 389), value: 1 },
+        ],
+        ..Default::default()
     }
 }

@@ -72,6 +72,13 @@ impl Pkt {
         Self::new(src, dst, proto, l4)
     }
 
+    /// Sets the TCP flags byte (the builder's default is a bare SYN).
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        assert_eq!(self.proto, 6, "TCP flags on a non-TCP packet");
+        self.l4[13] = flags;
+        self
+    }
+
     pub fn vlans(mut self, tpids: &[u16]) -> Self {
         self.vlans = tpids.to_vec();
         self

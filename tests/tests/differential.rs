@@ -496,6 +496,8 @@ fn expected(d: &Decision) -> Observed {
         action: if d.allow { XDP_PASS } else { XDP_DROP },
         reasons: vec![d.reason],
         flows: d.flow.into_iter().collect(),
+        // No egress traffic in these tests: no connection is tracked, nothing is a reply.
+        reply_flows: vec![],
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{in_netns, tcp_exchange, udp_send, Lab, Servers, SERVER_IF};
+use dataplane::netns::{in_netns, tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Lab, Servers, SERVER_IF};
 use dataplane_tests::packet::{FragSpec, Pkt};
 use serde_json::Value;
 
@@ -219,4 +219,36 @@ fn run_enforces_and_stats_counts_real_traffic() {
     assert!(!Path::new("/sys/fs/bpf/dataplane").exists(), "pins removed");
     let link = Command::new("ip").args(["-n", &lab.server, "link", "show", SERVER_IF]).output().unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP detached");
+}
+
+#[test]
+fn connections_the_server_opens_get_their_replies() {
+    let lab = Lab::new("dpt-ct", &["10.201.0.1/24"], &["10.201.0.4/24", "10.201.0.5/24"]).unwrap();
+    let daemon = Daemon::start(&lab.server, &root().join("tests/sites/e2e.yaml"));
+    // Forged: a datagram from the DNS server's port 53 that answers no query never reaches the
+    // server's socket.
+    let victim = Servers::start(&lab.server, &[], &[sa("10.201.0.1:40054")]).unwrap();
+    udp_send_from(&lab.client, sa("10.201.0.5:53"), sa("10.201.0.1:40054"), 3).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(victim.udp_received[0].load(Ordering::Relaxed), 0, "unsolicited datagram from port 53");
+    // The peers listen in the client namespace: a DNS server and a SIP peer on TCP 5061.
+    let peers = Servers::start(&lab.client, &[sa("10.201.0.4:5061")], &[sa("10.201.0.5:53")]).unwrap();
+    let wait = Duration::from_secs(2);
+
+    // Documented: DNS (vcs-dns, UDP 53 from 1024-65535) and SIP over TCP from the outbound range
+    // 25000-29999 (vcs-sip-public-out-tcp). Both complete through the enforcing XDP program.
+    assert!(udp_query(&lab.server, sa("10.201.0.1:40053"), sa("10.201.0.5:53"), wait).unwrap(), "DNS query answered");
+    assert!(tcp_exchange_from(&lab.server, sa("10.201.0.1:25500"), sa("10.201.0.4:5061"), wait).unwrap(), "SIP TCP from 25500");
+    // Undocumented: the same peer from a source port outside 25000-29999: its SYN-ACK is dropped.
+    assert!(!tcp_exchange_from(&lab.server, sa("10.201.0.1:40500"), sa("10.201.0.4:5061"), Duration::from_millis(700)).unwrap());
+
+    let s = stats();
+    let replies: u64 = s["outbound"].as_array().unwrap().iter()
+        .filter(|f| f["id"] == "vcs-dns" || f["id"] == "vcs-sip-public-out-tcp")
+        .map(|f| f["reply_packets"].as_u64().unwrap())
+        .sum();
+    assert!(replies >= 3, "replies counted on the outbound flows: {replies}");
+    assert!(s["conntrack"]["entries"].as_u64().unwrap() >= 2, "tracked connections: {}", s["conntrack"]);
+    drop(peers);
+    assert!(daemon.stop().success());
 }

@@ -19,7 +19,7 @@ fn harness() -> Harness {
 
 fn expect(h: &mut Harness, frame: &[u8], action: u32, reason: Reason, flow: Option<usize>) {
     let got = h.observe(frame).unwrap();
-    let want = Observed { action, reasons: vec![reason], flows: flow.into_iter().collect() };
+    let want = Observed { action, reasons: vec![reason], flows: flow.into_iter().collect(), reply_flows: vec![] };
     assert_eq!(got, want, "frame of {} bytes: {:02x?}", frame.len(), frame);
 }
 

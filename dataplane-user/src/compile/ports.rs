@@ -24,6 +24,8 @@ pub struct PortTables {
     pub sports: Vec<LpmEntry<SportKey>>,
     /// Source-port tables, deduplicated by their candidate list; id = index + 1.
     tables: HashMap<Vec<u32>, u32>,
+    /// Map name prefix in errors ("OUT_" for the outbound tables).
+    pub prefix: &'static str,
 }
 
 impl PortTables {
@@ -122,7 +124,8 @@ impl PortTables {
             }
             if self.ports.len() > limits::MAX_PORTS {
                 anyhow::bail!(
-                    "the PORTS map would exceed {} entries: too many distinct (source roles, destination roles) policies or port ranges",
+                    "the {}PORTS map would exceed {} entries: too many distinct (source roles, destination roles) policies or port ranges",
+                    self.prefix,
                     limits::MAX_PORTS
                 );
             }

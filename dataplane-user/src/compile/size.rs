@@ -76,26 +76,50 @@ fn hash(name: &'static str, entries: usize, key: usize, value: usize) -> MapSize
     }
 }
 
-/// Entry counts and estimated bytes of every policy map of `t`.
-pub fn map_sizes(t: &Tables) -> Vec<MapSize> {
+/// The names of the seven policy maps of one direction.
+type ChainNames = [&'static str; 7];
+
+const INBOUND: ChainNames = [
+    "SRC_V4", "SRC_V6", "DST_V4", "DST_V6", "PAIRS", "PORTS", "SPORTS",
+];
+const OUTBOUND: ChainNames = [
+    "OUT_SRC_V4",
+    "OUT_SRC_V6",
+    "OUT_DST_V4",
+    "OUT_DST_V6",
+    "OUT_PAIRS",
+    "OUT_PORTS",
+    "OUT_SPORTS",
+];
+
+fn chain_sizes(n: ChainNames, t: Option<&Tables>) -> [MapSize; 7] {
     let v = size_of::<u32>();
-    vec![
-        lpm("SRC_V4", t.src_v4.len(), 4, v),
-        lpm("SRC_V6", t.src_v6.len(), 16, v),
-        lpm("DST_V4", t.dst_v4.len(), 4, v),
-        lpm("DST_V6", t.dst_v6.len(), 16, v),
-        hash("PAIRS", t.pairs.len(), size_of::<PairKey>(), v),
-        lpm("PORTS", t.ports.len(), size_of::<PortKey>(), v),
-        lpm("SPORTS", t.sports.len(), size_of::<SportKey>(), v),
-        MapSize {
-            name: "FLOW_COUNTERS",
-            kind: "percpu_array",
-            entries: t.flows.len(),
-            key_bytes: 4,
-            value_bytes: size_of::<Counter>(),
-            bytes: t.flows.len() * round8(size_of::<Counter>()),
-        },
+    let len = |f: fn(&Tables) -> usize| t.map_or(0, f);
+    [
+        lpm(n[0], len(|t| t.src_v4.len()), 4, v),
+        lpm(n[1], len(|t| t.src_v6.len()), 16, v),
+        lpm(n[2], len(|t| t.dst_v4.len()), 4, v),
+        lpm(n[3], len(|t| t.dst_v6.len()), 16, v),
+        hash(n[4], len(|t| t.pairs.len()), size_of::<PairKey>(), v),
+        lpm(n[5], len(|t| t.ports.len()), size_of::<PortKey>(), v),
+        lpm(n[6], len(|t| t.sports.len()), size_of::<SportKey>(), v),
     ]
+}
+
+/// Entry counts and estimated bytes of every policy map of `t`: the inbound maps, the flow
+/// counters, then the outbound `OUT_*` maps (0 entries when `t.outbound` is None).
+pub fn map_sizes(t: &Tables) -> Vec<MapSize> {
+    let mut v: Vec<MapSize> = chain_sizes(INBOUND, Some(t)).into();
+    v.extend([MapSize {
+        name: "FLOW_COUNTERS",
+        kind: "percpu_array",
+        entries: t.flows.len(),
+        key_bytes: 4,
+        value_bytes: size_of::<Counter>(),
+        bytes: t.flows.len() * round8(size_of::<Counter>()),
+    }]);
+    v.extend(chain_sizes(OUTBOUND, t.outbound.as_deref()));
+    v
 }
 
 #[cfg(test)]

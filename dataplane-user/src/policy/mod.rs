@@ -1,6 +1,8 @@
 //! Policy sources: catalogs and sites, validated with `file:line:column` errors, resolved into a
 //! [`Policy`]: roles with addresses and the flows that can reach a protected role, in counter-slot
-//! order. `compile` turns a `Policy` into map tables; `classify::reference` evaluates it directly.
+//! order, and the flows a protected role starts (outbound: the connections whose replies are
+//! admitted). `compile` turns a `Policy` into map tables; `classify::reference` and
+//! `classify::reference_outbound` evaluate it directly.
 
 pub mod catalog;
 pub mod cidr;
@@ -17,7 +19,7 @@ use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 use crate::tables::FlowInfo;
 pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
-pub use options::{OptValue, OptionValues, SiteOptions};
+pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
 pub use ports::{PortSpec, Ranges};
 pub use site::Site;
 
@@ -57,8 +59,16 @@ pub struct Policy {
     pub flows: Vec<Flow>,
     /// Catalog flows included (before the tcp/udp split).
     pub catalog_flows: usize,
+    /// Outbound flows: those whose `from` is protected and whose `when` holds (allow and deny,
+    /// split by protocol), in the same precedence order as `flows`; the index is the outbound
+    /// slot. A flow between two protected roles is in both lists.
+    pub out_flows: Vec<Flow>,
+    /// Catalog flows included in `out_flows` (before the tcp/udp split).
+    pub out_catalog_flows: usize,
     pub drop_unprotected: bool,
     pub allow_echo: bool,
+    /// `conntrack-*` site options.
+    pub conntrack: ConntrackOptions,
 }
 
 impl Policy {
@@ -70,7 +80,40 @@ impl Policy {
         if self.allow_echo {
             flags |= CONFIG_ALLOW_ECHO;
         }
-        Config { flags, generation: 1 }
+        Config {
+            flags,
+            generation: 1,
+            ct_tcp_established: self.conntrack.tcp_established,
+            ct_tcp_transitory: self.conntrack.tcp_transitory,
+            ct_udp: self.conntrack.udp,
+        }
+    }
+
+    /// The policy the outbound tables are compiled from: packets a protected server sends,
+    /// seen as the inbound compiler sees packets to protected roles. Its flows are `out_flows`
+    /// (same slots) and its protected roles are the `to` roles of the outbound flows (the peers),
+    /// so the destination tries map the peer's address, the source tries the server's, PORTS
+    /// keys the peer's port and SPORTS the server's source port. `out_flows` of the result is
+    /// empty.
+    pub fn outbound_policy(&self) -> Policy {
+        let mut roles = self.roles.clone();
+        roles.iter_mut().for_each(|r| r.protected = false);
+        for f in &self.out_flows {
+            roles[f.to].protected = true;
+        }
+        Policy {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            catalogs: self.catalogs.clone(),
+            roles,
+            flows: self.out_flows.clone(),
+            catalog_flows: self.out_catalog_flows,
+            out_flows: Vec::new(),
+            out_catalog_flows: 0,
+            drop_unprotected: self.drop_unprotected,
+            allow_echo: self.allow_echo,
+            conntrack: self.conntrack,
+        }
     }
 
     pub fn protected(&self) -> impl Iterator<Item = &Role> {
@@ -114,19 +157,21 @@ impl Policy {
             }
             roles[i].protected = true;
         }
-        let mut flows = Vec::new();
-        let mut catalog_flows = 0;
+        let (mut flows, mut out_flows) = (Vec::new(), Vec::new());
+        let (mut catalog_flows, mut out_catalog_flows) = (0, 0);
         for c in &catalogs {
             let values = OptionValues::resolve(&c.options, &site.options.0);
             for f in &c.flows {
                 let (from, to) = (role_of(&f.from)?, role_of(&f.to)?);
-                if !roles[to].protected || !f.when.holds(&values) {
+                let (inbound, outbound) = (roles[to].protected, roles[from].protected);
+                if !(inbound || outbound) || !f.when.holds(&values) {
                     continue;
                 }
-                catalog_flows += 1;
+                catalog_flows += usize::from(inbound);
+                out_catalog_flows += usize::from(outbound);
                 let (sport, dport) = (f.sport().resolve(&values), f.dport().resolve(&values));
                 for p in &f.protocols {
-                    flows.push(Flow {
+                    let flow = Flow {
                         info: flow_info(c, f, *p),
                         from,
                         to,
@@ -134,7 +179,13 @@ impl Policy {
                         sport: sport.clone(),
                         dport: dport.clone(),
                         deny: f.action == Action::Deny,
-                    });
+                    };
+                    if outbound {
+                        out_flows.push(flow.clone());
+                    }
+                    if inbound {
+                        flows.push(flow);
+                    }
                 }
             }
         }
@@ -146,8 +197,11 @@ impl Policy {
             roles,
             flows,
             catalog_flows,
+            out_flows,
+            out_catalog_flows,
             drop_unprotected: opt("unprotected").as_deref() == Some("drop"),
             allow_echo: opt("icmp-echo").as_deref() == Some("allow"),
+            conntrack: ConntrackOptions::from_site(&site.options),
         })
     }
 }

@@ -9,7 +9,59 @@ use serde::Deserialize;
 use super::yaml::{catalog_ctx, checked_map, site_ctx, StrWith};
 
 /// Option names the dataplane itself reads from a site; catalogs may not declare them.
-pub const DATAPLANE_OPTIONS: [&str; 2] = ["unprotected", "icmp-echo"];
+pub const DATAPLANE_OPTIONS: [&str; 6] = [
+    "unprotected",
+    "icmp-echo",
+    "conntrack-size",
+    "conntrack-tcp-established",
+    "conntrack-tcp-transitory",
+    "conntrack-udp",
+];
+
+/// Connection tracking (replies to connections a protected server opens): the table size and
+/// the idle timeouts, from the site's `conntrack-*` options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackOptions {
+    /// `conntrack-size`: entries of the connection-tracking table, per IP version.
+    pub size: u32,
+    /// `conntrack-tcp-established`: idle timeout of an established TCP connection, seconds.
+    pub tcp_established: u32,
+    /// `conntrack-tcp-transitory`: idle timeout of a TCP connection opening or closing, seconds.
+    pub tcp_transitory: u32,
+    /// `conntrack-udp`: idle timeout of a UDP exchange, seconds.
+    pub udp: u32,
+}
+
+impl ConntrackOptions {
+    /// (option name, minimum, maximum, default) of each field, in field order.
+    pub const LIMITS: [(&'static str, i64, i64, u32); 4] = [
+        ("conntrack-size", 1024, 4_194_304, 65536),
+        ("conntrack-tcp-established", 10, 604_800, 3600),
+        ("conntrack-tcp-transitory", 1, 3600, 60),
+        ("conntrack-udp", 1, 3600, 60),
+    ];
+
+    /// The site's values (checked when the site was read), defaults for the options it omits.
+    pub fn from_site(options: &SiteOptions) -> Self {
+        let [size, tcp_established, tcp_transitory, udp] =
+            Self::LIMITS.map(|(name, min, max, default)| match options.get(name) {
+                Some(OptValue::Int(n)) if (min..=max).contains(n) => *n as u32,
+                _ => default,
+            });
+        ConntrackOptions {
+            size,
+            tcp_established,
+            tcp_transitory,
+            udp,
+        }
+    }
+}
+
+impl Default for ConntrackOptions {
+    fn default() -> Self {
+        Self::from_site(&SiteOptions::default())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptionKind {
@@ -370,7 +422,10 @@ fn dataplane_kind(name: &str) -> Option<OptionKind> {
     match name {
         "unprotected" => Some(OptionKind::Enum(vec!["pass".into(), "drop".into()])),
         "icmp-echo" => Some(OptionKind::Enum(vec!["allow".into(), "deny".into()])),
-        _ => None,
+        _ => ConntrackOptions::LIMITS
+            .iter()
+            .find(|l| l.0 == name)
+            .map(|&(_, min, max, _)| OptionKind::Int { min, max }),
     }
 }
 

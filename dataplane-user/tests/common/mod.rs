@@ -58,3 +58,10 @@ pub fn site_error(dir: &Path, text: &str) -> String {
 /// A valid site over the test catalogs.
 pub const GOOD_SITE: &str =
     "name: s\ncatalogs: [alpha, beta]\nroles:\n  server: 10.0.0.1\nprotect: [server]\n";
+
+/// The outbound test site (`tests/data/outbound`): a protected server reaching DNS, LDAP and a
+/// mail relay.
+pub fn outbound_policy() -> Policy {
+    let d = data().join("outbound");
+    load_site_from(&d.join("sites/outbound.yaml"), &d.join("catalog")).expect("outbound site loads")
+}

@@ -32,7 +32,9 @@ fn main() -> Result<()> {
     for (label, tables) in &cases {
         let mut ebpf = load::load(tables)?;
         load::program_named(&mut ebpf, load::BASELINE)?.load()?;
-        for (kind, frame) in sample_packets(tables)? {
+        let mut samples = sample_packets(tables)?;
+        samples.extend(reply_packets(&mut ebpf, tables)?);
+        for (kind, frame) in samples {
             // Every packet after the first of a flow that passed hits the verdict cache; the
             // first packet of a flow (and every denied packet) takes the whole chain.
             for cached in [true, false] {
@@ -54,6 +56,13 @@ fn main() -> Result<()> {
     }
     let find = |label: &str, kind: &str| results.iter().find(|r| r.0.starts_with(label) && r.1 == kind).map(|r| r.2);
     println!();
+    for v in ["v4", "v6"] {
+        for label in ["lab site", "full catalog"] {
+            if let (Some(reply), Some(allow)) = (find(label, &format!("reply {v}")), find(label, &format!("allow {v}"))) {
+                println!("{label}: reply {v} / allow {v} (cached) = {:.2}x (aim: within 1.2x)", reply / allow);
+            }
+        }
+    }
     for kind in ["allow v4", "allow v4 uncached", "deny v4", "allow v6", "allow v6 uncached", "deny v6"] {
         if let (Some(full), Some(syn)) = (find("full catalog", kind), find("synthetic", kind)) {
             println!("{kind}: synthetic / full catalog = {:.2}x (aim: within 1.2x)", syn / full);
@@ -104,6 +113,43 @@ fn sample_packets(t: &Tables) -> Result<Vec<(&'static str, Vec<u8>)>> {
         }
     }
     Ok(out)
+}
+
+/// A reply of a connection a protected server opened, found from the outbound tables: the
+/// connection is recorded through the egress program first (for TCP, the server's SYN and the
+/// peer's SYN-ACK), then the reply is what the bench times.
+fn reply_packets(ebpf: &mut aya::Ebpf, t: &Tables) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let Some(out) = t.outbound.as_deref() else { return Ok(vec![]) };
+    let c = classify::Classifier::new(out);
+    let mut frames = vec![];
+    for v6 in [false, true] {
+        let Some(p) = find_allowed(out, &c, v6) else { continue };
+        let (outgoing, reply, opening_reply) = match p.proto {
+            17 => (Pkt::udp(p.src, p.dst, p.sport, p.dport), Pkt::udp(p.dst, p.src, p.dport, p.sport), None),
+            _ => (
+                Pkt::tcp(p.src, p.dst, p.sport, p.dport),
+                Pkt::tcp(p.dst, p.src, p.dport, p.sport).tcp_flags(0x10),
+                Some(Pkt::tcp(p.dst, p.src, p.dport, p.sport).tcp_flags(0x12)),
+            ),
+        };
+        run_once(ebpf, load::EGRESS, &outgoing.build())?;
+        if let Some(syn_ack) = opening_reply {
+            run_once(ebpf, load::PROGRAM, &syn_ack.build())?;
+        }
+        frames.push((if v6 { "reply v6" } else { "reply v4" }, reply.build()));
+    }
+    Ok(frames)
+}
+
+fn run_once(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<()> {
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(frame);
+    if program == load::EGRESS {
+        load::egress(ebpf)?.test_run(opts)?;
+    } else {
+        load::program_named(ebpf, program)?.test_run(opts)?;
+    }
+    Ok(())
 }
 
 /// Walks the tables back from a port entry to addresses that reach it.
