@@ -1,7 +1,9 @@
 //! `dataplane lab`: the product on a built-in lab. Two network namespaces joined by a veth pair;
 //! the server side is protected by the lab site; a client with addresses in several roles sends
 //! documented and undocumented TCP and UDP; what got through is compared with what `explain`
-//! predicts, next to the live counters. Everything is torn down at the end, on Ctrl-C too.
+//! predicts, next to the live counters; the protected server also queries a DNS server itself, and
+//! only the documented query gets its answer back. Everything is torn down at the end, on Ctrl-C
+//! too.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -59,6 +61,11 @@ const PROBES: [(u8, u16); 10] = [
     (17, 9999),
 ];
 const UDP_BURST: usize = 5;
+/// The lab's DNS server, in the client namespace: the Expressway queries it itself.
+const DNS_SERVER: &str = "10.200.0.5";
+/// Queries the protected server sends: (source port base, destination port, what it is). The
+/// mDNS query comes from a port outside every outbound range of the catalog (media, SIP, TURN).
+const OUTBOUND: [(u16, u16, &str); 2] = [(41000, 53, "DNS query"), (61000, 5353, "mDNS query")];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -89,8 +96,9 @@ pub fn lab(a: LabArgs) -> Result<()> {
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
     let server_addrs = [format!("{}/24", SERVER[0]), format!("{}/64", SERVER[1])];
-    let client_addrs: Vec<String> =
+    let mut client_addrs: Vec<String> =
         CLIENTS.iter().map(|(a, _)| format!("{a}/{}", if a.contains(':') { 64 } else { 24 })).collect();
+    client_addrs.push(format!("{DNS_SERVER}/24"));
     let lab = Lab::new(
         "dp-lab",
         &server_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -105,6 +113,8 @@ pub fn lab(a: LabArgs) -> Result<()> {
         tables.dst_v4.len() + tables.dst_v6.len()
     );
     let servers = start_servers(&lab.server)?;
+    let dns: IpAddr = DNS_SERVER.parse()?;
+    let peers = Servers::start(&lab.client, &[], &OUTBOUND.map(|(_, port, _)| SocketAddr::new(dns, port)))?;
     let classifier = classify::Classifier::new(&tables);
 
     let mut mismatches = 0;
@@ -115,10 +125,11 @@ pub fn lab(a: LabArgs) -> Result<()> {
         }
         println!("\nlab: round {} of {}", round + 1, a.rounds);
         mismatches += run_round(&lab, &servers, &classifier, &tables, round)?;
+        mismatches += run_outbound(&lab, &tables, round)?;
         let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
         print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
     }
-    drop(servers);
+    drop((servers, peers));
     drop(enforcer);
     println!("\nlab: tearing down namespaces");
     drop(lab);
@@ -237,6 +248,41 @@ fn run_round(lab: &Lab, servers: &Servers, classifier: &classify::Classifier, ta
             match (ok, got) {
                 (true, true) => "got through",
                 (true, false) => "blocked",
+                (false, _) => "MISMATCH",
+            }
+        );
+    }
+    Ok(mismatches)
+}
+
+/// The protected server queries the lab's DNS server itself: the documented query's answer
+/// comes back (a tracked connection), the undocumented one's is dropped.
+fn run_outbound(lab: &Lab, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
+    let outbound = classify::Classifier::new_outbound(tables);
+    let (server, dns): (IpAddr, IpAddr) = (SERVER[0].parse()?, DNS_SERVER.parse()?);
+    let mut mismatches = 0;
+    for (base, port, what) in OUTBOUND {
+        let sport = base + round as u16;
+        let packet = classify::Packet { src: server, dst: dns, proto: 17, sport, dport: port, icmp_type: None };
+        let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
+        let tracked = expect.as_ref().is_some_and(|d| d.allow);
+        let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
+        let answered = netns::udp_query(&lab.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
+        if answered != tracked {
+            mismatches += 1;
+        }
+        println!(
+            "  {:<12} {:<14} -> {:<5} {:>5}  explain: {:<5} {:<14} {:<34} {}",
+            server.to_string(),
+            "(the server)",
+            "udp",
+            port,
+            if tracked { "track" } else { "deny" },
+            what,
+            flow.as_deref().unwrap_or("-"),
+            match (answered == tracked, answered) {
+                (true, true) => "answered",
+                (true, false) => "answer dropped",
                 (false, _) => "MISMATCH",
             }
         );
