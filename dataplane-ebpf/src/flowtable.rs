@@ -143,14 +143,14 @@ fn timeout_ns(state: u32, c: &Config) -> u64 {
 /// Egress: a packet the server sends. Refreshes its connection, or records a new one that an
 /// outbound flow documents. Returns the outbound slot to count the packet on.
 #[inline(always)]
-pub fn outbound(p: &Packet) -> Option<u32> {
+pub fn outbound(p: &Packet, generation: u32) -> Option<u32> {
     let (sport, dport, flags) = ports(p)?;
     let t = Tuple::replies_to(p, sport, dport);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(e) = t.get() {
-        // Safety: a value pointer of this map; racing updates only move timestamps and states.
-        let e = unsafe { &mut *e };
-        // A cached inbound verdict for the same tuple is replaced by the connection below.
+    // Safety: a value pointer of this map; racing updates only move timestamps and states.
+    let existing = t.get().map(|e| unsafe { &mut *e });
+    let mut inbound_allowed = false;
+    if let Some(e) = existing {
         if e.reason == Reason::PassReply as u32 {
             if p.proto == IPPROTO_TCP && flags & TCP_RST != 0 {
                 let slot = e.slot;
@@ -167,6 +167,14 @@ pub fn outbound(p: &Packet) -> Option<u32> {
             e.last_seen = now;
             return Some(e.slot);
         }
+        // The inbound policy itself admits the packets that would be replies (a cached pass of
+        // this generation): they stay counted on their inbound flow, as explain says.
+        inbound_allowed = e.reason == Reason::PassFlow as u32 && e.generation == generation;
+    }
+    let class = dst_class::<Outbound>(p)?;
+    let v = flow::<Outbound>(p, class, sport, dport);
+    if v.reason != Reason::PassFlow {
+        return None;
     }
     // Only a SYN opens a TCP connection; a UDP datagram opens an exchange.
     let state = if p.proto == IPPROTO_UDP {
@@ -174,16 +182,13 @@ pub fn outbound(p: &Packet) -> Option<u32> {
     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         CT_SYN_SENT
     } else {
-        return None;
+        return Some(v.slot);
     };
-    let class = dst_class::<Outbound>(p)?;
-    let v = flow::<Outbound>(p, class, sport, dport);
-    if v.reason != Reason::PassFlow {
-        return None;
+    if !inbound_allowed {
+        let entry = FlowEntry { reason: Reason::PassReply as u32, slot: v.slot, generation: 0, state, last_seen: now };
+        t.insert(&entry);
+        stat(CT_STAT_INSERTS);
     }
-    let entry = FlowEntry { reason: Reason::PassReply as u32, slot: v.slot, generation: 0, state, last_seen: now };
-    t.insert(&entry);
-    stat(CT_STAT_INSERTS);
     Some(v.slot)
 }
 

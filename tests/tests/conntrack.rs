@@ -103,3 +103,22 @@ fn replies_after_the_timeout_are_dropped() {
     dropped(&mut h, &Pkt::udp(dns, server, 53, 40000).build());
     dropped(&mut h, &Pkt::tcp(ip("192.0.2.80"), server, 389, 41000).tcp_flags(SYN | ACK).build());
 }
+
+#[test]
+fn packets_the_inbound_policy_allows_stay_on_their_inbound_flow() {
+    let mut h = Harness::new(&simple_tables()).unwrap();
+    let (server, peer) = (ip("10.0.0.1"), ip("192.0.2.53"));
+    // 192.0.2.53:53 -> server:5000 is allowed inbound (UDP 5000-5001 from anyone, slot 1), and
+    // server:5000 -> 192.0.2.53:53 is a documented outbound DNS query (outbound slot 0).
+    let inbound = Pkt::udp(peer, server, 53, 5000).build();
+    let outbound = Pkt::udp(server, peer, 5000, 53).build();
+    let allowed = Observed { action: XDP_PASS, reasons: vec![Reason::PassFlow], flows: vec![1], reply_flows: vec![] };
+    assert_eq!(h.observe(&inbound).unwrap(), allowed);
+    send(&mut h, &outbound);
+    // Still what explain says: the inbound flow, not a reply.
+    assert_eq!(h.observe(&inbound).unwrap(), allowed);
+    // The other way round: the server spoke first, so the peer's packets are its replies.
+    let inbound2 = Pkt::udp(peer, server, 53, 5001).build();
+    send(&mut h, &Pkt::udp(server, peer, 5001, 53).build());
+    reply(&mut h, &inbound2, 0);
+}
