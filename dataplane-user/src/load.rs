@@ -40,7 +40,7 @@ pub const EGRESS: &str = "egress";
 const DEFAULT_CONNTRACK: u32 = 65536;
 
 /// Outbound map names, in the order of the inbound ones they mirror.
-const OUT_MAPS: [&str; 7] = ["OUT_SRC_V4", "OUT_SRC_V6", "OUT_DST_V4", "OUT_DST_V6", "OUT_PAIRS", "OUT_PORTS", "OUT_SPORTS"];
+pub const OUT_MAPS: [&str; 7] = ["OUT_SRC_V4", "OUT_SRC_V6", "OUT_DST_V4", "OUT_DST_V6", "OUT_PAIRS", "OUT_PORTS", "OUT_SPORTS"];
 
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
 /// Nothing is attached: the caller decides where (an interface, or BPF_PROG_TEST_RUN).
@@ -73,7 +73,8 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-const INBOUND_MAPS: [&str; 7] = [MAP_SRC_V4, MAP_SRC_V6, MAP_DST_V4, MAP_DST_V6, MAP_PAIRS, MAP_PORTS, MAP_SPORTS];
+/// The inbound classification chain's maps, in `Tables` field order.
+pub const INBOUND_MAPS: [&str; 7] = [MAP_SRC_V4, MAP_SRC_V6, MAP_DST_V4, MAP_DST_V6, MAP_PAIRS, MAP_PORTS, MAP_SPORTS];
 
 /// Entries of each map of one classification chain (names in `INBOUND_MAPS` order).
 fn chain_sizes<'a>(names: &[&'a str; 7], t: &Tables) -> [(&'a str, usize); 7] {

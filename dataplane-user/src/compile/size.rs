@@ -79,18 +79,8 @@ fn hash(name: &'static str, entries: usize, key: usize, value: usize) -> MapSize
 /// The names of the seven policy maps of one direction.
 type ChainNames = [&'static str; 7];
 
-const INBOUND: ChainNames = [
-    "SRC_V4", "SRC_V6", "DST_V4", "DST_V6", "PAIRS", "PORTS", "SPORTS",
-];
-const OUTBOUND: ChainNames = [
-    "OUT_SRC_V4",
-    "OUT_SRC_V6",
-    "OUT_DST_V4",
-    "OUT_DST_V6",
-    "OUT_PAIRS",
-    "OUT_PORTS",
-    "OUT_SPORTS",
-];
+const INBOUND: ChainNames = crate::load::INBOUND_MAPS;
+const OUTBOUND: ChainNames = crate::load::OUT_MAPS;
 
 fn chain_sizes(n: ChainNames, t: Option<&Tables>) -> [MapSize; 7] {
     let v = size_of::<u32>();
