@@ -20,6 +20,15 @@ pub struct RunArgs {
     /// native: in the driver; skb: generic mode; auto: native, else skb with a warning.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Count what would be dropped, drop nothing (for a safe rollout).
+    #[arg(long)]
+    pub monitor: bool,
+    /// Enforce even if the site would cut the management connection this runs over.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
