@@ -106,6 +106,8 @@ pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
 
 /// Do not use or fill the verdict cache (benchmarks of the uncached path).
 pub const CONFIG_NO_CACHE: u32 = 1 << 2;
+/// Monitor mode: count every verdict as usual, but pass what would be dropped.
+pub const CONFIG_MONITOR: u32 = 1 << 3;
 
 /// Key of `FLOW_V4`: the 5-tuple of an unfragmented TCP/UDP packet (ports big-endian as on the
 /// wire).

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use dataplane_common::{Counter, Reason, REASON_COUNT};
+use dataplane_common::{Counter, Reason, CONFIG_MONITOR, REASON_COUNT};
 
 use classify::{NO_SLOT, REPLY_SLOT};
 use parse::{Frame, Parsed};
@@ -47,7 +47,7 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
             count(&FLOWS, v.slot, bytes);
         }
     }
-    if v.reason.is_drop() {
+    if v.reason.is_drop() && classify::flags_config().flags & CONFIG_MONITOR == 0 {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS

@@ -105,7 +105,8 @@ pub fn lab(a: LabArgs) -> Result<()> {
         &client_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
 
-    let (enforcer, modes) = Enforcer::start(&site, &tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server))?;
+    let (enforcer, modes) = Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), false)?;
+    let tables = &enforcer.tables;
     println!(
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
         modes[0],

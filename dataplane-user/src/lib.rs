@@ -10,6 +10,7 @@ pub mod load;
 pub mod netns;
 pub mod run;
 pub mod state;
+pub mod slots;
 pub mod stats;
 pub mod synth;
 pub mod tables;

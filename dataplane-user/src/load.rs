@@ -45,13 +45,34 @@ pub const OUT_MAPS: [&str; 7] = ["OUT_SRC_V4", "OUT_SRC_V6", "OUT_DST_V4", "OUT_
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
 /// Nothing is attached: the caller decides where (an interface, or BPF_PROG_TEST_RUN).
 pub fn load(tables: &Tables) -> Result<Ebpf> {
+    load_with(tables, &Shared::default())
+}
+
+/// Maps that outlive a policy: counters, the flow table and the fragment table. A running
+/// dataplane pins them, and every reload reuses them, so counters keep counting and tracked
+/// connections stay tracked.
+pub const SHARED_MAPS: [&str; 8] =
+    [MAP_FLOWS, MAP_OUT_FLOWS, MAP_REPLY_FLOWS, MAP_REASONS, MAP_FLOW_V4, MAP_FLOW_V6, "FRAGS", MAP_CT_STATS];
+
+/// How the shared maps are made: fresh (tests, benchmarks), or pinned under a directory and
+/// reused when already there, with room for `flow_slots` / `out_slots` counter slots.
+#[derive(Default)]
+pub struct Shared {
+    pub pin_dir: Option<std::path::PathBuf>,
+    pub flow_slots: u32,
+    pub out_slots: u32,
+}
+
+pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!("this dataplane binary was built without the XDP object: build it with `cargo xtask build`");
     }
     let empty = Tables::default();
     let out = tables.outbound.as_deref().unwrap_or(&empty);
     let ct = if tables.conntrack_size == 0 { DEFAULT_CONNTRACK } else { tables.conntrack_size };
-    let mut sizes = vec![(MAP_FLOWS, tables.flows.len()), (MAP_OUT_FLOWS, out.flows.len()), (MAP_REPLY_FLOWS, out.flows.len())];
+    let flow_slots = tables.flows.len().max(shared.flow_slots as usize);
+    let out_slots = out.flows.len().max(shared.out_slots as usize);
+    let mut sizes = vec![(MAP_FLOWS, flow_slots), (MAP_OUT_FLOWS, out_slots), (MAP_REPLY_FLOWS, out_slots)];
     sizes.extend(chain_sizes(&INBOUND_MAPS, tables));
     sizes.extend(chain_sizes(&OUT_MAPS, out));
     sizes.extend([(MAP_FLOW_V4, ct as usize), (MAP_FLOW_V6, ct as usize)]);
@@ -63,6 +84,13 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
     for (name, len) in sizes {
         // A map cannot have zero entries; an empty table is a map nobody finds anything in.
         loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);
+    }
+    let pins: Vec<(&str, std::path::PathBuf)> = match &shared.pin_dir {
+        Some(dir) => SHARED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+        None => vec![],
+    };
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
     fill(&mut ebpf, &INBOUND_MAPS, tables)?;

@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, XdpMode};
 use log::{info, warn};
 
-use crate::{load, state, tables::Tables};
+use dataplane_common::CONFIG_MONITOR;
+
+use crate::{load, slots::StableSlots, state, tables::Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -44,20 +46,50 @@ pub fn compile_site(site: &Path) -> Result<Tables> {
     crate::compile::compile(&policy)
 }
 
-/// The program, loaded with a policy, attached to interfaces and pinned for `stats`.
+/// The program, loaded with a policy, attached to interfaces and pinned for `stats`; reloadable.
 pub struct Enforcer {
     pub ebpf: aya::Ebpf,
+    /// The tables enforced now, on stable counter slots.
+    pub tables: Tables,
+    /// Policy generation: 1 at start, one more per reload.
+    pub generation: u32,
     links: Vec<XdpLinkId>,
     egress_links: Vec<SchedClassifierLinkId>,
-    _pins: state::Pins,
+    pins: state::Pins,
+    slots: StableSlots,
+    site: PathBuf,
+    ifaces: Vec<String>,
+    /// `CONFIG_*` flags every policy gets (monitor mode).
+    flags: u32,
+    /// Counter slots the shared counter maps hold (fixed at start).
+    capacity: (u32, u32),
+}
+
+/// Counter slots to make room for: policies may grow by reloads.
+fn capacity(slots: usize) -> u32 {
+    (slots * 2).max(slots + 256) as u32
 }
 
 impl Enforcer {
     /// Loads `tables`, pins the maps and records the state, then attaches to each interface
     /// (`netns`: inside that network namespace). Returns the mode used per interface.
-    pub fn start(site: &Path, tables: &Tables, ifaces: &[String], mode: Mode, netns: Option<&str>) -> Result<(Self, Vec<&'static str>)> {
-        let mut ebpf = load::load(tables)?;
-        let pins = state::Pins::create(&ebpf, site, tables, ifaces)?;
+    pub fn start(
+        site: &Path,
+        mut tables: Tables,
+        ifaces: &[String],
+        mode: Mode,
+        netns: Option<&str>,
+        monitor: bool,
+    ) -> Result<(Self, Vec<&'static str>)> {
+        let pins = state::Pins::prepare()?;
+        let mut slots = StableSlots::default();
+        slots.apply(&mut tables);
+        let flags = if monitor { CONFIG_MONITOR } else { 0 };
+        tables.config.flags |= flags;
+        let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
+        let capacity = (capacity(tables.flows.len()), capacity(out_slots));
+        let mut ebpf = load::load_with(&tables, &shared(capacity))?;
+        pins.record(&ebpf, site, &tables, ifaces)?;
         let (mut links, mut egress_links, mut modes) = (vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
             Some(ns) => crate::netns::in_netns(ns, f)?,
@@ -72,8 +104,62 @@ impl Enforcer {
                 Ok(())
             })?;
         }
-        Ok((Self { ebpf, links, egress_links, _pins: pins }, modes))
+        let generation = tables.config.generation;
+        let enforcer = Self {
+            ebpf,
+            tables,
+            generation,
+            links,
+            egress_links,
+            pins,
+            slots,
+            site: site.to_path_buf(),
+            ifaces: ifaces.to_vec(),
+            flags,
+            capacity,
+        };
+        Ok((enforcer, modes))
     }
+
+    /// Compiles the site again and switches every interface to it at once: a new program with
+    /// the new policy maps replaces the old one behind each link (BPF_LINK_UPDATE), so every
+    /// packet is judged wholly by the old policy or wholly by the new one. Counters, tracked
+    /// connections and fragments live in the shared maps and carry over. On any error nothing
+    /// changes: the running policy keeps enforcing.
+    pub fn reload(&mut self) -> Result<()> {
+        let mut tables = compile_site(&self.site)?;
+        self.slots.apply(&mut tables);
+        let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
+        if tables.flows.len() > self.capacity.0 as usize || out_slots > self.capacity.1 as usize {
+            bail!(
+                "the new policy needs {} flow and {out_slots} outbound counter slots, more than the {} and {} this run made room for: restart dataplane run",
+                tables.flows.len(),
+                self.capacity.0,
+                self.capacity.1
+            );
+        }
+        tables.config.flags |= self.flags;
+        tables.config.generation = self.generation + 1;
+        let mut new = load::load_with(&tables, &shared(self.capacity))?;
+        for link in std::mem::take(&mut self.links) {
+            let link = load::program(&mut self.ebpf)?.take_link(link)?;
+            self.links.push(load::program(&mut new)?.attach_to_link(link).context("switching an XDP link")?);
+        }
+        for link in std::mem::take(&mut self.egress_links) {
+            let link = load::egress(&mut self.ebpf)?.take_link(link)?;
+            self.egress_links.push(load::egress(&mut new)?.attach_to_link(link).context("switching a tc link")?);
+        }
+        // The old program has no link left: dropping it detaches nothing.
+        self.ebpf = new;
+        self.generation = tables.config.generation;
+        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces)?;
+        self.tables = tables;
+        Ok(())
+    }
+}
+
+fn shared(capacity: (u32, u32)) -> load::Shared {
+    load::Shared { pin_dir: Some(state::PIN_DIR.into()), flow_slots: capacity.0, out_slots: capacity.1 }
 }
 
 impl Drop for Enforcer {
@@ -123,39 +209,72 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
     }
     let tables = compile_site(&a.site)?;
-    let (mut enforcer, modes) = Enforcer::start(&a.site, &tables, &a.ifaces, a.mode, None)?;
-    // What the program logs (RUST_LOG=debug) goes to this process's log.
-    let logger = aya_log::EbpfLogger::init(&mut enforcer.ebpf)
-        .map_err(|e| warn!("the program's log is not available: {e}"))
-        .ok();
+    let (enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, a.monitor)?;
+    let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
-            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes; counters: dataplane stats",
+            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}; counters: dataplane stats",
             a.site.display(),
-            tables.flows.len(),
-            tables.dst_v4.len() + tables.dst_v6.len()
+            enforcer.tables.flows.len(),
+            enforcer.tables.dst_v4.len() + enforcer.tables.dst_v6.len()
         );
     }
-    wait_for_signal(logger)?;
+    let enforcer = serve(enforcer, &a.site)?;
     info!("stopping: detaching from {}", a.ifaces.join(", "));
     drop(enforcer);
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM, passing what the program logs to the log meanwhile.
-pub fn wait_for_signal(logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>) -> Result<()> {
+/// The files a site depends on, with their modification times: a change means reload.
+fn fingerprint(site: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    let mut files = vec![site.to_path_buf()];
+    if let Ok(dir) = std::fs::read_dir(crate::policy::catalog_dir(None, Some(site))) {
+        files.extend(dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")));
+    }
+    files.sort();
+    files.into_iter().map(|p| { let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok(); (p, m) }).collect()
+}
+
+/// Reloads and logs the outcome; the running policy stays on any error.
+fn reload(enforcer: &mut Enforcer, why: &str) {
+    let started = std::time::Instant::now();
+    match enforcer.reload() {
+        Ok(()) => info!(
+            "reloaded ({why}) in {:.1?}: generation {}, {} flows",
+            started.elapsed(),
+            enforcer.generation,
+            enforcer.tables.flows.len()
+        ),
+        Err(e) => log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}"),
+    }
+}
+
+/// Enforces until SIGINT or SIGTERM: reloads on SIGHUP and when the site or a catalog changes,
+/// and passes what the program logs to the log meanwhile.
+fn serve(mut enforcer: Enforcer, site: &Path) -> Result<Enforcer> {
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.
-        let mut logs = match logger {
-            Some(l) => Some(unsafe { tokio::io::unix::AsyncFd::register(l) }.map_err(|e| anyhow::anyhow!("{e}"))?),
-            None => None,
-        };
+    rt.block_on(async move {
+        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        let mut logs = program_log(&mut enforcer)?;
+        let mut seen = fingerprint(site);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => return r.map_err(anyhow::Error::from),
-                _ = term.recv() => return Ok(()),
+                r = tokio::signal::ctrl_c() => { r?; return Ok(enforcer) }
+                _ = term.recv() => return Ok(enforcer),
+                _ = hup.recv() => {
+                    reload(&mut enforcer, "SIGHUP");
+                    logs = program_log(&mut enforcer)?;
+                }
+                _ = tick.tick() => {
+                    let now = fingerprint(site);
+                    if now != seen {
+                        seen = now;
+                        reload(&mut enforcer, "the site or a catalog changed");
+                        logs = program_log(&mut enforcer)?;
+                    }
+                }
                 Ok(mut ready) = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
                     ready.get_inner_mut().flush();
                     ready.clear_ready();
@@ -163,4 +282,15 @@ pub fn wait_for_signal(logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>
             }
         }
     })
+}
+
+type ProgramLog = tokio::io::unix::AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;
+
+/// What the program logs (RUST_LOG=debug), to this process's log; each loaded program has its own.
+fn program_log(enforcer: &mut Enforcer) -> Result<Option<ProgramLog>> {
+    let Ok(logger) = aya_log::EbpfLogger::init(&mut enforcer.ebpf).map_err(|e| warn!("the program's log is not available: {e}")) else {
+        return Ok(None);
+    };
+    // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.
+    Ok(Some(unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("{e}"))?))
 }

@@ -40,7 +40,9 @@ pub fn pin_path(map: &str) -> PathBuf {
 pub struct Pins;
 
 impl Pins {
-    pub fn create(ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String]) -> Result<Self> {
+    /// Before loading: refuses when another live dataplane enforces, and removes what a dead one
+    /// left behind, so that the shared maps (`load::SHARED_MAPS`, pinned at load) start empty.
+    pub fn prepare() -> Result<Self> {
         ensure_bpffs()?;
         if let Ok(old) = State::read() {
             if Path::new(&format!("/proc/{}", old.pid)).exists() && old.pid != std::process::id() {
@@ -49,9 +51,18 @@ impl Pins {
         }
         remove_all();
         std::fs::create_dir_all(PIN_DIR).with_context(|| format!("creating {PIN_DIR}"))?;
+        Ok(Self)
+    }
+
+    /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
+    /// already) and records the state for `stats`.
+    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String]) -> Result<()> {
         // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
-        for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
-            map.pin(pin_path(name)).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
+        let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !crate::load::SHARED_MAPS.contains(name));
+        for (name, map) in own {
+            let path = pin_path(name);
+            let _ = std::fs::remove_file(&path);
+            map.pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
         }
         let state = State {
             pid: std::process::id(),
@@ -61,8 +72,11 @@ impl Pins {
             outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
-        std::fs::write(STATE_FILE, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {STATE_FILE}"))?;
-        Ok(Self)
+        // Written whole then renamed: a reader never sees half a file.
+        let tmp = format!("{STATE_FILE}.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, STATE_FILE).with_context(|| format!("writing {STATE_FILE}"))?;
+        Ok(())
     }
 }
 
