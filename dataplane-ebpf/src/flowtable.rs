@@ -19,7 +19,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    classify::{dst_class, flow, Outbound, Verdict, REPLY_SLOT},
+    classify::{dst_class, flow, Inbound, Outbound, Verdict, REPLY_SLOT},
     parse::{Frag, Packet, IPPROTO_TCP, IPPROTO_UDP, L4},
 };
 
@@ -143,14 +143,12 @@ fn timeout_ns(state: u32, c: &Config) -> u64 {
 /// Egress: a packet the server sends. Refreshes its connection, or records a new one that an
 /// outbound flow documents. Returns the outbound slot to count the packet on.
 #[inline(always)]
-pub fn outbound(p: &Packet, generation: u32) -> Option<u32> {
+pub fn outbound(p: &Packet) -> Option<u32> {
     let (sport, dport, flags) = ports(p)?;
     let t = Tuple::replies_to(p, sport, dport);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Safety: a value pointer of this map; racing updates only move timestamps and states.
-    let existing = t.get().map(|e| unsafe { &mut *e });
-    let mut inbound_allowed = false;
-    if let Some(e) = existing {
+    if let Some(e) = t.get().map(|e| unsafe { &mut *e }) {
         if e.reason == Reason::PassReply as u32 {
             if p.proto == IPPROTO_TCP && flags & TCP_RST != 0 {
                 let slot = e.slot;
@@ -167,9 +165,6 @@ pub fn outbound(p: &Packet, generation: u32) -> Option<u32> {
             e.last_seen = now;
             return Some(e.slot);
         }
-        // The inbound policy itself admits the packets that would be replies (a cached pass of
-        // this generation): they stay counted on their inbound flow, as explain says.
-        inbound_allowed = e.reason == Reason::PassFlow as u32 && e.generation == generation;
     }
     let class = dst_class::<Outbound>(p)?;
     let v = flow::<Outbound>(p, class, sport, dport);
@@ -184,12 +179,32 @@ pub fn outbound(p: &Packet, generation: u32) -> Option<u32> {
     } else {
         return Some(v.slot);
     };
-    if !inbound_allowed {
+    // Replies that the inbound policy admits by itself are not tracked: they stay counted on
+    // their inbound flow, as explain says, whichever side spoke first.
+    if !inbound_allows(p, sport, dport) {
         let entry = FlowEntry { reason: Reason::PassReply as u32, slot: v.slot, generation: 0, state, last_seen: now };
         t.insert(&entry);
         stat(CT_STAT_INSERTS);
     }
     Some(v.slot)
+}
+
+/// Whether the inbound policy allows the replies of `p` (the reversed 5-tuple).
+#[inline(always)]
+fn inbound_allows(p: &Packet, sport: u16, dport: u16) -> bool {
+    let reply = Packet {
+        v6: p.v6,
+        src: p.dst,
+        dst: p.src,
+        proto: p.proto,
+        frag: Frag::Whole,
+        frag_id: 0,
+        l4: L4::Ports { sport: dport, dport: sport, flags: 0 },
+    };
+    match dst_class::<Inbound>(&reply) {
+        Some(class) => flow::<Inbound>(&reply, class, dport, sport).reason == Reason::PassFlow,
+        None => false,
+    }
 }
 
 /// Ingress: the verdict the flow table holds for an arriving TCP or UDP packet, if any: a

@@ -67,7 +67,7 @@ pub fn egress(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(EGRESS_HEADERS.min(ctx.len()));
     }
     if let Parsed::Ip(p) = parse::parse(&ctx) {
-        if let Some(slot) = flowtable::outbound(&p, classify::flags_config().generation) {
+        if let Some(slot) = flowtable::outbound(&p) {
             count(&OUT_FLOWS, slot, ctx.len() as u64);
         }
     }

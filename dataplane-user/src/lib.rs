@@ -7,6 +7,8 @@ pub mod compile;
 pub mod lab;
 pub mod policy;
 pub mod load;
+pub mod lockout;
+pub mod metrics;
 pub mod netns;
 pub mod run;
 pub mod state;

@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use dataplane_common::CONFIG_MONITOR;
 
-use crate::{load, slots::StableSlots, state, tables::Tables};
+use crate::{load, metrics, slots::StableSlots, state, tables::Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -42,8 +42,18 @@ pub enum Mode {
 
 /// Validates and compiles a site into the tables the maps will hold.
 pub fn compile_site(site: &Path) -> Result<Tables> {
+    compile_guarded(site, None)
+}
+
+/// As `compile_site`; with `Some(force)`, also refuses (or with force, warns about) a site that
+/// would lock the operator out (see `lockout`).
+fn compile_guarded(site: &Path, guard: Option<bool>) -> Result<Tables> {
     let policy = crate::policy::load_site(site)?;
-    crate::compile::compile(&policy)
+    let tables = crate::compile::compile(&policy)?;
+    if let Some(force) = guard {
+        crate::lockout::guard(&policy, &tables, crate::lockout::ssh_session_from_env().as_ref(), force)?;
+    }
+    Ok(tables)
 }
 
 /// The program, loaded with a policy, attached to interfaces and pinned for `stats`; reloadable.
@@ -63,6 +73,8 @@ pub struct Enforcer {
     flags: u32,
     /// Counter slots the shared counter maps hold (fixed at start).
     capacity: (u32, u32),
+    /// The lockout guard for reloads: None (off), or Some(force).
+    pub guard: Option<bool>,
 }
 
 /// Counter slots to make room for: policies may grow by reloads.
@@ -117,6 +129,7 @@ impl Enforcer {
             ifaces: ifaces.to_vec(),
             flags,
             capacity,
+            guard: None,
         };
         Ok((enforcer, modes))
     }
@@ -127,7 +140,7 @@ impl Enforcer {
     /// connections and fragments live in the shared maps and carry over. On any error nothing
     /// changes: the running policy keeps enforcing.
     pub fn reload(&mut self) -> Result<()> {
-        let mut tables = compile_site(&self.site)?;
+        let mut tables = compile_guarded(&self.site, self.guard)?;
         self.slots.apply(&mut tables);
         let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
         if tables.flows.len() > self.capacity.0 as usize || out_slots > self.capacity.1 as usize {
@@ -208,8 +221,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
     }
-    let tables = compile_site(&a.site)?;
-    let (enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, a.monitor)?;
+    // Before compiling: an edit made while starting is then seen as a change, and reloaded.
+    let seen = fingerprint(&a.site);
+    // Monitor mode drops nothing, so it cannot lock anyone out.
+    let guard = (!a.monitor).then_some(a.force);
+    let tables = compile_guarded(&a.site, guard)?;
+    // Bound before loading, so that a port in use fails before anything is attached.
+    let server = a.metrics.map(metrics::Server::bind).transpose()?;
+    let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, a.monitor)?;
+    enforcer.guard = guard;
+    let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
     let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
@@ -219,7 +240,10 @@ pub fn run(a: RunArgs) -> Result<()> {
             enforcer.tables.dst_v4.len() + enforcer.tables.dst_v6.len()
         );
     }
-    let enforcer = serve(enforcer, &a.site)?;
+    if let Some(addr) = a.metrics {
+        println!("metrics: http://{addr}/metrics");
+    }
+    let enforcer = serve(enforcer, &a.site, seen, server, info)?;
     info!("stopping: detaching from {}", a.ifaces.join(", "));
     drop(enforcer);
     Ok(())
@@ -236,42 +260,62 @@ fn fingerprint(site: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
 }
 
 /// Reloads and logs the outcome; the running policy stays on any error.
-fn reload(enforcer: &mut Enforcer, why: &str) {
+fn reload(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why: &str) {
     let started = std::time::Instant::now();
     match enforcer.reload() {
-        Ok(()) => info!(
-            "reloaded ({why}) in {:.1?}: generation {}, {} flows",
-            started.elapsed(),
-            enforcer.generation,
-            enforcer.tables.flows.len()
-        ),
-        Err(e) => log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}"),
+        Ok(()) => {
+            info.set_policy(metrics::PolicyInfo::new(site, &enforcer.tables));
+            info.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(
+                "reloaded ({why}) in {:.1?}: generation {}, {} flows",
+                started.elapsed(),
+                enforcer.generation,
+                enforcer.tables.flows.len()
+            )
+        }
+        Err(e) => {
+            info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}")
+        }
     }
 }
 
 /// Enforces until SIGINT or SIGTERM: reloads on SIGHUP and when the site or a catalog changes,
 /// and passes what the program logs to the log meanwhile.
-fn serve(mut enforcer: Enforcer, site: &Path) -> Result<Enforcer> {
+fn serve(
+    mut enforcer: Enforcer,
+    site: &Path,
+    mut seen: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    server: Option<metrics::Server>,
+    info: metrics::MetricsInfo,
+) -> Result<Enforcer> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
         let mut logs = program_log(&mut enforcer)?;
-        let mut seen = fingerprint(site);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let serving = async {
+            match server {
+                Some(s) => s.run(info.clone()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(serving);
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; return Ok(enforcer) }
                 _ = term.recv() => return Ok(enforcer),
+                r = &mut serving => return Err(r.context("the metrics server stopped").unwrap_err()),
                 _ = hup.recv() => {
-                    reload(&mut enforcer, "SIGHUP");
+                    reload(&mut enforcer, site, &info, "SIGHUP");
                     logs = program_log(&mut enforcer)?;
                 }
                 _ = tick.tick() => {
                     let now = fingerprint(site);
                     if now != seen {
                         seen = now;
-                        reload(&mut enforcer, "the site or a catalog changed");
+                        reload(&mut enforcer, site, &info, "the site or a catalog changed");
                         logs = program_log(&mut enforcer)?;
                     }
                 }

@@ -117,8 +117,11 @@ fn packets_the_inbound_policy_allows_stay_on_their_inbound_flow() {
     send(&mut h, &outbound);
     // Still what explain says: the inbound flow, not a reply.
     assert_eq!(h.observe(&inbound).unwrap(), allowed);
-    // The other way round: the server spoke first, so the peer's packets are its replies.
+    // The other way round, the server speaking first: the same, the inbound policy admits them.
     let inbound2 = Pkt::udp(peer, server, 53, 5001).build();
     send(&mut h, &Pkt::udp(server, peer, 5001, 53).build());
-    reply(&mut h, &inbound2, 0);
+    assert_eq!(h.observe(&inbound2).unwrap(), allowed);
+    // A query from a port the inbound policy does not open is tracked: its answer is a reply.
+    send(&mut h, &Pkt::udp(server, peer, 40000, 53).build());
+    reply(&mut h, &Pkt::udp(peer, server, 53, 40000).build(), 0);
 }

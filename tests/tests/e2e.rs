@@ -4,135 +4,21 @@
 //! role and not from another, and SIGTERM detaches everything.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{atomic::Ordering, mpsc},
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
-use dataplane::netns::{in_netns, tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Lab, Servers, SERVER_IF};
-use dataplane_tests::packet::{FragSpec, Pkt};
-use serde_json::Value;
+use dataplane::netns::{tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Lab, Servers, SERVER_IF};
+use dataplane_tests::{
+    daemon::{flow_packets, reason_packets, root, send_raw_ipv4, stats, Daemon},
+    packet::{FragSpec, Pkt},
+};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The `dataplane` binary `cargo xtask test` built (DATAPLANE_BIN).
-fn dataplane_bin() -> PathBuf {
-    let bin = std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/debug/dataplane"));
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
-    bin
-}
-
-/// `dataplane run` inside a network namespace, logging at debug level; SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    /// Lines of its log (stderr).
-    log: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(ns: &str, site: &Path) -> Self {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
-            .arg(dataplane_bin())
-            .args(["run", "--site"])
-            .arg(site)
-            .args(["--iface", SERVER_IF])
-            .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting dataplane run");
-        let lines = |from: Box<dyn std::io::Read + Send>, tag: &'static str| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(from).lines().map_while(Result::ok) {
-                    println!("dataplane run {tag}: {line}");
-                    let _ = tx.send(line);
-                }
-            });
-            rx
-        };
-        let status = lines(Box::new(child.stdout.take().unwrap()), "stdout");
-        let log = lines(Box::new(child.stderr.take().unwrap()), "log");
-        let status = status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
-        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && status.contains("native mode"), "status line: {status}");
-        Self { child, log }
-    }
-
-    /// Waits (bounded) for a log line containing `needle`.
-    fn wait_log(&self, needle: &str) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends one raw IPv4 packet (IP header onwards) from namespace `ns`.
-fn send_raw_ipv4(ns: &str, packet: &[u8], dst: std::net::Ipv4Addr) {
-    in_netns(ns, || unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-            sin_zero: [0; 8],
-        };
-        let n = libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
-        assert_eq!(n, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        libc::close(fd);
-    })
-    .unwrap();
-}
-
-fn stats() -> Value {
-    let out = Command::new(dataplane_bin()).args(["stats", "--json"]).output().unwrap();
-    assert!(out.status.success(), "dataplane stats: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn flow_packets(s: &Value, id: &str, proto: &str) -> u64 {
-    s["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["id"] == id && f["protocol"] == proto)
-        .map(|f| f["packets"].as_u64().unwrap())
-        .sum()
-}
-
-fn reason_packets(s: &Value, verdict: &str, reason: &str) -> u64 {
-    s["reasons"].as_array().unwrap().iter().find(|r| r["verdict"] == verdict && r["reason"] == reason).unwrap()["packets"]
-        .as_u64()
-        .unwrap()
 }
 
 /// One SIP OPTIONS from `src` to the server's port 5060 over `transport` (u1 or t1), answered

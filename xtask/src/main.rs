@@ -81,6 +81,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::check_kernel()?;
     setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
     setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test")?;
+    setup::apt_install(&["prometheus"], "promtool, which checks the metrics format in the metrics test")?;
     build_ebpf()?;
     let started = Instant::now();
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
