@@ -105,7 +105,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
         &client_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
 
-    let (enforcer, modes) = Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), false)?;
+    let (enforcer, modes) = Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
     let tables = &enforcer.tables;
     println!(
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",

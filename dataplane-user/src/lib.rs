@@ -10,6 +10,7 @@ pub mod load;
 pub mod lockout;
 pub mod metrics;
 pub mod netns;
+pub mod persist;
 pub mod run;
 pub mod state;
 pub mod slots;

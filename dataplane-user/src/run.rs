@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use dataplane_common::CONFIG_MONITOR;
 
-use crate::{load, metrics, slots::StableSlots, state, tables::Tables};
+use crate::{load, metrics, persist, slots::StableSlots, state, tables::Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -31,6 +31,17 @@ pub struct RunArgs {
     /// Enforce even if the site would cut the management connection this runs over.
     #[arg(long)]
     pub force: bool,
+    /// Keep enforcing after this process exits or crashes (links and maps stay pinned); a later
+    /// run adopts them without a gap. `dataplane detach` removes them.
+    #[arg(long)]
+    pub persist: bool,
+}
+
+/// How `Enforcer::start` runs the policy.
+#[derive(Clone, Copy, Default)]
+pub struct StartOptions {
+    pub monitor: bool,
+    pub persist: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,17 +102,30 @@ impl Enforcer {
         ifaces: &[String],
         mode: Mode,
         netns: Option<&str>,
-        monitor: bool,
+        opts: StartOptions,
     ) -> Result<(Self, Vec<&'static str>)> {
-        let pins = state::Pins::prepare()?;
-        let mut slots = StableSlots::default();
+        let (pins, adopted) = state::Pins::prepare(opts.persist)?;
+        // Adopting a persisted run: its counter slots, a newer generation, its counter maps.
+        let mut slots = match &adopted {
+            Some(old) => StableSlots::from_flows(&old.flows, &old.outbound),
+            None => StableSlots::default(),
+        };
         slots.apply(&mut tables);
-        let flags = if monitor { CONFIG_MONITOR } else { 0 };
+        let flags = if opts.monitor { CONFIG_MONITOR } else { 0 };
         tables.config.flags |= flags;
         let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
-        let capacity = (capacity(tables.flows.len()), capacity(out_slots));
+        let mut capacity = (capacity(tables.flows.len()), capacity(out_slots));
+        if let Some(old) = &adopted {
+            tables.config.generation = old.generation + 1;
+            if old.capacity.0 > 0 {
+                capacity = old.capacity;
+            }
+            if tables.flows.len() > capacity.0 as usize || out_slots > capacity.1 as usize {
+                bail!("the policy has more flows than the persisted counter maps hold: `dataplane detach`, then run again");
+            }
+        }
         let mut ebpf = load::load_with(&tables, &shared(capacity))?;
-        pins.record(&ebpf, site, &tables, ifaces)?;
+        pins.record(&ebpf, site, &tables, ifaces, capacity)?;
         let (mut links, mut egress_links, mut modes) = (vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
             Some(ns) => crate::netns::in_netns(ns, f)?,
@@ -109,10 +133,10 @@ impl Enforcer {
         };
         for iface in ifaces {
             in_ns(&mut || {
-                let (link, used) = attach(load::program(&mut ebpf)?, iface, mode)?;
+                let (link, used) = persist::xdp(load::program(&mut ebpf)?, iface, mode, opts.persist)?;
                 links.push(link);
                 modes.push(used);
-                egress_links.push(attach_egress(load::egress(&mut ebpf)?, iface)?);
+                egress_links.push(persist::tc(load::egress(&mut ebpf)?, iface, opts.persist)?);
                 Ok(())
             })?;
         }
@@ -165,7 +189,7 @@ impl Enforcer {
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
         self.generation = tables.config.generation;
-        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces)?;
+        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity)?;
         self.tables = tables;
         Ok(())
     }
@@ -192,7 +216,7 @@ impl Drop for Enforcer {
 
 /// The egress program records the connections protected servers open (TCX on Linux 6.6 and
 /// later; a clsact qdisc before).
-fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLinkId> {
+pub(crate) fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLinkId> {
     match prog.attach(iface, TcAttachType::Egress) {
         Ok(link) => Ok(link),
         Err(_) => {
@@ -203,7 +227,7 @@ fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassif
     }
 }
 
-fn attach(prog: &mut aya::programs::Xdp, iface: &str, mode: Mode) -> Result<(XdpLinkId, &'static str)> {
+pub(crate) fn attach(prog: &mut aya::programs::Xdp, iface: &str, mode: Mode) -> Result<(XdpLinkId, &'static str)> {
     if mode != Mode::Skb {
         match prog.attach(iface, XdpMode::Driver) {
             Ok(link) => return Ok((link, "native")),
@@ -228,13 +252,15 @@ pub fn run(a: RunArgs) -> Result<()> {
     let tables = compile_guarded(&a.site, guard)?;
     // Bound before loading, so that a port in use fails before anything is attached.
     let server = a.metrics.map(metrics::Server::bind).transpose()?;
-    let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, a.monitor)?;
+    let opts = StartOptions { monitor: a.monitor, persist: a.persist };
+    let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, opts)?;
     enforcer.guard = guard;
     let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
     let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
+    let persist = if a.persist { ", persisted: keeps enforcing after exit (dataplane detach removes it)" } else { "" };
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
-            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}; counters: dataplane stats",
+            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}{persist}; counters: dataplane stats",
             a.site.display(),
             enforcer.tables.flows.len(),
             enforcer.tables.dst_v4.len() + enforcer.tables.dst_v6.len()
@@ -244,7 +270,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         println!("metrics: http://{addr}/metrics");
     }
     let enforcer = serve(enforcer, &a.site, seen, server, info)?;
-    info!("stopping: detaching from {}", a.ifaces.join(", "));
+    if a.persist {
+        info!("stopping; the policy keeps enforcing on {} (persisted)", a.ifaces.join(", "));
+    } else {
+        info!("stopping: detaching from {}", a.ifaces.join(", "));
+    }
     drop(enforcer);
     Ok(())
 }

@@ -58,6 +58,14 @@ pub struct StableSlots {
 }
 
 impl StableSlots {
+    /// The slots a previous run recorded (its state file lists the flow of every slot).
+    pub fn from_flows(inbound: &[FlowInfo], outbound: &[FlowInfo]) -> Self {
+        let mut s = Self::default();
+        s.inbound.assign(inbound);
+        s.outbound.assign(outbound);
+        s
+    }
+
     /// Rewrites freshly compiled tables so that every flow counts in its stable slot.
     pub fn apply(&mut self, t: &mut Tables) {
         self.inbound.apply(t);

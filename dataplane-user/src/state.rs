@@ -22,6 +22,14 @@ pub struct State {
     /// Outbound flow of each slot of the outbound and reply counters.
     #[serde(default)]
     pub outbound: Vec<FlowInfo>,
+    /// The links are pinned: the programs keep enforcing after this process exits.
+    #[serde(default)]
+    pub persist: bool,
+    /// Policy generation, and the counter slots the shared maps hold (for adoption).
+    #[serde(default)]
+    pub generation: u32,
+    #[serde(default)]
+    pub capacity: (u32, u32),
 }
 
 impl State {
@@ -36,27 +44,42 @@ pub fn pin_path(map: &str) -> PathBuf {
     Path::new(PIN_DIR).join(map)
 }
 
-/// The pins and state file of this process; removed on drop.
-pub struct Pins;
+/// Where a persisted link is pinned: `kind` is `xdp` or `tc`. bpffs refuses names with a dot,
+/// which interface names may have (eth0.100).
+pub fn link_pin(iface: &str, kind: &str) -> PathBuf {
+    Path::new(PIN_DIR).join("links").join(format!("{}-{kind}", iface.replace('.', "_")))
+}
+
+/// The pins and state file of this process; removed on drop unless persisted.
+pub struct Pins {
+    pub persist: bool,
+}
 
 impl Pins {
-    /// Before loading: refuses when another live dataplane enforces, and removes what a dead one
-    /// left behind, so that the shared maps (`load::SHARED_MAPS`, pinned at load) start empty.
-    pub fn prepare() -> Result<Self> {
+    /// Before loading: refuses when another live dataplane enforces. What a persisted run left
+    /// (pinned links and maps) is returned to be adopted; what any other dead run left is removed,
+    /// so that the shared maps (`load::SHARED_MAPS`, pinned at load) start empty.
+    pub fn prepare(persist: bool) -> Result<(Self, Option<State>)> {
         ensure_bpffs()?;
+        let mut adopt = None;
         if let Ok(old) = State::read() {
             if Path::new(&format!("/proc/{}", old.pid)).exists() && old.pid != std::process::id() {
                 bail!("another dataplane (pid {}) is enforcing {}; stop it first", old.pid, old.site.display());
             }
+            if old.persist {
+                adopt = Some(old);
+            }
         }
-        remove_all();
-        std::fs::create_dir_all(PIN_DIR).with_context(|| format!("creating {PIN_DIR}"))?;
-        Ok(Self)
+        if adopt.is_none() {
+            remove_all();
+        }
+        std::fs::create_dir_all(Path::new(PIN_DIR).join("links")).with_context(|| format!("creating {PIN_DIR}"))?;
+        Ok((Self { persist }, adopt))
     }
 
     /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
-    /// already) and records the state for `stats`.
-    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String]) -> Result<()> {
+    /// already) and records the state for `stats` and for a later adoption.
+    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String], capacity: (u32, u32)) -> Result<()> {
         // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
         let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !crate::load::SHARED_MAPS.contains(name));
         for (name, map) in own {
@@ -70,6 +93,9 @@ impl Pins {
             interfaces: interfaces.to_vec(),
             flows: tables.flows.clone(),
             outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
+            persist: self.persist,
+            generation: tables.config.generation,
+            capacity,
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
         // Written whole then renamed: a reader never sees half a file.
@@ -82,11 +108,15 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        remove_all();
+        // Persisted: the pinned links keep the programs enforcing, and `stats` keeps working.
+        if !self.persist {
+            remove_all();
+        }
     }
 }
 
-fn remove_all() {
+/// Removes every pin (links included: a link nobody else holds detaches) and the state file.
+pub fn remove_all() {
     let _ = std::fs::remove_dir_all(PIN_DIR);
     let _ = std::fs::remove_file(STATE_FILE);
 }

@@ -63,7 +63,8 @@ impl Daemon {
         let status = lines(Box::new(child.stdout.take().unwrap()), "stdout");
         let log = lines(Box::new(child.stderr.take().unwrap()), "log");
         let status = status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
-        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && status.contains("native mode"), "status line: {status}");
+        let attached = status.contains("native mode") || status.contains("adopted mode");
+        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && attached, "status line: {status}");
         Self { child, log }
     }
 
@@ -80,6 +81,7 @@ impl Daemon {
         false
     }
 
+    /// The status line `run` printed for the interface.
     pub fn stop(mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()

@@ -1,0 +1,79 @@
+//! Persistence: with `run --persist` the XDP and tc links are pinned under
+//! `/sys/fs/bpf/dataplane/links/`, so the programs keep enforcing when the daemon exits or
+//! crashes. The next `run` takes each pinned link over with BPF_LINK_UPDATE: no packet goes
+//! unjudged in between. `dataplane detach` removes it all.
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
+    xdp::{XdpLink, XdpLinkId},
+    SchedClassifier, Xdp,
+};
+
+use crate::{
+    run::{attach, attach_egress, Mode},
+    state,
+};
+
+/// The XDP link of `iface`: the pinned one taken over if there is one, else a new attachment;
+/// pinned when `persist`.
+pub fn xdp(prog: &mut Xdp, iface: &str, mode: Mode, persist: bool) -> Result<(XdpLinkId, &'static str)> {
+    let path = state::link_pin(iface, "xdp");
+    if let Ok(pinned) = PinnedLink::from_pin(&path) {
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        return Ok((prog.attach_to_link(link).with_context(|| format!("taking over the pinned XDP link of {iface}"))?, "adopted"));
+    }
+    let (id, used) = attach(prog, iface, mode)?;
+    if !persist {
+        return Ok((id, used));
+    }
+    let fd = FdLink::try_from(prog.take_link(id)?).context("only bpf_link attachments can be persisted")?;
+    let pinned = fd.pin(&path).with_context(|| format!("pinning the XDP link of {iface}"))?;
+    Ok((prog.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?, used))
+}
+
+/// The tc egress link of `iface`, as `xdp`.
+pub fn tc(prog: &mut SchedClassifier, iface: &str, persist: bool) -> Result<SchedClassifierLinkId> {
+    let path = state::link_pin(iface, "tc");
+    if let Ok(pinned) = PinnedLink::from_pin(&path) {
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        return prog.attach_to_link(link).with_context(|| format!("taking over the pinned tc link of {iface}"));
+    }
+    let id = attach_egress(prog, iface)?;
+    if !persist {
+        return Ok(id);
+    }
+    let fd = FdLink::try_from(prog.take_link(id)?).context("only bpf_link attachments can be persisted")?;
+    let pinned = fd.pin(&path).with_context(|| format!("pinning the tc link of {iface}"))?;
+    Ok(prog.attach_to_link(SchedClassifierLink::try_from(FdLink::from(pinned))?)?)
+}
+
+#[derive(clap::Args)]
+pub struct DetachArgs {
+    /// Only this interface (repeat for several); default: every interface.
+    #[arg(long = "iface")]
+    pub ifaces: Vec<String>,
+}
+
+/// `dataplane detach`: removes what a persisted `run` left enforcing.
+pub fn detach(a: DetachArgs) -> Result<()> {
+    let st = state::State::read()?;
+    if std::path::Path::new(&format!("/proc/{}", st.pid)).exists() {
+        bail!("dataplane (pid {}) is still running: stop it (SIGTERM) first, then detach", st.pid);
+    }
+    let ifaces = if a.ifaces.is_empty() { st.interfaces.clone() } else { a.ifaces };
+    for iface in &ifaces {
+        for kind in ["xdp", "tc"] {
+            // The pin is the last reference to the link: removing it detaches the program.
+            let _ = std::fs::remove_file(state::link_pin(iface, kind));
+        }
+        println!("{iface}: detached");
+    }
+    let left = std::fs::read_dir(std::path::Path::new(state::PIN_DIR).join("links")).map(|d| d.count()).unwrap_or(0);
+    if left == 0 {
+        state::remove_all();
+        println!("no interface left: pinned maps and state removed");
+    }
+    Ok(())
+}
