@@ -97,6 +97,45 @@ pub struct Config {
     pub ct_tcp_established: u32,
     pub ct_tcp_transitory: u32,
     pub ct_udp: u32,
+    /// Drop events each CPU may emit per second (0: none).
+    pub events_per_sec: u32,
+}
+
+/// Drop events per CPU per second when the site does not say.
+pub const DEFAULT_EVENTS_PER_SEC: u32 = 100;
+
+/// A dropped packet (or, in monitor mode, one that would be), sent to user space through the
+/// `DROP_EVENTS` ring buffer, rate-limited per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns`.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// The deny flow's slot for `deny_flow`, else `u32::MAX`.
+    pub slot: u32,
+    /// IPv4 addresses use the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// A `Reason`.
+    pub reason: u8,
+    pub proto: u8,
+    pub v6: u8,
+    pub pad: u8,
+    /// Events this CPU suppressed (rate limit) since the previous one it sent.
+    pub suppressed: u32,
+}
+
+/// Per-CPU state of the drop-event rate limiter (the `EVENT_BUDGET` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// The second (`bpf_ktime_get_coarse_ns` / 1e9) the budget is for.
+    pub second: u64,
+    pub sent: u32,
+    pub suppressed: u32,
 }
 
 /// Drop traffic to addresses that are not protected (default: pass it).
@@ -274,4 +313,6 @@ mod pod {
     unsafe impl aya::Pod for CacheKeyV4 {}
     unsafe impl aya::Pod for CacheKeyV6 {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for EventBudget {}
 }

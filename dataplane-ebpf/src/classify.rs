@@ -111,7 +111,7 @@ const fn verdict(reason: Reason) -> Verdict {
     Verdict { reason, slot: NO_SLOT }
 }
 
-pub fn judge(parsed: Parsed) -> Verdict {
+pub fn judge(parsed: &Parsed) -> Verdict {
     let p = match parsed {
         Parsed::NonIp => return verdict(Reason::PassNonIp),
         // The destination cannot be read: it might be protected, so never pass it.

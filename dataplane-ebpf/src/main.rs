@@ -4,6 +4,7 @@
 #![no_main]
 
 mod classify;
+mod events;
 mod flowtable;
 mod parse;
 
@@ -34,7 +35,11 @@ static REPLY_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 #[xdp]
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let v = classify::judge(parse::parse(&ctx));
+    let parsed = parse::parse(&ctx);
+    let v = classify::judge(&parsed);
+    if v.reason.is_drop() {
+        events::report(&ctx, &parsed, v.reason, v.slot);
+    }
     if matches!(v.reason, Reason::DropMalformed | Reason::DropUnparsed | Reason::DropFragment) {
         // Pruned by the verifier unless the controller runs with RUST_LOG=debug.
         debug!(&ctx, "dropped a packet that cannot be judged safely: {}", v.reason.name());

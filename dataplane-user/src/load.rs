@@ -51,8 +51,19 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
 /// Maps that outlive a policy: counters, the flow table and the fragment table. A running
 /// dataplane pins them, and every reload reuses them, so counters keep counting and tracked
 /// connections stay tracked.
-pub const SHARED_MAPS: [&str; 8] =
-    [MAP_FLOWS, MAP_OUT_FLOWS, MAP_REPLY_FLOWS, MAP_REASONS, MAP_FLOW_V4, MAP_FLOW_V6, "FRAGS", MAP_CT_STATS];
+pub const SHARED_MAPS: [&str; 9] = [
+    MAP_FLOWS,
+    MAP_OUT_FLOWS,
+    MAP_REPLY_FLOWS,
+    MAP_REASONS,
+    MAP_FLOW_V4,
+    MAP_FLOW_V6,
+    "FRAGS",
+    MAP_CT_STATS,
+    MAP_DROP_EVENTS,
+];
+/// The ring buffer of drop events (`dataplane events`).
+pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 
 /// How the shared maps are made: fresh (tests, benchmarks), or pinned under a directory and
 /// reused when already there, with room for `flow_slots` / `out_slots` counter slots.

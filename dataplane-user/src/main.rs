@@ -2,7 +2,7 @@
 //! enforce it in the NIC driver, and report per-flow counters.
 
 use clap::{Parser, Subcommand};
-use dataplane::{cli_policy, lab, persist, run, stats};
+use dataplane::{cli_policy, events, lab, persist, run, stats};
 
 #[derive(Parser)]
 #[command(name = "dataplane", version, about, long_about = None)]
@@ -27,6 +27,8 @@ enum Command {
     Run(run::RunArgs),
     /// Per-flow packets and bytes and drop reasons, read from the pinned maps.
     Stats(stats::StatsArgs),
+    /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
+    Events(events::EventsArgs),
     /// Remove what `run --persist` left enforcing after it exited.
     Detach(persist::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
@@ -46,6 +48,7 @@ fn main() {
         Command::Explain(a) => cli_policy::explain(a),
         Command::Run(a) => run::run(a),
         Command::Stats(a) => stats::stats(a),
+        Command::Events(a) => events::events(a),
         Command::Detach(a) => persist::detach(a),
         Command::Lab(a) => lab::lab(a),
     };

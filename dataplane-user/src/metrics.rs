@@ -505,6 +505,7 @@ mod tests {
     fn renders_every_family_and_sums_duplicate_series() {
         let odd = flow("weird\"id\\\n", "udp");
         let stats = Stats {
+            monitor: false,
             flows: vec![
                 FlowStats { flow: flow("f1", "udp"), packets: 3, bytes: 300 },
                 FlowStats { flow: flow("f1", "udp"), packets: 2, bytes: 200 },

@@ -325,6 +325,8 @@ fn serve(
         let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
         let mut logs = program_log(&mut enforcer)?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut last_drops = drops(&enforcer);
         let serving = async {
             match server {
                 Some(s) => s.run(info.clone()).await,
@@ -341,6 +343,11 @@ fn serve(
                     reload(&mut enforcer, site, &info, "SIGHUP");
                     logs = program_log(&mut enforcer)?;
                 }
+                _ = minute.tick() => {
+                    let now = drops(&enforcer);
+                    summarize_drops(&last_drops, &now);
+                    last_drops = now;
+                }
                 _ = tick.tick() => {
                     let now = fingerprint(site);
                     if now != seen {
@@ -356,6 +363,24 @@ fn serve(
             }
         }
     })
+}
+
+/// Packets dropped so far, per reason (the shared counters carry over reloads).
+fn drops(enforcer: &Enforcer) -> Vec<u64> {
+    load::Counters::read(&enforcer.ebpf).map(|c| c.reasons.iter().map(|r| r.packets).collect()).unwrap_or_default()
+}
+
+/// Logs what was dropped since the last summary (`dataplane events` shows each packet).
+fn summarize_drops(before: &[u64], now: &[u64]) {
+    let parts: Vec<String> = dataplane_common::Reason::ALL
+        .iter()
+        .zip(now.iter().zip(before.iter().chain(std::iter::repeat(&0))))
+        .filter(|(r, (n, b))| r.is_drop() && *n > *b)
+        .map(|(r, (n, b))| format!("{} {}", r.name(), n - b))
+        .collect();
+    if !parts.is_empty() {
+        info!("dropped in the last minute: {} (dataplane events shows them)", parts.join(", "));
+    }
 }
 
 type ProgramLog = tokio::io::unix::AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;

@@ -30,6 +30,9 @@ pub struct State {
     pub generation: u32,
     #[serde(default)]
     pub capacity: (u32, u32),
+    /// Monitor mode: drops are counted, not enforced.
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 impl State {
@@ -96,6 +99,7 @@ impl Pins {
             persist: self.persist,
             generation: tables.config.generation,
             capacity,
+            monitor: tables.config.flags & dataplane_common::CONFIG_MONITOR != 0,
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
         // Written whole then renamed: a reader never sees half a file.

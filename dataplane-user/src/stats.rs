@@ -17,6 +17,8 @@ pub struct StatsArgs {
 
 #[derive(Serialize)]
 pub struct Stats {
+    /// Monitor mode: the drops below were counted, not enforced.
+    pub monitor: bool,
     pub flows: Vec<FlowStats>,
     /// Connections protected servers opened: packets out, replies in, per outbound flow.
     pub outbound: Vec<OutboundStats>,
@@ -63,6 +65,7 @@ impl Stats {
     pub fn read_pinned(flows: &[FlowInfo], outbound: &[FlowInfo]) -> Result<Self> {
         let c = load::Counters::read_with(read_pinned)?;
         Ok(Self {
+            monitor: false,
             flows: flows
                 .iter()
                 .zip(&c.flows)
@@ -96,6 +99,9 @@ impl Stats {
     /// Human-readable: flows that saw traffic, outbound flows, then every reason that did.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if self.monitor {
+            out.push_str("MONITOR MODE: the drops below are counted, not enforced\n\n");
+        }
         out.push_str(&format!("{:<40} {:<5} {:<6} {:<24} {:>10} {:>12}\n", "FLOW", "PROTO", "ACTION", "FROM -> TO", "PACKETS", "BYTES"));
         for f in self.flows.iter().filter(|f| f.packets > 0) {
             let roles = format!("{} -> {}", f.flow.from, f.flow.to);
@@ -129,7 +135,8 @@ impl Stats {
 
 pub fn stats(a: StatsArgs) -> Result<()> {
     let st = state::State::read()?;
-    let report = Stats::read_pinned(&st.flows, &st.outbound)?;
+    let mut report = Stats::read_pinned(&st.flows, &st.outbound)?;
+    report.monitor = st.monitor;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -93,6 +93,23 @@ fn run_enforces_and_stats_counts_real_traffic() {
     assert!(flow_packets(&end, "vcs-sip-public-in-tcp", "tcp") >= 3, "SIP over TCP counted");
     assert!(flow_packets(&end, "vcs-sip-public-in-udp", "udp") > flow_packets(&after, "vcs-sip-public-in-udp", "udp"));
 
+    // Drop events: a datagram from an address in no role, with the flow that came nearest.
+    let follow = Command::new(dataplane_tests::daemon::dataplane_bin())
+        .args(["events", "--json", "--count", "2", "--timeout", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    udp_send(&lab.client, nobody, sa("10.201.0.1:5060"), 2).unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 2, "two drop events: {events:?}");
+    for e in &events {
+        assert_eq!((e["src"].as_str(), e["dst"].as_str(), e["dport"].as_u64()), (Some("10.201.0.9"), Some("10.201.0.1"), Some(5060)));
+        assert_eq!((e["reason"].as_str(), e["nearest"].as_str()), (Some("no_flow"), Some("vcs-sip-public-in-udp")));
+    }
+
     // The program's own log reaches the daemon's log: a later fragment with no first fragment.
     let stray = Pkt::udp("10.201.0.2".parse().unwrap(), "10.201.0.1".parse().unwrap(), 40000, 5060)
         .frag(FragSpec { offset8: 100, more: false, id: 4242 })

@@ -120,5 +120,6 @@ fn monitor_mode_passes_what_it_counts_as_drops() {
     assert_eq!(servers.udp_received[1].load(Ordering::Relaxed), 8, "nothing is dropped in monitor mode");
     let after = stats();
     assert_eq!(reason_packets(&after, "drop", "no_flow") - reason_packets(&before, "drop", "no_flow"), 8, "but the would-be drops are counted");
+    assert_eq!(after["monitor"], true, "stats says so");
     assert!(daemon.stop().success());
 }

@@ -86,6 +86,7 @@ impl Policy {
             ct_tcp_established: self.conntrack.tcp_established,
             ct_tcp_transitory: self.conntrack.tcp_transitory,
             ct_udp: self.conntrack.udp,
+            events_per_sec: dataplane_common::DEFAULT_EVENTS_PER_SEC,
         }
     }
 

@@ -1,0 +1,63 @@
+//! Drop events: what was dropped (or, in monitor mode, would have been), sent to user space
+//! through a ring buffer for `dataplane events`. A per-CPU budget per second keeps a flood from
+//! costing more than a counter: past it, packets are only counted as suppressed.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use dataplane_common::{DropEvent, EventBudget, Reason};
+
+use crate::{
+    classify::flags_config,
+    parse::{Parsed, L4},
+};
+
+#[map]
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reports a dropped IP packet, within this CPU's budget for the current second.
+#[inline(always)]
+pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32) {
+    let Parsed::Ip(p) = parsed else { return };
+    let rate = flags_config().events_per_sec;
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else { return };
+    // Safety: this CPU's slot.
+    let budget = unsafe { &mut *budget };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let second = now / 1_000_000_000;
+    if budget.second != second {
+        budget.second = second;
+        budget.sent = 0;
+    }
+    if budget.sent >= rate {
+        budget.suppressed = budget.suppressed.saturating_add(1);
+        return;
+    }
+    let (sport, dport) = match p.l4 {
+        L4::Ports { sport, dport, .. } => (sport, dport),
+        _ => (0, 0),
+    };
+    let event = DropEvent {
+        time_ns: now,
+        ifindex: ctx.ingress_ifindex() as u32,
+        slot: if reason == Reason::DropDenyFlow { slot } else { u32::MAX },
+        src: p.src,
+        dst: p.dst,
+        sport,
+        dport,
+        reason: reason as u8,
+        proto: p.proto,
+        v6: p.v6 as u8,
+        pad: 0,
+        suppressed: budget.suppressed,
+    };
+    if DROP_EVENTS.output::<DropEvent>(&event, 0).is_ok() {
+        budget.sent += 1;
+        budget.suppressed = 0;
+    }
+}
