@@ -70,15 +70,20 @@ impl Daemon {
 
     /// Waits (bounded) for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str) -> bool {
+        self.wait_log_line(needle).is_some()
+    }
+
+    /// Waits (bounded) for a log line containing `needle`, and returns it.
+    pub fn wait_log_line(&self, needle: &str) -> Option<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return true,
+                Ok(line) if line.contains(needle) => return Some(line),
                 Ok(_) => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
-        false
+        None
     }
 
     /// The status line `run` printed for the interface.

@@ -155,3 +155,19 @@ fn connections_the_server_opens_get_their_replies() {
     drop(peers);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn run_refuses_a_site_that_would_lock_the_operator_out() {
+    // MeetingPlace 7.0 documents no administration access to some protected roles.
+    let out = Command::new(dataplane_tests::daemon::dataplane_bin())
+        .args(["run", "--site"])
+        .arg(root().join("policies/sites/meetingplace-7.0.yaml"))
+        .args(["--iface", "lo"])
+        .env_remove("SSH_CONNECTION")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("--force") && err.contains("meetingplace-web-server"), "says why and how: {err}");
+    assert!(!Path::new("/sys/fs/bpf/dataplane").exists(), "nothing loaded or pinned");
+}

@@ -94,7 +94,8 @@ fn a_broken_site_leaves_the_running_policy_enforcing() {
 
     // A protected role that does not exist: the reload fails, named by file, line and column.
     std::fs::write(&site, good.replace("protect: [vcs-expressway]", "protect: [no-such-role]")).unwrap();
-    assert!(daemon.wait_log("failed, the previous policy keeps enforcing"), "the failure is logged");
+    let failure = daemon.wait_log_line("failed, the previous policy keeps enforcing").expect("the failure is logged");
+    assert!(failure.contains("site.yaml:13:11: protect[0]: unknown role"), "with file, line, column and field: {failure}");
     burst(10).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!((received(0), received(1)), (10, 0), "the previous policy still enforces");
