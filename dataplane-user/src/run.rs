@@ -22,8 +22,9 @@ pub struct RunArgs {
     /// native: in the driver; skb: generic mode; auto: native, else skb with a warning.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (without a value: loopback only,
+    /// 127.0.0.1:9750).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9750")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Count what would be dropped, drop nothing (for a safe rollout).
     #[arg(long)]
