@@ -58,12 +58,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick } => {
             setup::check_kernel()?;
+            setup::apt_install(&["nftables"], "nft, the nftables comparison of the packet-rate bench")?;
             build_ebpf()?;
-            let mut args = vec!["run", "--release", "-q", "-p", "dataplane-tests", "--bin", "bench", "--"];
-            if quick {
-                args.push("--quick");
+            // The packet-rate bench asks the release binary for the nftables export.
+            cargo(&["build", "--release", "-p", "dataplane-user"])?;
+            for bin in ["bench", "rate"] {
+                let mut args = vec!["run", "--release", "-q", "-p", "dataplane-tests", "--bin", bin, "--"];
+                if quick {
+                    args.push("--quick");
+                }
+                cargo(&args)?;
             }
-            cargo(&args)
+            Ok(())
         }
         Cmd::Run { args } => {
             setup::check_kernel()?;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: cost per packet of the real XDP program through BPF_PROG_TEST_RUN, on
+//! `cargo xtask bench` part 1: cost per packet of the real XDP program through BPF_PROG_TEST_RUN, on
 //! the lab site, the full catalog of every document and a synthetic site of 100,000 flows, next
 //! to an empty XDP program measured in the same run.
 

@@ -1,0 +1,218 @@
+//! `cargo xtask bench` part 2: packet rate through a veth pair between two namespaces, driven by
+//! an AF_PACKET generator that sends prebuilt frames in batches (sendmmsg), for: no filter, this
+//! XDP program, and nftables with the ruleset `dataplane export --format nft` writes. Two mixes:
+//! drop-heavy (90% of the packets are not allowed) and pass-heavy (90% allowed). Every received
+//! datagram is drained by a socket on the server side, so passed packets cost what they cost.
+//!
+//! Figures: packets per second the generator pushed through, and CPU time per packet (all CPUs,
+//! from /proc/stat, over the run). On veth the sender's CPU also runs the receive path, so this
+//! is the whole cost of a packet, not a NIC's line rate.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use dataplane::{
+    netns::{in_netns, Lab, Servers, CLIENT_IF, SERVER_IF},
+    run::{compile_site, Enforcer, Mode},
+};
+use dataplane_tests::packet::Pkt;
+
+const RUN: Duration = Duration::from_secs(2);
+const BATCH: usize = 64;
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let run = if quick { Duration::from_secs(1) } else { RUN };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let site = root.join("tests/sites/e2e.yaml");
+    let lab = Lab::new("dpb-rate", &["10.201.0.1/24"], &["10.201.0.2/24", "10.201.0.9/24"])?;
+    let _sinks = Servers::start(&lab.server, &[], &[sa("10.201.0.1:5060"), sa("10.201.0.1:9")])?;
+    let mixes = [("drop-heavy", 10u32), ("pass-heavy", 90u32)];
+
+    println!("\nPacket rate over veth, AF_PACKET generator (sendmmsg, batches of {BATCH}), {run:?} per figure, 60-byte UDP frames");
+    println!("{:<22} {:<11} {:>12} {:>14} {:>10}", "filter", "mix", "packets/s", "CPU ns/packet", "delivered");
+    let mut results = vec![];
+    for system in ["none", "xdp", "nftables"] {
+        let guard = match system {
+            "xdp" => Some(Enforcer::start(&site, compile_site(&site)?, &[SERVER_IF.to_string()], Mode::Native, Some(&lab.server), Default::default())?.0),
+            _ => None,
+        };
+        if system == "nftables" && !load_nft(&lab.server, &site)? {
+            println!("{:<22} (skipped: no `dataplane export --format nft` in this build)", system);
+            continue;
+        }
+        for (mix, allowed_pct) in mixes {
+            let frames = frames(&lab, allowed_pct)?;
+            let (pps, cpu_ns, delivered) = measure(&lab, &frames, run)?;
+            println!("{:<22} {:<11} {:>12.0} {:>14.0} {:>9.0}%", system, mix, pps, cpu_ns, delivered * 100.0);
+            results.push((system, mix, pps, cpu_ns));
+        }
+        drop(guard);
+        if system == "nftables" {
+            let _ = Command::new("ip").args(["netns", "exec", &lab.server, "nft", "delete", "table", "inet", "dataplane"]).status();
+        }
+    }
+    println!();
+    for mix in ["drop-heavy", "pass-heavy"] {
+        let get = |s: &str| results.iter().find(|r| r.0 == s && r.1 == mix).map(|r| r.2);
+        if let (Some(x), Some(n)) = (get("xdp"), get("nftables")) {
+            println!("{mix}: xdp / nftables packet rate = {:.2}x (aim on drop-heavy: at least 3x)", x / n);
+        }
+        if let (Some(x), Some(n)) = (get("xdp"), get("none")) {
+            println!("{mix}: xdp / no filter packet rate = {:.2}x", x / n);
+        }
+    }
+    Ok(())
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Loads the exported ruleset into the server namespace; false when this build cannot export.
+fn load_nft(ns: &str, site: &Path) -> Result<bool> {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/dataplane");
+    let out = Command::new(&bin).args(["export", "--format", "nft", "--site"]).arg(site).output();
+    let Ok(out) = out else { return Ok(false) };
+    if !out.status.success() {
+        return Ok(false);
+    }
+    let path = std::env::temp_dir().join("dataplane-rate.nft");
+    std::fs::write(&path, &out.stdout)?;
+    let status = Command::new("ip").args(["netns", "exec", ns, "nft", "-f"]).arg(&path).status()?;
+    if !status.success() {
+        bail!("nft -f {} failed", path.display());
+    }
+    Ok(true)
+}
+
+/// An interface's MAC address (from `ip`: /sys shows the namespace it was mounted in).
+fn mac(ns: &str, ifname: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip").args(["-n", ns, "link", "show", ifname]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ether = text.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).context("no link/ether")?;
+    let mut m = [0u8; 6];
+    for (i, part) in ether.split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(m)
+}
+
+/// A cycle of 100 frames: `allowed_pct` SIP datagrams from an any-ip address (allowed), the rest
+/// from an address in no role to a port no flow opens (dropped by the filters, delivered without).
+fn frames(lab: &Lab, allowed_pct: u32) -> Result<Vec<Vec<u8>>> {
+    let (dst_mac, src_mac) = (mac(&lab.server, SERVER_IF)?, mac(&lab.client, CLIENT_IF)?);
+    let server: IpAddr = "10.201.0.1".parse()?;
+    (0..100u32)
+        .map(|i| {
+            let p = if i < allowed_pct {
+                Pkt::udp("10.201.0.2".parse()?, server, 40000 + (i as u16), 5060)
+            } else {
+                Pkt::udp("10.201.0.9".parse()?, server, 40000 + (i as u16), 9)
+            };
+            let mut f = p.build();
+            f[0..6].copy_from_slice(&dst_mac);
+            f[6..12].copy_from_slice(&src_mac);
+            ipv4_checksum(&mut f[14..34]);
+            Ok(f)
+        })
+        .collect()
+}
+
+/// The IPv4 header checksum (the stack drops a packet whose checksum is wrong).
+fn ipv4_checksum(h: &mut [u8]) {
+    h[10] = 0;
+    h[11] = 0;
+    let sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let c = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Busy and total CPU time of all CPUs, in clock ticks (/proc/stat).
+fn cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    Ok((total - idle, total))
+}
+
+/// Sends `frames` round and round for `run`; returns packets/s, CPU ns per packet, and the share
+/// of the sent packets the sinks received.
+fn measure(lab: &Lab, frames: &[Vec<u8>], run: Duration) -> Result<(f64, f64, f64)> {
+    let received_before = received(lab)?;
+    let (busy0, _) = cpu_ticks()?;
+    let started = Instant::now();
+    let sent = in_netns(&lab.client, || generate(frames, run))??;
+    let elapsed = started.elapsed();
+    let (busy1, _) = cpu_ticks()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let delivered = (received(lab)? - received_before) as f64 / sent as f64;
+    // clock ticks are 1/100 s on Linux (USER_HZ).
+    let cpu_ns = (busy1 - busy0) as f64 * 10_000_000.0 / sent as f64;
+    Ok((sent as f64 / elapsed.as_secs_f64(), cpu_ns, delivered))
+}
+
+/// UDP datagrams the server side received so far (from its /proc/net/snmp).
+fn received(lab: &Lab) -> Result<u64> {
+    let snmp = in_netns(&lab.server, || std::fs::read_to_string("/proc/net/snmp"))??;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().context("Udp header")?, udp.next().context("Udp values")?);
+    let i = names.split_whitespace().position(|n| n == "InDatagrams").context("InDatagrams")?;
+    Ok(values.split_whitespace().nth(i).context("value")?.parse()?)
+}
+
+/// The generator: an AF_PACKET socket on the client's veth end, frames sent with sendmmsg.
+fn generate(frames: &[Vec<u8>], run: Duration) -> Result<u64> {
+    let ifindex = unsafe { libc::if_nametoindex(c"veth-c".as_ptr()) };
+    if ifindex == 0 {
+        bail!("no {CLIENT_IF} here");
+    }
+    // Safety: plain socket syscalls on a descriptor we own.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
+    if fd < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    if unsafe { libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) } != 0 {
+        bail!("bind AF_PACKET: {}", std::io::Error::last_os_error());
+    }
+    let mut iov: Vec<libc::iovec> =
+        frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect();
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
+        .map(|i| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = &mut iov[i % frames.len()];
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let (started, mut sent, mut next) = (Instant::now(), 0u64, 0usize);
+    while started.elapsed() < run {
+        for (i, m) in msgs.iter_mut().enumerate() {
+            m.msg_hdr.msg_iov = &mut iov[(next + i) % frames.len()];
+        }
+        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                continue;
+            }
+            bail!("sendmmsg: {e}");
+        }
+        sent += n as u64;
+        next = (next + n as usize) % frames.len();
+    }
+    Ok(sent)
+}
