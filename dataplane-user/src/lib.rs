@@ -5,6 +5,7 @@ pub mod classify;
 pub mod cli_policy;
 pub mod compile;
 pub mod events;
+pub mod export;
 pub mod lab;
 pub mod policy;
 pub mod load;

@@ -23,6 +23,8 @@ enum Command {
     Compile(cli_policy::CompileArgs),
     /// Predict the verdict for packets, through the compiled tables.
     Explain(cli_policy::ExplainArgs),
+    /// Write the site's inbound policy in another firewall's language (nftables).
+    Export(dataplane::export::ExportArgs),
     /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
     Run(run::RunArgs),
     /// Per-flow packets and bytes and drop reasons, read from the pinned maps.
@@ -46,6 +48,7 @@ fn main() {
         Command::Flows(a) => cli_policy::flows(a),
         Command::Compile(a) => cli_policy::compile(a),
         Command::Explain(a) => cli_policy::explain(a),
+        Command::Export(a) => dataplane::export::export(a),
         Command::Run(a) => run::run(a),
         Command::Stats(a) => stats::stats(a),
         Command::Events(a) => events::events(a),

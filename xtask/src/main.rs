@@ -88,6 +88,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
     setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test")?;
     setup::apt_install(&["prometheus"], "promtool, which checks the metrics format in the metrics test")?;
+    setup::apt_install(&["nftables"], "nft, for the export's differential test against the XDP program")?;
     build_ebpf()?;
     let started = Instant::now();
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
