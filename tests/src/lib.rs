@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod packet;
+pub mod rng;
 
 use anyhow::{Context, Result};
 use aya::{

@@ -19,6 +19,7 @@ use dataplane_common::{
     VALUE_SPORT_TABLE,
 };
 use dataplane_tests::{
+    rng::Rng,
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
     Harness, Observed, XDP_DROP, XDP_PASS,
 };
@@ -27,34 +28,6 @@ use dataplane_tests::{
 // Deterministic randomness.
 
 /// xorshift64*: small, fast and reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sites and what their compiled tables say about interesting addresses and ports.
 

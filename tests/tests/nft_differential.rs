@@ -35,7 +35,7 @@ use dataplane::classify::{Classifier, Packet};
 use dataplane::netns::{in_netns, ip, Lab, CLIENT_IF, SERVER_IF};
 use dataplane::policy::{load_site_from, Cidr, Policy};
 use dataplane::run::{Enforcer, Mode};
-use dataplane_tests::packet::Pkt;
+use dataplane_tests::{packet::Pkt, rng::Rng};
 
 const MARK_TTL: u8 = 61;
 const SERVER_MAC: &str = "02:00:00:00:00:01";
@@ -43,25 +43,6 @@ const CLIENT_MAC: &str = "02:00:00:00:00:02";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
 }
 
 fn full(v6: bool) -> u128 {
@@ -131,7 +112,7 @@ fn port_edges(r: &[(u16, u16)]) -> Vec<u16> {
 
 /// The probes for a site: (packet, frame) pairs; ids are assigned when sending.
 fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut out = vec![];
     let cidrs = |r: usize| p.roles[r].cidrs.clone();
     let all: Vec<Cidr> = p.roles.iter().flat_map(|r| r.cidrs.iter().copied()).collect();
@@ -149,11 +130,11 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
                 continue;
             }
             for i in 0..12 {
-                let (fc, tc) = (rng.pick(&fr), rng.pick(&tr));
+                let (fc, tc) = (*rng.pick(&fr), *rng.pick(&tr));
                 let s = addr_near(&mut rng, &fc, i % 4 != 3);
                 let d = addr_near(&mut rng, &tc, i % 6 != 5);
-                let sport = if i % 5 == 4 { rng.pick(&common) } else { rng.pick(&sports) };
-                let dport = if i % 7 == 6 { rng.pick(&common) } else { rng.pick(&dports) };
+                let sport = if i % 5 == 4 { *rng.pick(&common) } else { *rng.pick(&sports) };
+                let dport = if i % 7 == 6 { *rng.pick(&common) } else { *rng.pick(&dports) };
                 // Mostly the flow's protocol; sometimes the other one.
                 let proto = if i % 8 == 7 { 6 + 17 - f.proto } else { f.proto };
                 out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type: None });
@@ -168,25 +149,25 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
         let s = if srcs.is_empty() || rng.below(5) == 0 {
             to_ip(v6, ((rng.next() as u128) << 64 | rng.next() as u128) & full(v6))
         } else {
-            let c = rng.pick(&srcs);
+            let c = *rng.pick(&srcs);
             addr_near(&mut rng, &c, false)
         };
         let d = if dsts.is_empty() {
             to_ip(v6, ((rng.next() as u128) << 64 | rng.next() as u128) & full(v6))
         } else {
-            let c = rng.pick(&dsts);
+            let c = *rng.pick(&dsts);
             addr_near(&mut rng, &c, i % 4 != 0)
         };
         let icmp = if v6 { 58 } else { 1 };
         let (proto, icmp_type) = match rng.below(20) {
             0..=7 => (6, None),
             8..=15 => (17, None),
-            16 | 17 => (icmp, Some(rng.pick(&[0u8, 3, 4, 5, 8, 11, 12, 13, 1, 2, 128, 129, 133, 135, 136, 137, 138, 255]))),
-            18 => (rng.pick(&[47u8, 132, 50, 41]), None),
-            _ => (if v6 { 1 } else { 58 }, Some(rng.pick(&[3u8, 8, 128, 135]))),
+            16 | 17 => (icmp, Some(*rng.pick(&[0u8, 3, 4, 5, 8, 11, 12, 13, 1, 2, 128, 129, 133, 135, 136, 137, 138, 255]))),
+            18 => (*rng.pick(&[47u8, 132, 50, 41]), None),
+            _ => (if v6 { 1 } else { 58 }, Some(*rng.pick(&[3u8, 8, 128, 135]))),
         };
-        let sport = if rng.below(2) == 0 { rng.pick(&common) } else { rng.next() as u16 };
-        let dport = if rng.below(2) == 0 { rng.pick(&common) } else { rng.next() as u16 };
+        let sport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
+        let dport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
         let (sport, dport) = if proto == 6 || proto == 17 { (sport, dport) } else { (0, 0) };
         out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type });
     }
