@@ -323,11 +323,11 @@ fn print_summary(p: &Policy, s: &Summary) {
     );
     println!(
         "address classes: {} source, {} destination",
-        s.src_classes, s.dst_classes
+        s.counts.src_classes, s.counts.dst_classes
     );
     println!(
         "policies: {}, source-port tables: {}",
-        s.policies, s.sport_tables
+        s.counts.policies, s.counts.sport_tables
     );
     match &s.outbound {
         Some(o) => {
@@ -337,7 +337,7 @@ fn print_summary(p: &Policy, s: &Summary) {
             );
             println!(
                 "outbound address classes: {} source, {} destination; policies: {}, source-port tables: {}",
-                o.src_classes, o.dst_classes, o.policies, o.sport_tables
+                o.counts.src_classes, o.counts.dst_classes, o.counts.policies, o.counts.sport_tables
             );
         }
         None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),

@@ -46,10 +46,8 @@ pub struct Summary {
     pub catalog_flows: usize,
     /// Counter slots (a tcp+udp flow takes two).
     pub slots: usize,
-    pub src_classes: usize,
-    pub dst_classes: usize,
-    pub policies: usize,
-    pub sport_tables: usize,
+    #[serde(flatten)]
+    pub counts: Counts,
     /// The outbound tables (`OUT_*` maps); None when no flow starts at a protected role.
     pub outbound: Option<OutboundSummary>,
     /// Entries of the connection-tracking table per IP version (`conntrack-size`).
@@ -68,18 +66,17 @@ pub struct OutboundSummary {
     pub catalog_flows: usize,
     /// Outbound slots (a tcp+udp flow takes two).
     pub slots: usize,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// Class and policy counts of one compiled direction.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Counts {
     pub src_classes: usize,
     pub dst_classes: usize,
     pub policies: usize,
     pub sport_tables: usize,
-}
-
-/// Class and policy counts of one compiled direction.
-struct Counts {
-    src_classes: usize,
-    dst_classes: usize,
-    policies: usize,
-    sport_tables: usize,
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -106,10 +103,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
             peer_roles: out.protected().count(),
             catalog_flows: out.catalog_flows,
             slots: out.flows.len(),
-            src_classes: c.src_classes,
-            dst_classes: c.dst_classes,
-            policies: c.policies,
-            sport_tables: c.sport_tables,
+            counts: c,
         });
     }
     let summary = Summary {
@@ -117,10 +111,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
         protected_roles: p.protected().count(),
         catalog_flows: p.catalog_flows,
         slots: p.flows.len(),
-        src_classes: counts.src_classes,
-        dst_classes: counts.dst_classes,
-        policies: counts.policies,
-        sport_tables: counts.sport_tables,
+        counts,
         outbound,
         conntrack_size: t.conntrack_size,
         maps: map_sizes(&t),
