@@ -19,6 +19,8 @@
 //! significant bit, as the kernel's LPM trie compares them.
 #![no_std]
 
+pub mod parse;
+
 /// Source class of an address that is in no role.
 pub const CLASS_NONE: u32 = 0;
 

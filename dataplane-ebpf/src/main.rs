@@ -6,7 +6,7 @@
 mod classify;
 mod events;
 mod flowtable;
-mod parse;
+mod frame;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
@@ -15,10 +15,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use dataplane_common::{Counter, Reason, CONFIG_MONITOR, REASON_COUNT};
+use dataplane_common::{
+    parse::{self, Frame, Parsed},
+    Counter, Reason, CONFIG_MONITOR, REASON_COUNT,
+};
 
 use classify::{NO_SLOT, REPLY_SLOT};
-use parse::{Frame, Parsed};
 
 /// Packets and bytes per `Reason`.
 #[map]
@@ -35,7 +37,7 @@ static REPLY_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 #[xdp]
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let parsed = parse::parse(&ctx);
+    let parsed = parse::parse(&frame::Xdp(&ctx));
     let v = classify::judge(&parsed);
     if v.reason.is_drop() {
         events::report(&ctx, &parsed, v.reason, v.slot);
@@ -66,12 +68,12 @@ const EGRESS_HEADERS: u32 = 14 + 8 + 40 + 20;
 /// replies. Never drops: outbound traffic is not filtered.
 #[classifier]
 pub fn egress(ctx: TcContext) -> i32 {
-    let (start, end) = ctx.bounds();
+    let (start, end) = frame::Tc(&ctx).bounds();
     if ((end - start) as u32) < EGRESS_HEADERS {
         // Headers in paged data: pull what there is of them into the linear part.
         let _ = ctx.pull_data(EGRESS_HEADERS.min(ctx.len()));
     }
-    if let Parsed::Ip(p) = parse::parse(&ctx) {
+    if let Parsed::Ip(p) = parse::parse(&frame::Tc(&ctx)) {
         if let Some(slot) = flowtable::outbound(&p) {
             count(&OUT_FLOWS, slot, ctx.len() as u64);
         }

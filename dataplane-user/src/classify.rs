@@ -43,7 +43,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(reason: Reason, flow: Option<usize>) -> Self {
+    pub fn new(reason: Reason, flow: Option<usize>) -> Self {
         Decision {
             allow: !reason.is_drop(),
             flow,
@@ -170,24 +170,24 @@ impl Classifier {
         }
     }
 
+    /// The destination's class: `None` when no protected role holds it.
+    pub fn dst_class(&self, dst: IpAddr) -> Option<u32> {
+        let trie = if dst.is_ipv6() { &self.dst_v6 } else { &self.dst_v4 };
+        trie.lookup(&addr_bytes(dst))
+    }
+
+    /// The verdict on a packet to an address no protected role holds.
+    pub fn unprotected(&self) -> Decision {
+        let drop = self.flags & CONFIG_DROP_UNPROTECTED != 0;
+        Decision::new(if drop { Reason::DropUnprotected } else { Reason::PassUnprotected }, None)
+    }
+
     /// The kernel's walk: destination class, ICMP, source class, pair, ports, source ports.
     pub fn classify(&self, p: &Packet) -> Decision {
         let v6 = p.dst.is_ipv6();
-        let (dst_trie, src_trie) = if v6 {
-            (&self.dst_v6, &self.src_v6)
-        } else {
-            (&self.dst_v4, &self.src_v4)
-        };
-        let Some(dst_class) = dst_trie.lookup(&addr_bytes(p.dst)) else {
-            let drop = self.flags & CONFIG_DROP_UNPROTECTED != 0;
-            return Decision::new(
-                if drop {
-                    Reason::DropUnprotected
-                } else {
-                    Reason::PassUnprotected
-                },
-                None,
-            );
+        let src_trie = if v6 { &self.src_v6 } else { &self.src_v4 };
+        let Some(dst_class) = self.dst_class(p.dst) else {
+            return self.unprotected();
         };
         if let Some(r) = icmp_verdict(
             v6,

@@ -31,7 +31,7 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
     Events(events::EventsArgs),
-    /// Remove what `run --persist` left enforcing after it exited.
+    /// Remove what `run --persist`, or a run that was killed, left enforcing.
     Detach(persist::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
     Lab(lab::LabArgs),

@@ -32,8 +32,9 @@ pub struct RunArgs {
     /// Enforce even if the site would cut the management connection this runs over.
     #[arg(long)]
     pub force: bool,
-    /// Keep enforcing after this process exits or crashes (links and maps stay pinned); a later
-    /// run adopts them without a gap. `dataplane detach` removes them.
+    /// Keep enforcing after this process exits (links and maps stay pinned); a later run adopts
+    /// them without a gap, and `dataplane detach` removes them. Without it a clean stop
+    /// (SIGINT, SIGTERM) detaches; a crash or SIGKILL never does: the last policy stays.
     #[arg(long)]
     pub persist: bool,
 }
@@ -75,8 +76,13 @@ pub struct Enforcer {
     pub tables: Tables,
     /// Policy generation: 1 at start, one more per reload.
     pub generation: u32,
-    links: Vec<XdpLinkId>,
-    egress_links: Vec<SchedClassifierLinkId>,
+    /// Per interface (in `ifaces` order): its links, None while the interface is gone.
+    links: Vec<Option<XdpLinkId>>,
+    egress_links: Vec<Option<SchedClassifierLinkId>>,
+    /// Per interface: the index it had when attached (0: gone). A new index means the interface
+    /// was removed and created again.
+    ifindex: Vec<u32>,
+    mode: Mode,
     pins: state::Pins,
     slots: StableSlots,
     site: PathBuf,
@@ -106,7 +112,9 @@ impl Enforcer {
         opts: StartOptions,
     ) -> Result<(Self, Vec<&'static str>)> {
         let (pins, adopted) = state::Pins::prepare(opts.persist)?;
-        // Adopting a persisted run: its counter slots, a newer generation, its counter maps.
+        fault_point("start:prepared");
+        let adopted = adopted.filter(|old| fits(old, &tables));
+        // Adopting what a dead run left: its counter slots, a newer generation, its counter maps.
         let mut slots = match &adopted {
             Some(old) => StableSlots::from_flows(&old.flows, &old.outbound),
             None => StableSlots::default(),
@@ -121,26 +129,31 @@ impl Enforcer {
             if old.capacity.0 > 0 {
                 capacity = old.capacity;
             }
-            if tables.flows.len() > capacity.0 as usize || out_slots > capacity.1 as usize {
-                bail!("the policy has more flows than the persisted counter maps hold: `dataplane detach`, then run again");
-            }
         }
         let mut ebpf = load::load_with(&tables, &shared(capacity))?;
+        fault_point("start:loaded");
         pins.record(&ebpf, site, &tables, ifaces, capacity)?;
-        let (mut links, mut egress_links, mut modes) = (vec![], vec![], vec![]);
+        fault_point("start:recorded");
+        let (mut links, mut egress_links, mut modes, mut ifindex) = (vec![], vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
             Some(ns) => crate::netns::in_netns(ns, f)?,
             None => f(),
         };
         for iface in ifaces {
             in_ns(&mut || {
-                let (link, used) = persist::xdp(load::program(&mut ebpf)?, iface, mode, opts.persist)?;
-                links.push(link);
+                let (link, used) = persist::xdp(load::program(&mut ebpf)?, iface, mode)?;
+                links.push(Some(link));
                 modes.push(used);
-                egress_links.push(persist::tc(load::egress(&mut ebpf)?, iface, opts.persist)?);
+                fault_point("start:attached-xdp");
+                egress_links.push(Some(persist::tc(load::egress(&mut ebpf)?, iface)?));
+                ifindex.push(if_index(iface));
                 Ok(())
             })?;
         }
+        for gone in state::remove_other_links(ifaces) {
+            info!("detached {gone}, which a previous run left enforcing on an interface this run does not name");
+        }
+        fault_point("start:attached");
         let generation = tables.config.generation;
         let enforcer = Self {
             ebpf,
@@ -148,6 +161,8 @@ impl Enforcer {
             generation,
             links,
             egress_links,
+            ifindex,
+            mode,
             pins,
             slots,
             site: site.to_path_buf(),
@@ -166,6 +181,7 @@ impl Enforcer {
     /// changes: the running policy keeps enforcing.
     pub fn reload(&mut self) -> Result<()> {
         let mut tables = compile_guarded(&self.site, self.guard)?;
+        fault_point("reload:compiled");
         self.slots.apply(&mut tables);
         let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
         if tables.flows.len() > self.capacity.0 as usize || out_slots > self.capacity.1 as usize {
@@ -179,21 +195,120 @@ impl Enforcer {
         tables.config.flags |= self.flags;
         tables.config.generation = self.generation + 1;
         let mut new = load::load_with(&tables, &shared(self.capacity))?;
+        fault_point("reload:loaded");
+        // An interface removed since the last look has a link the kernel detached: updating it
+        // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
+        self.watch_interfaces();
         for link in std::mem::take(&mut self.links) {
-            let link = load::program(&mut self.ebpf)?.take_link(link)?;
-            self.links.push(load::program(&mut new)?.attach_to_link(link).context("switching an XDP link")?);
+            let switched = match link {
+                Some(l) => {
+                    let l = load::program(&mut self.ebpf)?.take_link(l)?;
+                    Some(load::program(&mut new)?.attach_to_link(l).context("switching an XDP link")?)
+                }
+                None => None,
+            };
+            self.links.push(switched);
         }
+        fault_point("reload:switched-xdp");
         for link in std::mem::take(&mut self.egress_links) {
-            let link = load::egress(&mut self.ebpf)?.take_link(link)?;
-            self.egress_links.push(load::egress(&mut new)?.attach_to_link(link).context("switching a tc link")?);
+            let switched = match link {
+                Some(l) => {
+                    let l = load::egress(&mut self.ebpf)?.take_link(l)?;
+                    Some(load::egress(&mut new)?.attach_to_link(l).context("switching a tc link")?)
+                }
+                None => None,
+            };
+            self.egress_links.push(switched);
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
+        fault_point("reload:switched");
         self.generation = tables.config.generation;
         self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity)?;
         self.tables = tables;
         Ok(())
     }
+}
+
+/// Whether a policy fits the counter maps a dead run left (else they are replaced, and the
+/// counters start from zero).
+fn fits(old: &state::State, tables: &Tables) -> bool {
+    let mut t = tables.clone();
+    StableSlots::from_flows(&old.flows, &old.outbound).apply(&mut t);
+    let out = t.outbound.as_ref().map_or(0, |o| o.flows.len());
+    let fits = old.capacity.0 == 0 || (t.flows.len() <= old.capacity.0 as usize && out <= old.capacity.1 as usize);
+    if !fits {
+        warn!("the policy has more flows than the counter maps the previous run left: new maps, counters start from zero");
+        state::remove_maps();
+    }
+    fits
+}
+
+/// Fault injection for the tests (tests/tests/faults.rs): `DATAPLANE_FAULT=<stage>` kills this
+/// process with SIGKILL when it reaches that stage of start-up or reload.
+fn fault_point(stage: &str) {
+    if std::env::var_os("DATAPLANE_FAULT").is_some_and(|s| s == stage) {
+        log::warn!("DATAPLANE_FAULT: killed at {stage}");
+        // Safety: raising a signal has no memory effects.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+impl Enforcer {
+    /// Notices interfaces removed, and created again, since the last look: a removed interface
+    /// took its links with it (the kernel detaches them); one that is back gets the running
+    /// policy attached anew. Each change is logged.
+    pub fn watch_interfaces(&mut self) {
+        for i in 0..self.ifaces.len() {
+            let now = if_index(&self.ifaces[i]);
+            if now == self.ifindex[i] {
+                continue;
+            }
+            let iface = self.ifaces[i].clone();
+            if self.ifindex[i] != 0 {
+                // Whatever it is now, the links went with the old interface.
+                self.drop_links(i);
+            }
+            if now == 0 {
+                log::error!("{iface}: the interface is gone, and nothing is enforced on it; the policy is attached again when it comes back");
+            } else {
+                match self.attach_again(i) {
+                    Ok(mode) => warn!("{iface}: the interface is back (index {now}): enforcing again in {mode} mode"),
+                    Err(e) => {
+                        log::error!("{iface}: the interface is back but attaching failed: {e:#}; trying again in a second");
+                        continue;
+                    }
+                }
+            }
+            self.ifindex[i] = now;
+        }
+    }
+
+    fn drop_links(&mut self, i: usize) {
+        if let (Some(l), Ok(prog)) = (self.links[i].take(), load::program(&mut self.ebpf)) {
+            let _ = prog.take_link(l);
+        }
+        if let (Some(l), Ok(prog)) = (self.egress_links[i].take(), load::egress(&mut self.ebpf)) {
+            let _ = prog.take_link(l);
+        }
+        for kind in ["xdp", "tc"] {
+            state::unpin_link(&state::link_pin(&self.ifaces[i], kind));
+        }
+    }
+
+    fn attach_again(&mut self, i: usize) -> Result<&'static str> {
+        let iface = self.ifaces[i].clone();
+        self.drop_links(i);
+        let (link, mode) = persist::xdp(load::program(&mut self.ebpf)?, &iface, self.mode)?;
+        self.links[i] = Some(link);
+        self.egress_links[i] = Some(persist::tc(load::egress(&mut self.ebpf)?, &iface)?);
+        Ok(mode)
+    }
+}
+
+/// The interface's index, 0 when there is no such interface.
+fn if_index(iface: &str) -> u32 {
+    std::ffi::CString::new(iface).map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) })
 }
 
 fn shared(capacity: (u32, u32)) -> load::Shared {
@@ -203,12 +318,12 @@ fn shared(capacity: (u32, u32)) -> load::Shared {
 impl Drop for Enforcer {
     fn drop(&mut self) {
         if let Ok(prog) = load::program(&mut self.ebpf) {
-            for link in self.links.drain(..) {
+            for link in self.links.drain(..).flatten() {
                 let _ = prog.detach(link);
             }
         }
         if let Ok(prog) = load::egress(&mut self.ebpf) {
-            for link in self.egress_links.drain(..) {
+            for link in self.egress_links.drain(..).flatten() {
                 let _ = prog.detach(link);
             }
         }
@@ -245,6 +360,16 @@ pub(crate) fn attach(prog: &mut aya::programs::Xdp, iface: &str, mode: Mode) -> 
 pub fn run(a: RunArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
+    }
+    // Links are pinned from the moment they attach and only a clean stop unpins them: hold the
+    // stop signals until `serve` handles them, so that a SIGTERM during start-up stops cleanly
+    // instead of killing the process and leaving the policy enforcing.
+    stop_signals(libc::SIG_BLOCK);
+    // Before anything is loaded: a mistyped interface name must not leave half a run behind.
+    for iface in &a.ifaces {
+        if if_index(iface) == 0 {
+            bail!("no interface named {iface} in this network namespace (see `ip link`)");
+        }
     }
     // Before compiling: an edit made while starting is then seen as a change, and reloaded.
     let seen = fingerprint(&a.site);
@@ -324,6 +449,9 @@ fn serve(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        let mut int = signal(SignalKind::interrupt())?;
+        // Handled from here on: what arrived while starting is delivered now.
+        stop_signals(libc::SIG_UNBLOCK);
         let mut logs = program_log(&mut enforcer)?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut minute = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -337,7 +465,7 @@ fn serve(
         tokio::pin!(serving);
         loop {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => { r?; return Ok(enforcer) }
+                _ = int.recv() => return Ok(enforcer),
                 _ = term.recv() => return Ok(enforcer),
                 r = &mut serving => return Err(r.context("the metrics server stopped").unwrap_err()),
                 _ = hup.recv() => {
@@ -350,6 +478,7 @@ fn serve(
                     last_drops = now;
                 }
                 _ = tick.tick() => {
+                    enforcer.watch_interfaces();
                     let now = fingerprint(site);
                     if now != seen {
                         seen = now;
@@ -364,6 +493,20 @@ fn serve(
             }
         }
     })
+}
+
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) SIGINT, SIGTERM and SIGHUP for this thread
+/// (and the threads it starts later).
+fn stop_signals(how: libc::c_int) {
+    // Safety: a sigset on the stack, filled and passed to pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
 }
 
 /// Packets dropped so far, per reason (the shared counters carry over reloads).

@@ -1,6 +1,7 @@
 //! What a running `dataplane run` leaves for other processes: its maps pinned under
 //! `/sys/fs/bpf/dataplane/`, and `/run/dataplane/state.json` naming the flow of every counter slot.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -11,9 +12,15 @@ use crate::tables::{FlowInfo, Tables};
 
 pub const PIN_DIR: &str = "/sys/fs/bpf/dataplane";
 pub const STATE_FILE: &str = "/run/dataplane/state.json";
+/// Version of the state file and of the pinned maps' layout. A run adopts counters and tracked
+/// connections only from its own format; from any other it takes the links over with new maps.
+pub const STATE_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct State {
+    /// [`STATE_FORMAT`] of the run that wrote it (0: before formats were numbered).
+    #[serde(default)]
+    pub format: u32,
     pub pid: u32,
     pub site: PathBuf,
     pub interfaces: Vec<String>,
@@ -22,7 +29,8 @@ pub struct State {
     /// Outbound flow of each slot of the outbound and reply counters.
     #[serde(default)]
     pub outbound: Vec<FlowInfo>,
-    /// The links are pinned: the programs keep enforcing after this process exits.
+    /// `run --persist`: the programs keep enforcing after a clean exit too (they always do after
+    /// a crash).
     #[serde(default)]
     pub persist: bool,
     /// Policy generation, and the counter slots the shared maps hold (for adoption).
@@ -59,22 +67,35 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Before loading: refuses when another live dataplane enforces. What a persisted run left
-    /// (pinned links and maps) is returned to be adopted; what any other dead run left is removed,
-    /// so that the shared maps (`load::SHARED_MAPS`, pinned at load) start empty.
+    /// Before loading: refuses when another live dataplane enforces. What a dead run left enforcing
+    /// (pinned links) is taken over; its counters and tracked connections are returned to be
+    /// adopted when its state is of this format. Everything else it left is removed, so that the
+    /// shared maps (`load::SHARED_MAPS`, pinned at load) start empty.
     pub fn prepare(persist: bool) -> Result<(Self, Option<State>)> {
         ensure_bpffs()?;
-        let mut adopt = None;
-        if let Ok(old) = State::read() {
-            if Path::new(&format!("/proc/{}", old.pid)).exists() && old.pid != std::process::id() {
-                bail!("another dataplane (pid {}) is enforcing {}; stop it first", old.pid, old.site.display());
-            }
-            if old.persist {
-                adopt = Some(old);
+        let text = std::fs::read_to_string(STATE_FILE).ok();
+        let value = text.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+        if let Some(pid) = value.as_ref().and_then(|v| v.get("pid")).and_then(|p| p.as_u64()) {
+            if Path::new(&format!("/proc/{pid}")).exists() && pid != u64::from(std::process::id()) {
+                let site = value.as_ref().and_then(|v| v.get("site")).and_then(|s| s.as_str()).unwrap_or("a site");
+                bail!("another dataplane (pid {pid}) is enforcing {site}; stop it first");
             }
         }
+        let links = pinned_links();
+        let state = text.as_deref().and_then(|t| serde_json::from_str::<State>(t).ok());
+        let adopt = match state {
+            _ if links.is_empty() => None,
+            Some(old) if old.format == STATE_FORMAT => Some(old),
+            _ => {
+                log::warn!(
+                    "{STATE_FILE} is missing, unreadable or from another version: taking over the links a previous run left ({}) with new maps; counters start from zero",
+                    links.join(", ")
+                );
+                None
+            }
+        };
         if adopt.is_none() {
-            remove_all();
+            remove_maps();
         }
         std::fs::create_dir_all(Path::new(PIN_DIR).join("links")).with_context(|| format!("creating {PIN_DIR}"))?;
         Ok((Self { persist }, adopt))
@@ -91,6 +112,7 @@ impl Pins {
             map.pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
         }
         let state = State {
+            format: STATE_FORMAT,
             pid: std::process::id(),
             site: site.to_path_buf(),
             interfaces: interfaces.to_vec(),
@@ -119,10 +141,73 @@ impl Drop for Pins {
     }
 }
 
-/// Removes every pin (links included: a link nobody else holds detaches) and the state file.
+/// Detaches every pinned link and removes every pin and the state file.
 pub fn remove_all() {
+    for name in pinned_links() {
+        unpin_link(&Path::new(PIN_DIR).join("links").join(name));
+    }
     let _ = std::fs::remove_dir_all(PIN_DIR);
     let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// Removes the pinned maps and the state file, and keeps the pinned links enforcing.
+pub fn remove_maps() {
+    for e in std::fs::read_dir(PIN_DIR).into_iter().flatten().flatten() {
+        if e.file_name() != "links" {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// Detaches the link pinned at `path` at once and removes the pin. Unpinning alone lets the
+/// kernel release the link later (deferred work), and packets meanwhile still meet the program:
+/// a clean stop must be over when the process has exited.
+pub fn unpin_link(path: &Path) {
+    if let Some(fd) = bpf_obj_get(path) {
+        // BPF_LINK_DETACH (Linux 5.9): `link_detach.link_fd` is the first field of `bpf_attr`.
+        let mut attr = [0u64; 16];
+        attr[0] = fd.as_raw_fd() as u64;
+        // Safety: a zeroed, 128-byte bpf_attr that outlives the call.
+        unsafe { libc::syscall(libc::SYS_bpf, 34, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// BPF_OBJ_GET: a descriptor for the object pinned at `path`.
+fn bpf_obj_get(path: &Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // `obj_get.pathname` is the first field of `bpf_attr`.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // Safety: as above; the path outlives the call, and a descriptor returned is ours to own.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// Names of the pinned links (`{iface}-{kind}`).
+pub fn pinned_links() -> Vec<String> {
+    let dir = Path::new(PIN_DIR).join("links");
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    v.sort();
+    v
+}
+
+/// Unpins (so detaches) the links of interfaces other than `ifaces`: what an earlier run left on
+/// interfaces this one does not enforce on. Returns their names.
+pub fn remove_other_links(ifaces: &[String]) -> Vec<String> {
+    let ours: Vec<PathBuf> = ifaces.iter().flat_map(|i| [link_pin(i, "xdp"), link_pin(i, "tc")]).collect();
+    let mut removed = vec![];
+    for name in pinned_links() {
+        let path = Path::new(PIN_DIR).join("links").join(&name);
+        if !ours.contains(&path) {
+            unpin_link(&path);
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet.

@@ -28,6 +28,8 @@ pub struct Daemon {
     pub child: Child,
     /// Lines of its log (stderr).
     pub log: mpsc::Receiver<String>,
+    /// Lines of its standard output (the status lines).
+    pub status: mpsc::Receiver<String>,
 }
 
 impl Daemon {
@@ -35,8 +37,17 @@ impl Daemon {
         Self::start_with(ns, site, &[])
     }
 
-    /// `dataplane run --site SITE --iface veth-s ARGS...` in namespace `ns`.
+    /// `dataplane run --site SITE --iface veth-s ARGS...` in namespace `ns`, once it enforces.
     pub fn start_with(ns: &str, site: &Path, args: &[&str]) -> Self {
+        let d = Self::spawn(ns, site, args, &[]);
+        let status = d.status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
+        let attached = status.contains("native mode") || status.contains("adopted mode");
+        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && attached, "status line: {status}");
+        d
+    }
+
+    /// `dataplane run` with extra environment variables, not waiting for anything.
+    pub fn spawn(ns: &str, site: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{ns}"))
             .arg(dataplane_bin())
@@ -46,6 +57,7 @@ impl Daemon {
             .args(args)
             .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,10 +74,19 @@ impl Daemon {
         };
         let status = lines(Box::new(child.stdout.take().unwrap()), "stdout");
         let log = lines(Box::new(child.stderr.take().unwrap()), "log");
-        let status = status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
-        let attached = status.contains("native mode") || status.contains("adopted mode");
-        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && attached, "status line: {status}");
-        Self { child, log }
+        Self { child, log, status }
+    }
+
+    /// Waits (bounded) for the process to end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Waits (bounded) for a log line containing `needle`.

@@ -2,8 +2,10 @@
 //! network namespaces joined by a veth pair for real traffic.
 
 pub mod daemon;
+pub mod fuzz;
 pub mod packet;
 pub mod rng;
+pub mod twin;
 
 use anyhow::{Context, Result};
 use aya::{

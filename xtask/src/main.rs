@@ -1,5 +1,6 @@
 //! `cargo xtask`: builds the eBPF object and the controller, and runs the project's jobs.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -35,6 +36,15 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the cargo-fuzz targets (site, catalog, packet) for a bounded time each (needs root:
+    /// the packet target compares the parser with the kernel's program).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Run `dataplane` as root with ARGS; with no ARGS, the built-in lab.
     Run {
         #[arg(last = true)]
@@ -58,7 +68,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick } => {
             setup::check_kernel()?;
-            setup::apt_install(&["nftables"], "nft, the nftables comparison of the packet-rate bench")?;
+            setup::apt_install(&["nftables", "iptables"], "nft and iptables-legacy, the nftables and iptables comparisons of the packet-rate bench")?;
             build_ebpf()?;
             // The packet-rate bench asks the release binary for the nftables export.
             cargo(&["build", "--release", "-p", "dataplane-user"])?;
@@ -70,6 +80,12 @@ fn run(cli: Cli) -> Result<()> {
                 cargo(&args)?;
             }
             Ok(())
+        }
+        Cmd::Fuzz { time, targets } => {
+            setup::check_kernel()?;
+            build_ebpf()?;
+            let targets = if targets.is_empty() { all_fuzz_targets() } else { targets };
+            fuzz::run(&workspace(), &ebpf_object(), time, &targets)
         }
         Cmd::Run { args } => {
             setup::check_kernel()?;
@@ -100,8 +116,17 @@ fn test(args: &[String]) -> Result<()> {
     let mut kernel = vec!["test", "-p", "dataplane-tests", "--", "--test-threads=1"];
     kernel.extend(args.iter().map(String::as_str));
     cargo(&kernel)?;
+    // A short run of each fuzz target; `cargo xtask fuzz --time N` runs longer.
+    fuzz::run(&workspace(), &ebpf_object(), CI_FUZZ_SECONDS, &all_fuzz_targets())?;
     say(&format!("all tests passed in {:.0?}", started.elapsed()));
     Ok(())
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const CI_FUZZ_SECONDS: u64 = 20;
+
+fn all_fuzz_targets() -> Vec<String> {
+    fuzz::TARGETS.iter().map(|t| t.to_string()).collect()
 }
 
 fn workspace() -> PathBuf {

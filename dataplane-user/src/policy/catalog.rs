@@ -247,8 +247,13 @@ pub fn catalog_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 pub fn load_catalog(path: &Path, prior_flows: &HashMap<String, String>) -> anyhow::Result<Catalog> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading catalog {}", path.display()))?;
-    let ctx = first_pass(path, &text, prior_flows)?;
-    let (r, _) = with_catalog_ctx(ctx, || serde_yaml::from_str::<CatalogFile>(&text));
+    parse_catalog(path, &text, prior_flows)
+}
+
+/// Parses and checks a catalog's text; `path` names it in errors.
+pub fn parse_catalog(path: &Path, text: &str, prior_flows: &HashMap<String, String>) -> anyhow::Result<Catalog> {
+    let ctx = first_pass(path, text, prior_flows)?;
+    let (r, _) = with_catalog_ctx(ctx, || serde_yaml::from_str::<CatalogFile>(text));
     let f = r.map_err(|e| yaml_error(path, e))?;
     Ok(Catalog {
         name: f.name,

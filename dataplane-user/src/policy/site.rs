@@ -166,8 +166,19 @@ impl<'de> Deserialize<'de> for CidrList {
 pub fn load_site_file(path: &Path, catalog_dir: &Path) -> anyhow::Result<(Site, Vec<Catalog>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading site {}", path.display()))?;
-    let v = parse_value(path, &text)?;
     let available = catalog_files(catalog_dir)?;
+    parse_site(path, &text, &available, load_catalogs)
+}
+
+/// Parses and checks a site's text; `path` names it in errors. `load` loads the catalogs it
+/// names, given their paths from `available` (catalog name, path).
+pub fn parse_site(
+    path: &Path,
+    text: &str,
+    available: &[(String, PathBuf)],
+    load: impl FnOnce(&[PathBuf]) -> anyhow::Result<Vec<Catalog>>,
+) -> anyhow::Result<(Site, Vec<Catalog>)> {
+    let v = parse_value(path, text)?;
     // First pass: the catalogs it names (unknown ones are reported by the second pass).
     let mut wanted: Vec<PathBuf> = Vec::new();
     for name in v
@@ -183,9 +194,9 @@ pub fn load_site_file(path: &Path, catalog_dir: &Path) -> anyhow::Result<(Site, 
             }
         }
     }
-    let catalogs = load_catalogs(&wanted)?;
-    let ctx = site_context(&v, &available, &catalogs);
-    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(&text))
+    let catalogs = load(&wanted)?;
+    let ctx = site_context(&v, available, &catalogs);
+    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(text))
         .map_err(|e| yaml_error(path, e))?;
     // Keep the catalogs in the site's order.
     let catalogs = f

@@ -4,8 +4,10 @@
 //! Every read is bounds-checked against `data_end` at a bounded offset so that the verifier can
 //! follow it. Parsing never guesses: what cannot be read completely is reported as such, and the
 //! classifier drops it when it is headed to a protected address.
-
-use aya_ebpf::programs::{TcContext, XdpContext};
+//!
+//! The same code runs in the kernel (over XDP and tc contexts, see `dataplane-ebpf`) and in
+//! userspace over a byte slice ([`Bytes`]), so the fuzzer and the tests exercise the parser the
+//! kernel runs, not a copy of it.
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -37,7 +39,7 @@ const UDP_HLEN: usize = 8;
 const ICMP_HLEN: usize = 4;
 
 /// Where a packet stands in fragmentation.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Frag {
     /// Not a fragment.
     Whole,
@@ -48,7 +50,7 @@ pub enum Frag {
 }
 
 /// What the parser could read of the transport layer.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum L4 {
     /// `flags`: the TCP flags byte (0 for UDP).
     Ports { sport: u16, dport: u16, flags: u8 },
@@ -65,6 +67,7 @@ pub enum L4 {
 }
 
 /// An IP packet with readable addresses. IPv4 addresses use the first 4 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Packet {
     pub v6: bool,
     pub src: [u8; 16],
@@ -75,6 +78,7 @@ pub struct Packet {
     pub l4: L4,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Parsed {
     /// Not IP (ARP, LLDP, ...).
     NonIp,
@@ -93,29 +97,14 @@ pub trait Frame {
     fn bounds(&self) -> (usize, usize);
 }
 
-impl Frame for XdpContext {
-    #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        // Safety: reading two fields of the context the kernel handed us.
-        unsafe {
-            (
-                core::ptr::read_volatile(&(*self.ctx).data) as usize,
-                core::ptr::read_volatile(&(*self.ctx).data_end) as usize,
-            )
-        }
-    }
-}
+/// A frame held in userspace memory: the parser's twin for fuzzing and tests.
+pub struct Bytes<'a>(pub &'a [u8]);
 
-impl Frame for TcContext {
+impl Frame for Bytes<'_> {
     #[inline(always)]
     fn bounds(&self) -> (usize, usize) {
-        // Safety: as above, on the socket buffer.
-        unsafe {
-            (
-                core::ptr::read_volatile(&(*self.skb.skb).data) as usize,
-                core::ptr::read_volatile(&(*self.skb.skb).data_end) as usize,
-            )
-        }
+        let start = self.0.as_ptr() as usize;
+        (start, start + self.0.len())
     }
 }
 
