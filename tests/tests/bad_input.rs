@@ -32,7 +32,7 @@ impl Rig {
 
     /// `dataplane ARGS` in the server namespace through `wrapper` (a command prefix), bounded in
     /// time; `env` adds variables.
-    fn dataplane(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
+    fn command(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.arg("20")
             .args(wrapper)
@@ -42,7 +42,11 @@ impl Rig {
             .args(args)
             .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
             .envs(env.iter().copied());
-        cmd.output().unwrap()
+        cmd
+    }
+
+    fn dataplane(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(wrapper, args, env).output().unwrap()
     }
 
     /// A run that must fail: its error, after checking that it attached and pinned nothing.
@@ -59,15 +63,8 @@ impl Rig {
     /// returns whether it enforced, and its log.
     fn enforces(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         use std::io::{BufRead, BufReader, Read};
-        let mut child = Command::new("timeout")
-            .arg("20")
-            .args(wrapper)
-            .arg("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.lab.server))
-            .arg(dataplane_bin())
-            .args(args)
-            .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
-            .envs(env.iter().copied())
+        let mut child = self
+            .command(wrapper, args, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,6 +97,16 @@ impl Drop for Rig {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A command prefix: a private mount namespace in which `script` runs before the command.
+fn private_mounts(script: &str) -> Vec<String> {
+    let script = format!("{script} && exec \"$@\"");
+    ["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "sh"].map(String::from).to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn run_args<'a>(site: &'a str, iface: &'a str) -> Vec<&'a str> {
@@ -167,17 +174,15 @@ fn no_bpffs_is_mounted_or_refused_clearly() {
     let rig = Rig::new("dpt-bb");
     let site = rig.site();
     // A private mount namespace without bpffs: the daemon mounts it, says so, and enforces.
-    let unmounted = ["unshare", "-m", "--propagation", "private", "sh", "-c", "umount /sys/fs/bpf 2>/dev/null; exec \"$@\"", "sh"];
-    let (enforced, err) = rig.enforces(&unmounted, &run_args(&site, "veth-s"), &[("RUST_LOG", "info")]);
+    let unmounted = private_mounts("umount /sys/fs/bpf 2>/dev/null; true");
+    let (enforced, err) = rig.enforces(&strs(&unmounted), &run_args(&site, "veth-s"), &[("RUST_LOG", "info")]);
     assert!(enforced, "{err}");
     assert!(err.contains("mounting bpffs at /sys/fs/bpf"), "says what it does: {err}");
     rig.assert_nothing_attached("stopped");
     // Nowhere to mount it: refused, and nothing attached.
-    let hidden = ["unshare", "-m", "--propagation", "private", "sh", "-c", "umount /sys/fs/bpf 2>/dev/null; mount -t tmpfs none /sys/fs && exec \"$@\"", "sh"];
-    let out = rig.dataplane(&hidden, &run_args(&site, "veth-s"), &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("bpffs"), "{err}");
-    rig.assert_nothing_attached("no bpffs");
+    let hidden = private_mounts("umount /sys/fs/bpf 2>/dev/null; mount -t tmpfs none /sys/fs");
+    let err = rig.refused(&strs(&hidden), &run_args(&site, "veth-s"), &[]);
+    assert!(err.contains("could not mount bpffs"), "{err}");
 }
 
 /// The program uses no CO-RE relocation, so it needs no kernel BTF: without it (an empty file
@@ -187,9 +192,8 @@ fn no_kernel_btf_is_not_needed() {
     let rig = Rig::new("dpt-bt");
     let site = rig.site();
     let empty = rig.file("empty-btf", "");
-    let script = format!("mount --bind {} /sys/kernel/btf/vmlinux && exec \"$@\"", empty.display());
-    let no_btf = ["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "sh"];
-    let (enforced, err) = rig.enforces(&no_btf, &run_args(&site, "veth-s"), &[]);
+    let no_btf = private_mounts(&format!("mount --bind {} /sys/kernel/btf/vmlinux", empty.display()));
+    let (enforced, err) = rig.enforces(&strs(&no_btf), &run_args(&site, "veth-s"), &[]);
     assert!(enforced, "{err}");
     rig.assert_nothing_attached("stopped");
 }
