@@ -210,3 +210,33 @@ fn an_interface_removed_and_created_again_gets_the_policy_back() {
     assert!(d.stop().success());
     assert_eq!(rig.enforcing(), Enforcing::Nothing);
 }
+
+/// The counter maps are sized at start with room to grow; a reload that needs more slots than
+/// that is refused, says why, and leaves the running policy enforcing.
+#[test]
+fn a_reload_past_the_counter_maps_is_refused() {
+    use serde_yaml::Value;
+    let rig = Rig::new("dpt-fc");
+    // A catalog directory with the real VCS catalog and a synthetic one of 400 flows.
+    let dir = rig.dir.join("big");
+    let synthetic_site = dataplane::synth::write_synthetic(&dir, 400, 50, 7).unwrap();
+    std::fs::copy(root().join("policies/catalog/vcs-x8.2.yaml"), dir.join("catalog/vcs-x8.2.yaml")).unwrap();
+    // --force: the synthetic roles have no management flow for the lockout guard to find.
+    let catalogs = dir.join("catalog");
+    let mut d = Daemon::spawn(&rig.lab.server, &rig.site, &["--force"], &[("DATAPLANE_CATALOG_DIR", catalogs.to_str().unwrap())]);
+    assert!(d.status.recv_timeout(Duration::from_secs(20)).is_ok(), "started");
+    assert_eq!(rig.enforcing(), Enforcing::Old);
+    // The site with the synthetic catalog's roles and flows added.
+    let mut site: Value = serde_yaml::from_str(&rig.old).unwrap();
+    let extra: Value = serde_yaml::from_str(&std::fs::read_to_string(&synthetic_site).unwrap()).unwrap();
+    site["catalogs"].as_sequence_mut().unwrap().push("synthetic".into());
+    for (k, v) in extra["roles"].as_mapping().unwrap() {
+        site["roles"].as_mapping_mut().unwrap().insert(k.clone(), v.clone());
+    }
+    site["protect"].as_sequence_mut().unwrap().extend(extra["protect"].as_sequence().unwrap().iter().cloned());
+    std::fs::write(&rig.site, serde_yaml::to_string(&site).unwrap()).unwrap();
+    let failure = d.wait_log_line("failed, the previous policy keeps enforcing").expect("the reload is refused");
+    assert!(failure.contains("this run made room for: restart dataplane run"), "{failure}");
+    assert_eq!(rig.enforcing(), Enforcing::Old, "the running policy stays");
+    assert!(d.wait_exit(Duration::from_millis(10)).is_none(), "still running");
+}
