@@ -83,6 +83,8 @@ pub struct Enforcer {
     /// was removed and created again.
     ifindex: Vec<u32>,
     mode: Mode,
+    /// The network namespace the interfaces are in, when not this process's (the lab).
+    netns: Option<String>,
     pins: state::Pins,
     slots: StableSlots,
     site: PathBuf,
@@ -163,6 +165,7 @@ impl Enforcer {
             egress_links,
             ifindex,
             mode,
+            netns: netns.map(str::to_owned),
             pins,
             slots,
             site: site.to_path_buf(),
@@ -260,7 +263,7 @@ impl Enforcer {
     /// policy attached anew. Each change is logged.
     pub fn watch_interfaces(&mut self) {
         for i in 0..self.ifaces.len() {
-            let now = if_index(&self.ifaces[i]);
+            let now = self.in_netns(|e| if_index(&e.ifaces[i])).unwrap_or(0);
             if now == self.ifindex[i] {
                 continue;
             }
@@ -297,12 +300,21 @@ impl Enforcer {
     }
 
     fn attach_again(&mut self, i: usize) -> Result<&'static str> {
-        let iface = self.ifaces[i].clone();
         self.drop_links(i);
-        let (link, mode) = persist::xdp(load::program(&mut self.ebpf)?, &iface, self.mode)?;
-        self.links[i] = Some(link);
-        self.egress_links[i] = Some(persist::tc(load::egress(&mut self.ebpf)?, &iface)?);
-        Ok(mode)
+        self.in_netns(|e| {
+            let (link, mode) = persist::xdp(load::program(&mut e.ebpf)?, &e.ifaces[i], e.mode)?;
+            e.links[i] = Some(link);
+            e.egress_links[i] = Some(persist::tc(load::egress(&mut e.ebpf)?, &e.ifaces[i])?);
+            Ok(mode)
+        })?
+    }
+
+    /// Runs `f` in the interfaces' network namespace.
+    fn in_netns<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T> {
+        match self.netns.clone() {
+            Some(ns) => crate::netns::in_netns(&ns, || f(self)),
+            None => Ok(f(self)),
+        }
     }
 }
 
