@@ -25,8 +25,11 @@ use crate::{simple_tables, twin::{Twin, MAX_TRACKED_DATAGRAMS}, Harness};
 const SITE_NAME: &str = "fuzzed-site.yaml";
 const CATALOG_NAME: &str = "fuzzed-catalog.yaml";
 
-/// The repository's catalogs, loaded once: (name, path) and the catalogs.
-static CATALOGS: LazyLock<(Vec<(String, PathBuf)>, Vec<Catalog>)> = LazyLock::new(|| {
+/// Catalog files (name, path) and the catalogs loaded from them.
+type Catalogs = (Vec<(String, PathBuf)>, Vec<Catalog>);
+
+/// The repository's catalogs, loaded once.
+static CATALOGS: LazyLock<Catalogs> = LazyLock::new(|| {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog");
     let available = catalog_files(&dir).expect("listing the catalogs");
     let paths: Vec<PathBuf> = available.iter().map(|(_, p)| p.clone()).collect();

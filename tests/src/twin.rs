@@ -21,9 +21,12 @@ pub const MAX_TRACKED_DATAGRAMS: usize = 4096;
 /// worth of difference (cached verdicts equal fresh ones under one policy).
 pub struct Twin {
     classifier: Classifier,
-    /// Datagrams whose first fragment passed: (src, dst, id, proto) -> flow slot.
-    frags: HashMap<([u8; 16], [u8; 16], u32, u8), Option<usize>>,
+    /// Datagrams whose first fragment passed -> flow slot.
+    frags: HashMap<FragKey, Option<usize>>,
 }
+
+/// A datagram, as the kernel's `FRAGS` keys it: (src, dst, id, proto).
+type FragKey = ([u8; 16], [u8; 16], u32, u8);
 
 impl Twin {
     pub fn new(tables: &Tables) -> Self {
@@ -60,7 +63,7 @@ impl Twin {
         d
     }
 
-    fn decide(&self, p: &Packet, key: ([u8; 16], [u8; 16], u32, u8)) -> Decision {
+    fn decide(&self, p: &Packet, key: FragKey) -> Decision {
         let (src, dst) = (addr(p.v6, p.src), addr(p.v6, p.dst));
         if self.classifier.dst_class(dst).is_none() {
             return self.classifier.unprotected();

@@ -387,8 +387,8 @@ fn adversarial_frames_over_veth_are_counted_as_the_twin_predicts() {
         let got = after.reason(r).packets - before.reason(r).packets;
         assert_eq!(got, want[r as usize], "{} over veth: the twin predicts {}", r.name(), want[r as usize]);
     }
-    for slot in 0..2 {
-        assert_eq!(after.flows[slot].packets - before.flows[slot].packets, want_flows[slot], "flow {slot}");
+    for (slot, want) in want_flows.iter().enumerate() {
+        assert_eq!(after.flows[slot].packets - before.flows[slot].packets, *want, "flow {slot}");
     }
     println!("{} frames over veth: {:?}", frames.len(), watched.map(|r| (r.name(), want[r as usize])));
 }
