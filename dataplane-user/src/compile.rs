@@ -28,14 +28,17 @@ use crate::tables::{LpmEntry, Tables};
 use classes::{label, Labeled, Sets};
 pub use size::{map_sizes, MapSize};
 
-/// Sizes past which a policy is refused: the maps would not load or would waste memory.
+/// Sizes past which a policy is refused: the maps would not load or would waste memory. A
+/// synthetic site of 1,000,000 flows (1.15M counter slots, 23M class pairs, 20M port entries)
+/// fits, and takes about 5 GiB of kernel memory (docs/BENCHMARKS.md); `dataplane compile` shows a
+/// site's map sizes before anything is loaded.
 pub mod limits {
-    pub const MAX_FLOWS: usize = 1 << 20;
+    pub const MAX_FLOWS: usize = 1 << 21;
     /// Per address trie.
     pub const MAX_ADDR_ENTRIES: usize = 1 << 20;
-    pub const MAX_PAIRS: usize = 1 << 22;
-    pub const MAX_PORTS: usize = 4 << 20;
-    pub const MAX_SPORTS: usize = 4 << 20;
+    pub const MAX_PAIRS: usize = 1 << 25;
+    pub const MAX_PORTS: usize = 1 << 25;
+    pub const MAX_SPORTS: usize = 1 << 25;
 }
 
 /// What `compile` prints besides the map sizes.

@@ -82,7 +82,16 @@ fn main() -> Result<()> {
         let (tables, summary) = match compile::compile_with_summary(&policy) {
             Ok(r) => r,
             Err(e) => {
+                let protected = policy.roles.iter().filter(|r| r.protected).count();
                 println!("synthetic {flows} flows: does not compile: {e:#}");
+                println!(
+                    "  (the resolved site: {} flow slots, {} roles of which {protected} protected; compiler limits: {} flow slots, {} class pairs, {} port entries; see docs/BENCHMARKS.md)",
+                    policy.flows.len(),
+                    policy.roles.len(),
+                    compile::limits::MAX_FLOWS,
+                    compile::limits::MAX_PAIRS,
+                    compile::limits::MAX_PORTS
+                );
                 continue;
             }
         };
@@ -519,9 +528,12 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
     }
     let path = dir.join("bench-cost.svg");
     {
-        let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+        // The legend gets a panel of its own right of the chart, so that it covers no line.
+        let root = SVGBackend::new(&path, (1150, 560)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot_area, legend_area) = root.split_horizontally(800);
+        let mut legend: Vec<(String, RGBColor, bool)> = vec![];
+        let mut chart = ChartBuilder::on(&plot_area)
             .caption("Cost per packet, BPF_PROG_TEST_RUN (median of 1M-run means)", ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(45)
@@ -544,28 +556,33 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
         ];
         for (kind, name, base, color) in lines {
             let pts = series_of(kind, base);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            legend.push((name.to_string(), color, false));
         }
         if let Some(x) = xdpf {
             for (row, color) in [(0usize, RGBColor(0, 150, 60)), (1, RGBColor(100, 120, 0))] {
                 let Some(r) = x.rows.get(row) else { continue };
                 let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 2 };
-                chart
-                    .draw_series(DashedLineSeries::new(vec![(lo, r.xdpf), (hi, r.xdpf)], 8, 5, style))?
-                    .label(format!("xdp-filter, lab allowlist: {}", r.kind))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                chart.draw_series(DashedLineSeries::new(vec![(lo, r.xdpf), (hi, r.xdpf)], 8, 5, style))?;
+                legend.push((format!("xdp-filter, lab allowlist: {}", r.kind), color, true));
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        // The legend panel: a line sample and the series name per row, top aligned with the chart.
+        let font = ("sans-serif", 14).into_font();
+        for (i, (name, color, dashed)) in legend.iter().enumerate() {
+            let y = 60 + 24 * i as i32;
+            let (x0, x1) = (10, 40);
+            if *dashed {
+                for k in 0..3 {
+                    legend_area.draw(&PathElement::new(vec![(x0 + 11 * k, y), (x0 + 11 * k + 7, y)], color.stroke_width(2)))?;
+                }
+            } else {
+                legend_area.draw(&PathElement::new(vec![(x0, y), (x1, y)], color.stroke_width(2)))?;
+                legend_area.draw(&Circle::new(((x0 + x1) / 2, y), 3, color.filled()))?;
+            }
+            legend_area.draw(&Text::new(name.clone(), (x1 + 8, y - 8), font.clone()))?;
+        }
         root.present()?;
     }
     let path = dir.join("bench-scale.svg");

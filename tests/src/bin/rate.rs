@@ -1,12 +1,22 @@
 //! `cargo xtask bench` part 2: packet rate through a veth pair between two namespaces, driven by
 //! an AF_PACKET generator that sends prebuilt frames in batches (sendmmsg), for: no filter, this
-//! XDP program, and nftables with the ruleset `dataplane export --format nft` writes. Two mixes:
-//! drop-heavy (90% of the packets are not allowed) and pass-heavy (90% allowed). Every received
-//! datagram is drained by a socket on the server side, so passed packets cost what they cost.
+//! XDP program, nftables with the ruleset `dataplane export --format nft` writes, and iptables
+//! (the legacy backend when installed) with the equivalent rules (tests/src/bench/iptables.rs).
+//! Two mixes: drop-heavy (90% of the packets are not allowed) and pass-heavy (90% allowed).
+//! Every received datagram is drained by a socket on the server side, so passed packets cost
+//! what they cost.
 //!
 //! Figures: packets per second the generator pushed through, and CPU time per packet (all CPUs,
 //! from /proc/stat, over the run). On veth the sender's CPU also runs the receive path, so this
 //! is the whole cost of a packet, not a NIC's line rate.
+//!
+//! Arguments: `--quick` (1 s per figure, 5 reloads), `--rate-only`, `--reload-only`,
+//! `--systems LIST` (filters to measure, in order; default `none,xdp,nftables,iptables`),
+//! `--print-iptables [SITE]` (print the iptables-restore input of the iptables comparison, or of
+//! SITE, and exit).
+//!
+//! Then the reload part (tests/src/bench/reload.rs): the real daemon on a veth, SIGHUP after a
+//! site edit that flips a probe port, and the time until the probe gets the new verdict.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -23,6 +33,11 @@ use dataplane::{
 };
 use dataplane_tests::packet::Pkt;
 
+#[path = "../bench/iptables.rs"]
+mod iptables;
+#[path = "../bench/reload.rs"]
+mod reload;
+
 const RUN: Duration = Duration::from_secs(2);
 const BATCH: usize = 64;
 
@@ -30,6 +45,64 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let run = if quick { Duration::from_secs(1) } else { RUN };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(i) = argv.iter().position(|a| a == "--print-iptables") {
+        // The rules the iptables comparison loads (or those of another site), for reading.
+        let site = argv.get(i + 1).map_or_else(|| root.join("tests/sites/e2e.yaml"), std::path::PathBuf::from);
+        let rules = iptables::render(&dataplane::policy::load_site(&site)?);
+        print!("{}{}", rules.v4, rules.v6);
+        eprintln!("{} IPv4 rules ({} in the flow chain), {} IPv6 rules ({})", rules.rules_v4, rules.flow_rules_v4, rules.rules_v6, rules.flow_rules_v6);
+        return Ok(());
+    }
+    // `--reload-only` / `--rate-only`: one part alone (for iterating on it).
+    let (rate_part, reload_part) = (!std::env::args().any(|a| a == "--reload-only"), !std::env::args().any(|a| a == "--rate-only"));
+    if rate_part {
+        packet_rate(&root, run)?;
+    }
+    if reload_part {
+        reloads(&root, if quick { 5 } else { 20 })?;
+    }
+    Ok(())
+}
+
+fn reloads(root: &Path, n: usize) -> Result<()> {
+    println!("\nReload: the real daemon (target/release/dataplane run, RUST_LOG=info) on a veth in its own namespaces (dpb-rl-*),");
+    println!("{n} SIGHUPs, each after rewriting the site so that the probe port flips (catalog option `turn`: UDP 3478 from any-ip);");
+    println!("probe: UDP 10.201.0.3:40000 -> 10.201.0.1:3478 over the veth, a {:?} sleep between probes (interval measured below), echoed by the server side.", Duration::from_micros(200));
+    println!("\"verdict\": SIGHUP -> the first probe with the new verdict (sent time); \"log\": SIGHUP -> the daemon's \"reloaded\" line read from its stderr;");
+    println!("\"daemon\": the reload time the daemon logs itself (compile, load, verify, switch the links, record the state).");
+    let t = match reload::run(root, n) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("reload: not measured: {e:#}");
+            return Ok(());
+        }
+    };
+    println!("{:<4} {:<16} {:>12} {:>10} {:>10}", "#", "flip", "verdict ms", "log ms", "daemon ms");
+    for (i, (to_allowed, verdict, log, internal)) in t.rows.iter().enumerate() {
+        println!(
+            "{:<4} {:<16} {:>12.1} {:>10.1} {:>10}",
+            i + 1,
+            if *to_allowed { "denied->allowed" } else { "allowed->denied" },
+            verdict.as_secs_f64() * 1e3,
+            log.as_secs_f64() * 1e3,
+            internal.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        );
+    }
+    let col = |f: &dyn Fn(&reload::Row) -> Option<Duration>| -> Vec<Duration> { t.rows.iter().filter_map(f).collect() };
+    for (name, v) in [
+        ("SIGHUP -> new verdict on the wire", col(&|r| Some(r.1))),
+        ("SIGHUP -> \"reloaded\" logged", col(&|r| Some(r.2))),
+        ("reload time the daemon logs", col(&|r| r.3)),
+    ] {
+        let (mean, median, max) = reload::summary(&v);
+        println!("{name:<36} mean {mean:>7.1} ms  median {median:>7.1} ms  max {max:>7.1} ms  ({} reloads)", v.len());
+    }
+    println!("(probe interval measured: {:.0?}; a verdict time is exact to within one interval)", t.probe_interval);
+    Ok(())
+}
+
+fn packet_rate(root: &Path, run: Duration) -> Result<()> {
     let site = root.join("tests/sites/e2e.yaml");
     let lab = Lab::new("dpb-rate", &["10.201.0.1/24"], &["10.201.0.2/24", "10.201.0.9/24"])?;
     let _sinks = Servers::start(&lab.server, &[], &[sa("10.201.0.1:5060"), sa("10.201.0.1:9")])?;
@@ -38,7 +111,14 @@ fn main() -> Result<()> {
     println!("\nPacket rate over veth, AF_PACKET generator (sendmmsg, batches of {BATCH}), {run:?} per figure, 60-byte UDP frames");
     println!("{:<22} {:<11} {:>12} {:>14} {:>10}", "filter", "mix", "packets/s", "CPU ns/packet", "delivered");
     let mut results = vec![];
-    for system in ["none", "xdp", "nftables"] {
+    let ipt = iptables_backend();
+    // `--systems a,b,...`: these filters in this order (default: none,xdp,nftables,iptables).
+    let argv: Vec<String> = std::env::args().collect();
+    let order: Vec<String> = match argv.iter().position(|a| a == "--systems") {
+        Some(i) => argv.get(i + 1).context("--systems needs a list")?.split(',').map(str::to_string).collect(),
+        None => ["none", "xdp", "nftables", "iptables"].map(String::from).to_vec(),
+    };
+    for system in order.iter().map(String::as_str) {
         let guard = match system {
             "xdp" => Some(Enforcer::start(&site, compile_site(&site)?, &[SERVER_IF.to_string()], Mode::Native, Some(&lab.server), Default::default())?.0),
             _ => None,
@@ -46,6 +126,19 @@ fn main() -> Result<()> {
         if system == "nftables" && !load_nft(&lab.server, &site)? {
             println!("{:<22} (skipped: no `dataplane export --format nft` in this build)", system);
             continue;
+        }
+        if system == "iptables" {
+            let Some((v4, v6, backend)) = &ipt else {
+                println!("{:<22} (skipped: no iptables-restore; apt-get install iptables)", system);
+                continue;
+            };
+            let rules = iptables::render(&dataplane::policy::load_site(&site)?);
+            load_iptables(&lab.server, v4, &rules.v4)?;
+            load_iptables(&lab.server, v6, &rules.v6)?;
+            println!(
+                "{:<22} ({backend}; raw PREROUTING, plain rules, no ipset: {} IPv4 rules of which {} in the flow chain, {} IPv6 of which {}; a packet matching no flow is compared with every flow rule)",
+                system, rules.rules_v4, rules.flow_rules_v4, rules.rules_v6, rules.flow_rules_v6
+            );
         }
         for (mix, allowed_pct) in mixes {
             let frames = frames(&lab, allowed_pct)?;
@@ -57,6 +150,11 @@ fn main() -> Result<()> {
         if system == "nftables" {
             let _ = Command::new("ip").args(["netns", "exec", &lab.server, "nft", "delete", "table", "inet", "dataplane"]).status();
         }
+        if let (true, Some((v4, v6, _))) = (system == "iptables", &ipt) {
+            for restore in [v4, v6] {
+                let _ = load_iptables(&lab.server, restore, "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+            }
+        }
     }
     println!();
     for mix in ["drop-heavy", "pass-heavy"] {
@@ -64,9 +162,55 @@ fn main() -> Result<()> {
         if let (Some(x), Some(n)) = (get("xdp"), get("nftables")) {
             println!("{mix}: xdp / nftables packet rate = {:.2}x (aim on drop-heavy: at least 3x)", x / n);
         }
+        if let (Some(x), Some(n)) = (get("xdp"), get("iptables")) {
+            println!("{mix}: xdp / iptables packet rate = {:.2}x", x / n);
+        }
+        let cpu = |s: &str| results.iter().find(|r| r.0 == s && r.1 == mix).map(|r| r.3);
+        if let (Some(x), Some(n), Some(i)) = (cpu("xdp"), cpu("nftables"), cpu("iptables")) {
+            println!("{mix}: CPU per packet, xdp / nftables = {:.2}x, xdp / iptables = {:.2}x", x / n, x / i);
+        }
         if let (Some(x), Some(n)) = (get("xdp"), get("none")) {
             println!("{mix}: xdp / no filter packet rate = {:.2}x", x / n);
         }
+    }
+    Ok(())
+}
+
+/// `iptables-restore` and `ip6tables-restore` of the legacy backend (x_tables, the classic
+/// iptables) when installed, else of the default one (iptables-nft on Debian); and its name.
+fn iptables_backend() -> Option<(String, String, String)> {
+    let works = |bin: &str| Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success());
+    for (v4, v6, name) in [
+        ("iptables-legacy-restore", "ip6tables-legacy-restore", "iptables-legacy (x_tables)"),
+        ("iptables-restore", "ip6tables-restore", ""),
+    ] {
+        if works(v4) && works(v6) {
+            let name = if name.is_empty() {
+                let v = Command::new("iptables").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+                format!("iptables-restore, {v}")
+            } else {
+                name.to_string()
+            };
+            return Some((v4.into(), v6.into(), name));
+        }
+    }
+    None
+}
+
+/// Loads rules with `restore` (iptables-legacy-restore, ...) in namespace `ns`.
+fn load_iptables(ns: &str, restore: &str, rules: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, restore])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {restore}"))?;
+    child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{restore} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
