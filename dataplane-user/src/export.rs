@@ -95,7 +95,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
 
 /// Prefixes of one family, with those inside another of the list removed (nft refuses
 /// overlapping elements in an interval set), sorted.
-fn family_cidrs<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, v6: bool) -> Vec<Cidr> {
+pub fn family_cidrs<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>, v6: bool) -> Vec<Cidr> {
     let mut v: Vec<Cidr> = cidrs.into_iter().filter(|c| c.v6 == v6).copied().collect();
     v.sort_by_key(|c| (c.len, c.addr));
     v.dedup();

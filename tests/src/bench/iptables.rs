@@ -46,19 +46,10 @@ struct Group {
     dport: Vec<(u16, u16)>,
 }
 
-/// Prefixes of one family with those inside another of the list removed, sorted.
+/// Prefixes of one family with those inside another of the list removed, sorted (as the nft
+/// export writes them).
 fn family(cidrs: &[Cidr], v6: bool) -> Vec<Cidr> {
-    let mut v: Vec<Cidr> = cidrs.iter().filter(|c| c.v6 == v6).copied().collect();
-    v.sort_by_key(|c| (c.len, c.addr));
-    v.dedup();
-    let mut out: Vec<Cidr> = Vec::new();
-    for c in v {
-        if !out.iter().any(|o| o.contains(&c)) {
-            out.push(c);
-        }
-    }
-    out.sort_by_key(|c| (c.addr, c.len));
-    out
+    dataplane::export::family_cidrs(cidrs, v6)
 }
 
 /// `--dport`-style items: `a` or `a:b`; multiport lists hold at most 15 ports, a range two.
