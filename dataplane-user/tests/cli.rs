@@ -26,6 +26,15 @@ fn run(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("waits")
 }
 
+/// `explain` over JSON lines some of which are bad: the run fails; its output, log and answers.
+fn explain_failing(site: &str, cat: &str, input: &str) -> (String, String, Vec<Value>) {
+    let out = run(&["explain", "--site", site, "--catalog-dir", cat], input);
+    assert!(!out.status.success(), "bad lines must fail the run");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let answers = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    (stdout, String::from_utf8_lossy(&out.stderr).to_string(), answers)
+}
+
 fn dirs() -> (String, String) {
     let d = common::data();
     (
@@ -51,14 +60,7 @@ fn explain_lines_and_bad_lines() {
         r#"{"src": "fd00::1", "dst": "2001:db8::10", "proto": "udp", "sport": 1, "dport": 53}"#,
     ]
     .join("\n");
-    let out = run(&["explain", "--site", &site, "--catalog-dir", &cat], &input);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "bad lines must fail the run");
-    let answers: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let (stdout, stderr, answers) = explain_failing(&site, &cat, &input);
     assert_eq!(answers.len(), 5, "{stdout}");
     assert_eq!(answers[0]["verdict"], "allow");
     assert_eq!(answers[0]["flow"], "alpha-admin-https");
@@ -239,14 +241,7 @@ fn explain_outbound() {
         r#"{"direction": 1, "src": "192.0.2.10", "dst": "198.51.100.53", "proto": "udp", "dport": 53}"#,
     ]
     .join("\n");
-    let out = run(&["explain", "--site", &site, "--catalog-dir", &cat], &input);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "bad lines must fail the run");
-    let a: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let (stdout, stderr, a) = explain_failing(&site, &cat, &input);
     assert_eq!(a.len(), 6, "{stdout}");
     let brief = |v: &Value| {
         (

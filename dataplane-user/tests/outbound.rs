@@ -4,13 +4,14 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use dataplane::classify::{
     classify_outbound, reference, reference_outbound, Classifier, Decision, Packet,
 };
 use dataplane::compile::{compile, compile_with_summary};
-use dataplane::policy::{load_site_from, ConntrackOptions};
+use dataplane::policy::{load_site_from, ConntrackOptions, Policy};
 use dataplane_common::Reason::{self, *};
 
 const SERVER: &str = "192.0.2.10";
@@ -271,26 +272,12 @@ fn real_sites_outbound() {
         // port of each range, per family.
         for f in &p.out_flows {
             for v6 in [false, true] {
-                let first = |role: usize| {
-                    p.roles[role]
-                        .cidrs
-                        .iter()
-                        .find(|c| c.v6 == v6)
-                        .map(|c| c.addr)
-                };
-                let (Some(src), Some(dst)) = (first(f.from), first(f.to)) else {
+                let Some((src, dst)) = first_addrs(&p, f.from, f.to, v6) else {
                     continue;
                 };
-                let ip = |a: u128| -> std::net::IpAddr {
-                    if v6 {
-                        std::net::Ipv6Addr::from(a).into()
-                    } else {
-                        std::net::Ipv4Addr::from(a as u32).into()
-                    }
-                };
                 let packet = Packet {
-                    src: ip(src),
-                    dst: ip(dst),
+                    src,
+                    dst,
                     proto: f.proto,
                     sport: f.sport[0].0,
                     dport: f.dport[0].0,
@@ -304,6 +291,15 @@ fn real_sites_outbound() {
     }
 }
 
+/// The first address of roles `from` and `to` in one family, if both have one.
+fn first_addrs(p: &Policy, from: usize, to: usize, v6: bool) -> Option<(IpAddr, IpAddr)> {
+    let first = |role: usize| {
+        let a = p.roles[role].cidrs.iter().find(|c| c.v6 == v6)?.addr;
+        Some(if v6 { IpAddr::from(Ipv6Addr::from(a)) } else { IpAddr::from(Ipv4Addr::from(a as u32)) })
+    };
+    Some((first(from)?, first(to)?))
+}
+
 /// A synthetic benchmark site (some services start at protected roles): the outbound walk agrees
 /// with the reference at both ends of every outbound flow's ranges.
 #[test]
@@ -315,22 +311,8 @@ fn synthetic_site_outbound_matches_reference() {
     let mut checked = 0;
     for f in &p.out_flows {
         for v6 in [false, true] {
-            let first = |role: usize| {
-                p.roles[role]
-                    .cidrs
-                    .iter()
-                    .find(|c| c.v6 == v6)
-                    .map(|c| c.addr)
-            };
-            let (Some(src), Some(dst)) = (first(f.from), first(f.to)) else {
+            let Some((src, dst)) = first_addrs(&p, f.from, f.to, v6) else {
                 continue;
-            };
-            let ip = |a: u128| -> std::net::IpAddr {
-                if v6 {
-                    std::net::Ipv6Addr::from(a).into()
-                } else {
-                    std::net::Ipv4Addr::from(a as u32).into()
-                }
             };
             for (sport, dport) in [
                 (f.sport[0].0, f.dport[0].0),
@@ -338,8 +320,8 @@ fn synthetic_site_outbound_matches_reference() {
                 (f.sport[0].0.wrapping_sub(1), f.dport[0].1.wrapping_add(1)),
             ] {
                 let packet = Packet {
-                    src: ip(src),
-                    dst: ip(dst),
+                    src,
+                    dst,
                     proto: f.proto,
                     sport,
                     dport,
