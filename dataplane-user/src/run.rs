@@ -115,7 +115,14 @@ impl Enforcer {
     ) -> Result<(Self, Vec<&'static str>)> {
         let (pins, adopted) = state::Pins::prepare(opts.persist)?;
         fault_point("start:prepared");
-        let adopted = adopted.filter(|old| fits(old, &tables));
+        let adopted = match adopted {
+            Some(old) if !fits(&old, &tables) => {
+                warn!("the policy has more flows than the counter maps the previous run left: new maps, counters start from zero");
+                state::remove_maps();
+                None
+            }
+            adopted => adopted,
+        };
         // Adopting what a dead run left: its counter slots, a newer generation, its counter maps.
         let mut slots = match &adopted {
             Some(old) => StableSlots::from_flows(&old.flows, &old.outbound),
@@ -233,18 +240,12 @@ impl Enforcer {
     }
 }
 
-/// Whether a policy fits the counter maps a dead run left (else they are replaced, and the
-/// counters start from zero).
+/// Whether a policy, on the counter slots a dead run left, fits that run's counter maps.
 fn fits(old: &state::State, tables: &Tables) -> bool {
     let mut t = tables.clone();
     StableSlots::from_flows(&old.flows, &old.outbound).apply(&mut t);
     let out = t.outbound.as_ref().map_or(0, |o| o.flows.len());
-    let fits = old.capacity.0 == 0 || (t.flows.len() <= old.capacity.0 as usize && out <= old.capacity.1 as usize);
-    if !fits {
-        warn!("the policy has more flows than the counter maps the previous run left: new maps, counters start from zero");
-        state::remove_maps();
-    }
-    fits
+    old.capacity.0 == 0 || (t.flows.len() <= old.capacity.0 as usize && out <= old.capacity.1 as usize)
 }
 
 /// Fault injection for the tests (tests/tests/faults.rs): `DATAPLANE_FAULT=<stage>` kills this
