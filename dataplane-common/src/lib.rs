@@ -1,82 +1,12 @@
-//! Map keys and values shared by the XDP program (`dataplane-ebpf`) and the controller
-//! (`dataplane-user`).
-//!
-//! The classifier is a short chain of lookups, each constant work whatever the number of flows:
-//!
-//! 1. `DST_V4`/`DST_V6` (LPM trie): destination address -> destination class (a set of protected
-//!    roles). No match: the destination is not protected.
-//! 2. `SRC_V4`/`SRC_V6` (LPM trie): source address -> source class (the set of every role whose
-//!    CIDRs contain the address, so a broader role is never hidden by a more specific one).
-//!    No match: class [`CLASS_NONE`].
-//! 3. `PAIRS` (hash): (source class, destination class) -> policy id, a deduplicated set of flows.
-//!    No match: no flow allows the packet.
-//! 4. `PORTS` (LPM trie): (policy, protocol, destination port prefix) -> verdict value. A port
-//!    range is stored as the few prefixes that cover it.
-//! 5. `SPORTS` (LPM trie), only when the value says so: (source-port table, source port prefix)
-//!    -> verdict value, for flows that also constrain the source port.
-//!
-//! Multi-byte fields of LPM keys are big-endian so that prefix bits run from the most
-//! significant bit, as the kernel's LPM trie compares them.
+//! What the XDP and tc programs (`dataplane-ebpf`) and the controller (`dataplane-user`) share:
+//! the packet parser ([`parse`]), the layout of the compiled policy ([`image`]), the classifier
+//! walk over it ([`walk`]), and the key and value types of the other maps (counters, the
+//! connection-tracking table, fragments, drop events).
 #![no_std]
 
+pub mod image;
 pub mod parse;
-
-/// Source class of an address that is in no role.
-pub const CLASS_NONE: u32 = 0;
-
-/// Verdict value bit: the low bits name a source-port table to look up next, not a flow.
-pub const VALUE_SPORT_TABLE: u32 = 1 << 31;
-/// Verdict value bit: the flow is a documented prohibition; the packet is dropped.
-pub const VALUE_DENY: u32 = 1 << 30;
-/// Low bits of a verdict value: a flow index (counter slot) or a source-port table id.
-pub const VALUE_INDEX_MASK: u32 = VALUE_DENY - 1;
-
-/// Key of `PAIRS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PairKey {
-    pub src_class: u32,
-    pub dst_class: u32,
-}
-
-/// Data part of a `PORTS` LPM key: policy (BE), protocol, destination port (BE), padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
-    pub policy: [u8; 4],
-    pub proto: u8,
-    pub dport: [u8; 2],
-    pub pad: u8,
-}
-
-/// Bits of a `PortKey` before the destination port: policy and protocol always match exactly.
-pub const PORT_KEY_FIXED_BITS: u32 = 40;
-
-impl PortKey {
-    #[inline(always)]
-    pub const fn new(policy: u32, proto: u8, dport: u16) -> Self {
-        Self { policy: policy.to_be_bytes(), proto, dport: dport.to_be_bytes(), pad: 0 }
-    }
-}
-
-/// Data part of a `SPORTS` LPM key: table (BE), source port (BE), padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SportKey {
-    pub table: [u8; 4],
-    pub sport: [u8; 2],
-    pub pad: [u8; 2],
-}
-
-/// Bits of a `SportKey` before the source port.
-pub const SPORT_KEY_FIXED_BITS: u32 = 32;
-
-impl SportKey {
-    #[inline(always)]
-    pub const fn new(table: u32, sport: u16) -> Self {
-        Self { table: table.to_be_bytes(), sport: sport.to_be_bytes(), pad: [0; 2] }
-    }
-}
+pub mod walk;
 
 /// Packets and bytes; the value of every per-CPU counter array.
 #[repr(C)]
@@ -92,7 +22,7 @@ pub struct Counter {
 pub struct Config {
     /// Bit set of `CONFIG_*`.
     pub flags: u32,
-    /// Policy generation: verdicts cached under another generation are not used.
+    /// Policy generation: 1 at start, one more per reload (reported, not used per packet).
     pub generation: u32,
     /// Idle timeouts of tracked connections, in seconds: established TCP, TCP opening or
     /// closing (half-open, FIN or RST seen), and UDP.
@@ -144,14 +74,11 @@ pub struct EventBudget {
 pub const CONFIG_DROP_UNPROTECTED: u32 = 1 << 0;
 /// Pass ICMP/ICMPv6 echo requests and replies to protected addresses.
 pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
-
-/// Do not use or fill the verdict cache (benchmarks of the uncached path).
-pub const CONFIG_NO_CACHE: u32 = 1 << 2;
 /// Monitor mode: count every verdict as usual, but pass what would be dropped.
 pub const CONFIG_MONITOR: u32 = 1 << 3;
 
-/// Key of `FLOW_V4`: the 5-tuple of an unfragmented TCP/UDP packet (ports big-endian as on the
-/// wire).
+/// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives (peer address and port, server
+/// address and port; ports big-endian as on the wire).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKeyV4 {
@@ -175,25 +102,17 @@ pub struct CacheKeyV6 {
     pub pad: [u8; 3],
 }
 
-/// An entry of the flow table (`FLOW_V4`/`FLOW_V6`, keyed by the 5-tuple as it arrives). Two
-/// kinds share the table so that one lookup serves both:
-/// - a cached verdict (`reason` PassFlow or PassUnprotected): without state, a packet's verdict
-///   is a function of its 5-tuple and the policy, so a pass decided once holds for every packet
-///   of the flow until the policy generation changes;
-/// - a tracked connection (`reason` PassReply) that a protected server opened: its replies pass
-///   while `state` and `last_seen` say it is alive.
+/// A connection a protected server opened (`FLOW_V4`/`FLOW_V6`, keyed by the 5-tuple of its
+/// replies): they pass while `state` and `last_seen` say it is alive. Only the tc egress program
+/// inserts, so arriving traffic never evicts one (the classifier needs no cache of its own).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// A `Reason` that passes.
-    pub reason: u32,
-    /// Flow slot (`u32::MAX` for none); for a tracked connection, the outbound flow's slot.
+    /// The outbound flow's slot.
     pub slot: u32,
-    /// Cached verdicts: `Config::generation` when decided.
-    pub generation: u32,
-    /// Tracked connections: a `CT_*` state.
+    /// A `CT_*` state.
     pub state: u32,
-    /// Tracked connections: `bpf_ktime_get_coarse_ns` of the last packet either way.
+    /// `bpf_ktime_get_coarse_ns` of the last packet either way.
     pub last_seen: u64,
 }
 
@@ -286,8 +205,21 @@ impl Reason {
     }
 
     pub const fn is_drop(self) -> bool {
-        let r = self as u32;
-        r >= Reason::DropNoFlow as u32 && r <= Reason::DropUnparsed as u32
+        match self {
+            Reason::PassFlow
+            | Reason::PassUnprotected
+            | Reason::PassNonIp
+            | Reason::PassIcmp
+            | Reason::PassFragment
+            | Reason::PassReply => false,
+            Reason::DropNoFlow
+            | Reason::DropDenyFlow
+            | Reason::DropMalformed
+            | Reason::DropFragment
+            | Reason::DropUnprotected
+            | Reason::DropIcmp
+            | Reason::DropUnparsed => true,
+        }
     }
 }
 
@@ -306,9 +238,6 @@ pub struct FragKey {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for PairKey {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for SportKey {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FragKey {}

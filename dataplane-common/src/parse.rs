@@ -124,6 +124,7 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+#[inline(always)]
 pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     let Some(eth) = load::<ETH_HLEN, F>(ctx, 0) else { return Parsed::Malformed };
     let mut ethertype = be16([eth[12], eth[13]]);

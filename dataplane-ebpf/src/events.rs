@@ -8,11 +8,9 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use dataplane_common::{DropEvent, EventBudget, Reason};
-
-use crate::{
-    classify::flags_config,
+use dataplane_common::{
     parse::{Parsed, L4},
+    Config, DropEvent, EventBudget, Reason,
 };
 
 #[map]
@@ -22,9 +20,9 @@ static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1,
 
 /// Reports a dropped IP packet, within this CPU's budget for the current second.
 #[inline(always)]
-pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32) {
+pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, config: &Config) {
     let Parsed::Ip(p) = parsed else { return };
-    let rate = flags_config().events_per_sec;
+    let rate = config.events_per_sec;
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else { return };
     // Safety: this CPU's slot.
     let budget = unsafe { &mut *budget };

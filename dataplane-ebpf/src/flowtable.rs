@@ -1,27 +1,30 @@
-//! The flow table: one LRU hash per IP version, keyed by the 5-tuple of a packet as it
-//! arrives, holding two kinds of entry so that one lookup serves both (see `FlowEntry`):
-//! - cached verdicts of flows that passed, valid for the policy generation that decided them;
-//! - connections a protected server opened itself. The tc egress program records each new one
-//!   that an outbound flow documents, keyed by the 5-tuple its replies will carry; the XDP
-//!   program admits exactly those replies. TCP needs the server's SYN to open an entry and a
-//!   SYN-ACK to establish it; a bare SYN is never a reply; RST and idle timeouts end entries.
-//! A full table evicts its least recently used entries; a packet whose entry is gone is judged
-//! by the inbound policy like any other: nothing fails open.
+//! Connections the protected servers open themselves: the tc egress program records each new
+//! one that an outbound flow documents, keyed by the 5-tuple its replies will carry, and the XDP
+//! program admits exactly those replies. TCP needs the server's SYN to open an entry and a
+//! SYN-ACK to establish it; a bare SYN is never a reply; RST and idle timeouts end entries.
+//!
+//! Only the egress program inserts, so arriving traffic, whatever its volume, never evicts a
+//! connection; a full table evicts its least recently used entries for the servers' own new
+//! connections. A packet whose entry is gone is judged by the inbound policy: nothing fails open.
+//!
+//! Arriving packets look here only when the policy would drop them, and only when their port has
+//! had a tracked connection recently (`LIVE_PORTS`, one array read), so a flood of denied packets
+//! costs no hash lookup.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    CacheKeyV4, CacheKeyV6, Config, FlowEntry, Reason, CONFIG_NO_CACHE, CT_CLOSING, CT_ESTABLISHED,
-    CT_STAT_COUNT, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
+    image::proto_index,
+    parse::{Packet, IPPROTO_TCP, IPPROTO_UDP},
+    walk::{self, ports},
+    CacheKeyV4, CacheKeyV6, Config, FlowEntry, Reason, CT_CLOSING, CT_ESTABLISHED, CT_STAT_COUNT, CT_STAT_INSERTS,
+    CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
 };
 
-use crate::{
-    classify::{dst_class, flow, Inbound, Outbound, Verdict, REPLY_SLOT},
-    parse::{Frag, Packet, IPPROTO_TCP, IPPROTO_UDP, L4},
-};
+use crate::classify::Policy;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -29,12 +32,19 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const NO_COMMON_LRU: u32 = 2;
 const NS: u64 = 1_000_000_000;
+/// Margin over a timeout before `LIVE_PORTS` says a port has no live connection: CPUs write it
+/// without ordering, so it may lag an entry's own time by a moment.
+const LIVE_SLACK_NS: u64 = NS;
 
 // Sized by the loader (site option `conntrack-size`). Per-CPU LRU lists avoid contention.
 #[map]
 static FLOW_V4: LruHashMap<CacheKeyV4, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
 #[map]
 static FLOW_V6: LruHashMap<CacheKeyV6, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
+/// Per (protocol, server port): `bpf_ktime_get_coarse_ns` of the last packet of any tracked
+/// connection on that port, either way.
+#[map]
+static LIVE_PORTS: Array<u64> = Array::with_max_entries(2 * 65536, 0);
 /// `CT_STAT_*` events.
 #[map]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STAT_COUNT, 0);
@@ -47,7 +57,13 @@ fn stat(i: u32) {
     }
 }
 
-/// A 5-tuple as packets arrive: `peer` is the source, `server` the destination.
+#[inline(always)]
+fn now() -> u64 {
+    // Safety: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A 5-tuple as replies arrive: `peer` is the source, `server` the destination.
 #[derive(Clone, Copy)]
 struct Tuple {
     v6: bool,
@@ -70,9 +86,7 @@ impl Tuple {
     fn replies_to(p: &Packet, sport: u16, dport: u16) -> Self {
         Self { v6: p.v6, peer: p.dst, server: p.src, peer_port: dport, server_port: sport, proto: p.proto }
     }
-}
 
-impl Tuple {
     #[inline(always)]
     fn get(&self) -> Option<*mut FlowEntry> {
         if self.v6 {
@@ -91,6 +105,15 @@ impl Tuple {
     fn remove(&self) {
         let _ = if self.v6 { FLOW_V6.remove(&self.key6()) } else { FLOW_V4.remove(&self.key4()) };
         stat(CT_STAT_REMOVALS);
+    }
+
+    /// Marks the server's port as used by a live connection now.
+    #[inline(always)]
+    fn touch(&self, now: u64) {
+        if let Some(t) = LIVE_PORTS.get_ptr_mut(live_index(self.proto, self.server_port)) {
+            // Safety: a plain u64 in an array; racing writers only move a timestamp.
+            unsafe { *t = now };
+        }
     }
 
     #[inline(always)]
@@ -118,16 +141,9 @@ impl Tuple {
     }
 }
 
-/// Ports and TCP flags of a TCP or UDP packet that carries its transport header.
 #[inline(always)]
-pub fn ports(p: &Packet) -> Option<(u16, u16, u8)> {
-    if p.frag == Frag::Later || (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
-        return None;
-    }
-    match p.l4 {
-        L4::Ports { sport, dport, flags } => Some((sport, dport, flags)),
-        _ => None,
-    }
+fn live_index(proto: u8, port: u16) -> u32 {
+    (proto_index(proto) << 16) | port as u32
 }
 
 #[inline(always)]
@@ -140,34 +156,48 @@ fn timeout_ns(state: u32, c: &Config) -> u64 {
     s as u64 * NS
 }
 
+/// Whether a connection on (protocol, server port) can still be alive.
+#[inline(always)]
+fn live(proto: u8, port: u16, now: u64, c: &Config) -> bool {
+    let longest = if proto == IPPROTO_UDP {
+        c.ct_udp
+    } else if c.ct_tcp_established > c.ct_tcp_transitory {
+        c.ct_tcp_established
+    } else {
+        c.ct_tcp_transitory
+    };
+    match LIVE_PORTS.get(live_index(proto, port)) {
+        Some(&t) => now.saturating_sub(t) <= longest as u64 * NS + LIVE_SLACK_NS,
+        None => true,
+    }
+}
+
 /// Egress: a packet the server sends. Refreshes its connection, or records a new one that an
 /// outbound flow documents. Returns the outbound slot to count the packet on.
 #[inline(always)]
 pub fn outbound(p: &Packet) -> Option<u32> {
     let (sport, dport, flags) = ports(p)?;
     let t = Tuple::replies_to(p, sport, dport);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now();
     // Safety: a value pointer of this map; racing updates only move timestamps and states.
     if let Some(e) = t.get().map(|e| unsafe { &mut *e }) {
-        if e.reason == Reason::PassReply as u32 {
-            if p.proto == IPPROTO_TCP && flags & TCP_RST != 0 {
-                let slot = e.slot;
-                t.remove();
-                return Some(slot);
-            }
-            if p.proto == IPPROTO_TCP && flags & TCP_FIN != 0 {
-                e.state = CT_CLOSING;
-            }
-            // A new SYN on an old tuple opens the connection afresh.
-            if p.proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                e.state = CT_SYN_SENT;
-            }
-            e.last_seen = now;
-            return Some(e.slot);
+        if p.proto == IPPROTO_TCP && flags & TCP_RST != 0 {
+            let slot = e.slot;
+            t.remove();
+            return Some(slot);
         }
+        if p.proto == IPPROTO_TCP && flags & TCP_FIN != 0 {
+            e.state = CT_CLOSING;
+        }
+        // A new SYN on an old tuple opens the connection afresh.
+        if p.proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            e.state = CT_SYN_SENT;
+        }
+        e.last_seen = now;
+        t.touch(now);
+        return Some(e.slot);
     }
-    let class = dst_class::<Outbound>(p)?;
-    let v = flow::<Outbound>(p, class, sport, dport);
+    let v = walk::outbound(&Policy, p, sport, dport);
     if v.reason != Reason::PassFlow {
         return None;
     }
@@ -181,64 +211,25 @@ pub fn outbound(p: &Packet) -> Option<u32> {
     };
     // Replies that the inbound policy admits by itself are not tracked: they stay counted on
     // their inbound flow, as explain says, whichever side spoke first.
-    if !inbound_allows(p, sport, dport) {
-        let entry = FlowEntry { reason: Reason::PassReply as u32, slot: v.slot, generation: 0, state, last_seen: now };
-        t.insert(&entry);
+    if !walk::inbound_admits_reply(&Policy, p, sport, dport) {
+        t.insert(&FlowEntry { slot: v.slot, state, last_seen: now });
+        t.touch(now);
         stat(CT_STAT_INSERTS);
     }
     Some(v.slot)
 }
 
-/// Whether the inbound policy allows the replies of `p` (the reversed 5-tuple).
+/// Ingress, for a TCP or UDP packet the policy would drop: the outbound slot of the tracked
+/// connection it is a reply of.
 #[inline(always)]
-fn inbound_allows(p: &Packet, sport: u16, dport: u16) -> bool {
-    let reply = Packet {
-        v6: p.v6,
-        src: p.dst,
-        dst: p.src,
-        proto: p.proto,
-        frag: Frag::Whole,
-        frag_id: 0,
-        l4: L4::Ports { sport: dport, dport: sport, flags: 0 },
-    };
-    match dst_class::<Inbound>(&reply) {
-        Some(class) => flow::<Inbound>(&reply, class, dport, sport).reason == Reason::PassFlow,
-        None => false,
+pub fn reply(p: &Packet, sport: u16, dport: u16, flags: u8, c: &Config) -> Option<u32> {
+    let now = now();
+    if !live(p.proto, dport, now, c) {
+        return None;
     }
-}
-
-/// Ingress: the verdict the flow table holds for an arriving TCP or UDP packet, if any: a
-/// cached pass of the current policy generation, or the reply of a tracked connection.
-#[inline(always)]
-pub fn lookup(p: &Packet, c: &Config) -> Option<Verdict> {
-    let (sport, dport, flags) = ports(p)?;
     let t = Tuple::inbound(p, sport, dport);
-    let e = t.get()?;
     // Safety: as in `outbound`.
-    let e = unsafe { &mut *e };
-    if e.reason != Reason::PassReply as u32 {
-        if c.flags & CONFIG_NO_CACHE != 0 || e.generation != c.generation || p.frag != Frag::Whole {
-            return None;
-        }
-        let reason = if e.reason == Reason::PassFlow as u32 { Reason::PassFlow } else { Reason::PassUnprotected };
-        return Some(Verdict { reason, slot: e.slot });
-    }
-    reply(&t, e, flags, c).map(|slot| Verdict { reason: Reason::PassReply, slot: slot | REPLY_SLOT })
-}
-
-/// Caches the verdict of a whole packet that passed.
-#[inline(always)]
-pub fn remember(p: &Packet, v: &Verdict, generation: u32) {
-    if let Some((sport, dport, _)) = ports(p) {
-        let entry = FlowEntry { reason: v.reason as u32, slot: v.slot, generation, state: 0, last_seen: 0 };
-        Tuple::inbound(p, sport, dport).insert(&entry);
-    }
-}
-
-/// A packet that arrives on a tracked connection: the outbound slot if it is a reply.
-#[inline(always)]
-fn reply(t: &Tuple, e: &mut FlowEntry, flags: u8, c: &Config) -> Option<u32> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let e = unsafe { &mut *t.get()? };
     if now.saturating_sub(e.last_seen) > timeout_ns(e.state, c) {
         t.remove();
         stat(CT_STAT_REFUSED);
@@ -266,5 +257,6 @@ fn reply(t: &Tuple, e: &mut FlowEntry, flags: u8, c: &Config) -> Option<u32> {
         }
     }
     e.last_seen = now;
+    t.touch(now);
     Some(e.slot)
 }

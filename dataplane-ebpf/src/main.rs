@@ -11,16 +11,15 @@ mod frame;
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     macros::{classifier, map, xdp},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use dataplane_common::{
     parse::{self, Frame, Parsed},
-    Counter, Reason, CONFIG_MONITOR, REASON_COUNT,
+    walk::{ports, NO_SLOT, REPLY_SLOT},
+    CacheKeyV4, CacheKeyV6, Counter, Reason, CONFIG_MONITOR, REASON_COUNT,
 };
-
-use classify::{NO_SLOT, REPLY_SLOT};
 
 /// Packets and bytes per `Reason`.
 #[map]
@@ -38,9 +37,10 @@ static REPLY_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let parsed = parse::parse(&frame::Xdp(&ctx));
-    let v = classify::judge(&parsed);
+    let config = classify::config();
+    let v = classify::judge(&parsed, &config);
     if v.reason.is_drop() {
-        events::report(&ctx, &parsed, v.reason, v.slot);
+        events::report(&ctx, &parsed, v.reason, v.slot, &config);
     }
     if matches!(v.reason, Reason::DropMalformed | Reason::DropUnparsed | Reason::DropFragment) {
         // Pruned by the verifier unless the controller runs with RUST_LOG=debug.
@@ -54,7 +54,7 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
             count(&FLOWS, v.slot, bytes);
         }
     }
-    if v.reason.is_drop() && classify::flags_config().flags & CONFIG_MONITOR == 0 {
+    if v.reason.is_drop() && config.flags & CONFIG_MONITOR == 0 {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -85,6 +85,35 @@ pub fn egress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+// The floor program's table: what one 5-tuple lookup costs (the bench fills it).
+#[map]
+static FLOOR_V4: HashMap<CacheKeyV4, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+static FLOOR_V6: HashMap<CacheKeyV6, u32> = HashMap::with_max_entries(1024, 0);
+
+/// The floor `cargo xtask bench` measures against: the least a per-flow filter does. Parse
+/// Ethernet, IPv4 or IPv6 and the ports, one hash lookup keyed by the 5-tuple, one per-CPU packet
+/// and byte counter.
+#[xdp]
+pub fn floor(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let Parsed::Ip(p) = parse::parse(&frame::Xdp(&ctx)) else { return xdp_action::XDP_PASS };
+    let Some((sport, dport, _)) = ports(&p) else { return xdp_action::XDP_PASS };
+    // Safety: plain values copied out at once.
+    let hit = unsafe {
+        if p.v6 {
+            let k = CacheKeyV6 { src: p.src, dst: p.dst, sport, dport, proto: p.proto, pad: [0; 3] };
+            FLOOR_V6.get(&k).copied()
+        } else {
+            let (s, d) = (p.src, p.dst);
+            let k = CacheKeyV4 { src: [s[0], s[1], s[2], s[3]], dst: [d[0], d[1], d[2], d[3]], sport, dport, proto: p.proto, pad: [0; 3] };
+            FLOOR_V4.get(&k).copied()
+        }
+    };
+    count(&REASONS, hit.unwrap_or(0) & 7, bytes);
+    if hit.is_some() { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
 }
 
 #[inline(always)]

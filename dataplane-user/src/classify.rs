@@ -1,27 +1,22 @@
-//! The userspace twin of the XDP classifier: walks the compiled [`Tables`] exactly as the kernel
-//! walks its maps (so `explain` previews the kernel), plus [`reference`], a direct evaluation of
-//! the policy's flows that the property tests compare it with.
-//!
-//! Outbound packets (a protected server sends them; the kernel's tc egress program) walk the
-//! `OUT_*` maps ([`Tables::outbound`]) with [`Classifier::new_outbound`] and
-//! [`Classifier::classify_outbound`], or [`classify_outbound`]; [`reference_outbound`] is their
-//! direct evaluation over `Policy::out_flows`.
+//! The verdict the kernel gives a packet, computed in userspace: [`Classifier`] runs the same
+//! walk the XDP and tc programs run (`dataplane_common::walk`) over the same policy image the
+//! `POLICY` map holds, so `explain` previews the kernel by construction. [`reference`] and
+//! [`reference_outbound`] evaluate the policy's flows directly, with no table at all: the
+//! property tests compare the walk with them.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
-use dataplane_common::{
-    PairKey, PortKey, Reason, SportKey, CLASS_NONE, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED,
-    VALUE_DENY, VALUE_INDEX_MASK, VALUE_SPORT_TABLE,
-};
+use dataplane_common::parse::{self, Frag, L4};
+use dataplane_common::walk::{self, Stateless, NO_SLOT};
+use dataplane_common::{Config, Reason};
 
 use crate::policy::{Flow, Policy};
-use crate::tables::{LpmEntry, Tables};
+use crate::tables::Tables;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_ICMP: u8 = parse::IPPROTO_ICMP;
+pub const IPPROTO_TCP: u8 = parse::IPPROTO_TCP;
+pub const IPPROTO_UDP: u8 = parse::IPPROTO_UDP;
+pub const IPPROTO_ICMPV6: u8 = parse::IPPROTO_ICMPV6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
@@ -34,6 +29,32 @@ pub struct Packet {
     pub icmp_type: Option<u8>,
 }
 
+impl Packet {
+    /// The packet as the parser reports a whole (unfragmented) one.
+    pub fn parsed(&self) -> parse::Packet {
+        let v6 = self.dst.is_ipv6();
+        let icmp = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+        let l4 = match self.proto {
+            IPPROTO_TCP | IPPROTO_UDP => L4::Ports { sport: self.sport, dport: self.dport, flags: 0 },
+            p if p == icmp => L4::Icmp { ty: self.icmp_type.unwrap_or(if v6 { 128 } else { 8 }) },
+            _ => L4::None,
+        };
+        parse::Packet { v6, src: bytes(self.src), dst: bytes(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4 }
+    }
+}
+
+/// An address as the parser stores it: IPv4 in the first 4 bytes.
+pub fn bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
@@ -44,237 +65,80 @@ pub struct Decision {
 
 impl Decision {
     pub fn new(reason: Reason, flow: Option<usize>) -> Self {
-        Decision {
-            allow: !reason.is_drop(),
-            flow,
-            reason,
-        }
+        Decision { allow: !reason.is_drop(), flow, reason }
+    }
+
+    pub fn of(v: walk::Verdict) -> Self {
+        Decision::new(v.reason, (v.slot != NO_SLOT).then_some(v.slot as usize))
     }
 }
 
-/// What ICMP gets at a protected address, before any flow lookup. `None`: not ICMP of the
-/// packet's family (handled as another protocol).
-pub fn icmp_verdict(
-    v6: bool,
-    proto: u8,
-    icmp_type: Option<u8>,
-    allow_echo: bool,
-) -> Option<Reason> {
-    let echo = if allow_echo {
-        Reason::PassIcmp
-    } else {
-        Reason::DropIcmp
-    };
-    match (v6, proto) {
-        (false, IPPROTO_ICMP) => Some(match icmp_type.unwrap_or(8) {
-            3 | 11 | 12 => Reason::PassIcmp,
-            0 | 8 => echo,
-            _ => Reason::DropIcmp,
-        }),
-        (true, IPPROTO_ICMPV6) => Some(match icmp_type.unwrap_or(128) {
-            1..=4 | 133..=137 => Reason::PassIcmp,
-            128 | 129 => echo,
-            _ => Reason::DropIcmp,
-        }),
-        _ => None,
-    }
-}
-
-/// An LPM trie over raw key bytes: prefix length in bits from the first byte's top bit.
-struct Lpm {
-    /// (prefix length, entries by masked key), longest first.
-    by_len: Vec<(u32, HashMap<Vec<u8>, u32>)>,
-}
-
-fn masked(key: &[u8], bits: u32) -> Vec<u8> {
-    key.iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            let lo = i as u32 * 8;
-            if bits >= lo + 8 {
-                b
-            } else if bits <= lo {
-                0
-            } else {
-                b & (0xffu8 << (8 - (bits - lo)))
-            }
-        })
-        .collect()
-}
-
-impl Lpm {
-    fn new<K>(entries: &[LpmEntry<K>], bytes: impl Fn(&K) -> Vec<u8>) -> Self {
-        let mut m: HashMap<u32, HashMap<Vec<u8>, u32>> = HashMap::new();
-        for e in entries {
-            m.entry(e.prefix_len)
-                .or_default()
-                .insert(masked(&bytes(&e.key), e.prefix_len), e.value);
-        }
-        let mut by_len: Vec<_> = m.into_iter().collect();
-        by_len.sort_by_key(|e| std::cmp::Reverse(e.0));
-        Lpm { by_len }
-    }
-
-    fn lookup(&self, key: &[u8]) -> Option<u32> {
-        self.by_len
-            .iter()
-            .find_map(|(len, m)| m.get(&masked(key, *len)).copied())
-    }
-}
-
-fn port_key_bytes(k: &PortKey) -> Vec<u8> {
-    let mut v = k.policy.to_vec();
-    v.push(k.proto);
-    v.extend_from_slice(&k.dport);
-    v.push(k.pad);
-    v
-}
-
-fn sport_key_bytes(k: &SportKey) -> Vec<u8> {
-    let mut v = k.table.to_vec();
-    v.extend_from_slice(&k.sport);
-    v.extend_from_slice(&k.pad);
-    v
-}
-
-/// Lookup structures over a `Tables`, built once.
+/// The walk over a policy image, as the kernel runs it.
 pub struct Classifier {
-    src_v4: Lpm,
-    src_v6: Lpm,
-    dst_v4: Lpm,
-    dst_v6: Lpm,
-    pairs: HashMap<PairKey, u32>,
-    ports: Lpm,
-    sports: Lpm,
-    flags: u32,
-}
-
-fn addr_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
+    image: Vec<u64>,
+    config: Config,
 }
 
 impl Classifier {
     pub fn new(t: &Tables) -> Self {
-        Classifier {
-            src_v4: Lpm::new(&t.src_v4, |k| k.to_vec()),
-            src_v6: Lpm::new(&t.src_v6, |k| k.to_vec()),
-            dst_v4: Lpm::new(&t.dst_v4, |k| k.to_vec()),
-            dst_v6: Lpm::new(&t.dst_v6, |k| k.to_vec()),
-            pairs: t.pairs.iter().copied().collect(),
-            ports: Lpm::new(&t.ports, port_key_bytes),
-            sports: Lpm::new(&t.sports, sport_key_bytes),
-            flags: t.config.flags,
-        }
+        Classifier { image: t.image(), config: t.config }
     }
 
-    /// The destination's class: `None` when no protected role holds it.
-    pub fn dst_class(&self, dst: IpAddr) -> Option<u32> {
-        let trie = if dst.is_ipv6() { &self.dst_v6 } else { &self.dst_v4 };
-        trie.lookup(&addr_bytes(dst))
+    /// The image this classifier walks (what `load` writes into `POLICY`).
+    pub fn image(&self) -> &[u64] {
+        &self.image
+    }
+
+    /// The kernel's verdict on a whole packet arriving at a protected host.
+    pub fn classify(&self, p: &Packet) -> Decision {
+        Decision::of(walk::decide(self.image.as_slice(), &mut Stateless, &self.config, &p.parsed()))
+    }
+
+    /// Whether the destination is an address of a protected role.
+    pub fn protected(&self, dst: IpAddr) -> bool {
+        let a = walk::Addr::new(dst.is_ipv6(), &bytes(dst));
+        walk::dst_class(self.image.as_slice(), dataplane_common::image::INBOUND, &a).is_some()
+    }
+
+    /// Whether some inbound flow names this protocol and destination port (the port filter).
+    pub fn port_named(&self, proto: u8, dport: u16) -> bool {
+        use dataplane_common::image::{header, proto_index, H_PORT_FILTER, INBOUND};
+        let filter = self.image[(header(INBOUND) + H_PORT_FILTER) as usize] as usize;
+        let word = filter + ((proto_index(proto) as usize) << 10) + (dport as usize >> 6);
+        filter != 0 && self.image[word] & (1 << (dport & 63)) != 0
     }
 
     /// The verdict on a packet to an address no protected role holds.
     pub fn unprotected(&self) -> Decision {
-        let drop = self.flags & CONFIG_DROP_UNPROTECTED != 0;
+        let drop = self.config.flags & dataplane_common::CONFIG_DROP_UNPROTECTED != 0;
         Decision::new(if drop { Reason::DropUnprotected } else { Reason::PassUnprotected }, None)
-    }
-
-    /// The kernel's walk: destination class, ICMP, source class, pair, ports, source ports.
-    pub fn classify(&self, p: &Packet) -> Decision {
-        let v6 = p.dst.is_ipv6();
-        let src_trie = if v6 { &self.src_v6 } else { &self.src_v4 };
-        let Some(dst_class) = self.dst_class(p.dst) else {
-            return self.unprotected();
-        };
-        if let Some(r) = icmp_verdict(
-            v6,
-            p.proto,
-            p.icmp_type,
-            self.flags & CONFIG_ALLOW_ECHO != 0,
-        ) {
-            return Decision::new(r, None);
-        }
-        if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
-            return Decision::new(Reason::DropNoFlow, None);
-        }
-        let src_class = src_trie.lookup(&addr_bytes(p.src)).unwrap_or(CLASS_NONE);
-        self.flow(p, src_class, dst_class)
     }
 }
 
-/// Classifies one packet through `t` (builds the lookup structures each call; use
-/// [`Classifier`] for many packets).
+/// Classifies one packet through `t` (builds the image each call; use [`Classifier`] for many
+/// packets).
 pub fn classify(t: &Tables, p: &Packet) -> Decision {
     Classifier::new(t).classify(p)
 }
 
 impl Classifier {
-    /// A classifier over the outbound tables `t.outbound` (the `OUT_*` maps), for
-    /// [`Classifier::classify_outbound`]. None when the policy has no outbound flow: then no
-    /// connection is tracked.
+    /// A classifier for the packets protected servers send, over the image of `t` (its outbound
+    /// half). None when the policy has no outbound flow: then no connection is tracked.
     pub fn new_outbound(t: &Tables) -> Option<Classifier> {
-        t.outbound.as_deref().map(Classifier::new)
+        t.outbound.as_ref().map(|_| Classifier::new(t))
     }
 
-    /// The walk for a packet a protected server sends (source = the server, destination = the
-    /// peer), over a classifier built by [`Classifier::new_outbound`]: peer address -> class
-    /// (`OUT_DST_*`; miss: no flow), server address -> class (`OUT_SRC_*`), `OUT_PAIRS`,
-    /// `OUT_PORTS` (the peer's port, `dport`), `OUT_SPORTS` (the server's port, `sport`).
-    /// Site switches (`unprotected`, `icmp-echo`) do not apply; anything but TCP and UDP has no
-    /// flow.
-    ///
-    /// Returns `PassFlow` with the outbound slot (index into `Tables::outbound.flows`) when an
-    /// allow flow documents the connection (it is tracked and its replies admitted),
-    /// `DropDenyFlow` with the slot of the deny flow that wins, or `DropNoFlow`.
+    /// The tc program's walk for a packet a protected server sends (source = the server,
+    /// destination = the peer): `PassFlow` with the outbound slot (index into
+    /// `Tables::outbound.flows`) when an allow flow documents the connection (it is tracked and
+    /// its replies admitted), `DropDenyFlow` with the slot of the deny flow that wins, or
+    /// `DropNoFlow`. Site switches (`unprotected`, `icmp-echo`) do not apply; anything but TCP
+    /// and UDP has no flow.
     pub fn classify_outbound(&self, p: &Packet) -> Decision {
         if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
             return Decision::new(Reason::DropNoFlow, None);
         }
-        let (dst_trie, src_trie) = if p.dst.is_ipv6() {
-            (&self.dst_v6, &self.src_v6)
-        } else {
-            (&self.dst_v4, &self.src_v4)
-        };
-        let Some(dst_class) = dst_trie.lookup(&addr_bytes(p.dst)) else {
-            return Decision::new(Reason::DropNoFlow, None);
-        };
-        let src_class = src_trie.lookup(&addr_bytes(p.src)).unwrap_or(CLASS_NONE);
-        self.flow(p, src_class, dst_class)
-    }
-
-    /// Pair, ports and source ports: the end of both walks.
-    fn flow(&self, p: &Packet, src_class: u32, dst_class: u32) -> Decision {
-        let Some(&policy) = self.pairs.get(&PairKey {
-            src_class,
-            dst_class,
-        }) else {
-            return Decision::new(Reason::DropNoFlow, None);
-        };
-        let Some(mut value) = self
-            .ports
-            .lookup(&port_key_bytes(&PortKey::new(policy, p.proto, p.dport)))
-        else {
-            return Decision::new(Reason::DropNoFlow, None);
-        };
-        if value & VALUE_SPORT_TABLE != 0 {
-            let key = SportKey::new(value & VALUE_INDEX_MASK, p.sport);
-            match self.sports.lookup(&sport_key_bytes(&key)) {
-                Some(v) => value = v,
-                None => return Decision::new(Reason::DropNoFlow, None),
-            }
-        }
-        let slot = Some((value & VALUE_INDEX_MASK) as usize);
-        Decision::new(
-            if value & VALUE_DENY != 0 {
-                Reason::DropDenyFlow
-            } else {
-                Reason::PassFlow
-            },
-            slot,
-        )
+        Decision::of(walk::outbound(self.image.as_slice(), &p.parsed(), p.sport, p.dport))
     }
 }
 
@@ -317,8 +181,14 @@ pub fn reference(policy: &Policy, p: &Packet) -> Decision {
         };
         return Decision::new(r, None);
     }
-    if let Some(r) = icmp_verdict(p.dst.is_ipv6(), p.proto, p.icmp_type, policy.allow_echo) {
-        return Decision::new(r, None);
+    let v6 = p.dst.is_ipv6();
+    if p.proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
+        let ty = p.icmp_type.unwrap_or(if v6 { 128 } else { 8 });
+        let flags = if policy.allow_echo { dataplane_common::CONFIG_ALLOW_ECHO } else { 0 };
+        return Decision::new(walk::icmp(v6, ty, flags), None);
+    }
+    if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
+        return Decision::new(Reason::DropNoFlow, None);
     }
     first_match(policy, &policy.flows, p)
 }
@@ -355,33 +225,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masking() {
-        assert_eq!(masked(&[0xff, 0xff], 12), vec![0xff, 0xf0]);
-        assert_eq!(masked(&[0xff, 0xff], 0), vec![0, 0]);
-        assert_eq!(masked(&[0xab, 0xcd], 16), vec![0xab, 0xcd]);
-    }
-
-    #[test]
     fn icmp_rules() {
-        assert_eq!(
-            icmp_verdict(false, 1, Some(3), false),
-            Some(Reason::PassIcmp)
-        );
-        assert_eq!(icmp_verdict(false, 1, None, false), Some(Reason::DropIcmp));
-        assert_eq!(icmp_verdict(false, 1, None, true), Some(Reason::PassIcmp));
-        assert_eq!(
-            icmp_verdict(false, 1, Some(5), true),
-            Some(Reason::DropIcmp)
-        );
-        assert_eq!(
-            icmp_verdict(true, 58, Some(135), false),
-            Some(Reason::PassIcmp)
-        );
-        assert_eq!(
-            icmp_verdict(true, 58, Some(129), false),
-            Some(Reason::DropIcmp)
-        );
-        assert_eq!(icmp_verdict(true, 1, Some(3), false), None);
-        assert_eq!(icmp_verdict(false, 58, Some(3), false), None);
+        use dataplane_common::CONFIG_ALLOW_ECHO as ECHO;
+        assert_eq!(walk::icmp(false, 3, 0), Reason::PassIcmp);
+        assert_eq!(walk::icmp(false, 8, 0), Reason::DropIcmp);
+        assert_eq!(walk::icmp(false, 8, ECHO), Reason::PassIcmp);
+        assert_eq!(walk::icmp(false, 5, ECHO), Reason::DropIcmp);
+        assert_eq!(walk::icmp(true, 135, 0), Reason::PassIcmp);
+        assert_eq!(walk::icmp(true, 129, 0), Reason::DropIcmp);
     }
 }

@@ -321,24 +321,14 @@ fn print_summary(p: &Policy, s: &Summary) {
         "flows: {} catalog flows enforced, {} counter slots",
         s.catalog_flows, s.slots
     );
-    println!(
-        "address classes: {} source, {} destination",
-        s.counts.src_classes, s.counts.dst_classes
-    );
-    println!(
-        "policies: {}, source-port tables: {}",
-        s.counts.policies, s.counts.sport_tables
-    );
+    println!("{}", counts_line("", &s.counts));
     match &s.outbound {
         Some(o) => {
             println!(
                 "outbound: {} catalog flows from protected roles, {} slots, {} peer roles",
                 o.catalog_flows, o.slots, o.peer_roles
             );
-            println!(
-                "outbound address classes: {} source, {} destination; policies: {}, source-port tables: {}",
-                o.counts.src_classes, o.counts.dst_classes, o.counts.policies, o.counts.sport_tables
-            );
+            println!("{}", counts_line("outbound ", &o.counts));
         }
         None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),
     }
@@ -346,16 +336,24 @@ fn print_summary(p: &Policy, s: &Summary) {
         "connection tracking: {} entries per IP version",
         s.conntrack_size
     );
-    println!("{:14} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
+    println!("{:20} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
     for m in &s.maps {
         let note = if m.kind == "percpu_array" {
             " per CPU"
         } else {
             ""
         };
-        println!("{:14} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
+        println!("{:20} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
     }
     println!("compiled in {:.1} ms", s.elapsed.as_secs_f64() * 1000.0);
+}
+
+/// The classes, tries, policies and port tables of one direction.
+fn counts_line(kind: &str, c: &crate::compile::Counts) -> String {
+    format!(
+        "{kind}destination classes: {}, source tries: {}, policies: {}, port tables: {} ({} of source ports)",
+        c.dst_classes, c.src_tries, c.policies, c.port_tables, c.sport_tables
+    )
 }
 
 fn load(site: &Path, dir: Option<&Path>) -> anyhow::Result<Policy> {

@@ -1,44 +1,46 @@
-//! The policy compiler: a resolved [`Policy`] -> [`Tables`], the entries of the XDP maps.
+//! The policy compiler: a resolved [`Policy`] -> [`Tables`], whose image is what the `POLICY`
+//! map holds (layout in `dataplane_common::image`).
 //!
-//! 1. Label every prefix of the protected roles' CIDRs (destination) and of the roles used as
-//!    `from` (source) with the set of roles containing it (`classes`).
-//! 2. For every (source set, destination set) with at least one flow, the policy is the list of
-//!    those flows; policies are deduplicated by that list.
-//! 3. Sets that behave the same are merged into one class: source sets with the same
-//!    (destination set -> policy) map, then destination sets with the same (source class ->
-//!    policy) map. This keeps PAIRS small when many roles share the same flows.
-//! 4. PORTS and SPORTS per policy (`ports`).
+//! 1. **Destination classes.** Every prefix of the protected roles' CIDRs is labeled with the set
+//!    of roles containing it (`classes`); sets whose flows (flows to any role of the set) are the
+//!    same list are one class. The destination trie maps an address to its class.
+//! 2. **Source tries, per class.** Only the roles with flows to the class matter for its sources:
+//!    their prefixes are labeled with the set of those roles containing them, and each set's
+//!    policy is the list of the class's flows from a role of the set (interned across classes).
+//!    The class's source trie maps an address straight to that policy, so no table is keyed by
+//!    (source class, destination class): what is stored grows with the flows, not with roles x
+//!    protected roles.
+//! 3. **Port tables, per policy and protocol** (`ports`): destination-port intervals -> the
+//!    winning flow, or a source-port table; identical tables are stored once.
+//! 4. **Port filter**: every (protocol, destination port) some flow names.
 //!
-//! The outbound tables (`Tables::outbound`, the `OUT_*` maps: packets a protected server sends)
-//! are the same compiler run on [`Policy::outbound_policy`]: the outbound flows, with their `to`
-//! roles (the peers) in the destination part.
+//! The outbound tables (`Tables::outbound`: packets a protected server sends) are the same
+//! compiler run on [`Policy::outbound_policy`]: the outbound flows, with their `to` roles (the
+//! peers) as destinations.
 
 pub mod classes;
-pub mod cover;
+pub mod image;
 pub mod ports;
 pub mod size;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use dataplane_common::{PairKey, CLASS_NONE, VALUE_INDEX_MASK};
-
 use crate::policy::{Cidr, Policy};
-use crate::tables::{LpmEntry, Tables};
+use crate::tables::{ClassRecord, Direction, Prefixes, Tables};
 use classes::{label, Labeled, Sets};
 pub use size::{map_sizes, MapSize};
 
-/// Sizes past which a policy is refused: the maps would not load or would waste memory. A
-/// synthetic site of 1,000,000 flows (1.15M counter slots, 23M class pairs, 20M port entries)
-/// fits, and takes about 5 GiB of kernel memory (docs/BENCHMARKS.md); `dataplane compile` shows a
-/// site's map sizes before anything is loaded.
+/// Sizes past which a policy is refused: the image would not load or would waste memory.
+/// `dataplane compile` shows a site's image size before anything is loaded.
 pub mod limits {
     pub const MAX_FLOWS: usize = 1 << 21;
-    /// Per address trie.
-    pub const MAX_ADDR_ENTRIES: usize = 1 << 20;
-    pub const MAX_PAIRS: usize = 1 << 25;
-    pub const MAX_PORTS: usize = 1 << 25;
-    pub const MAX_SPORTS: usize = 1 << 25;
+    /// Destination classes, source tries' values (policies): IPv4 buckets hold 26 bits.
+    pub const MAX_CLASSES: usize = 1 << 26;
+    pub const MAX_POLICIES: usize = 1 << 26;
+    /// Words of the policy image (8 bytes each): 4 GiB, and source-port table offsets fit in
+    /// the 29 bits of a verdict value.
+    pub const MAX_IMAGE_WORDS: usize = 1 << 29;
 }
 
 /// What `compile` prints besides the map sizes.
@@ -51,11 +53,11 @@ pub struct Summary {
     pub slots: usize,
     #[serde(flatten)]
     pub counts: Counts,
-    /// The outbound tables (`OUT_*` maps); None when no flow starts at a protected role.
+    /// The outbound tables; None when no flow starts at a protected role.
     pub outbound: Option<OutboundSummary>,
     /// Entries of the connection-tracking table per IP version (`conntrack-size`).
     pub conntrack_size: u32,
-    /// Every map, the `OUT_*` ones included (0 entries when there are no outbound flows).
+    /// The policy image by kind of structure, and the counter maps.
     pub maps: Vec<MapSize>,
     #[serde(serialize_with = "ms")]
     pub elapsed: Duration,
@@ -73,12 +75,15 @@ pub struct OutboundSummary {
     pub counts: Counts,
 }
 
-/// Class and policy counts of one compiled direction.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What one compiled direction holds.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Counts {
-    pub src_classes: usize,
     pub dst_classes: usize,
+    /// Distinct source tries (a class's sources; classes with the same sources share one).
+    pub src_tries: usize,
     pub policies: usize,
+    /// Distinct port tables, the source-port tables among them.
+    pub port_tables: usize,
     pub sport_tables: usize,
 }
 
@@ -86,28 +91,28 @@ fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
-/// Compiles a policy into map tables.
+/// Compiles a policy into its tables.
 pub fn compile(p: &Policy) -> anyhow::Result<Tables> {
     compile_with_summary(p).map(|(t, _)| t)
 }
 
 pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let start = Instant::now();
-    let (mut t, counts) = compile_direction(p, "")?;
+    let (dir, counts) = compile_direction(p, "")?;
+    let mut t = Tables { flows: p.flows.iter().map(|f| f.info.clone()).collect(), dir, config: p.config(), ..Default::default() };
     t.conntrack_size = p.conntrack.size;
     let mut outbound = None;
     if !p.out_flows.is_empty() {
         let out = p.outbound_policy();
-        let (mut o, c) = compile_direction(&out, "OUT_")?;
-        o.config = t.config;
-        o.conntrack_size = t.conntrack_size;
-        t.outbound = Some(Box::new(o));
-        outbound = Some(OutboundSummary {
-            peer_roles: out.protected().count(),
-            catalog_flows: out.catalog_flows,
-            slots: out.flows.len(),
-            counts: c,
-        });
+        let (dir, c) = compile_direction(&out, "outbound ")?;
+        let flows = out.flows.iter().map(|f| f.info.clone()).collect();
+        t.outbound = Some(Box::new(Tables { flows, dir, config: t.config, outbound: None, conntrack_size: t.conntrack_size }));
+        outbound = Some(OutboundSummary { peer_roles: out.protected().count(), catalog_flows: out.catalog_flows, slots: out.flows.len(), counts: c });
+    }
+    let maps = map_sizes(&t);
+    let words: usize = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
+    if words > limits::MAX_IMAGE_WORDS {
+        anyhow::bail!("the policy image would take {words} words ({} MiB), above the limit of {} words", words >> 17, limits::MAX_IMAGE_WORDS);
     }
     let summary = Summary {
         roles: p.roles.len(),
@@ -117,224 +122,117 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
         counts,
         outbound,
         conntrack_size: t.conntrack_size,
-        maps: map_sizes(&t),
+        maps,
         elapsed: start.elapsed(),
     };
     Ok((t, summary))
 }
 
-/// The tables of one direction: `p.flows` against `p`'s protected roles. `prefix` names the maps
-/// in errors ("" inbound, "OUT_" outbound).
-fn compile_direction(p: &Policy, prefix: &'static str) -> anyhow::Result<(Tables, Counts)> {
-    let kind = if prefix.is_empty() { "" } else { "outbound " };
-    if p.flows.len() > limits::MAX_FLOWS.min(VALUE_INDEX_MASK as usize) {
-        anyhow::bail!(
-            "{} {kind}flow slots exceed the limit of {}",
-            p.flows.len(),
-            limits::MAX_FLOWS
-        );
+/// The tables of one direction: `p.flows` against `p`'s protected roles. `kind` names the
+/// direction in errors ("" inbound, "outbound ").
+fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Direction, Counts)> {
+    if p.flows.len() > limits::MAX_FLOWS {
+        anyhow::bail!("{} {kind}flow slots exceed the limit of {}", p.flows.len(), limits::MAX_FLOWS);
     }
-    let mut from_role = vec![false; p.roles.len()];
-    p.flows.iter().for_each(|f| from_role[f.from] = true);
-    let role_cidrs = |keep: &dyn Fn(usize) -> bool| -> Vec<(Cidr, u32)> {
-        let roles = p.roles.iter().enumerate().filter(|(i, _)| keep(*i));
-        roles
-            .flat_map(|(i, r)| r.cidrs.iter().map(move |c| (*c, i as u32)))
-            .collect()
-    };
-    let (mut dsets, mut ssets) = (Sets::default(), Sets::default());
-    let dst = label(role_cidrs(&|i| p.roles[i].protected), &mut dsets);
-    let src = label(role_cidrs(&|i| from_role[i]), &mut ssets);
+    let mut dsets = Sets::default();
+    let protected: Vec<(Cidr, u32)> = role_cidrs(p, |i| p.roles[i].protected);
+    let dst = label(protected, &mut dsets);
 
-    let mut policies = Sets::default();
-    let raw = set_pairs(p, &ssets, &dsets, &mut policies, prefix)?;
-    let (src_class, pairs) = merge_src(&raw, ssets.sets.len());
-    let (dst_class, pairs) = merge_dst(&pairs, dsets.sets.len());
-
-    let mut t = Tables {
-        flows: p.flows.iter().map(|f| f.info.clone()).collect(),
-        config: p.config(),
-        ..Default::default()
-    };
-    (t.src_v4, t.src_v6) = lpm_entries(&src, &src_class, Some(CLASS_NONE));
-    (t.dst_v4, t.dst_v6) = lpm_entries(&dst, &dst_class, None);
-    for (name, v) in [
-        ("SRC_V4", t.src_v4.len()),
-        ("SRC_V6", t.src_v6.len()),
-        ("DST_V4", t.dst_v4.len()),
-        ("DST_V6", t.dst_v6.len()),
-    ] {
-        if v > limits::MAX_ADDR_ENTRIES {
-            anyhow::bail!(
-                "the address map {prefix}{name} would hold {v} entries, above the limit of {}",
-                limits::MAX_ADDR_ENTRIES
-            );
-        }
+    let mut flows_to: Vec<Vec<u32>> = vec![Vec::new(); p.roles.len()];
+    for (slot, f) in p.flows.iter().enumerate() {
+        flows_to[f.to].push(slot as u32);
     }
-    t.pairs = pairs
+    // Destination sets with the same flows are one class.
+    let mut class_of_flows: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut class_flows: Vec<Vec<u32>> = Vec::new();
+    let class_of_set: Vec<u32> = dsets
+        .sets
         .iter()
-        .map(|&(s, d, pid)| {
-            (
-                PairKey {
-                    src_class: s,
-                    dst_class: d,
-                },
-                pid,
-            )
+        .map(|roles| {
+            let mut flows: Vec<u32> = roles.iter().flat_map(|&r| flows_to[r as usize].iter().copied()).collect();
+            flows.sort_unstable();
+            *class_of_flows.entry(flows.clone()).or_insert_with(|| {
+                class_flows.push(flows);
+                class_flows.len() as u32
+            })
         })
         .collect();
+    if class_flows.len() > limits::MAX_CLASSES {
+        anyhow::bail!("{} {kind}destination classes exceed the limit of {}", class_flows.len(), limits::MAX_CLASSES);
+    }
 
+    let mut d = Direction::default();
+    (d.dst_v4, d.dst_v6) = split_family(prefix_values(&dst, |set| class_of_set[set as usize]));
+    let mut policies = Sets::default();
+    let mut tries: HashMap<Prefixes, u32> = HashMap::new();
+    for flows in &class_flows {
+        let (v4, v6) = split_family(source_policies(p, flows, &mut policies));
+        let [src_v4, src_v6] = [v4, v6].map(|t| {
+            *tries.entry(t.clone()).or_insert_with(|| {
+                d.src.push(t);
+                d.src.len() as u32 - 1
+            })
+        });
+        d.classes.push(ClassRecord { src_v4, src_v6 });
+    }
+    if policies.sets.len() > limits::MAX_POLICIES {
+        anyhow::bail!("{} {kind}policies exceed the limit of {}", policies.sets.len(), limits::MAX_POLICIES);
+    }
     let mut pt = ports::PortTables::default();
-    pt.prefix = prefix;
-    for (pid, slots) in policies.sets.iter().enumerate().skip(1) {
-        pt.add_policy(pid as u32, slots, &p.flows)?;
-        if pt.sports.len() > limits::MAX_SPORTS {
-            anyhow::bail!(
-                "the {prefix}SPORTS map would exceed {} entries",
-                limits::MAX_SPORTS
-            );
-        }
-    }
-    let sport_tables = pt.sport_tables();
-    (t.ports, t.sports) = (pt.ports, pt.sports);
-
+    d.policies = policies.sets.iter().skip(1).map(|slots| pt.add_policy(slots, &p.flows)).collect();
     let counts = Counts {
-        src_classes: distinct_nonzero(&src_class),
-        dst_classes: distinct_nonzero(&dst_class),
-        policies: policies.sets.len() - 1,
-        sport_tables,
+        dst_classes: d.classes.len(),
+        src_tries: d.src.len(),
+        policies: d.policies.len(),
+        port_tables: pt.tables.len(),
+        sport_tables: pt.sport_tables(),
     };
-    Ok((t, counts))
+    d.ports = pt.tables;
+    d.filter = p.flows.iter().flat_map(|f| f.dport.iter().map(move |&(a, b)| (f.proto, a, b))).collect();
+    Ok((d, counts))
 }
 
-fn distinct_nonzero(v: &[u32]) -> usize {
-    v.iter().filter(|&&c| c != 0).max().copied().unwrap_or(0) as usize
+/// Every CIDR of the roles `keep` selects, with its role.
+fn role_cidrs(p: &Policy, keep: impl Fn(usize) -> bool) -> Vec<(Cidr, u32)> {
+    let roles = p.roles.iter().enumerate().filter(|(i, _)| keep(*i));
+    roles.flat_map(|(i, r)| r.cidrs.iter().map(move |c| (*c, i as u32))).collect()
 }
 
-/// (source set, destination set, policy id) for every pair of sets with at least one flow.
-fn set_pairs(
-    p: &Policy,
-    ssets: &Sets,
-    dsets: &Sets,
-    policies: &mut Sets,
-    prefix: &str,
-) -> anyhow::Result<Vec<(u32, u32, u32)>> {
-    let mut flows_to: HashMap<usize, Vec<u32>> = HashMap::new();
-    for (slot, f) in p.flows.iter().enumerate() {
-        flows_to.entry(f.to).or_default().push(slot as u32);
-    }
-    // Role -> source sets containing it.
-    let mut sets_with: Vec<Vec<u32>> = vec![Vec::new(); p.roles.len()];
-    for (s, roles) in ssets.sets.iter().enumerate() {
-        roles
-            .iter()
-            .for_each(|&r| sets_with[r as usize].push(s as u32));
-    }
-    let mut out = Vec::new();
-    for (d, droles) in dsets.sets.iter().enumerate().skip(1) {
-        // From-role -> slots of its flows to this destination set.
-        let mut by_from: HashMap<u32, Vec<u32>> = HashMap::new();
-        for t in droles {
-            for &slot in flows_to.get(&(*t as usize)).into_iter().flatten() {
-                by_from
-                    .entry(p.flows[slot as usize].from as u32)
-                    .or_default()
-                    .push(slot);
+/// Source prefix -> policy for the class whose flows are `flows` (slots): the prefixes of the
+/// roles those flows come from, each labeled with the policy of the roles containing it.
+fn source_policies(p: &Policy, flows: &[u32], policies: &mut Sets) -> Prefixes {
+    let mut from_role = vec![false; p.roles.len()];
+    flows.iter().for_each(|&s| from_role[p.flows[s as usize].from] = true);
+    let mut ssets = Sets::default();
+    let labeled = label(role_cidrs(p, |i| from_role[i]), &mut ssets);
+    let policy_of_set: Vec<u32> = ssets
+        .sets
+        .iter()
+        .map(|roles| {
+            let list: Vec<u32> = flows.iter().copied().filter(|&s| roles.binary_search(&(p.flows[s as usize].from as u32)).is_ok()).collect();
+            if list.is_empty() {
+                0
+            } else {
+                policies.intern(list)
             }
-        }
-        let mut cands: Vec<u32> = by_from
-            .keys()
-            .flat_map(|&r| sets_with[r as usize].iter().copied())
-            .collect();
-        cands.sort_unstable();
-        cands.dedup();
-        for s in cands {
-            let mut list: Vec<u32> = Vec::new();
-            for r in &ssets.sets[s as usize] {
-                list.extend(by_from.get(r).into_iter().flatten());
-            }
-            list.sort_unstable();
-            out.push((s, d as u32, policies.intern(list)));
-        }
-        if out.len() > limits::MAX_PAIRS {
-            anyhow::bail!(
-                "the {prefix}PAIRS map would exceed {} entries: too many distinct source and destination role combinations",
-                limits::MAX_PAIRS
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// Merges source sets with the same (destination set -> policy) map into one class (1..);
-/// sets with no flow get `CLASS_NONE`. Returns class of each set and the pairs by class.
-fn merge_src(pairs: &[(u32, u32, u32)], nsets: usize) -> (Vec<u32>, Vec<(u32, u32, u32)>) {
-    let mut by_set: Vec<Vec<(u32, u32)>> = vec![Vec::new(); nsets];
-    pairs
-        .iter()
-        .for_each(|&(s, d, pid)| by_set[s as usize].push((d, pid)));
-    let mut ids: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
-    let mut class = vec![CLASS_NONE; nsets];
-    for (s, mut v) in by_set.into_iter().enumerate() {
-        if v.is_empty() {
-            continue;
-        }
-        v.sort_unstable();
-        let next = ids.len() as u32 + 1;
-        class[s] = *ids.entry(v).or_insert(next);
-    }
-    let mut out: Vec<(u32, u32, u32)> = pairs
-        .iter()
-        .map(|&(s, d, pid)| (class[s as usize], d, pid))
+        })
         .collect();
-    out.sort_unstable();
-    out.dedup();
-    (class, out)
+    prefix_values(&labeled, |set| policy_of_set[set as usize])
 }
 
-/// Merges destination sets with the same (source class -> policy) map; every set gets a class
-/// (1..), sets without flows share one. Returns class of each set and the final pairs.
-fn merge_dst(pairs: &[(u32, u32, u32)], nsets: usize) -> (Vec<u32>, Vec<(u32, u32, u32)>) {
-    let mut by_set: Vec<Vec<(u32, u32)>> = vec![Vec::new(); nsets];
-    pairs
+/// The prefixes that change the longest-prefix answer: a prefix whose value equals its
+/// enclosing prefix's (or 0, at the top) adds nothing.
+fn prefix_values(labeled: &[Labeled], value: impl Fn(u32) -> u32) -> Prefixes {
+    labeled
         .iter()
-        .for_each(|&(s, d, pid)| by_set[d as usize].push((s, pid)));
-    let mut ids: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
-    let mut class = vec![0; nsets];
-    for (d, mut v) in by_set.into_iter().enumerate().skip(1) {
-        v.sort_unstable();
-        let next = ids.len() as u32 + 1;
-        class[d] = *ids.entry(v).or_insert(next);
-    }
-    let mut out: Vec<(u32, u32, u32)> = pairs
-        .iter()
-        .map(|&(s, d, pid)| (s, class[d as usize], pid))
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    (class, out)
+        .filter_map(|l| {
+            let v = value(l.set);
+            let inherited = l.parent.map_or(0, |p| value(labeled[p].set));
+            (v != inherited).then_some((l.cidr, v))
+        })
+        .collect()
 }
 
-type V4 = Vec<LpmEntry<[u8; 4]>>;
-type V6 = Vec<LpmEntry<[u8; 16]>>;
-
-/// Address trie entries, split by family.
-fn lpm_entries(labeled: &[Labeled], class_of_set: &[u32], none: Option<u32>) -> (V4, V6) {
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for (c, class) in classes::entries(labeled, class_of_set, none) {
-        if c.v6 {
-            v6.push(LpmEntry {
-                prefix_len: c.len as u32,
-                key: c.addr.to_be_bytes(),
-                value: class,
-            });
-        } else {
-            v4.push(LpmEntry {
-                prefix_len: c.len as u32,
-                key: (c.addr as u32).to_be_bytes(),
-                value: class,
-            });
-        }
-    }
-    (v4, v6)
+fn split_family(v: Prefixes) -> (Prefixes, Prefixes) {
+    v.into_iter().partition(|(c, _)| !c.v6)
 }

@@ -111,7 +111,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
         modes[0],
         tables.flows.len(),
-        tables.dst_v4.len() + tables.dst_v6.len()
+        tables.dir.dst_v4.len() + tables.dir.dst_v6.len()
     );
     let servers = start_servers(&lab.server)?;
     let dns: IpAddr = DNS_SERVER.parse()?;

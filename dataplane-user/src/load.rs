@@ -2,14 +2,16 @@
 //! counters read back.
 
 use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
-    programs::Xdp,
-    Ebpf, EbpfLoader, Pod,
-};
-use dataplane_common::{Counter, PairKey, Reason, REASON_COUNT};
+use std::os::fd::{AsFd, AsRawFd};
 
-use crate::tables::{LpmEntry, Tables};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::Xdp,
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{Counter, Reason, REASON_COUNT};
+
+use crate::tables::Tables;
 
 /// The XDP object built by `cargo xtask build` (empty when the controller was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
@@ -18,19 +20,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/da
 pub const PROGRAM: &str = "dataplane";
 
 /// Map names in the object (see dataplane-ebpf).
-pub const MAP_SRC_V4: &str = "SRC_V4";
-pub const MAP_SRC_V6: &str = "SRC_V6";
-pub const MAP_DST_V4: &str = "DST_V4";
-pub const MAP_DST_V6: &str = "DST_V6";
-pub const MAP_PAIRS: &str = "PAIRS";
-pub const MAP_PORTS: &str = "PORTS";
-pub const MAP_SPORTS: &str = "SPORTS";
+/// The policy image: every classification table of both directions (dataplane_common::image).
+pub const MAP_POLICY: &str = "POLICY";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REASONS: &str = "REASONS";
 pub const MAP_OUT_FLOWS: &str = "OUT_FLOWS";
 pub const MAP_REPLY_FLOWS: &str = "REPLY_FLOWS";
-/// The flow tables: cached verdicts and tracked connections (see dataplane_common::FlowEntry).
+/// The connection-tracking tables (see dataplane_common::FlowEntry).
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
 pub const MAP_CT_STATS: &str = "CT_STATS";
@@ -39,8 +36,8 @@ pub const EGRESS: &str = "egress";
 /// Connection-tracking entries when the tables do not say (hand-built tables in tests).
 const DEFAULT_CONNTRACK: u32 = 65536;
 
-/// Outbound map names, in the order of the inbound ones they mirror.
-pub const OUT_MAPS: [&str; 7] = ["OUT_SRC_V4", "OUT_SRC_V6", "OUT_DST_V4", "OUT_DST_V6", "OUT_PAIRS", "OUT_PORTS", "OUT_SPORTS"];
+/// Per (protocol, port) of the protected servers: when a tracked connection last used it.
+pub const MAP_LIVE_PORTS: &str = "LIVE_PORTS";
 
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
 /// Nothing is attached: the caller decides where (an interface, or BPF_PROG_TEST_RUN).
@@ -51,7 +48,7 @@ pub fn load(tables: &Tables) -> Result<Ebpf> {
 /// Maps that outlive a policy: counters, the flow table and the fragment table. A running
 /// dataplane pins them, and every reload reuses them, so counters keep counting and tracked
 /// connections stay tracked.
-pub const SHARED_MAPS: [&str; 9] = [
+pub const SHARED_MAPS: [&str; 10] = [
     MAP_FLOWS,
     MAP_OUT_FLOWS,
     MAP_REPLY_FLOWS,
@@ -61,6 +58,7 @@ pub const SHARED_MAPS: [&str; 9] = [
     "FRAGS",
     MAP_CT_STATS,
     MAP_DROP_EVENTS,
+    MAP_LIVE_PORTS,
 ];
 /// The ring buffer of drop events (`dataplane events`).
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
@@ -78,15 +76,19 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!("this dataplane binary was built without the XDP object: build it with `cargo xtask build`");
     }
-    let empty = Tables::default();
-    let out = tables.outbound.as_deref().unwrap_or(&empty);
+    let image = tables.image();
+    let out_flows = tables.outbound.as_deref().map_or(0, |o| o.flows.len());
     let ct = if tables.conntrack_size == 0 { DEFAULT_CONNTRACK } else { tables.conntrack_size };
     let flow_slots = tables.flows.len().max(shared.flow_slots as usize);
-    let out_slots = out.flows.len().max(shared.out_slots as usize);
-    let mut sizes = vec![(MAP_FLOWS, flow_slots), (MAP_OUT_FLOWS, out_slots), (MAP_REPLY_FLOWS, out_slots)];
-    sizes.extend(chain_sizes(&INBOUND_MAPS, tables));
-    sizes.extend(chain_sizes(&OUT_MAPS, out));
-    sizes.extend([(MAP_FLOW_V4, ct as usize), (MAP_FLOW_V6, ct as usize)]);
+    let out_slots = out_flows.max(shared.out_slots as usize);
+    let sizes = [
+        (MAP_FLOWS, flow_slots),
+        (MAP_OUT_FLOWS, out_slots),
+        (MAP_REPLY_FLOWS, out_slots),
+        (MAP_POLICY, image.len()),
+        (MAP_FLOW_V4, ct as usize),
+        (MAP_FLOW_V6, ct as usize),
+    ];
     let mut loader = EbpfLoader::new();
     // The program's log statements at levels the controller does not log are pruned by the
     // verifier, so they cost nothing per packet.
@@ -104,21 +106,34 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    fill(&mut ebpf, &INBOUND_MAPS, tables)?;
-    fill(&mut ebpf, &OUT_MAPS, out)?;
+    write_image(&mut ebpf, &image)?;
     write_config(&mut ebpf, tables.config)?;
     program(&mut ebpf)?.load().context("the kernel verifier rejected the XDP program")?;
     egress(&mut ebpf)?.load().context("the kernel verifier rejected the tc egress program")?;
     Ok(ebpf)
 }
 
-/// The inbound classification chain's maps, in `Tables` field order.
-pub const INBOUND_MAPS: [&str; 7] = [MAP_SRC_V4, MAP_SRC_V6, MAP_DST_V4, MAP_DST_V6, MAP_PAIRS, MAP_PORTS, MAP_SPORTS];
-
-/// Entries of each map of one classification chain (names in `INBOUND_MAPS` order).
-fn chain_sizes<'a>(names: &[&'a str; 7], t: &Tables) -> [(&'a str, usize); 7] {
-    let lens = [t.src_v4.len(), t.src_v6.len(), t.dst_v4.len(), t.dst_v6.len(), t.pairs.len(), t.ports.len(), t.sports.len()];
-    std::array::from_fn(|i| (names[i], lens[i]))
+/// Copies the policy image into the `POLICY` map through a shared mapping of it (the map is
+/// mmapable): one copy, however many words, where updates would take a system call per word.
+pub fn write_image(ebpf: &mut Ebpf, image: &[u64]) -> Result<()> {
+    let map = map_mut(ebpf, MAP_POLICY)?;
+    let aya::maps::Map::Array(data) = map else { bail!("{MAP_POLICY} is not an array map") };
+    let room = data.info().map(|i| i.max_entries() as usize).context("reading the POLICY map's size")?;
+    if image.len() > room {
+        bail!("a policy image of {} words does not fit the {MAP_POLICY} map of {room}", image.len());
+    }
+    let fd = data.fd().as_fd().as_raw_fd();
+    let bytes = std::mem::size_of_val(image);
+    // Safety: a fresh shared mapping of the whole map, written within its length, then unmapped.
+    unsafe {
+        let at = libc::mmap(std::ptr::null_mut(), bytes.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {MAP_POLICY} ({bytes} bytes)"));
+        }
+        std::ptr::copy_nonoverlapping(image.as_ptr() as *const u8, at as *mut u8, bytes);
+        libc::munmap(at, bytes.max(1));
+    }
+    Ok(())
 }
 
 pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
@@ -127,6 +142,8 @@ pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
 
 /// The program that passes everything, for benchmarks.
 pub const BASELINE: &str = "baseline";
+/// The floor program for benchmarks: parse, one 5-tuple hash lookup, one per-CPU counter.
+pub const FLOOR: &str = "floor";
 
 /// The controller's log level as aya-log numbers it (0: off, 1: error ... 5: trace).
 fn log_level() -> u8 {
@@ -148,21 +165,6 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
     Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
-/// Writes one classification chain's tables into the maps named (in `INBOUND_MAPS` order).
-fn fill(ebpf: &mut Ebpf, names: &[&str; 7], t: &Tables) -> Result<()> {
-    fill_lpm(ebpf, names[0], &t.src_v4)?;
-    fill_lpm(ebpf, names[1], &t.src_v6)?;
-    fill_lpm(ebpf, names[2], &t.dst_v4)?;
-    fill_lpm(ebpf, names[3], &t.dst_v6)?;
-    fill_lpm(ebpf, names[5], &t.ports)?;
-    fill_lpm(ebpf, names[6], &t.sports)?;
-    let mut pairs: HashMap<_, PairKey, u32> = HashMap::try_from(map_mut(ebpf, names[4])?)?;
-    for (k, v) in &t.pairs {
-        pairs.insert(k, v, 0).with_context(|| format!("writing {}", names[4]))?;
-    }
-    Ok(())
-}
-
 /// Replaces the site-wide switches of a loaded program.
 pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
     let mut config: Array<_, dataplane_common::Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
@@ -171,15 +173,6 @@ pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> 
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("map {name} missing from the XDP object"))
-}
-
-fn fill_lpm<K: Pod>(ebpf: &mut Ebpf, name: &str, entries: &[LpmEntry<K>]) -> Result<()> {
-    let mut trie: LpmTrie<_, K, u32> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
-    for e in entries {
-        trie.insert(&Key::new(e.prefix_len, e.key), e.value, 0)
-            .with_context(|| format!("writing {name} ({} entries)", entries.len()))?;
-    }
-    Ok(())
 }
 
 /// A per-CPU counter array, summed over CPUs.
@@ -208,13 +201,9 @@ impl ConntrackStats {
             let path = crate::state::pin_path(name);
             MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
         };
-        // The flow tables also hold cached verdicts: count the tracked connections only.
-        let reply = Reason::PassReply as u32;
         let v4: HashMap<_, CacheKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V4)?))?;
         let v6: HashMap<_, CacheKeyV6, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V6)?))?;
-        let tracked4 = v4.iter().filter_map(Result::ok).filter(|(_, e)| e.reason == reply).count();
-        let tracked6 = v6.iter().filter_map(Result::ok).filter(|(_, e)| e.reason == reply).count();
-        let entries = (tracked4 + tracked6) as u64;
+        let entries = (v4.keys().filter_map(Result::ok).count() + v6.keys().filter_map(Result::ok).count()) as u64;
         let events: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(pinned(MAP_CT_STATS)?))?;
         let sum = |i: u32| -> Result<u64> { Ok(events.get(&i, 0)?.iter().sum()) };
         let (inserts, removals, refused) = (sum(CT_STAT_INSERTS)?, sum(CT_STAT_REMOVALS)?, sum(CT_STAT_REFUSED)?);

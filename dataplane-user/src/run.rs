@@ -402,7 +402,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}{persist}; counters: dataplane stats",
             a.site.display(),
             enforcer.tables.flows.len(),
-            enforcer.tables.dst_v4.len() + enforcer.tables.dst_v6.len()
+            enforcer.tables.dir.dst_v4.len() + enforcer.tables.dir.dst_v6.len()
         );
     }
     if let Some(addr) = a.metrics {

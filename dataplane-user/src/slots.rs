@@ -5,9 +5,7 @@
 
 use std::collections::HashMap;
 
-use dataplane_common::{VALUE_INDEX_MASK, VALUE_SPORT_TABLE};
-
-use crate::tables::{FlowInfo, LpmEntry, Tables};
+use crate::tables::{FlowInfo, PortValue, Tables};
 
 /// Stable slots of one direction: `flows[slot]` is the flow counted in `slot`.
 #[derive(Default)]
@@ -38,14 +36,12 @@ impl Slots {
     /// Rewrites `t` (one direction) onto stable slots.
     fn apply(&mut self, t: &mut Tables) {
         let map = self.assign(&t.flows);
-        let remap = |v: u32| (v & !VALUE_INDEX_MASK) | map[(v & VALUE_INDEX_MASK) as usize];
-        for e in &mut t.ports {
-            // The other kind of value names a source-port table, not a flow.
-            if e.value & VALUE_SPORT_TABLE == 0 {
-                e.value = remap(e.value);
+        for v in t.dir.ports.iter_mut().flat_map(|p| p.values.iter_mut()) {
+            // The other kinds name no flow (a source-port table's id is not a slot).
+            if let PortValue::Flow { slot, .. } = v {
+                *slot = map[*slot as usize];
             }
         }
-        t.sports.iter_mut().for_each(|e: &mut LpmEntry<_>| e.value = remap(e.value));
         t.flows = self.flows.clone();
     }
 }
@@ -78,7 +74,7 @@ impl StableSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane_common::{PortKey, VALUE_DENY};
+    use crate::tables::PortTable;
 
     fn flow(id: &str) -> FlowInfo {
         FlowInfo {
@@ -94,15 +90,18 @@ mod tests {
         }
     }
 
+    /// One port table: port i -> flow i (flow 1 a deny flow), port 99 -> source-port table 1.
     fn tables(ids: &[&str]) -> Tables {
-        Tables {
-            flows: ids.iter().map(|i| flow(i)).collect(),
-            ports: (0..ids.len() as u32)
-                .map(|i| LpmEntry { prefix_len: 56, key: PortKey::new(1, 6, i as u16), value: i | if i == 1 { VALUE_DENY } else { 0 } })
-                .chain([LpmEntry { prefix_len: 56, key: PortKey::new(1, 6, 99), value: VALUE_SPORT_TABLE | 1 }])
-                .collect(),
-            ..Default::default()
-        }
+        let mut values: Vec<PortValue> = (0..ids.len() as u32).map(|i| PortValue::Flow { slot: i, deny: i == 1 }).collect();
+        values.push(PortValue::Sport(1));
+        let starts = (0..values.len() as u16).collect();
+        let mut t = Tables { flows: ids.iter().map(|i| flow(i)).collect(), ..Default::default() };
+        t.dir.ports = vec![PortTable { starts, values }];
+        t
+    }
+
+    fn values(t: &Tables) -> &[PortValue] {
+        &t.dir.ports[0].values
     }
 
     #[test]
@@ -110,14 +109,14 @@ mod tests {
         let mut s = StableSlots::default();
         let mut first = tables(&["a", "b", "c"]);
         s.apply(&mut first);
-        assert_eq!(first.ports[2].value, 2);
+        assert_eq!(values(&first)[2], PortValue::Flow { slot: 2, deny: false });
         // b is gone, d is new, and the order changed: a and c keep 0 and 2, d gets 3.
         let mut second = tables(&["c", "d", "a"]);
         s.apply(&mut second);
-        assert_eq!(second.ports[0].value, 2, "c");
-        assert_eq!(second.ports[1].value, 3 | VALUE_DENY, "d, flags kept");
-        assert_eq!(second.ports[2].value, 0, "a");
-        assert_eq!(second.ports[3].value, VALUE_SPORT_TABLE | 1, "a source-port table id is not a slot");
+        assert_eq!(values(&second)[0], PortValue::Flow { slot: 2, deny: false }, "c");
+        assert_eq!(values(&second)[1], PortValue::Flow { slot: 3, deny: true }, "d, flags kept");
+        assert_eq!(values(&second)[2], PortValue::Flow { slot: 0, deny: false }, "a");
+        assert_eq!(values(&second)[3], PortValue::Sport(1), "a source-port table id is not a slot");
         let ids: Vec<_> = second.flows.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
     }

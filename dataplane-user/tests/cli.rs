@@ -201,7 +201,7 @@ fn listings() {
     assert_eq!(v["summary"]["slots"], 14);
     assert!(v["summary"]["maps"]
         .as_array()
-        .is_some_and(|m| m.iter().any(|m| m["name"] == "PORTS")));
+        .is_some_and(|m| m.iter().any(|m| m["name"] == "POLICY:port_tables")));
 }
 
 #[test]

@@ -210,34 +210,25 @@ fn flow_between_protected_roles_is_both() {
 }
 
 #[test]
-fn summary_names_outbound_maps() {
+fn summary_counts_outbound_tables() {
     let (t, s) = compile_with_summary(&common::outbound_policy()).expect("compiles");
-    let names: Vec<&str> = s.maps.iter().map(|m| m.name).collect();
-    for n in [
-        "OUT_SRC_V4",
-        "OUT_SRC_V6",
-        "OUT_DST_V4",
-        "OUT_DST_V6",
-        "OUT_PAIRS",
-        "OUT_PORTS",
-        "OUT_SPORTS",
-    ] {
-        assert!(names.contains(&n), "{n} in {names:?}");
-    }
     let entries = |n: &str| s.maps.iter().find(|m| m.name == n).map(|m| m.entries);
     let out = t.outbound.as_deref().expect("outbound");
-    assert_eq!(entries("OUT_PORTS"), Some(out.ports.len()));
-    assert_eq!(entries("OUT_SPORTS"), Some(out.sports.len()));
-    assert_eq!(entries("OUT_DST_V6"), Some(out.dst_v6.len()));
-    // The DNS flow's source ports need a source-port table.
-    assert!(!out.sports.is_empty());
+    assert_eq!(entries("OUT_FLOWS"), Some(out.flows.len()));
+    assert_eq!(entries("REPLY_FLOWS"), Some(out.flows.len()));
+    // The image holds both directions: its words are what the summary adds up.
+    let words: usize = s.maps.iter().filter(|m| m.name.starts_with("POLICY")).map(|m| m.entries).sum();
+    assert_eq!(words, t.image().len());
     let o = s.outbound.expect("outbound summary");
+    // The DNS flow's source ports need a source-port table.
+    assert!(o.counts.sport_tables > 0);
+    assert_eq!(o.counts.port_tables, out.dir.ports.len());
     assert_eq!((o.catalog_flows, o.slots, o.peer_roles), (4, 4, 4));
     assert_eq!(s.conntrack_size, 2048);
 }
 
 /// Every real site compiles with its outbound tables, and the outbound walk agrees with the
-/// reference on packets aimed at each outbound flow. Prints the `OUT_*` entry counts.
+/// reference on packets aimed at each outbound flow. Prints the outbound table counts.
 #[test]
 fn real_sites_outbound() {
     let sites = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/sites");
@@ -252,18 +243,12 @@ fn real_sites_outbound() {
         let p = dataplane::policy::load_site(f).expect("site loads");
         let (t, s) = compile_with_summary(&p).expect("site compiles");
         assert_eq!(t.outbound.is_some(), !p.out_flows.is_empty());
-        let counts: Vec<String> = s
-            .maps
-            .iter()
-            .filter(|m| m.name.starts_with("OUT_"))
-            .map(|m| format!("{}={}", m.name, m.entries))
-            .collect();
         eprintln!(
-            "{}: {} outbound slots ({} catalog flows); {}",
+            "{}: {} outbound slots ({} catalog flows); {:?}",
             f.file_name().unwrap_or_default().to_string_lossy(),
             p.out_flows.len(),
             p.out_catalog_flows,
-            counts.join(" ")
+            s.outbound.as_ref().map(|o| &o.counts)
         );
         let Some(cls) = Classifier::new_outbound(&t) else {
             continue;

@@ -83,34 +83,14 @@ pub struct Observed {
 /// A small hand-built policy: 10.0.0.1 and fd00::1 are protected; any source may reach TCP 80
 /// (flow slot 0) and UDP 5000-5001 (slot 1). For parser tests that do not need a catalog.
 pub fn simple_tables() -> Tables {
-    use dataplane::tables::{FlowInfo, LpmEntry};
-    use dataplane_common::{PairKey, PortKey, PORT_KEY_FIXED_BITS};
-    let flow = |id: &str, proto: &str| FlowInfo {
-        id: id.into(),
-        catalog: "test".into(),
-        from: "any".into(),
-        to: "server".into(),
-        protocol: proto.into(),
-        action: "allow".into(),
-        description: String::new(),
-        document: String::new(),
-        table: String::new(),
-    };
-    let mut v6 = [0u8; 16];
-    v6[0] = 0xfd;
-    v6[15] = 1;
+    let dir = direction(
+        [cidr("10.0.0.1/32"), cidr("fd00::1/128")],
+        [cidr("0.0.0.0/0"), cidr("::/0")],
+        [(6, 80, 80, 0), (17, 5000, 5001, 1)],
+    );
     Tables {
-        flows: vec![flow("web", "tcp"), flow("media", "udp")],
-        src_v4: vec![LpmEntry { prefix_len: 0, key: [0; 4], value: 1 }],
-        src_v6: vec![LpmEntry { prefix_len: 0, key: [0; 16], value: 1 }],
-        dst_v4: vec![LpmEntry { prefix_len: 32, key: [10, 0, 0, 1], value: 1 }],
-        dst_v6: vec![LpmEntry { prefix_len: 128, key: v6, value: 1 }],
-        pairs: vec![(PairKey { src_class: 1, dst_class: 1 }, 7)],
-        ports: vec![
-            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 16, key: PortKey::new(7, 6, 80), value: 0 },
-            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 15, key: PortKey::new(7, 17, 5000), value: 1 },
-        ],
-        sports: vec![],
+        flows: vec![flow("web", "tcp", "any", "server"), flow("media", "udp", "any", "server")],
+        dir,
         outbound: Some(Box::new(simple_outbound())),
         config: dataplane_common::Config {
             generation: 1,
@@ -126,33 +106,57 @@ pub fn simple_tables() -> Tables {
 /// Outbound part of `simple_tables`: the protected servers (10.0.0.1, fd00::1) may query DNS
 /// (UDP 53, outbound slot 0) and LDAP (TCP 389, slot 1) on 192.0.2.0/24 and 2001:db8::/32.
 pub fn simple_outbound() -> Tables {
-    use dataplane::tables::{FlowInfo, LpmEntry};
-    use dataplane_common::{PairKey, PortKey, PORT_KEY_FIXED_BITS};
-    let flow = |id: &str, proto: &str| FlowInfo {
+    let dir = direction(
+        [cidr("192.0.2.0/24"), cidr("2001:db8::/32")],
+        [cidr("10.0.0.1/32"), cidr("fd00::1/128")],
+        [(17, 53, 53, 0), (6, 389, 389, 1)],
+    );
+    Tables { flows: vec![flow("dns", "udp", "server", "peer"), flow("ldap", "tcp", "server", "peer")], dir, ..Default::default() }
+}
+
+fn cidr(s: &str) -> dataplane::policy::Cidr {
+    dataplane::policy::Cidr::parse(s).expect("a CIDR")
+}
+
+fn flow(id: &str, proto: &str, from: &str, to: &str) -> dataplane::tables::FlowInfo {
+    dataplane::tables::FlowInfo {
         id: id.into(),
         catalog: "test".into(),
-        from: "server".into(),
-        to: "peer".into(),
+        from: from.into(),
+        to: to.into(),
         protocol: proto.into(),
         action: "allow".into(),
         description: String::new(),
         document: String::new(),
         table: String::new(),
+    }
+}
+
+/// One destination class (`dst`, IPv4 and IPv6) reached from `src` by one policy: per
+/// (protocol, first port, last port, slot) a port table.
+fn direction(
+    dst: [dataplane::policy::Cidr; 2],
+    src: [dataplane::policy::Cidr; 2],
+    ports: [(u8, u16, u16, u32); 2],
+) -> dataplane::tables::Direction {
+    use dataplane::tables::{ClassRecord, Direction, PortTable, PortValue};
+    let table = |(_, a, b, slot): (u8, u16, u16, u32)| {
+        let mut t = PortTable { starts: vec![0, a], values: vec![PortValue::NoFlow, PortValue::Flow { slot, deny: false }] };
+        if b < u16::MAX {
+            t.starts.push(b + 1);
+            t.values.push(PortValue::NoFlow);
+        }
+        t
     };
-    let mut server6 = [0u8; 16];
-    server6[0] = 0xfd;
-    server6[15] = 1;
-    Tables {
-        flows: vec![flow("dns", "udp"), flow("ldap", "tcp")],
-        src_v4: vec![LpmEntry { prefix_len: 32, key: [10, 0, 0, 1], value: 1 }],
-        src_v6: vec![LpmEntry { prefix_len: 128, key: server6, value: 1 }],
-        dst_v4: vec![LpmEntry { prefix_len: 24, key: [192, 0, 2, 0], value: 1 }],
-        dst_v6: vec![LpmEntry { prefix_len: 32, key: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], value: 1 }],
-        pairs: vec![(PairKey { src_class: 1, dst_class: 1 }, 3)],
-        ports: vec![
-            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 16, key: PortKey::new(3, 17, 53), value: 0 },
-            LpmEntry { prefix_len: PORT_KEY_FIXED_BITS + 16, key: PortKey::new(3, 6, 389), value: 1 },
-        ],
-        ..Default::default()
+    let tcp = ports.iter().position(|p| p.0 == 6).map(|i| i as u32);
+    let udp = ports.iter().position(|p| p.0 == 17).map(|i| i as u32);
+    Direction {
+        dst_v4: vec![(dst[0], 1)],
+        dst_v6: vec![(dst[1], 1)],
+        classes: vec![ClassRecord { src_v4: 0, src_v6: 1 }],
+        src: vec![vec![(src[0], 1)], vec![(src[1], 1)]],
+        policies: vec![[tcp, udp]],
+        ports: ports.map(table).to_vec(),
+        filter: ports.iter().map(|&(p, a, b, _)| (p, a, b)).collect(),
     }
 }

@@ -13,11 +13,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use dataplane::classify::{Classifier, Decision, Packet};
-use dataplane::tables::{LpmEntry, Tables};
-use dataplane_common::{
-    PairKey, Reason, CLASS_NONE, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_INDEX_MASK,
-    VALUE_SPORT_TABLE,
-};
+use dataplane::policy::Cidr;
+use dataplane::tables::{PortValue, Tables};
+use dataplane_common::Reason;
 use dataplane_tests::{
     rng::Rng,
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
@@ -55,24 +53,13 @@ fn host_mask(len: u32, w: u32) -> u128 {
     }
 }
 
-fn prefix<const N: usize>(e: &LpmEntry<[u8; N]>) -> Prefix {
-    Prefix {
-        addr: e.key.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b)),
-        len: e.prefix_len,
-    }
+fn prefix(c: &Cidr) -> Prefix {
+    Prefix { addr: c.addr, len: c.len as u32 }
 }
 
-fn prefixes<const N: usize>(entries: &[LpmEntry<[u8; N]>]) -> Vec<Prefix> {
-    entries.iter().map(prefix).collect()
-}
-
-/// The prefixes of `entries` whose value (address class) is `class`.
-fn of_class<const N: usize>(entries: &[LpmEntry<[u8; N]>], class: u32) -> Vec<Prefix> {
-    entries
-        .iter()
-        .filter(|e| e.value == class)
-        .map(prefix)
-        .collect()
+/// The prefixes of one family of a prefix list.
+fn prefixes<'a>(entries: impl IntoIterator<Item = &'a (Cidr, u32)>, v6: bool) -> Vec<Prefix> {
+    entries.into_iter().filter(|(c, _)| c.v6 == v6).map(|(c, _)| prefix(c)).collect()
 }
 
 /// An address inside one of `ps`: its first or last address, or a random one.
@@ -109,23 +96,21 @@ fn to_ip(v6: bool, a: u128) -> IpAddr {
     }
 }
 
-/// The first and last port of a port prefix and their neighbours.
-fn port_edges(port: u16, bits: u32, out: &mut Vec<u16>) {
-    let host: u16 = if bits >= 16 { 0 } else { u16::MAX >> bits };
-    let first = port & !host;
-    let last = first | host;
-    out.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1)]);
+/// The first port of an interval and the last port before it.
+fn port_edges(start: u16, out: &mut Vec<u16>) {
+    out.extend([start, start.wrapping_sub(1)]);
 }
 
-/// A port at an edge of a port prefix (or just outside it), or inside it.
-fn port_near(rng: &mut Rng, port: u16, bits: u32) -> u16 {
-    let host: u16 = if bits >= 16 { 0 } else { u16::MAX >> bits };
-    let mut edges = vec![];
-    port_edges(port, bits, &mut edges);
-    if rng.chance(70) {
-        *rng.pick(&edges)
-    } else {
-        (port & !host) | (rng.next() as u16 & host)
+/// A port at an edge of one of a table's intervals (or just outside it), or inside it.
+fn port_near(rng: &mut Rng, starts: &[u16], i: usize) -> u16 {
+    let first = starts[i];
+    let last = starts.get(i + 1).map_or(u16::MAX, |s| s - 1);
+    match rng.below(10) {
+        0..=2 => first,
+        3..=5 => last,
+        6 => first.wrapping_sub(1),
+        7 => last.wrapping_add(1),
+        _ => first + (rng.next() as u16) % (last - first).saturating_add(1).max(1),
     }
 }
 
@@ -145,116 +130,82 @@ struct Site {
 
 impl Site {
     fn new(name: &str, tables: Tables) -> Self {
+        let d = &tables.dir;
         let mut dports = COMMON_PORTS.to_vec();
-        for e in &tables.ports {
-            port_edges(
-                u16::from_be_bytes(e.key.dport),
-                e.prefix_len - PORT_KEY_FIXED_BITS,
-                &mut dports,
-            );
-        }
         let mut sports = COMMON_PORTS.to_vec();
-        for e in &tables.sports {
-            port_edges(
-                u16::from_be_bytes(e.key.sport),
-                e.prefix_len - SPORT_KEY_FIXED_BITS,
-                &mut sports,
-            );
+        let named: std::collections::HashSet<u32> = d
+            .ports
+            .iter()
+            .flat_map(|t| t.values.iter())
+            .filter_map(|v| if let PortValue::Sport(t) = v { Some(*t) } else { None })
+            .collect();
+        for (i, t) in d.ports.iter().enumerate() {
+            let out = if named.contains(&(i as u32)) { &mut sports } else { &mut dports };
+            t.starts.iter().for_each(|&s| port_edges(s, out));
         }
         dports.sort_unstable();
         dports.dedup();
         sports.sort_unstable();
         sports.dedup();
+        let src = |v6| prefixes(d.src.iter().flatten(), v6);
         Site {
             name: name.into(),
             cls: Classifier::new(&tables),
-            src_v4: prefixes(&tables.src_v4),
-            dst_v4: prefixes(&tables.dst_v4),
-            src_v6: prefixes(&tables.src_v6),
-            dst_v6: prefixes(&tables.dst_v6),
+            src_v4: src(false),
+            dst_v4: prefixes(&d.dst_v4, false),
+            src_v6: src(true),
+            dst_v6: prefixes(&d.dst_v6, true),
             dports,
             sports,
             tables,
         }
     }
 
-    /// A TCP/UDP packet aimed at one `PORTS` entry: from an address of a source class and to an
-    /// address of a destination class that the entry's policy is for, to a destination port at
-    /// (or just outside) the edges of the entry's port prefix, from a source port at the edges
-    /// of the entry's source-port table if it has one. None if the site has no such entry.
+    /// A TCP/UDP packet aimed at one interval of one port table: to an address of a
+    /// destination class, from an address its source trie maps to a policy with that table, to
+    /// a destination port at (or just outside) the edges of the interval, from a source port at
+    /// the edges of the interval's source-port table if it has one. None if the draw finds none.
     fn directed(&self, rng: &mut Rng, v6: bool) -> Option<Case> {
-        let t = &self.tables;
-        if t.ports.is_empty() {
+        let d = &self.tables.dir;
+        if d.classes.is_empty() {
             return None;
         }
-        let e = rng.pick(&t.ports);
-        let policy = u32::from_be_bytes(e.key.policy);
-        let pairs: Vec<PairKey> = t
-            .pairs
-            .iter()
-            .filter(|(_, p)| *p == policy)
-            .map(|(k, _)| *k)
-            .collect();
-        if pairs.is_empty() {
+        let class = rng.below(d.classes.len() as u64) as u32 + 1;
+        let dsts: Vec<Prefix> = d.dst_v4.iter().chain(&d.dst_v6).filter(|(c, v)| *v == class && c.v6 == v6).map(|(c, _)| prefix(c)).collect();
+        if dsts.is_empty() {
             return None;
         }
-        let pair = *rng.pick(&pairs);
-        let classes = |v6: bool| {
-            let (src, dst) = if v6 {
-                (
-                    of_class(&t.src_v6, pair.src_class),
-                    of_class(&t.dst_v6, pair.dst_class),
-                )
-            } else {
-                (
-                    of_class(&t.src_v4, pair.src_class),
-                    of_class(&t.dst_v4, pair.dst_class),
-                )
-            };
-            (!dst.is_empty() && (pair.src_class == CLASS_NONE || !src.is_empty()))
-                .then_some((src, dst))
-        };
-        let (v6, (src, dst)) = match classes(v6) {
-            Some(c) => (v6, c),
-            None => (!v6, classes(!v6)?),
-        };
+        let record = d.classes[class as usize - 1];
+        let trie = &d.src[if v6 { record.src_v6 } else { record.src_v4 } as usize];
+        let with_policy: Vec<&(Cidr, u32)> = trie.iter().filter(|(_, p)| *p != 0).collect();
+        if with_policy.is_empty() {
+            return None;
+        }
+        let &&(src, policy) = rng.pick(&with_policy);
         let w = if v6 { 128 } else { 32 };
-        let src = if src.is_empty() {
-            rng.u128() & full(w)
-        } else {
-            addr_in(rng, &src, w)
+        let [tcp, udp] = d.policies[policy as usize - 1];
+        let (proto, table) = match (tcp, udp) {
+            (Some(t), Some(u)) => if rng.chance(50) { (6, t) } else { (17, u) },
+            (Some(t), None) => (6, t),
+            (None, Some(u)) => (17, u),
+            (None, None) => return None,
         };
-        let dst = addr_in(rng, &dst, w);
-        let sport_entries: Vec<_> = if e.value & VALUE_SPORT_TABLE != 0 {
-            let table = e.value & VALUE_INDEX_MASK;
-            t.sports
-                .iter()
-                .filter(|s| u32::from_be_bytes(s.key.table) == table)
-                .collect()
-        } else {
-            vec![]
-        };
-        let sport = match sport_entries.is_empty() {
-            false if rng.chance(80) => {
-                let s = rng.pick(&sport_entries);
-                port_near(
-                    rng,
-                    u16::from_be_bytes(s.key.sport),
-                    s.prefix_len - SPORT_KEY_FIXED_BITS,
-                )
+        let t = &d.ports[table as usize];
+        let i = rng.below(t.starts.len() as u64) as usize;
+        let sport = match t.values[i] {
+            PortValue::Sport(s) if rng.chance(80) => {
+                let st = &d.ports[s as usize];
+                let j = rng.below(st.starts.len() as u64) as usize;
+                port_near(rng, &st.starts, j)
             }
             _ => self.port(rng, &self.sports),
         };
         Some(Case {
-            src: to_ip(v6, src),
-            dst: to_ip(v6, dst),
-            proto: e.key.proto,
+            src: to_ip(v6, addr_in(rng, &[prefix(&src)], w)),
+            dst: to_ip(v6, addr_in(rng, &dsts, w)),
+            proto,
             sport,
-            dport: port_near(
-                rng,
-                u16::from_be_bytes(e.key.dport),
-                e.prefix_len - PORT_KEY_FIXED_BITS,
-            ),
+            dport: port_near(rng, &t.starts, i),
             icmp_type: None,
             payload: vec![0; 8],
         })

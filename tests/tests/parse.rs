@@ -158,30 +158,24 @@ fn later_fragments_follow_their_first_fragment() {
     }
 }
 
+/// No verdict outlives the image: the packet right after an image change is judged by the new
+/// one, and neither allowed nor denied packets leave anything in the connection-tracking table.
 #[test]
-fn cached_verdicts_hold_until_the_policy_generation_changes() {
-    use aya::maps::{lpm_trie::Key, LpmTrie};
-    use dataplane_common::{PortKey, CONFIG_NO_CACHE, PORT_KEY_FIXED_BITS};
+fn every_packet_is_judged_by_the_image_in_force() {
     let tables = simple_tables();
     let mut h = Harness::new(&tables).unwrap();
     let frame = Pkt::tcp(ip("192.0.2.7"), ip("10.0.0.1"), 40000, 80).build();
     expect(&mut h, &frame, XDP_PASS, Reason::PassFlow, Some(0));
-    // Take TCP 80 out of the policy without a new generation: the flow's cached verdict stands,
-    // counted exactly as before.
-    {
-        let map = h.ebpf.map_mut(dataplane::load::MAP_PORTS).unwrap();
-        let mut ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(map).unwrap();
-        ports.remove(&Key::new(PORT_KEY_FIXED_BITS + 16, PortKey::new(7, 6, 80))).unwrap();
+    for i in 0..200u16 {
+        h.run(&Pkt::tcp(ip("192.0.2.8"), ip("10.0.0.1"), 1000 + i, 80 + i % 2).build()).unwrap();
     }
-    expect(&mut h, &frame, XDP_PASS, Reason::PassFlow, Some(0));
-    // With the cache off the maps decide.
-    let mut config = tables.config;
-    config.flags |= CONFIG_NO_CACHE;
-    dataplane::load::write_config(&mut h.ebpf, config).unwrap();
-    expect(&mut h, &frame, XDP_DROP, Reason::DropNoFlow, None);
-    // A new generation makes every cached verdict stale.
-    config.flags &= !CONFIG_NO_CACHE;
-    config.generation += 1;
-    dataplane::load::write_config(&mut h.ebpf, config).unwrap();
+    use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry};
+    let v4: aya::maps::HashMap<_, CacheKeyV4, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V4").unwrap()).unwrap();
+    let v6: aya::maps::HashMap<_, CacheKeyV6, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V6").unwrap()).unwrap();
+    assert_eq!(v4.keys().count() + v6.keys().count(), 0, "arriving packets left entries");
+    // Take TCP 80 out of the policy: the same flow's next packet is dropped.
+    let mut without = tables.clone();
+    without.dir.policies[0][0] = None;
+    dataplane::load::write_image(&mut h.ebpf, &without.image()).unwrap();
     expect(&mut h, &frame, XDP_DROP, Reason::DropNoFlow, None);
 }

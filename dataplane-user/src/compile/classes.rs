@@ -88,23 +88,6 @@ fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
     v
 }
 
-/// LPM entries for labeled prefixes once every set has its final class: a prefix whose class
-/// equals its parent's is left out (the parent's entry already answers), and so is a top-level
-/// prefix whose class is `none` (a miss answers that).
-pub fn entries(labeled: &[Labeled], class_of_set: &[u32], none: Option<u32>) -> Vec<(Cidr, u32)> {
-    labeled
-        .iter()
-        .filter_map(|l| {
-            let class = class_of_set[l.set as usize];
-            let inherited = match l.parent {
-                Some(p) => Some(class_of_set[labeled[p].set as usize]),
-                None => none,
-            };
-            (inherited != Some(class)).then_some((l.cidr, class))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,17 +122,5 @@ mod tests {
                 ("11.0.0.0/8".into(), vec![2]),
             ]
         );
-    }
-
-    #[test]
-    fn redundant_children_dropped() {
-        let mut sets = Sets::default();
-        let l = label(
-            vec![(c("10.0.0.0/8"), 1), (c("10.1.0.0/16"), 1), (c("::/0"), 2)],
-            &mut sets,
-        );
-        let class: Vec<u32> = (0..sets.sets.len() as u32).collect();
-        let e = entries(&l, &class, Some(0));
-        assert_eq!(e.len(), 2);
     }
 }

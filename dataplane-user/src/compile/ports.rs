@@ -1,4 +1,4 @@
-//! PORTS and SPORTS: per (policy, protocol), destination-port intervals -> the winning flow, or a
+//! Port tables: per (policy, protocol), destination-port intervals -> the winning flow, or a
 //! source-port table when the winner depends on the source port.
 //!
 //! Precedence: deny flows first, then allow flows, each in slot order. For a destination-port
@@ -9,28 +9,31 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use dataplane_common::{
-    PortKey, SportKey, PORT_KEY_FIXED_BITS, SPORT_KEY_FIXED_BITS, VALUE_DENY, VALUE_SPORT_TABLE,
-};
-
-use super::cover::{cover, merge_adjacent};
-use super::limits;
 use crate::policy::Flow;
-use crate::tables::LpmEntry;
+use crate::tables::{PortTable, PortValue};
 
+/// Port tables of one direction, deduplicated by content (policies often share them).
 #[derive(Default)]
 pub struct PortTables {
-    pub ports: Vec<LpmEntry<PortKey>>,
-    pub sports: Vec<LpmEntry<SportKey>>,
-    /// Source-port tables, deduplicated by their candidate list; id = index + 1.
-    tables: HashMap<Vec<u32>, u32>,
-    /// Map name prefix in errors ("OUT_" for the outbound tables).
-    pub prefix: &'static str,
+    pub tables: Vec<PortTable>,
+    index: HashMap<PortTable, u32>,
+    /// Source-port tables by their candidate list.
+    sport_tables: HashMap<Vec<u32>, u32>,
 }
 
 impl PortTables {
     pub fn sport_tables(&self) -> usize {
-        self.tables.len()
+        self.sport_tables.len()
+    }
+
+    fn intern(&mut self, t: PortTable) -> u32 {
+        if let Some(&id) = self.index.get(&t) {
+            return id;
+        }
+        let id = self.tables.len() as u32;
+        self.index.insert(t.clone(), id);
+        self.tables.push(t);
+        id
     }
 }
 
@@ -38,13 +41,9 @@ fn full(r: &[(u16, u16)]) -> bool {
     r == [(0, u16::MAX)]
 }
 
-/// The verdict value of a flow slot.
-pub fn flow_value(flows: &[Flow], slot: u32) -> u32 {
-    slot | if flows[slot as usize].deny {
-        VALUE_DENY
-    } else {
-        0
-    }
+/// The value of a flow slot.
+fn flow_value(flows: &[Flow], slot: u32) -> PortValue {
+    PortValue::Flow { slot, deny: flows[slot as usize].deny }
 }
 
 /// Sweeps `ranges[k]` (per candidate k): for every maximal interval with a constant non-empty
@@ -78,24 +77,45 @@ fn sweep(ranges: &[&[(u16, u16)]], mut f: impl FnMut(u16, u16, &BTreeSet<usize>)
     }
 }
 
+/// The table of intervals `(first, last, value)` (sorted, disjoint): gaps are `NoFlow`, and
+/// adjacent intervals with equal values are one.
+fn table_of(segments: Vec<(u16, u16, PortValue)>) -> PortTable {
+    let mut t = PortTable { starts: vec![0], values: vec![PortValue::NoFlow] };
+    let mut push = |start: u16, v: PortValue| {
+        if *t.values.last().expect("one interval at least") != v {
+            if *t.starts.last().expect("one interval at least") == start {
+                *t.values.last_mut().expect("one interval at least") = v;
+                // The interval it replaced may now equal the one before it.
+                if t.values.len() >= 2 && t.values[t.values.len() - 2] == v {
+                    t.values.pop();
+                    t.starts.pop();
+                }
+            } else {
+                t.starts.push(start);
+                t.values.push(v);
+            }
+        }
+    };
+    for (a, b, v) in segments {
+        push(a, v);
+        if b < u16::MAX {
+            push(b + 1, PortValue::NoFlow);
+        }
+    }
+    t
+}
+
 impl PortTables {
-    /// Adds the entries of policy `pid` (its flows' slots, ascending) for both protocols.
-    pub fn add_policy(&mut self, pid: u32, slots: &[u32], flows: &[Flow]) -> anyhow::Result<()> {
-        for proto in [6u8, 17] {
+    /// The port tables (TCP, UDP) of a policy: its flows' slots, ascending.
+    pub fn add_policy(&mut self, slots: &[u32], flows: &[Flow]) -> [Option<u32>; 2] {
+        [6u8, 17].map(|proto| {
             // Precedence order: denies, then allows, each by slot.
-            let mut cands: Vec<u32> = slots
-                .iter()
-                .copied()
-                .filter(|&s| flows[s as usize].proto == proto)
-                .collect();
+            let mut cands: Vec<u32> = slots.iter().copied().filter(|&s| flows[s as usize].proto == proto).collect();
             if cands.is_empty() {
-                continue;
+                return None;
             }
             cands.sort_by_key(|&s| (!flows[s as usize].deny, s));
-            let dports: Vec<&[(u16, u16)]> = cands
-                .iter()
-                .map(|&s| flows[s as usize].dport.as_slice())
-                .collect();
+            let dports: Vec<&[(u16, u16)]> = cands.iter().map(|&s| flows[s as usize].dport.as_slice()).collect();
             let mut segs = Vec::new();
             sweep(&dports, |a, b, active| {
                 let first = cands[*active.iter().next().unwrap_or(&0)];
@@ -109,55 +129,27 @@ impl PortTables {
                             break;
                         }
                     }
-                    VALUE_SPORT_TABLE | self.sport_table(list, flows)
+                    PortValue::Sport(self.sport_table(list, flows))
                 };
                 segs.push((a, b, value));
             });
-            for (a, b, value) in merge_adjacent(segs) {
-                for (start, len) in cover(a, b) {
-                    self.ports.push(LpmEntry {
-                        prefix_len: PORT_KEY_FIXED_BITS + len as u32,
-                        key: PortKey::new(pid, proto, start),
-                        value,
-                    });
-                }
-            }
-            if self.ports.len() > limits::MAX_PORTS {
-                anyhow::bail!(
-                    "the {}PORTS map would exceed {} entries: too many distinct (source roles, destination roles) policies or port ranges",
-                    self.prefix,
-                    limits::MAX_PORTS
-                );
-            }
-        }
-        Ok(())
+            Some(self.intern(table_of(segs)))
+        })
     }
 
-    /// The id of the source-port table for `list` (candidates in precedence order), built once.
+    /// The source-port table for `list` (candidates in precedence order), built once.
     fn sport_table(&mut self, list: Vec<u32>, flows: &[Flow]) -> u32 {
-        if let Some(&id) = self.tables.get(&list) {
+        if let Some(&id) = self.sport_tables.get(&list) {
             return id;
         }
-        let id = self.tables.len() as u32 + 1;
-        let sports: Vec<&[(u16, u16)]> = list
-            .iter()
-            .map(|&s| flows[s as usize].sport.as_slice())
-            .collect();
+        let sports: Vec<&[(u16, u16)]> = list.iter().map(|&s| flows[s as usize].sport.as_slice()).collect();
         let mut segs = Vec::new();
         sweep(&sports, |a, b, active| {
             let first = list[*active.iter().next().unwrap_or(&0)];
             segs.push((a, b, flow_value(flows, first)));
         });
-        for (a, b, value) in merge_adjacent(segs) {
-            for (start, len) in cover(a, b) {
-                self.sports.push(LpmEntry {
-                    prefix_len: SPORT_KEY_FIXED_BITS + len as u32,
-                    key: SportKey::new(id, start),
-                    value,
-                });
-            }
-        }
-        self.tables.insert(list, id);
+        let id = self.intern(table_of(segs));
+        self.sport_tables.insert(list, id);
         id
     }
 }
@@ -179,51 +171,19 @@ mod tests {
             document: String::new(),
             table: String::new(),
         };
-        Flow {
-            info,
-            from: 0,
-            to: 0,
-            proto: 6,
-            sport: sport.to_vec(),
-            dport: dport.to_vec(),
-            deny,
-        }
+        Flow { info, from: 0, to: 0, proto: 6, sport: sport.to_vec(), dport: dport.to_vec(), deny }
     }
 
-    /// Value for (dport, sport) by walking the entries (longest prefix first).
-    fn lookup(t: &PortTables, dport: u16, sport: u16) -> Option<u32> {
-        let lpm = |entries: &[(u32, u32, u16, u32)], id: u32, port: u16, fixed: u32| {
-            entries
-                .iter()
-                .filter(|(eid, len, start, _)| {
-                    let bits = len - fixed;
-                    *eid == id && (bits == 0 || (port >> (16 - bits)) == (start >> (16 - bits)))
-                })
-                .max_by_key(|e| e.1)
-                .map(|e| e.3)
-        };
-        let ports: Vec<_> = t
-            .ports
-            .iter()
-            .map(|e| (1, e.prefix_len, u16::from_be_bytes(e.key.dport), e.value))
-            .collect();
-        let sports: Vec<_> = t
-            .sports
-            .iter()
-            .map(|e| {
-                (
-                    u32::from_be_bytes(e.key.table),
-                    e.prefix_len,
-                    u16::from_be_bytes(e.key.sport),
-                    e.value,
-                )
-            })
-            .collect();
-        let v = lpm(&ports, 1, dport, PORT_KEY_FIXED_BITS)?;
-        if v & VALUE_SPORT_TABLE == 0 {
-            return Some(v);
+    /// The slot (with the deny bit as in the image) for (dport, sport).
+    fn lookup(t: &PortTables, table: u32, dport: u16, sport: u16) -> Option<(u32, bool)> {
+        match t.tables[table as usize].get(dport) {
+            PortValue::NoFlow => None,
+            PortValue::Flow { slot, deny } => Some((slot, deny)),
+            PortValue::Sport(s) => match t.tables[s as usize].get(sport) {
+                PortValue::Flow { slot, deny } => Some((slot, deny)),
+                _ => None,
+            },
         }
-        lpm(&sports, v & !VALUE_SPORT_TABLE, sport, SPORT_KEY_FIXED_BITS)
     }
 
     #[test]
@@ -237,18 +197,34 @@ mod tests {
             flow(false, &any, &[(300, 310)]),            // 4: allowed around the prohibition
         ];
         let mut t = PortTables::default();
-        t.add_policy(1, &[0, 1, 2, 3, 4], &flows).expect("builds");
-        assert_eq!(lookup(&t, 10, 5060), Some(0));
-        assert_eq!(lookup(&t, 50, 5060), Some(2 | VALUE_DENY));
-        assert_eq!(lookup(&t, 50, 5061), Some(0));
-        assert_eq!(lookup(&t, 95, 5060), Some(2 | VALUE_DENY));
-        assert_eq!(lookup(&t, 96, 1), Some(0));
-        assert_eq!(lookup(&t, 101, 1024), Some(1));
-        assert_eq!(lookup(&t, 101, 1023), None);
-        assert_eq!(lookup(&t, 201, 1024), None);
-        assert_eq!(lookup(&t, 300, 1), Some(3 | VALUE_DENY));
-        assert_eq!(lookup(&t, 301, 1), Some(4));
+        let [tcp, udp] = t.add_policy(&[0, 1, 2, 3, 4], &flows);
+        assert_eq!(udp, None);
+        let tcp = tcp.expect("a TCP table");
+        assert_eq!(lookup(&t, tcp, 0, 1), None);
+        assert_eq!(lookup(&t, tcp, 10, 5060), Some((0, false)));
+        assert_eq!(lookup(&t, tcp, 50, 5060), Some((2, true)));
+        assert_eq!(lookup(&t, tcp, 50, 5061), Some((0, false)));
+        assert_eq!(lookup(&t, tcp, 95, 5060), Some((2, true)));
+        assert_eq!(lookup(&t, tcp, 96, 1), Some((0, false)));
+        assert_eq!(lookup(&t, tcp, 101, 1024), Some((1, false)));
+        assert_eq!(lookup(&t, tcp, 101, 1023), None);
+        assert_eq!(lookup(&t, tcp, 201, 1024), None);
+        assert_eq!(lookup(&t, tcp, 300, 1), Some((3, true)));
+        assert_eq!(lookup(&t, tcp, 301, 1), Some((4, false)));
+        assert_eq!(lookup(&t, tcp, 310, 1), Some((4, false)));
+        assert_eq!(lookup(&t, tcp, 311, 1), None);
+        assert_eq!(lookup(&t, tcp, 65535, 1), None);
         // 50-89 and 90-95 have the same candidates up to the first any-source-port flow: one table.
         assert_eq!(t.sport_tables(), 2);
+    }
+
+    #[test]
+    fn tables_merge_equal_neighbours() {
+        let a = PortValue::Flow { slot: 1, deny: false };
+        let t = table_of(vec![(0, 9, a), (10, 19, a), (21, 65535, a)]);
+        assert_eq!(t.starts, vec![0, 20, 21]);
+        assert_eq!(t.values, vec![a, PortValue::NoFlow, a]);
+        let t = table_of(vec![(5, 65535, a)]);
+        assert_eq!((t.starts, t.values), (vec![0, 5], vec![PortValue::NoFlow, a]));
     }
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: cost per packet of the real XDP program through BPF_PROG_TEST_RUN, on
 //! the lab site, the full catalog of every document and synthetic sites of 1,000 to 1,000,000
-//! flows, next to an empty XDP program and xdp-filter (xdp-tools) measured in the same run;
-//! compile time, load time and map memory as the number of flows grows.
+//! flows, next to the empty XDP program, the floor program (parse, one 5-tuple hash lookup, one
+//! per-CPU counter) and xdp-filter (xdp-tools), all measured in the same run, with the CPU model;
+//! what each step of the classifier costs; compile time, load time and image memory as the
+//! number of flows grows.
 //!
 //! Arguments: `--quick` (synthetic sites up to 100,000 flows, 3 samples per figure, no plots
 //! unless `--plots` is given); `--plots DIR` writes `bench-cost.svg` and `bench-scale.svg` into
@@ -16,7 +18,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::{classify, compile, load, run::compile_site, tables::Tables};
+use dataplane::{classify, compile, load, policy::Policy, tables::Tables};
+use dataplane_common::{CacheKeyV4, CacheKeyV6, Reason};
 use dataplane_tests::packet::Pkt;
 
 const REPEAT: u32 = 1_000_000;
@@ -27,12 +30,13 @@ struct Args {
     xdp_filter: bool,
 }
 
-/// One figure: (policy label, packet kind, program ns, empty program ns).
+/// One figure: the program on one frame, with the empty and the floor program on the same frame.
 struct Figure {
     label: String,
     kind: String,
     prog: f64,
     base: f64,
+    floor: f64,
 }
 
 /// Compile and load of one synthetic site.
@@ -57,18 +61,23 @@ fn main() -> Result<()> {
     let args = Args { samples: if quick { 3 } else { 5 }, plots, xdp_filter: !argv.iter().any(|a| a == "--no-xdp-filter") };
     let started = Instant::now();
 
+    println!("CPU: {} ({} online); kernel {}", cpu_model(), num_cpus(), kernel());
     println!(
         "BPF_PROG_TEST_RUN, {REPEAT} repetitions per sample (the kernel reports the mean per run), median of {} samples, ns per packet;",
         args.samples
     );
-    println!("\"empty\" is an XDP program that returns XDP_PASS, timed on the same frame right after.");
-    println!("{:<28} {:<18} {:>9} {:>9} {:>9}", "policy", "packet", "program", "empty", "ratio");
+    println!("\"empty\" returns XDP_PASS; \"floor\" parses the frame, looks its 5-tuple up in a hash map (a hit) and counts");
+    println!("packets and bytes in a per-CPU array: both timed on the same frame right after the program, in the same run.");
+    println!("Every packet takes the whole classification: there is no verdict cache (the first packet of a flow and the");
+    println!("millionth cost the same), and denied packets insert nothing.");
+    println!("{:<28} {:<24} {:>8} {:>7} {:>7} {:>8} {:>8}", "policy", "packet", "program", "empty", "floor", "/empty", "/floor");
     let mut figures: Vec<Figure> = vec![];
     let mut memory = vec![];
     for (label, site) in [("lab site", "policies/sites/lab.yaml"), ("full catalog", "policies/sites/all-documents.yaml")] {
-        let tables = compile_site(&root.join(site)).with_context(|| format!("compiling {site}"))?;
+        let policy = dataplane::policy::load_site(&root.join(site)).with_context(|| format!("loading {site}"))?;
+        let tables = compile::compile(&policy).with_context(|| format!("compiling {site}"))?;
         memory.push((label.to_string(), map_memory(&tables)));
-        measure_case(label, &tables, &args, &mut figures, true)?;
+        measure_case(label, &policy, &tables, &args, &mut figures, true)?;
     }
 
     let sizes: &[usize] = if quick { &[1_000, 10_000, 100_000] } else { &[1_000, 10_000, 100_000, 1_000_000] };
@@ -85,19 +94,18 @@ fn main() -> Result<()> {
                 let protected = policy.roles.iter().filter(|r| r.protected).count();
                 println!("synthetic {flows} flows: does not compile: {e:#}");
                 println!(
-                    "  (the resolved site: {} flow slots, {} roles of which {protected} protected; compiler limits: {} flow slots, {} class pairs, {} port entries; see docs/BENCHMARKS.md)",
+                    "  (the resolved site: {} flow slots, {} roles of which {protected} protected; compiler limits: {} flow slots, {} image words; see docs/BENCHMARKS.md)",
                     policy.flows.len(),
                     policy.roles.len(),
                     compile::limits::MAX_FLOWS,
-                    compile::limits::MAX_PAIRS,
-                    compile::limits::MAX_PORTS
+                    compile::limits::MAX_IMAGE_WORDS,
                 );
                 continue;
             }
         };
         let compile_time = t1.elapsed();
-        drop(policy);
-        let (entries, bytes) = summary.maps.iter().fold((0, 0), |(e, b), m| (e + m.entries, b + m.bytes));
+        let (entries, bytes) = map_memory(&tables);
+        let _ = summary;
         let t2 = Instant::now();
         let ebpf = match load::load(&tables) {
             Ok(e) => e,
@@ -111,14 +119,14 @@ fn main() -> Result<()> {
         eprintln!("(synthetic {flows} flows: resolved in {resolve:.1?}, compiled in {compile_time:.1?}, loaded in {load_time:.1?})");
         scale.push(Scale { flows, cidrs, compile: compile_time, load: load_time, entries, bytes });
         memory.push((format!("synthetic {flows} flows"), (entries, bytes)));
-        measure_case(&format!("synthetic {flows} flows"), &tables, &args, &mut figures, false)?;
+        measure_case(&format!("synthetic {flows} flows"), &policy, &tables, &args, &mut figures, false)?;
     }
 
     println!("\nCompile and load as the number of flows grows (synthetic site: flows / 10 CIDRs, seed 7).");
     println!("compile: compile::compile_with_summary wall time (the policy already resolved);");
     println!("load: load::load wall time (object load, map creation and filling, verification of every program);");
-    println!("memory: estimated kernel memory of the policy maps (compile::map_sizes: LPM nodes, hash elements and buckets).");
-    println!("{:>10} {:>8} {:>12} {:>12} {:>12} {:>12}", "flows", "CIDRs", "compile", "load", "entries", "memory");
+    println!("memory: the policy image (8-byte words of the POLICY array, both directions) and the flow counters (per CPU).");
+    println!("{:>10} {:>8} {:>12} {:>12} {:>12} {:>12}", "flows", "CIDRs", "compile", "load", "words", "memory");
     for s in &scale {
         println!(
             "{:>10} {:>8} {:>10.0}ms {:>10.0}ms {:>12} {:>10.1}MiB",
@@ -130,9 +138,9 @@ fn main() -> Result<()> {
             s.bytes as f64 / (1 << 20) as f64
         );
     }
-    println!("\nPolicy map memory (estimated as above):");
+    println!("\nPolicy memory (as above):");
     for (label, (entries, bytes)) in &memory {
-        println!("  {label:<28} {entries:>10} entries {:>10.1} KiB", *bytes as f64 / 1024.0);
+        println!("  {label:<28} {entries:>10} words {:>10.1} KiB", *bytes as f64 / 1024.0);
     }
 
     let xdpf = if args.xdp_filter {
@@ -147,42 +155,7 @@ fn main() -> Result<()> {
         None
     };
 
-    // Ratios against the baseline and between cases, all from this run.
-    let find = |label: &str, kind: &str| figures.iter().find(|r| r.label == label && r.kind == kind).map(|r| r.prog);
-    println!("\nRatios (this run):");
-    for v in ["v4", "v6"] {
-        for label in ["lab site", "full catalog"] {
-            if let (Some(reply), Some(allow)) = (find(label, &format!("reply {v}")), find(label, &format!("allow {v}"))) {
-                println!("  {label}: reply {v} / allow {v} (cached) = {:.2}x (aim: within 1.2x)", reply / allow);
-            }
-        }
-    }
-    for s in &scale {
-        let syn = format!("synthetic {} flows", s.flows);
-        for kind in ["allow v4", "allow v4 uncached", "deny v4", "allow v6", "allow v6 uncached", "deny v6"] {
-            if let (Some(full), Some(y)) = (find("full catalog", kind), find(&syn, kind)) {
-                println!("  {kind}: {syn} / full catalog = {:.2}x (aim: within 1.2x)", y / full);
-            }
-        }
-    }
-    for label in ["lab site", "full catalog"] {
-        let f: Vec<&Figure> = figures.iter().filter(|f| f.label == label).collect();
-        if !f.is_empty() {
-            let r: Vec<String> = f.iter().map(|f| format!("{} {:.2}x", f.kind, f.prog / f.base)).collect();
-            println!("  {label} / empty program: {}", r.join(", "));
-        }
-    }
-    if let Some(x) = &xdpf {
-        for f in &x.rows {
-            println!(
-                "  {}: xdp-filter {:.2}x the empty program; this program (lab) {:.2}x xdp-filter{}",
-                f.kind,
-                f.xdpf / f.base,
-                f.ours / f.xdpf,
-                f.ours_uncached.map_or(String::new(), |u| format!(", uncached {:.2}x xdp-filter", u / f.xdpf))
-            );
-        }
-    }
+    report(&figures, &scale, xdpf.as_ref());
     if let Some(dir) = &args.plots {
         plot(dir, &scale, &figures, xdpf.as_ref())?;
         println!("\nplots: {} and {}", dir.join("bench-cost.svg").display(), dir.join("bench-scale.svg").display());
@@ -191,35 +164,55 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Words of the policy image, and bytes of the image and the flow counters (one CPU).
 fn map_memory(t: &Tables) -> (usize, usize) {
-    compile::map_sizes(t).iter().fold((0, 0), |(e, b), m| (e + m.entries, b + m.bytes))
+    let maps = compile::map_sizes(t);
+    let words = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
+    (words, maps.iter().map(|m| m.bytes).sum())
 }
 
-fn measure_case(label: &str, tables: &Tables, args: &Args, figures: &mut Vec<Figure>, extras: bool) -> Result<()> {
+fn measure_case(label: &str, policy: &Policy, tables: &Tables, args: &Args, figures: &mut Vec<Figure>, extras: bool) -> Result<()> {
     let mut ebpf = load::load(tables)?;
-    load::program_named(&mut ebpf, load::BASELINE)?.load()?;
-    let mut samples = sample_packets(tables, extras)?;
+    for p in [load::BASELINE, load::FLOOR] {
+        load::program_named(&mut ebpf, p)?.load()?;
+    }
+    let mut samples = sample_packets(policy, tables, extras)?;
     if extras {
-        samples.extend(reply_packets(&mut ebpf, tables)?);
+        samples.extend(reply_packets(&mut ebpf, policy, tables)?);
     }
     for (kind, frame) in samples {
-        // Every packet after the first of a flow that passed hits the verdict cache; the first
-        // packet of a flow (and every denied packet) takes the whole chain.
-        for cached in [true, false] {
-            if !cached && !kind.starts_with("allow") {
-                continue;
-            }
-            let mut config = tables.config;
-            if !cached {
-                config.flags |= dataplane_common::CONFIG_NO_CACHE;
-            }
-            load::write_config(&mut ebpf, config)?;
-            let kind = if cached { kind.to_string() } else { format!("{kind} uncached") };
-            let prog = median_ns(&mut ebpf, load::PROGRAM, &frame, args.samples)?;
-            let base = median_ns(&mut ebpf, load::BASELINE, &frame, args.samples)?;
-            println!("{:<28} {:<18} {:>9.1} {:>9.1} {:>8.2}x", label, kind, prog, base, prog / base);
-            figures.push(Figure { label: label.to_string(), kind, prog, base });
-        }
+        fill_floor(&mut ebpf, &frame)?;
+        let prog = median_ns(&mut ebpf, load::PROGRAM, &frame, args.samples)?;
+        let base = median_ns(&mut ebpf, load::BASELINE, &frame, args.samples)?;
+        let floor = median_ns(&mut ebpf, load::FLOOR, &frame, args.samples)?;
+        println!(
+            "{:<28} {:<24} {:>8.1} {:>7.1} {:>7.1} {:>7.2}x {:>7.2}x",
+            label,
+            kind,
+            prog,
+            base,
+            floor,
+            prog / base,
+            prog / floor
+        );
+        figures.push(Figure { label: label.to_string(), kind: kind.to_string(), prog, base, floor });
+    }
+    Ok(())
+}
+
+/// Puts the frame's 5-tuple in the floor program's table, so that its lookup is a hit.
+fn fill_floor(ebpf: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
+    use dataplane_common::parse::{parse, Bytes, Parsed};
+    let Parsed::Ip(p) = parse(&Bytes(frame)) else { return Ok(()) };
+    let Some((sport, dport, _)) = dataplane_common::walk::ports(&p) else { return Ok(()) };
+    if p.v6 {
+        let mut m: aya::maps::HashMap<_, CacheKeyV6, u32> = aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
+        m.insert(CacheKeyV6 { src: p.src, dst: p.dst, sport, dport, proto: p.proto, pad: [0; 3] }, 1, 0)?;
+    } else {
+        let (s, d) = (p.src, p.dst);
+        let key = CacheKeyV4 { src: [s[0], s[1], s[2], s[3]], dst: [d[0], d[1], d[2], d[3]], sport, dport, proto: p.proto, pad: [0; 3] };
+        let mut m: aya::maps::HashMap<_, CacheKeyV4, u32> = aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
+        m.insert(key, 1, 0)?;
     }
     Ok(())
 }
@@ -244,45 +237,78 @@ fn run_verdict(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<u32>
     Ok(load::program_named(ebpf, program)?.test_run(opts)?.return_value)
 }
 
-/// An allowed and a denied packet for each IP version the policy protects, found from the tables;
-/// with `extras`, also an unprotected and a non-IP frame.
-fn sample_packets(t: &Tables, extras: bool) -> Result<Vec<(&'static str, Vec<u8>)>> {
+fn build(p: &classify::Packet) -> Vec<u8> {
+    match p.proto {
+        6 => Pkt::tcp(p.src, p.dst, p.sport, p.dport).build(),
+        _ => Pkt::udp(p.src, p.dst, p.sport, p.dport).build(),
+    }
+}
+
+/// Per IP version the policy protects: an allowed packet, one to a source-port-constrained flow,
+/// and three denied ones: a closed port (no flow names it), an open port from the wrong role,
+/// and an open port from a source in no role (what a flood of random sources sends). With
+/// `extras`, also an unprotected and a non-IP frame.
+fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(String, Vec<u8>)>> {
     let c = classify::Classifier::new(t);
     let mut out = vec![];
     for v6 in [false, true] {
-        let Some(p) = find_allowed(t, &c, v6) else { continue };
-        let mut deny = p.clone();
-        deny.dport = (1..=65535).find(|&d| !c.classify(&classify::Packet { dport: d, ..p.clone() }).allow).unwrap_or(0);
-        let build = |p: &classify::Packet| match p.proto {
-            6 => Pkt::tcp(p.src, p.dst, p.sport, p.dport).build(),
-            _ => Pkt::udp(p.src, p.dst, p.sport, p.dport).build(),
-        };
-        out.push((if v6 { "allow v6" } else { "allow v4" }, build(&p)));
-        out.push((if v6 { "deny v6" } else { "deny v4" }, build(&deny)));
+        let fam = if v6 { "v6" } else { "v4" };
+        let Some(allow) = find_allowed(policy, &policy.flows, &c, v6, false, |c, p| c.classify(p)) else { continue };
+        out.push((format!("allow {fam}"), build(&allow)));
+        if let Some(sp) = find_allowed(policy, &policy.flows, &c, v6, true, |c, p| c.classify(p)) {
+            out.push((format!("allow {fam} (source port)"), build(&sp)));
+        }
+        let denied = |p: &classify::Packet| !c.classify(p).allow;
+        if let Some(closed) = closed_port(&c, &allow) {
+            out.push((format!("deny {fam} closed port"), build(&closed)));
+        }
+        let open_ports: Vec<(u8, u16)> = policy.flows.iter().filter(|f| !f.deny).map(|f| (f.proto, f.dport[0].0)).collect();
+        // The wrong role: an address of another role of the site, to an open port of the server.
+        let wrong = role_addrs(policy, v6).into_iter().find_map(|src| {
+            open_ports.iter().map(|&(proto, dport)| classify::Packet { src, proto, dport, sport: 40000, ..allow }).find(|p| denied(p) && c.classify(p).reason == Reason::DropNoFlow)
+        });
+        if let Some(w) = wrong {
+            out.push((format!("deny {fam} wrong role"), build(&w)));
+        }
+        let stranger: IpAddr = if v6 { "2001:db8:ffff::77".parse()? } else { "198.18.77.77".parse()? };
+        let random = open_ports.iter().map(|&(proto, dport)| classify::Packet { src: stranger, proto, dport, sport: 40000, ..allow }).find(|p| denied(p));
+        if let Some(r) = random {
+            out.push((format!("deny {fam} random source"), build(&r)));
+        }
         if !v6 && extras {
-            // Where the time goes: a destination lookup alone, and the parser alone.
-            let mut other = p.clone();
+            let mut other = allow;
             other.dst = IpAddr::from([198, 18, 0, 1]);
-            if c.classify(&other).reason == dataplane_common::Reason::PassUnprotected {
-                out.push(("unprot v4", build(&other)));
+            if c.classify(&other).reason == Reason::PassUnprotected {
+                out.push(("unprotected v4".into(), build(&other)));
             }
             let mut arp = vec![0xff; 6];
             arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
             arp.extend_from_slice(&[0; 46]);
-            out.push(("non-ip", arp));
+            out.push(("non-ip".into(), arp));
         }
     }
     Ok(out)
 }
-/// A reply of a connection a protected server opened, found from the outbound tables: the
+
+/// A port of the packet's protocol that no flow names (the port filter alone drops it).
+fn closed_port(c: &classify::Classifier, p: &classify::Packet) -> Option<classify::Packet> {
+    (1..=65535u16).rev().find(|&d| !c.port_named(p.proto, d)).map(|dport| classify::Packet { dport, ..*p })
+}
+
+/// The first address of every bound role of the family, and one past it.
+fn role_addrs(policy: &Policy, v6: bool) -> Vec<IpAddr> {
+    let to_ip = |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
+    policy.roles.iter().flat_map(|r| r.cidrs.iter()).filter(|c| c.v6 == v6 && c.len > 0).map(|c| to_ip(c.addr)).collect()
+}
+
+/// A reply of a connection a protected server opened, found from the outbound flows: the
 /// connection is recorded through the egress program first (for TCP, the server's SYN and the
 /// peer's SYN-ACK), then the reply is what the bench times.
-fn reply_packets(ebpf: &mut aya::Ebpf, t: &Tables) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let Some(out) = t.outbound.as_deref() else { return Ok(vec![]) };
-    let c = classify::Classifier::new(out);
+fn reply_packets(ebpf: &mut aya::Ebpf, policy: &Policy, t: &Tables) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(c) = classify::Classifier::new_outbound(t) else { return Ok(vec![]) };
     let mut frames = vec![];
     for v6 in [false, true] {
-        let Some(p) = find_allowed(out, &c, v6) else { continue };
+        let Some(p) = find_allowed(policy, &policy.out_flows, &c, v6, false, |c, p| c.classify_outbound(p)) else { continue };
         let (outgoing, reply, opening_reply) = match p.proto {
             17 => (Pkt::udp(p.src, p.dst, p.sport, p.dport), Pkt::udp(p.dst, p.src, p.dport, p.sport), None),
             _ => (
@@ -295,7 +321,7 @@ fn reply_packets(ebpf: &mut aya::Ebpf, t: &Tables) -> Result<Vec<(&'static str, 
         if let Some(syn_ack) = opening_reply {
             run_once(ebpf, load::PROGRAM, &syn_ack.build())?;
         }
-        frames.push((if v6 { "reply v6" } else { "reply v4" }, reply.build()));
+        frames.push((format!("reply {}", if v6 { "v6" } else { "v4" }), reply.build()));
     }
     Ok(frames)
 }
@@ -311,39 +337,23 @@ fn run_once(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Walks the tables back from a port entry to addresses that reach it.
-fn find_allowed(t: &Tables, c: &classify::Classifier, v6: bool) -> Option<classify::Packet> {
-    let addr = |key: &[u8]| -> IpAddr {
-        if v6 {
-            IpAddr::from(<[u8; 16]>::try_from(key).unwrap())
-        } else {
-            IpAddr::from(<[u8; 4]>::try_from(key).unwrap())
-        }
-    };
-    let dsts: Vec<(IpAddr, u32)> = if v6 {
-        t.dst_v6.iter().map(|e| (addr(&e.key), e.value)).collect()
-    } else {
-        t.dst_v4.iter().map(|e| (addr(&e.key), e.value)).collect()
-    };
-    let srcs: Vec<(IpAddr, u32)> = if v6 {
-        t.src_v6.iter().map(|e| (addr(&e.key), e.value)).collect()
-    } else {
-        t.src_v4.iter().map(|e| (addr(&e.key), e.value)).collect()
-    };
-    for (pair, policy) in &t.pairs {
-        let Some(&(dst, _)) = dsts.iter().find(|d| d.1 == pair.dst_class) else { continue };
-        let Some(&(src, _)) = srcs.iter().find(|s| s.1 == pair.src_class) else { continue };
-        for e in t.ports.iter().filter(|e| u32::from_be_bytes(e.key.policy) == *policy) {
-            let dport = u16::from_be_bytes(e.key.dport);
-            for sport in [40000u16, 5060, 1024, 36000, 0] {
-                let p = classify::Packet { src, dst, proto: e.key.proto, sport, dport, icmp_type: None };
-                if c.classify(&p).allow {
-                    return Some(p);
-                }
-            }
-        }
-    }
-    None
+/// A packet an allow flow of `flows` admits (`sport_only`: one whose flow names source ports),
+/// from the first addresses of its roles, as `judge` says.
+fn find_allowed(
+    policy: &Policy,
+    flows: &[dataplane::policy::Flow],
+    c: &classify::Classifier,
+    v6: bool,
+    sport_only: bool,
+    judge: impl Fn(&classify::Classifier, &classify::Packet) -> classify::Decision,
+) -> Option<classify::Packet> {
+    let first = |role: usize| policy.roles[role].cidrs.iter().find(|c| c.v6 == v6).map(|c| c.addr);
+    let to_ip = |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
+    flows.iter().filter(|f| !f.deny && (!sport_only || f.sport != [(0, u16::MAX)])).find_map(|f| {
+        let (src, dst) = (to_ip(first(f.from)?), to_ip(first(f.to)?));
+        let p = classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None };
+        judge(c, &p).allow.then_some(p)
+    })
 }
 
 /// One row of the xdp-filter comparison: the same frame through the empty program, this program
@@ -351,8 +361,8 @@ fn find_allowed(t: &Tables, c: &classify::Classifier, v6: bool) -> Option<classi
 struct XdpfRow {
     kind: String,
     base: f64,
+    floor: f64,
     ours: f64,
-    ours_uncached: Option<f64>,
     xdpf: f64,
 }
 
@@ -395,20 +405,27 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let v: serde_json::Value = serde_json::from_str(&out).context("bpftool net show")?;
     let id = v[0]["xdp"][0]["id"].as_u64().context("no XDP program on v0")?;
 
-    let lab = compile_site(&root.join("policies/sites/lab.yaml"))?;
+    let lab = dataplane::run::compile_site(&root.join("policies/sites/lab.yaml"))?;
     let mut ebpf = load::load(&lab)?;
-    load::program_named(&mut ebpf, load::BASELINE)?.load()?;
+    for p in [load::BASELINE, load::FLOOR] {
+        load::program_named(&mut ebpf, p)?.load()?;
+    }
     let (ext, prot, ext6, prot6): (IpAddr, IpAddr, IpAddr, IpAddr) = (
         "10.200.0.9".parse()?,
         "10.200.0.1".parse()?,
         "fd00:200::9".parse()?,
         "fd00:200::1".parse()?,
     );
+    let (stranger, stranger6): (IpAddr, IpAddr) = ("198.18.77.77".parse()?, "2001:db8:ffff::77".parse()?);
     let frames = [
         ("allow v4 (udp 5060)", Pkt::udp(ext, prot, 5060, 5060).build(), 2),
-        ("deny v4 (tcp 443)", Pkt::tcp(ext, prot, 40000, 443).build(), 1),
+        ("deny v4 wrong role (tcp 443)", Pkt::tcp(ext, prot, 40000, 443).build(), 1),
+        ("deny v4 closed (tcp 9999)", Pkt::tcp(ext, prot, 40000, 9999).build(), 1),
+        ("deny v4 random src (tcp 443)", Pkt::tcp(stranger, prot, 40000, 443).build(), 1),
         ("allow v6 (udp 5060)", Pkt::udp(ext6, prot6, 5060, 5060).build(), 2),
-        ("deny v6 (tcp 443)", Pkt::tcp(ext6, prot6, 40000, 443).build(), 1),
+        ("deny v6 wrong role (tcp 443)", Pkt::tcp(ext6, prot6, 40000, 443).build(), 1),
+        ("deny v6 closed (tcp 9999)", Pkt::tcp(ext6, prot6, 40000, 9999).build(), 1),
+        ("deny v6 random src (tcp 443)", Pkt::tcp(stranger6, prot6, 40000, 443).build(), 1),
     ];
     let dir = std::env::temp_dir().join(&ns);
     std::fs::create_dir_all(&dir)?;
@@ -416,11 +433,11 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     println!("  deny policy; dst ports {}; src addresses {}.", XDPF_PORTS.map(|(p, n)| format!("{p} {n}")).join(", "), XDPF_SOURCES.join(", "));
     println!("  Not expressible: address+port combinations, source ports, the protected destination, ICMP types.");
     println!("  How: `bpftool prog run id {id} data_in FRAME repeat {REPEAT}` (mean per run), median of {} runs;", args.samples);
-    println!("  the same frames through this program (lab site; cached: the flow's verdict already in the flow table) and the empty program.");
-    println!("  {:<22} {:>9} {:>9} {:>9} {:>11} {:>11}", "packet", "empty", "program", "uncached", "xdp-filter", "xdpf/empty");
+    println!("  the same frames through this program (lab site), the empty program and the floor program.");
+    println!("  {:<30} {:>7} {:>7} {:>8} {:>10} {:>11} {:>13}", "packet", "empty", "floor", "program", "xdp-filter", "xdpf/empty", "program/xdpf");
     let mut rows = vec![];
     for (kind, frame, want) in frames {
-        let file = dir.join(format!("{}.bin", kind.split(' ').take(2).collect::<Vec<_>>().join("-")));
+        let file = dir.join(format!("{}.bin", kind.replace([' ', '(', ')'], "-")));
         std::fs::write(&file, &frame)?;
         let mut xs = vec![];
         for _ in 0..args.samples {
@@ -437,26 +454,12 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
         if u64::from(got) != want {
             bail!("this program returned {got} for {kind}, expected {want}");
         }
-        let mut ours_uncached = None;
-        if want == 2 {
-            let mut c = lab.config;
-            c.flags |= dataplane_common::CONFIG_NO_CACHE;
-            load::write_config(&mut ebpf, c)?;
-            ours_uncached = Some(median_ns(&mut ebpf, load::PROGRAM, &frame, args.samples)?);
-            load::write_config(&mut ebpf, lab.config)?;
-        }
+        fill_floor(&mut ebpf, &frame)?;
         let ours = median_ns(&mut ebpf, load::PROGRAM, &frame, args.samples)?;
         let base = median_ns(&mut ebpf, load::BASELINE, &frame, args.samples)?;
-        println!(
-            "  {:<22} {:>9.1} {:>9.1} {:>9} {:>11.1} {:>10.2}x",
-            kind,
-            base,
-            ours,
-            ours_uncached.map_or("-".to_string(), |u| format!("{u:.1}")),
-            xdpf,
-            xdpf / base
-        );
-        rows.push(XdpfRow { kind: kind.to_string(), base, ours, ours_uncached, xdpf });
+        let floor = median_ns(&mut ebpf, load::FLOOR, &frame, args.samples)?;
+        println!("  {:<30} {:>7.1} {:>7.1} {:>8.1} {:>10.1} {:>10.2}x {:>12.2}x", kind, base, floor, ours, xdpf, xdpf / base, ours / xdpf);
+        rows.push(XdpfRow { kind: kind.to_string(), base, floor, ours, xdpf });
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Xdpf { rows })
@@ -508,17 +511,104 @@ impl Drop for Netns {
     }
 }
 
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
+    model.unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |s| s.trim().to_string())
+}
+
+/// The ratios to the floor and the empty program, what each step of the walk costs, how the
+/// figures move with the number of flows, and where xdp-filter stands: all from this run.
+fn report(figures: &[Figure], scale: &[Scale], xdpf: Option<&Xdpf>) {
+    let find = |label: &str, kind: &str| figures.iter().find(|f| f.label == label && f.kind == kind);
+    println!("\nRatios to the floor program (this run; goals: every denied and allowed packet <= 1.5x the floor, the first");
+    println!("packet of a flow <= 2.5x: with no cache, it is the allowed figure):");
+    let mut worst: Option<(&Figure, f64)> = None;
+    for f in figures {
+        let r = f.prog / f.floor;
+        if f.kind.starts_with("allow") || f.kind.starts_with("deny") {
+            if worst.is_none_or(|(_, w)| r > w) {
+                worst = Some((f, r));
+            }
+        }
+    }
+    for label in figures.iter().map(|f| f.label.as_str()).collect::<std::collections::BTreeSet<_>>() {
+        let row: Vec<String> = figures.iter().filter(|f| f.label == label).map(|f| format!("{} {:.2}x", f.kind, f.prog / f.floor)).collect();
+        println!("  {label}: {}", row.join(", "));
+    }
+    if let Some((f, r)) = worst {
+        println!("  highest: {} / {} at {r:.2}x the floor ({})", f.label, f.kind, if r <= 1.5 { "within 1.5x" } else { "above 1.5x" });
+    }
+    println!("\nWhat each step costs (ns, differences between packets that stop after it; v4, same run):");
+    let steps = [
+        ("parse, count, verdict (non-IP: stops after the Ethernet header)", "non-ip", None),
+        ("destination trie (unprotected: stops there)", "unprotected v4", Some("non-ip")),
+        ("ICMP/protocol checks and the port filter (closed port)", "deny v4 closed port", Some("unprotected v4")),
+        ("class record and source trie (no policy for the source)", "deny v4 wrong role", Some("deny v4 closed port")),
+        ("policy record and port table (allowed)", "allow v4", Some("deny v4 wrong role")),
+        ("source-port table", "allow v4 (source port)", Some("allow v4")),
+        ("tracked-connection check (a reply: live port, flow table)", "reply v4", Some("deny v4 closed port")),
+    ];
+    for label in ["lab site", "full catalog"] {
+        let Some(empty) = find(label, "non-ip").map(|f| f.base) else { continue };
+        let parts: Vec<String> = steps
+            .iter()
+            .filter_map(|(what, kind, before)| {
+                let now = find(label, kind)?.prog;
+                let prev = match before {
+                    Some(b) => find(label, b)?.prog,
+                    None => empty,
+                };
+                Some(format!("    {what}: {:+.1}", now - prev))
+            })
+            .collect();
+        println!("  {label} (empty program {empty:.1} ns):\n{}", parts.join("\n"));
+    }
+    if let (Some(first), Some(last)) = (scale.first(), scale.last()) {
+        println!("\nFrom {} to {} synthetic flows (goal: no path grows by more than 1.2x):", first.flows, last.flows);
+        let label = |s: &Scale| format!("synthetic {} flows", s.flows);
+        for kind in ["allow v4", "allow v6", "allow v4 (source port)", "deny v4 closed port", "deny v4 wrong role", "deny v4 random source", "deny v6 closed port", "deny v6 wrong role", "deny v6 random source"] {
+            let xs: Vec<f64> = scale.iter().filter_map(|s| find(&label(s), kind).map(|f| f.prog / f.floor)).collect();
+            let Some(base) = find(&label(first), kind).map(|f| f.prog / f.floor) else { continue };
+            let max = xs.iter().copied().fold(base, f64::max);
+            println!("  {kind}: {} (x floor); largest / smallest size's: {:.2}x", xs.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "), max / base);
+        }
+    }
+    if let Some(x) = xdpf {
+        println!("\nNext to xdp-filter (goal: every path at or below its cost on the same frame):");
+        for r in &x.rows {
+            println!(
+                "  {}: xdp-filter {:.1} ns ({:.2}x the empty program, {:.2}x the floor); this program {:.2}x xdp-filter",
+                r.kind,
+                r.xdpf,
+                r.xdpf / r.base,
+                r.xdpf / r.floor,
+                r.ours / r.xdpf
+            );
+        }
+    }
+}
+
 fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) -> Result<()> {
     use plotters::prelude::*;
     std::fs::create_dir_all(dir)?;
     let lo = 500f64;
     let hi = scale.iter().map(|s| s.flows as f64).fold(1e5, f64::max) * 2.0;
-    let series_of = |kind: &str, base: bool| -> Vec<(f64, f64)> {
+    // Which figure of a case: 0 the program, 1 the empty program, 2 the floor program.
+    let series_of = |kind: &str, which: u8| -> Vec<(f64, f64)> {
         scale
             .iter()
             .filter_map(|s| {
                 let f = figures.iter().find(|f| f.label == format!("synthetic {} flows", s.flows) && f.kind == kind)?;
-                Some((s.flows as f64, if base { f.base } else { f.prog }))
+                Some((s.flows as f64, [f.prog, f.base, f.floor][which as usize]))
             })
             .collect()
     };
@@ -545,14 +635,16 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
             .y_desc("ns per packet")
             .x_label_formatter(&|x| format!("{:.0}", x))
             .draw()?;
-        let lines: [(&str, &str, bool, RGBColor); 7] = [
-            ("allow v4 uncached", "allowed v4, first packet (uncached)", false, RGBColor(200, 40, 40)),
-            ("deny v4", "denied v4", false, RGBColor(120, 0, 120)),
-            ("allow v6 uncached", "allowed v6, first packet (uncached)", false, RGBColor(240, 130, 40)),
-            ("deny v6", "denied v6", false, RGBColor(180, 90, 200)),
-            ("allow v4", "allowed v4, cached", false, RGBColor(30, 90, 200)),
-            ("allow v6", "allowed v6, cached", false, RGBColor(40, 170, 200)),
-            ("allow v4", "empty XDP program", true, RGBColor(90, 90, 90)),
+        let lines: [(&str, &str, u8, RGBColor); 9] = [
+            ("allow v4", "allowed v4 (every packet, the first too)", 0, RGBColor(30, 90, 200)),
+            ("allow v6", "allowed v6", 0, RGBColor(40, 170, 200)),
+            ("deny v4 wrong role", "denied v4: open port, wrong role", 0, RGBColor(120, 0, 120)),
+            ("deny v6 wrong role", "denied v6: open port, wrong role", 0, RGBColor(180, 90, 200)),
+            ("deny v4 random source", "denied v4: source in no role", 0, RGBColor(200, 40, 40)),
+            ("deny v4 closed port", "denied v4: closed port", 0, RGBColor(240, 130, 40)),
+            ("allow v4", "floor program (v4)", 2, RGBColor(0, 0, 0)),
+            ("allow v6", "floor program (v6)", 2, RGBColor(130, 130, 130)),
+            ("allow v4", "empty XDP program", 1, RGBColor(90, 90, 90)),
         ];
         for (kind, name, base, color) in lines {
             let pts = series_of(kind, base);

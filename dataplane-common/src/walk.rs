@@ -1,0 +1,406 @@
+//! The classifier: the one walk from a parsed packet to a verdict. The XDP program runs it over
+//! the `POLICY` map, the tc program runs its outbound half, and `dataplane explain` and the
+//! tests' twin run it over the compiled image in userspace, so the kernel and `explain` cannot
+//! disagree. Generic over the image ([`Image`]) and over the state that outlives a packet
+//! ([`State`]: fragments and tracked connections), as the parser is generic over the frame.
+//!
+//! Per packet (see docs/policy.md, "Lookups per packet"):
+//! 1. destination trie -> destination class (miss: unprotected);
+//! 2. ICMP and other protocols are decided by type and protocol;
+//! 3. the port filter: a protocol and destination port no flow names is `no_flow`;
+//! 4. the class's source trie -> policy (none: `no_flow`);
+//! 5. the policy's port table -> verdict, or a source-port table -> verdict.
+//!
+//! Every step is a bounded number of array reads; only a packet that would be dropped looks
+//! for a tracked connection (the protected server's own), and only while its port has one.
+
+use crate::image::*;
+use crate::parse::{Frag, Packet, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::{Config, Reason, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
+
+/// Read access to a policy image.
+pub trait Image {
+    /// Word `index`, or None past the end (a walk that meets None answers `no_flow`).
+    fn word(&self, index: u32) -> Option<u64>;
+}
+
+impl Image for [u64] {
+    #[inline(always)]
+    fn word(&self, index: u32) -> Option<u64> {
+        self.get(index as usize).copied()
+    }
+}
+
+/// What outlives a packet: the datagrams whose first fragment passed, and the connections the
+/// protected servers opened.
+pub trait State {
+    /// A later fragment: the slot its datagram's first fragment passed with.
+    fn fragment(&mut self, p: &Packet) -> Option<u32>;
+    /// A first fragment passed with `slot`: its later fragments follow it.
+    fn first_fragment_passed(&mut self, p: &Packet, slot: u32);
+    /// An arriving TCP or UDP packet that the policy would drop: the outbound slot of the
+    /// tracked connection it answers, if it is a reply.
+    fn reply(&mut self, p: &Packet, sport: u16, dport: u16, tcp_flags: u8) -> Option<u32>;
+}
+
+/// No state: the verdict a packet gets from the policy alone (`explain`).
+pub struct Stateless;
+
+impl State for Stateless {
+    fn fragment(&mut self, _: &Packet) -> Option<u32> {
+        None
+    }
+    fn first_fragment_passed(&mut self, _: &Packet, _: u32) {}
+    fn reply(&mut self, _: &Packet, _: u16, _: u16, _: u8) -> Option<u32> {
+        None
+    }
+}
+
+/// No flow slot to count against.
+pub const NO_SLOT: u32 = u32::MAX;
+/// Slot bit: an outbound flow's slot, counted on its replies (`REPLY_FLOWS`).
+pub const REPLY_SLOT: u32 = 1 << 31;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub reason: Reason,
+    /// The credited flow's slot, [`NO_SLOT`], or an outbound slot with [`REPLY_SLOT`].
+    pub slot: u32,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn new(reason: Reason) -> Self {
+        Verdict { reason, slot: NO_SLOT }
+    }
+}
+
+/// An address as two big-endian halves; IPv4 in the top 32 bits of `hi`.
+#[derive(Clone, Copy)]
+pub struct Addr {
+    pub hi: u64,
+    pub lo: u64,
+    pub v6: bool,
+}
+
+impl Addr {
+    #[inline(always)]
+    pub fn new(v6: bool, b: &[u8; 16]) -> Self {
+        let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        if v6 {
+            Addr { hi, lo, v6 }
+        } else {
+            Addr { hi: hi & 0xffff_ffff_0000_0000, lo: 0, v6 }
+        }
+    }
+
+    /// Byte `i` (0-15) of the address.
+    #[inline(always)]
+    fn byte(&self, i: u32) -> u32 {
+        let (half, at) = if i < 8 { (self.hi, i) } else { (self.lo, i - 8) };
+        ((half >> ((56 - 8 * at) & 63)) & 0xff) as u32
+    }
+
+    /// Whether the first `len` bits equal those of (`hi`, `lo`).
+    #[inline(always)]
+    fn prefix_of(&self, hi: u64, lo: u64, len: u32) -> bool {
+        if len == 0 {
+            true
+        } else if len <= 64 {
+            (self.hi ^ hi) >> ((64 - len) & 63) == 0
+        } else {
+            self.hi == hi && (self.lo ^ lo) >> ((128 - len) & 63) == 0
+        }
+    }
+}
+
+/// Longest-prefix match in the trie whose root entry is `root`.
+#[inline(always)]
+pub fn trie<I: Image + ?Sized>(img: &I, root: u64, a: &Addr) -> Option<u32> {
+    let mut e = root;
+    for depth in 0..TRIE_MAX_DEPTH {
+        match entry_tag(e) {
+            TAG_NODE => e = img.word(entry_low(e) + a.byte(depth))?,
+            TAG_BUCKET => return bucket(img, e, a),
+            _ => return Some(entry_low(e)),
+        }
+    }
+    // Past the last byte only a value can follow (a node there is a corrupt image).
+    (entry_tag(e) == TAG_VALUE).then_some(entry_low(e))
+}
+
+/// The longest prefix of a bucket (sorted longest first) that holds the address, else the
+/// bucket's own value.
+#[inline(always)]
+fn bucket<I: Image + ?Sized>(img: &I, e: u64, a: &Addr) -> Option<u32> {
+    let at = entry_low(e);
+    let n = bucket_count(e);
+    for i in 0..BUCKET_MAX {
+        if i >= n {
+            break;
+        }
+        if a.v6 {
+            let w = at + 1 + i * BUCKET_V6_WORDS;
+            let tail = img.word(w + 2)?;
+            if a.prefix_of(img.word(w)?, img.word(w + 1)?, (tail >> 32) as u32 & 0xff) {
+                return Some(tail as u32);
+            }
+        } else {
+            let w = img.word(at + 1 + i)?;
+            let len = (w >> BUCKET_V4_VALUE_BITS) as u32 & 63;
+            if a.prefix_of(w & 0xffff_ffff_0000_0000, 0, len) {
+                return Some(w as u32 & ((1 << BUCKET_V4_VALUE_BITS) - 1));
+            }
+        }
+    }
+    img.word(at).map(|w| w as u32)
+}
+
+/// The value of port `x` in the port table at `t`.
+#[inline(always)]
+pub fn range<I: Image + ?Sized>(img: &I, t: u32, x: u16) -> Option<u32> {
+    let h = img.word(t)?;
+    let depth = (h & 15) as u32;
+    let starts = [img.word(t + 1)?, img.word(t + 2)?];
+    let mut node = 0;
+    let mut rank = 0;
+    for level in 0..RANGE_MAX_DEPTH {
+        if level >= depth {
+            break;
+        }
+        let start = (starts[(level >> 2) as usize & 1] >> (16 * (level & 3))) as u32 & 0xffff;
+        let below = keys_below(img.word(t + start + node)?, x);
+        if level + 1 == depth {
+            rank = node * RANGE_KEYS + below;
+        } else {
+            node = node * RANGE_FANOUT + below;
+        }
+    }
+    let w = img.word(t + (h >> 32) as u32 + rank / 2)?;
+    Some((w >> (32 * (rank & 1))) as u32)
+}
+
+/// The destination class of `dst` in direction `dir` (None: not a destination of the direction).
+#[inline(always)]
+pub fn dst_class<I: Image + ?Sized>(img: &I, dir: u32, dst: &Addr) -> Option<u32> {
+    let h = header(dir);
+    let root = img.word(h + if dst.v6 { H_DST_V6 } else { H_DST_V4 })?;
+    trie(img, root, dst).filter(|&c| c != 0)
+}
+
+/// Pass or drop for a flow's verdict value.
+#[inline(always)]
+fn flow_verdict(v: u32) -> Verdict {
+    if v & V_FLOW == 0 {
+        return Verdict::new(Reason::DropNoFlow);
+    }
+    let reason = if v & V_DENY != 0 { Reason::DropDenyFlow } else { Reason::PassFlow };
+    Verdict { reason, slot: v & V_INDEX }
+}
+
+/// The flow that decides a TCP or UDP packet to destination class `class` of direction `dir`:
+/// port filter, source trie, policy, port tables.
+#[inline(always)]
+pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport: u16, dport: u16) -> Verdict {
+    flow_value(img, dir, class, p, sport, dport).map_or(Verdict::new(Reason::DropNoFlow), flow_verdict)
+}
+
+#[inline(always)]
+fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport: u16, dport: u16) -> Option<u32> {
+    let h = header(dir);
+    let proto = proto_index(p.proto);
+    let filter = img.word(h + H_PORT_FILTER)? as u32;
+    if filter == 0 || img.word(filter + (proto << 10) + (dport as u32 >> 6))? & (1 << (dport & 63)) == 0 {
+        return Some(0);
+    }
+    let records = img.word(h + H_RECORDS)?;
+    let record = records as u32 + (class - 1) * DST_RECORD_WORDS + p.v6 as u32;
+    let policy = trie(img, img.word(record)?, &Addr::new(p.v6, &p.src))?;
+    if policy == 0 {
+        return Some(0);
+    }
+    let tables = img.word((records >> 32) as u32 + policy - 1)?;
+    let table = (tables >> (32 * proto)) as u32;
+    if table == 0 {
+        return Some(0);
+    }
+    let v = range(img, table, dport)?;
+    if v & V_SPORT == 0 {
+        return Some(v);
+    }
+    range(img, v & V_INDEX, sport)
+}
+
+/// ICMP control traffic that keeps IPv4 and IPv6 working: errors (and neighbour discovery).
+/// The nftables export and the iptables comparison take their type lists from here.
+#[inline(always)]
+pub const fn icmp_control(v6: bool, ty: u8) -> bool {
+    if v6 {
+        matches!(ty, 1..=4 | 133..=137)
+    } else {
+        matches!(ty, 3 | 11 | 12)
+    }
+}
+
+/// ICMP echo request and reply, which the site's `icmp-echo` decides.
+#[inline(always)]
+pub const fn icmp_echo(v6: bool, ty: u8) -> bool {
+    if v6 {
+        matches!(ty, 128 | 129)
+    } else {
+        matches!(ty, 0 | 8)
+    }
+}
+
+/// ICMP to a protected address, by type.
+#[inline(always)]
+pub const fn icmp(v6: bool, ty: u8, flags: u32) -> Reason {
+    if icmp_control(v6, ty) || (icmp_echo(v6, ty) && flags & CONFIG_ALLOW_ECHO != 0) {
+        Reason::PassIcmp
+    } else {
+        Reason::DropIcmp
+    }
+}
+
+/// Ports and TCP flags of a TCP or UDP packet that carries its transport header.
+#[inline(always)]
+pub fn ports(p: &Packet) -> Option<(u16, u16, u8)> {
+    if p.frag == Frag::Later || (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
+        return None;
+    }
+    match p.l4 {
+        L4::Ports { sport, dport, flags } => Some((sport, dport, flags)),
+        _ => None,
+    }
+}
+
+/// The verdict on an arriving frame (the XDP program): the policy's, unless a packet it would
+/// drop is the reply of a connection a protected server opened. Remembers first fragments that
+/// pass, so that their later fragments follow.
+#[inline(always)]
+pub fn judge<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, parsed: &Parsed) -> Verdict {
+    let p = match parsed {
+        Parsed::NonIp => return Verdict::new(Reason::PassNonIp),
+        // The destination cannot be read: it might be protected, so never pass it.
+        Parsed::Malformed => return Verdict::new(Reason::DropMalformed),
+        Parsed::TooManyTags => return Verdict::new(Reason::DropUnparsed),
+        Parsed::Ip(p) => p,
+    };
+    let mut v = decide(img, state, config, p);
+    if v.reason.is_drop() {
+        if let Some((sport, dport, flags)) = ports(p) {
+            if let Some(slot) = state.reply(p, sport, dport, flags) {
+                v = Verdict { reason: Reason::PassReply, slot: slot | REPLY_SLOT };
+            }
+        }
+    }
+    if p.frag == Frag::First && !v.reason.is_drop() {
+        state.first_fragment_passed(p, v.slot);
+    }
+    v
+}
+
+/// The policy's verdict on an arriving IP packet.
+#[inline(always)]
+pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, p: &Packet) -> Verdict {
+    if img.word(0) != Some(MAGIC) {
+        // No image of this layout: judge nothing as passing.
+        return Verdict::new(Reason::DropNoFlow);
+    }
+    let Some(class) = dst_class(img, INBOUND, &Addr::new(p.v6, &p.dst)) else {
+        return Verdict::new(if config.flags & CONFIG_DROP_UNPROTECTED != 0 {
+            Reason::DropUnprotected
+        } else {
+            Reason::PassUnprotected
+        });
+    };
+    match p.l4 {
+        L4::Malformed => return Verdict::new(Reason::DropMalformed),
+        L4::Unparsed => return Verdict::new(Reason::DropUnparsed),
+        L4::BadFragment => return Verdict::new(Reason::DropFragment),
+        _ => {}
+    }
+    if p.frag == Frag::Later {
+        return match state.fragment(p) {
+            Some(slot) => Verdict { reason: Reason::PassFragment, slot },
+            None => Verdict::new(Reason::DropFragment),
+        };
+    }
+    let icmp_proto = if p.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+    match p.l4 {
+        L4::Icmp { ty } if p.proto == icmp_proto => Verdict::new(icmp(p.v6, ty, config.flags)),
+        L4::Ports { sport, dport, .. } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
+            flow(img, INBOUND, class, p, sport, dport)
+        }
+        _ => Verdict::new(Reason::DropNoFlow),
+    }
+}
+
+/// A TCP or UDP packet a protected server sends (the tc program): `PassFlow` with the outbound
+/// slot when an outbound allow flow documents it (its replies are then admitted),
+/// `DropDenyFlow` when an outbound deny flow wins, `DropNoFlow` otherwise.
+#[inline(always)]
+pub fn outbound<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) -> Verdict {
+    if img.word(0) != Some(MAGIC) {
+        return Verdict::new(Reason::DropNoFlow);
+    }
+    match dst_class(img, OUTBOUND, &Addr::new(p.v6, &p.dst)) {
+        Some(class) => flow(img, OUTBOUND, class, p, sport, dport),
+        None => Verdict::new(Reason::DropNoFlow),
+    }
+}
+
+/// Whether the inbound policy admits the replies of a packet a protected server sends (the
+/// reversed 5-tuple): such replies are not tracked, they stay on their inbound flow.
+#[inline(always)]
+pub fn inbound_admits_reply<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) -> bool {
+    let reply = Packet {
+        v6: p.v6,
+        src: p.dst,
+        dst: p.src,
+        proto: p.proto,
+        frag: Frag::Whole,
+        frag_id: 0,
+        l4: L4::Ports { sport: dport, dport: sport, flags: 0 },
+    };
+    match dst_class(img, INBOUND, &Addr::new(p.v6, &p.src)) {
+        Some(class) => flow(img, INBOUND, class, &reply, dport, sport).reason == Reason::PassFlow,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_below_counts_each_lane() {
+        let w = |k: [u16; 4]| k.iter().enumerate().fold(0u64, |acc, (i, &k)| acc | (k as u64) << (16 * i));
+        let keys = [range_key(10), range_key(20), range_key(30), RANGE_PAD];
+        for x in [0u16, 9, 10, 11, 19, 20, 29, 30, 31, 65534, 65535] {
+            let want = keys.iter().filter(|&&k| k < x).count() as u32;
+            assert_eq!(keys_below(w(keys), x), want, "x = {x}");
+        }
+        assert_eq!(keys_below(w([0, 0, 0, 0]), 65535), 4);
+        assert_eq!(keys_below(w([RANGE_PAD; 4]), 65535), 0);
+        assert_eq!(keys_below(w([65534, 0, 65534, 0]), 65535), 4);
+    }
+
+    #[test]
+    fn address_bytes_and_prefixes() {
+        let a = Addr::new(false, &[192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!((a.byte(0), a.byte(3), a.byte(4)), (192, 7, 0));
+        assert!(a.prefix_of(0xc000_0200_0000_0000, 0, 24));
+        assert!(!a.prefix_of(0xc000_0300_0000_0000, 0, 24));
+        assert!(a.prefix_of(0, 0, 0));
+        let mut b = [0u8; 16];
+        b[0] = 0x20;
+        b[15] = 1;
+        let a = Addr::new(true, &b);
+        assert_eq!((a.byte(0), a.byte(15)), (0x20, 1));
+        assert!(a.prefix_of(0x2000_0000_0000_0000, 1, 128));
+        assert!(!a.prefix_of(0x2000_0000_0000_0000, 2, 128));
+        assert!(a.prefix_of(0x2000_0000_0000_0000, 0, 127));
+    }
+}
