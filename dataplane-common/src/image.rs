@@ -11,15 +11,18 @@
 //! - `0`: [`MAGIC`].
 //! - per direction ([`INBOUND`], [`OUTBOUND`]) a header of [`HEADER_WORDS`] words at
 //!   `1 + direction * HEADER_WORDS`: the destination tries' root entries (IPv4, IPv6), the offsets
-//!   of the destination class records and the policy records, and of the port filter.
+//!   of the destination class records and the policy records, and whether it has flows;
+//! - the two port filters, at [`port_filter`].
 //!
 //! Structures:
 //! - **Address trie** (destination address -> destination class; source address -> policy):
 //!   256-way nodes of [`TRIE_FANOUT`] entries, one per byte of the address, so at most 4 steps
 //!   for IPv4 and 16 for IPv6; an entry is a value, a child node, or a bucket: a sorted list of
 //!   at most [`BUCKET_MAX`] prefixes checked longest first, which ends a walk where few prefixes
-//!   remain (so a host route costs one bucket, not a chain of nodes). Entries already hold the
-//!   value inherited from shorter prefixes (controlled prefix expansion).
+//!   remain (so a host route costs one bucket, not a chain of nodes). The root may be a skip:
+//!   the bytes every prefix shares, compared at once (a site's IPv6 prefixes share a /32 or a
+//!   /64). Entries already hold the value inherited from shorter prefixes (controlled prefix
+//!   expansion).
 //! - **Destination class record** ([`DST_RECORD_WORDS`] words, class `d` at `records + (d - 1) *
 //!   2`): the root entries of the source tries (IPv4, IPv6) of that class: source address ->
 //!   policy, computed from the roles that have flows to this class only.
@@ -35,6 +38,13 @@
 //! Verdict values (port table values): 0 no flow; [`V_FLOW`] | slot, with [`V_DENY`] for a
 //! prohibition; [`V_SPORT`] | offset of a source-port table that decides.
 
+/// Words per element of the `POLICY` array map: the program reads the first page through one
+/// pointer taken per packet (a read is then an offset and a load, about a third of an inlined
+/// lookup), and the rest, for images this large, a page lookup per read. Small sites fit in one.
+/// 2 MiB: within what the kernel allows one array value (KMALLOC_MAX_SIZE, 4 MiB on x86).
+pub const PAGE_WORDS: usize = 1 << 18;
+pub const PAGE_SHIFT: u32 = 18;
+
 /// Word 0 of every image: the format, so that a program never walks an image of another layout.
 pub const MAGIC: u64 = 0x6470_6c69_6d67_0002; // "dplimg", version 2
 
@@ -48,7 +58,7 @@ pub const H_DST_V4: u32 = 0;
 pub const H_DST_V6: u32 = 1;
 /// Offset of the destination class records (low half) and of the policy records (high half).
 pub const H_RECORDS: u32 = 2;
-/// Offset of the port filter (0: no flow in this direction at all).
+/// Whether the direction has flows (1) or none (0): its port filter is at [`port_filter`].
 pub const H_PORT_FILTER: u32 = 3;
 /// Reserved.
 pub const H_SPARE: u32 = 4;
@@ -59,15 +69,22 @@ pub const fn header(dir: u32) -> u32 {
     1 + dir * HEADER_WORDS
 }
 
-/// Words of an image with empty tables: the magic and both headers.
-pub const IMAGE_MIN_WORDS: u32 = 1 + 2 * HEADER_WORDS;
+/// Words of an image before its tables: the magic, both headers and both port filters.
+pub const IMAGE_MIN_WORDS: u32 = 1 + 2 * HEADER_WORDS + 2 * PORT_FILTER_WORDS;
+
+/// Where direction `dir`'s port filter is: at a fixed place, so that a closed port costs one
+/// read of the image besides the destination's.
+#[inline(always)]
+pub const fn port_filter(dir: u32) -> u32 {
+    1 + 2 * HEADER_WORDS + dir * PORT_FILTER_WORDS
+}
 
 // ---- Address tries ----------------------------------------------------------------------------
 
 /// Entries of a trie node: one per value of the next address byte.
 pub const TRIE_FANOUT: u32 = 256;
 /// Prefixes a bucket holds at most.
-pub const BUCKET_MAX: u32 = 8;
+pub const BUCKET_MAX: u32 = 4;
 /// Steps of a walk: one per address byte.
 pub const TRIE_MAX_DEPTH: u32 = 16;
 
@@ -75,7 +92,13 @@ pub const TRIE_MAX_DEPTH: u32 = 16;
 pub const TAG_VALUE: u64 = 0;
 pub const TAG_NODE: u64 = 1;
 pub const TAG_BUCKET: u64 = 2;
+/// Only as a trie's root: the bytes every prefix of the trie shares (path compression). Its
+/// record holds them as an address (two words), then their count and the value of an address
+/// that differs, then the entry that follows them.
+pub const TAG_SKIP: u64 = 3;
 const TAG_SHIFT: u32 = 62;
+/// Words of a skip record.
+pub const SKIP_WORDS: u32 = 4;
 
 /// An entry that answers `value`.
 #[inline(always)]
@@ -83,10 +106,19 @@ pub const fn value_entry(value: u32) -> u64 {
     value as u64
 }
 
-/// An entry that continues at the node at `offset`.
+/// An entry that continues at the node at `offset`, which the address byte `depth` indexes (a
+/// root skip moves the first node's depth past the shared bytes).
 #[inline(always)]
-pub const fn node_entry(offset: u32) -> u64 {
-    (TAG_NODE << TAG_SHIFT) | offset as u64
+pub const fn node_entry(offset: u32, depth: u32) -> u64 {
+    (TAG_NODE << TAG_SHIFT) | ((depth as u64) << DEPTH_SHIFT) | offset as u64
+}
+
+const DEPTH_SHIFT: u32 = 40;
+
+/// The address byte a node entry indexes.
+#[inline(always)]
+pub const fn entry_depth(e: u64) -> u32 {
+    ((e >> DEPTH_SHIFT) & 15) as u32
 }
 
 /// An entry that ends at the bucket at `offset` with `count` prefixes (its first word is the
@@ -94,6 +126,18 @@ pub const fn node_entry(offset: u32) -> u64 {
 #[inline(always)]
 pub const fn bucket_entry(offset: u32, count: u32) -> u64 {
     (TAG_BUCKET << TAG_SHIFT) | ((count as u64) << 32) | offset as u64
+}
+
+/// A root that compares the address's first bytes with the skip record at `offset`.
+#[inline(always)]
+pub const fn skip_entry(offset: u32) -> u64 {
+    (TAG_SKIP << TAG_SHIFT) | offset as u64
+}
+
+/// The second word of a skip record: how many bytes, and the value when they differ.
+#[inline(always)]
+pub const fn skip_meta(bytes: u32, otherwise: u32) -> u64 {
+    ((bytes as u64) << 32) | otherwise as u64
 }
 
 #[inline(always)]
@@ -149,9 +193,20 @@ pub const RANGE_KEYS: u32 = 4;
 pub const RANGE_FANOUT: u32 = 5;
 /// Levels of a port table at most: 65,536 intervals need 8.
 pub const RANGE_MAX_DEPTH: u32 = 8;
-/// Header words of a port table: the header, then the start of each level (16 bits each,
-/// relative to the table, four per word).
+/// Words before the nodes of a port table: the header; with two levels or more, two more words
+/// with the start of each level below the root (16 bits each, relative to the table). A table of
+/// up to 5 intervals (one leaf) is read in three words: header, leaf, value.
 pub const RANGE_HEADER_WORDS: u32 = 3;
+
+/// Where the root of a port table of `depth` levels starts, relative to the table.
+#[inline(always)]
+pub const fn range_root(depth: u32) -> u32 {
+    if depth <= 1 {
+        1
+    } else {
+        RANGE_HEADER_WORDS
+    }
+}
 /// Key of a padding slot: never below a port.
 pub const RANGE_PAD: u16 = u16::MAX;
 

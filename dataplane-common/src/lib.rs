@@ -31,6 +31,9 @@ pub struct Config {
     pub ct_udp: u32,
     /// Drop events each CPU may emit per second (0: none).
     pub events_per_sec: u32,
+    /// Kernel clock ticks per second (`bpf_jiffies64`), measured by the loader: the programs keep
+    /// time in ticks, which cost a few ns to read where nanosecond clocks cost 20-50.
+    pub hz: u32,
 }
 
 /// Drop events per CPU per second when the site does not say.
@@ -64,8 +67,8 @@ pub struct DropEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {
-    /// The second (`bpf_ktime_get_coarse_ns` / 1e9) the budget is for.
-    pub second: u64,
+    /// When (`bpf_jiffies64`) the current second's budget began.
+    pub started: u64,
     pub sent: u32,
     pub suppressed: u32,
 }
@@ -77,29 +80,27 @@ pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
 /// Monitor mode: count every verdict as usual, but pass what would be dropped.
 pub const CONFIG_MONITOR: u32 = 1 << 3;
 
-/// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives (peer address and port, server
-/// address and port; ports big-endian as on the wire).
+/// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives. Addresses as numbers (see
+/// `parse::Addr`), protocol widened to 32 bits so that the key has no padding to clear.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKeyV4 {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: u32,
+    pub dst: u32,
     pub sport: u16,
     pub dport: u16,
-    pub proto: u8,
-    pub pad: [u8; 3],
+    pub proto: u32,
 }
 
-/// Key of `FLOW_V6`.
+/// Key of `FLOW_V6`: addresses as (high, low) halves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKeyV6 {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
     pub sport: u16,
     pub dport: u16,
-    pub proto: u8,
-    pub pad: [u8; 3],
+    pub proto: u32,
 }
 
 /// A connection a protected server opened (`FLOW_V4`/`FLOW_V6`, keyed by the 5-tuple of its
@@ -112,7 +113,7 @@ pub struct FlowEntry {
     pub slot: u32,
     /// A `CT_*` state.
     pub state: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last packet either way.
+    /// `bpf_jiffies64` of the last packet either way.
     pub last_seen: u64,
 }
 
@@ -223,16 +224,15 @@ impl Reason {
     }
 }
 
-/// Key of the `FRAGS` LRU map: a datagram whose first fragment was allowed.
-/// Addresses are 16 bytes; IPv4 uses the first 4 and zeroes the rest.
+/// Key of the `FRAGS` LRU map: a datagram whose first fragment was allowed (addresses as
+/// (high, low) halves, see `parse::Addr`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
     pub id: u32,
-    pub proto: u8,
-    pub pad: [u8; 3],
+    pub proto: u32,
 }
 
 #[cfg(feature = "user")]

@@ -15,6 +15,7 @@
 //! for a tracked connection (the protected server's own), and only while its port has one.
 
 use crate::image::*;
+pub use crate::parse::Addr;
 use crate::parse::{Frag, Packet, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 use crate::{Config, Reason, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
@@ -75,30 +76,11 @@ impl Verdict {
     }
 }
 
-/// An address as two big-endian halves; IPv4 in the top 32 bits of `hi`.
-#[derive(Clone, Copy)]
-pub struct Addr {
-    pub hi: u64,
-    pub lo: u64,
-    pub v6: bool,
-}
-
 impl Addr {
-    #[inline(always)]
-    pub fn new(v6: bool, b: &[u8; 16]) -> Self {
-        let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-        if v6 {
-            Addr { hi, lo, v6 }
-        } else {
-            Addr { hi: hi & 0xffff_ffff_0000_0000, lo: 0, v6 }
-        }
-    }
-
     /// Byte `i` (0-15) of the address.
     #[inline(always)]
     fn byte(&self, i: u32) -> u32 {
-        let (half, at) = if i < 8 { (self.hi, i) } else { (self.lo, i - 8) };
+        let (half, at) = if i < 8 { (self.hi, i) } else { (self.lo, i & 7) };
         ((half >> ((56 - 8 * at) & 63)) & 0xff) as u32
     }
 
@@ -117,30 +99,40 @@ impl Addr {
 
 /// Longest-prefix match in the trie whose root entry is `root`.
 #[inline(always)]
-pub fn trie<I: Image + ?Sized>(img: &I, root: u64, a: &Addr) -> Option<u32> {
+pub fn trie<I: Image + ?Sized>(img: &I, root: u64, v6: bool, a: &Addr) -> Option<u32> {
     let mut e = root;
-    for depth in 0..TRIE_MAX_DEPTH {
+    if entry_tag(e) == TAG_SKIP {
+        // The bytes every prefix of the trie shares (a site's IPv6 prefixes share a /32 or a
+        // /64): compared at once, before any node.
+        let at = entry_low(e);
+        let meta = img.word(at + 2)?;
+        if !a.prefix_of(img.word(at)?, img.word(at + 1)?, 8 * ((meta >> 32) as u32 & 31)) {
+            return Some(meta as u32);
+        }
+        e = img.word(at + 3)?;
+    }
+    for _ in 0..=TRIE_MAX_DEPTH {
         match entry_tag(e) {
-            TAG_NODE => e = img.word(entry_low(e) + a.byte(depth))?,
-            TAG_BUCKET => return bucket(img, e, a),
+            TAG_NODE => e = img.word(entry_low(e) + a.byte(entry_depth(e)))?,
+            TAG_BUCKET => return bucket(img, e, v6, a),
             _ => return Some(entry_low(e)),
         }
     }
-    // Past the last byte only a value can follow (a node there is a corrupt image).
-    (entry_tag(e) == TAG_VALUE).then_some(entry_low(e))
+    // Only a corrupt image walks further than an address is long.
+    None
 }
 
 /// The longest prefix of a bucket (sorted longest first) that holds the address, else the
 /// bucket's own value.
 #[inline(always)]
-fn bucket<I: Image + ?Sized>(img: &I, e: u64, a: &Addr) -> Option<u32> {
+fn bucket<I: Image + ?Sized>(img: &I, e: u64, v6: bool, a: &Addr) -> Option<u32> {
     let at = entry_low(e);
     let n = bucket_count(e);
     for i in 0..BUCKET_MAX {
         if i >= n {
             break;
         }
-        if a.v6 {
+        if v6 {
             let w = at + 1 + i * BUCKET_V6_WORDS;
             let tail = img.word(w + 2)?;
             if a.prefix_of(img.word(w)?, img.word(w + 1)?, (tail >> 32) as u32 & 0xff) {
@@ -162,19 +154,27 @@ fn bucket<I: Image + ?Sized>(img: &I, e: u64, a: &Addr) -> Option<u32> {
 pub fn range<I: Image + ?Sized>(img: &I, t: u32, x: u16) -> Option<u32> {
     let h = img.word(t)?;
     let depth = (h & 15) as u32;
-    let starts = [img.word(t + 1)?, img.word(t + 2)?];
-    let mut node = 0;
     let mut rank = 0;
-    for level in 0..RANGE_MAX_DEPTH {
-        if level >= depth {
-            break;
-        }
-        let start = (starts[(level >> 2) as usize & 1] >> (16 * (level & 3))) as u32 & 0xffff;
-        let below = keys_below(img.word(t + start + node)?, x);
-        if level + 1 == depth {
-            rank = node * RANGE_KEYS + below;
-        } else {
-            node = node * RANGE_FANOUT + below;
+    if depth == 1 {
+        rank = keys_below(img.word(t + 1)?, x);
+    } else if depth > 1 {
+        let starts = [img.word(t + 1)?, img.word(t + 2)?];
+        let mut node = 0;
+        for level in 0..RANGE_MAX_DEPTH {
+            if level >= depth {
+                break;
+            }
+            let start = if level == 0 {
+                RANGE_HEADER_WORDS
+            } else {
+                (starts[((level - 1) >> 2) as usize & 1] >> (16 * ((level - 1) & 3))) as u32 & 0xffff
+            };
+            let below = keys_below(img.word(t + start + node)?, x);
+            if level + 1 == depth {
+                rank = node * RANGE_KEYS + below;
+            } else {
+                node = node * RANGE_FANOUT + below;
+            }
         }
     }
     let w = img.word(t + (h >> 32) as u32 + rank / 2)?;
@@ -183,10 +183,10 @@ pub fn range<I: Image + ?Sized>(img: &I, t: u32, x: u16) -> Option<u32> {
 
 /// The destination class of `dst` in direction `dir` (None: not a destination of the direction).
 #[inline(always)]
-pub fn dst_class<I: Image + ?Sized>(img: &I, dir: u32, dst: &Addr) -> Option<u32> {
+pub fn dst_class<I: Image + ?Sized>(img: &I, dir: u32, v6: bool, dst: &Addr) -> Option<u32> {
     let h = header(dir);
-    let root = img.word(h + if dst.v6 { H_DST_V6 } else { H_DST_V4 })?;
-    trie(img, root, dst).filter(|&c| c != 0)
+    let root = img.word(h + if v6 { H_DST_V6 } else { H_DST_V4 })?;
+    trie(img, root, v6, dst).filter(|&c| c != 0)
 }
 
 /// Pass or drop for a flow's verdict value.
@@ -210,13 +210,12 @@ pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport:
 fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport: u16, dport: u16) -> Option<u32> {
     let h = header(dir);
     let proto = proto_index(p.proto);
-    let filter = img.word(h + H_PORT_FILTER)? as u32;
-    if filter == 0 || img.word(filter + (proto << 10) + (dport as u32 >> 6))? & (1 << (dport & 63)) == 0 {
+    if img.word(port_filter(dir) + (proto << 10) + (dport as u32 >> 6))? & (1 << (dport & 63)) == 0 {
         return Some(0);
     }
     let records = img.word(h + H_RECORDS)?;
     let record = records as u32 + (class - 1) * DST_RECORD_WORDS + p.v6 as u32;
-    let policy = trie(img, img.word(record)?, &Addr::new(p.v6, &p.src))?;
+    let policy = trie(img, img.word(record)?, p.v6, &p.src)?;
     if policy == 0 {
         return Some(0);
     }
@@ -308,7 +307,7 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
         // No image of this layout: judge nothing as passing.
         return Verdict::new(Reason::DropNoFlow);
     }
-    let Some(class) = dst_class(img, INBOUND, &Addr::new(p.v6, &p.dst)) else {
+    let Some(class) = dst_class(img, INBOUND, p.v6, &p.dst) else {
         return Verdict::new(if config.flags & CONFIG_DROP_UNPROTECTED != 0 {
             Reason::DropUnprotected
         } else {
@@ -345,7 +344,7 @@ pub fn outbound<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) 
     if img.word(0) != Some(MAGIC) {
         return Verdict::new(Reason::DropNoFlow);
     }
-    match dst_class(img, OUTBOUND, &Addr::new(p.v6, &p.dst)) {
+    match dst_class(img, OUTBOUND, p.v6, &p.dst) {
         Some(class) => flow(img, OUTBOUND, class, p, sport, dport),
         None => Verdict::new(Reason::DropNoFlow),
     }
@@ -364,7 +363,7 @@ pub fn inbound_admits_reply<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, 
         frag_id: 0,
         l4: L4::Ports { sport: dport, dport: sport, flags: 0 },
     };
-    match dst_class(img, INBOUND, &Addr::new(p.v6, &p.src)) {
+    match dst_class(img, INBOUND, p.v6, &p.src) {
         Some(class) => flow(img, INBOUND, class, &reply, dport, sport).reason == Reason::PassFlow,
         None => false,
     }
@@ -389,7 +388,7 @@ mod tests {
 
     #[test]
     fn address_bytes_and_prefixes() {
-        let a = Addr::new(false, &[192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let a = Addr::from_bytes(false, &[192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!((a.byte(0), a.byte(3), a.byte(4)), (192, 7, 0));
         assert!(a.prefix_of(0xc000_0200_0000_0000, 0, 24));
         assert!(!a.prefix_of(0xc000_0300_0000_0000, 0, 24));
@@ -397,7 +396,7 @@ mod tests {
         let mut b = [0u8; 16];
         b[0] = 0x20;
         b[15] = 1;
-        let a = Addr::new(true, &b);
+        let a = Addr::from_bytes(true, &b);
         assert_eq!((a.byte(0), a.byte(15)), (0x20, 1));
         assert!(a.prefix_of(0x2000_0000_0000_0000, 1, 128));
         assert!(!a.prefix_of(0x2000_0000_0000_0000, 2, 128));

@@ -8,29 +8,46 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use dataplane_common::{
+    image::{PAGE_SHIFT, PAGE_WORDS},
     parse::{Packet, Parsed},
     walk::{self, Image, State, Verdict},
-    Config, FragKey,
+    Config, FragKey, Reason,
 };
 
 use crate::flowtable;
 
-/// The policy image (sized and written by the loader through a shared mapping).
+/// The policy image in pages (sized and written by the loader through a shared mapping).
 #[map]
-static POLICY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static POLICY: Array<[u64; PAGE_WORDS]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Datagrams whose first fragment passed -> flow slot, so later fragments follow it.
 #[map]
 static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// The `POLICY` map as the walk's image: every read is an inlined array lookup.
-pub struct Policy;
+/// The `POLICY` map as the walk's image: the first page through a pointer taken once, the
+/// others through an (inlined) lookup of their page.
+pub struct Policy {
+    first: &'static [u64; PAGE_WORDS],
+}
+
+impl Policy {
+    #[inline(always)]
+    pub fn get() -> Option<Self> {
+        POLICY.get(0).map(|first| Policy { first })
+    }
+}
 
 impl Image for Policy {
     #[inline(always)]
     fn word(&self, index: u32) -> Option<u64> {
-        POLICY.get(index).copied()
+        // The mask, not a comparison, bounds the offset: the verifier then knows it whatever
+        // register LLVM keeps the comparison in.
+        let offset = index as usize & (PAGE_WORDS - 1);
+        match index >> PAGE_SHIFT {
+            0 => Some(self.first[offset]),
+            page => POLICY.get(page).map(|p| p[offset]),
+        }
     }
 }
 
@@ -59,7 +76,7 @@ impl State for Kernel<'_> {
 
 #[inline(always)]
 fn frag_key(p: &Packet) -> FragKey {
-    FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto, pad: [0; 3] }
+    FragKey { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], id: p.frag_id, proto: p.proto as u32 }
 }
 
 /// The site-wide switches and timeouts.
@@ -71,5 +88,8 @@ pub fn config() -> Config {
 /// The verdict on an arriving frame.
 #[inline(always)]
 pub fn judge(parsed: &Parsed, config: &Config) -> Verdict {
-    walk::judge(&Policy, &mut Kernel { config }, config, parsed)
+    match Policy::get() {
+        Some(img) => walk::judge(&img, &mut Kernel { config }, config, parsed),
+        None => Verdict::new(Reason::DropNoFlow),
+    }
 }

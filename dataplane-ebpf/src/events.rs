@@ -26,10 +26,10 @@ pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, conf
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else { return };
     // Safety: this CPU's slot.
     let budget = unsafe { &mut *budget };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let second = now / 1_000_000_000;
-    if budget.second != second {
-        budget.second = second;
+    // A new budget a second (hz ticks) after the last began: no division per packet.
+    let now = crate::flowtable::now();
+    if now.wrapping_sub(budget.started) >= config.hz as u64 {
+        budget.started = now;
         budget.sent = 0;
     }
     if budget.sent >= rate {
@@ -41,11 +41,12 @@ pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, conf
         _ => (0, 0),
     };
     let event = DropEvent {
-        time_ns: now,
+        // Safety: a helper without arguments; a nanosecond clock only for the events that go out.
+        time_ns: unsafe { bpf_ktime_get_coarse_ns() },
         ifindex: ctx.ingress_ifindex() as u32,
         slot: if reason == Reason::DropDenyFlow { slot } else { u32::MAX },
-        src: p.src,
-        dst: p.dst,
+        src: p.src.bytes(),
+        dst: p.dst.bytes(),
         sport,
         dport,
         reason: reason as u8,

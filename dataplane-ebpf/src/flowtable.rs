@@ -12,13 +12,13 @@
 //! costs no hash lookup.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::bpf_jiffies64,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
     image::proto_index,
-    parse::{Packet, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{Addr, Packet, IPPROTO_TCP, IPPROTO_UDP},
     walk::{self, ports},
     CacheKeyV4, CacheKeyV6, Config, FlowEntry, Reason, CT_CLOSING, CT_ESTABLISHED, CT_STAT_COUNT, CT_STAT_INSERTS,
     CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
@@ -31,18 +31,14 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const NO_COMMON_LRU: u32 = 2;
-const NS: u64 = 1_000_000_000;
-/// Margin over a timeout before `LIVE_PORTS` says a port has no live connection: CPUs write it
-/// without ordering, so it may lag an entry's own time by a moment.
-const LIVE_SLACK_NS: u64 = NS;
 
 // Sized by the loader (site option `conntrack-size`). Per-CPU LRU lists avoid contention.
 #[map]
 static FLOW_V4: LruHashMap<CacheKeyV4, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
 #[map]
 static FLOW_V6: LruHashMap<CacheKeyV6, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
-/// Per (protocol, server port): `bpf_ktime_get_coarse_ns` of the last packet of any tracked
-/// connection on that port, either way.
+/// Per (protocol, server port): `bpf_jiffies64` of the last packet of any tracked connection on
+/// that port, either way.
 #[map]
 static LIVE_PORTS: Array<u64> = Array::with_max_entries(2 * 65536, 0);
 /// `CT_STAT_*` events.
@@ -57,18 +53,19 @@ fn stat(i: u32) {
     }
 }
 
+/// Clock ticks: a few ns to read (see `Config::hz`).
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // Safety: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    unsafe { bpf_jiffies64() }
 }
 
 /// A 5-tuple as replies arrive: `peer` is the source, `server` the destination.
 #[derive(Clone, Copy)]
 struct Tuple {
     v6: bool,
-    peer: [u8; 16],
-    server: [u8; 16],
+    peer: Addr,
+    server: Addr,
     peer_port: u16,
     server_port: u16,
     proto: u8,
@@ -118,25 +115,17 @@ impl Tuple {
 
     #[inline(always)]
     fn key4(&self) -> CacheKeyV4 {
-        CacheKeyV4 {
-            src: [self.peer[0], self.peer[1], self.peer[2], self.peer[3]],
-            dst: [self.server[0], self.server[1], self.server[2], self.server[3]],
-            sport: self.peer_port,
-            dport: self.server_port,
-            proto: self.proto,
-            pad: [0; 3],
-        }
+        CacheKeyV4 { src: self.peer.v4(), dst: self.server.v4(), sport: self.peer_port, dport: self.server_port, proto: self.proto as u32 }
     }
 
     #[inline(always)]
     fn key6(&self) -> CacheKeyV6 {
         CacheKeyV6 {
-            src: self.peer,
-            dst: self.server,
+            src: [self.peer.hi, self.peer.lo],
+            dst: [self.server.hi, self.server.lo],
             sport: self.peer_port,
             dport: self.server_port,
-            proto: self.proto,
-            pad: [0; 3],
+            proto: self.proto as u32,
         }
     }
 }
@@ -146,17 +135,24 @@ fn live_index(proto: u8, port: u16) -> u32 {
     (proto_index(proto) << 16) | port as u32
 }
 
+/// A timeout in clock ticks.
 #[inline(always)]
-fn timeout_ns(state: u32, c: &Config) -> u64 {
+fn ticks(seconds: u32, c: &Config) -> u64 {
+    seconds as u64 * c.hz as u64
+}
+
+#[inline(always)]
+fn timeout(state: u32, c: &Config) -> u64 {
     let s = match state {
         CT_ESTABLISHED => c.ct_tcp_established,
         CT_UDP => c.ct_udp,
         _ => c.ct_tcp_transitory,
     };
-    s as u64 * NS
+    ticks(s, c)
 }
 
-/// Whether a connection on (protocol, server port) can still be alive.
+/// Whether a connection on (protocol, server port) can still be alive. A second's margin: CPUs
+/// write `LIVE_PORTS` without ordering, so it may lag an entry's own time by a moment.
 #[inline(always)]
 fn live(proto: u8, port: u16, now: u64, c: &Config) -> bool {
     let longest = if proto == IPPROTO_UDP {
@@ -167,7 +163,7 @@ fn live(proto: u8, port: u16, now: u64, c: &Config) -> bool {
         c.ct_tcp_transitory
     };
     match LIVE_PORTS.get(live_index(proto, port)) {
-        Some(&t) => now.saturating_sub(t) <= longest as u64 * NS + LIVE_SLACK_NS,
+        Some(&t) => now.saturating_sub(t) <= ticks(longest + 1, c),
         None => true,
     }
 }
@@ -197,7 +193,8 @@ pub fn outbound(p: &Packet) -> Option<u32> {
         t.touch(now);
         return Some(e.slot);
     }
-    let v = walk::outbound(&Policy, p, sport, dport);
+    let img = Policy::get()?;
+    let v = walk::outbound(&img, p, sport, dport);
     if v.reason != Reason::PassFlow {
         return None;
     }
@@ -211,7 +208,7 @@ pub fn outbound(p: &Packet) -> Option<u32> {
     };
     // Replies that the inbound policy admits by itself are not tracked: they stay counted on
     // their inbound flow, as explain says, whichever side spoke first.
-    if !walk::inbound_admits_reply(&Policy, p, sport, dport) {
+    if !walk::inbound_admits_reply(&img, p, sport, dport) {
         t.insert(&FlowEntry { slot: v.slot, state, last_seen: now });
         t.touch(now);
         stat(CT_STAT_INSERTS);
@@ -230,7 +227,7 @@ pub fn reply(p: &Packet, sport: u16, dport: u16, flags: u8, c: &Config) -> Optio
     let t = Tuple::inbound(p, sport, dport);
     // Safety: as in `outbound`.
     let e = unsafe { &mut *t.get()? };
-    if now.saturating_sub(e.last_seen) > timeout_ns(e.state, c) {
+    if now.saturating_sub(e.last_seen) > timeout(e.state, c) {
         t.remove();
         stat(CT_STAT_REFUSED);
         return None;

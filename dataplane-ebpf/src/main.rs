@@ -81,6 +81,13 @@ pub fn egress(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// Returns the kernel's clock in ticks (low 32 bits): the loader runs it twice, a known time
+/// apart, to learn how many ticks make a second (`Config::hz`).
+#[xdp]
+pub fn clock(_ctx: XdpContext) -> u32 {
+    flowtable::now() as u32
+}
+
 /// Passes everything: the baseline `cargo xtask bench` measures the classifier against.
 #[xdp]
 pub fn baseline(_ctx: XdpContext) -> u32 {
@@ -104,11 +111,10 @@ pub fn floor(ctx: XdpContext) -> u32 {
     // Safety: plain values copied out at once.
     let hit = unsafe {
         if p.v6 {
-            let k = CacheKeyV6 { src: p.src, dst: p.dst, sport, dport, proto: p.proto, pad: [0; 3] };
+            let k = CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 };
             FLOOR_V6.get(&k).copied()
         } else {
-            let (s, d) = (p.src, p.dst);
-            let k = CacheKeyV4 { src: [s[0], s[1], s[2], s[3]], dst: [d[0], d[1], d[2], d[3]], sport, dport, proto: p.proto, pad: [0; 3] };
+            let k = CacheKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
             FLOOR_V4.get(&k).copied()
         }
     };

@@ -39,19 +39,15 @@ impl Packet {
             p if p == icmp => L4::Icmp { ty: self.icmp_type.unwrap_or(if v6 { 128 } else { 8 }) },
             _ => L4::None,
         };
-        parse::Packet { v6, src: bytes(self.src), dst: bytes(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4 }
+        parse::Packet { v6, src: addr(self.src), dst: addr(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4 }
     }
 }
 
-/// An address as the parser stores it: IPv4 in the first 4 bytes.
-pub fn bytes(ip: IpAddr) -> [u8; 16] {
+/// An address as the parser holds it.
+pub fn addr(ip: IpAddr) -> parse::Addr {
     match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        }
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => parse::Addr { hi: (u32::from(a) as u64) << 32, lo: 0 },
+        IpAddr::V6(a) => parse::Addr { hi: (u128::from(a) >> 64) as u64, lo: u128::from(a) as u64 },
     }
 }
 
@@ -96,16 +92,14 @@ impl Classifier {
 
     /// Whether the destination is an address of a protected role.
     pub fn protected(&self, dst: IpAddr) -> bool {
-        let a = walk::Addr::new(dst.is_ipv6(), &bytes(dst));
-        walk::dst_class(self.image.as_slice(), dataplane_common::image::INBOUND, &a).is_some()
+        walk::dst_class(self.image.as_slice(), dataplane_common::image::INBOUND, dst.is_ipv6(), &addr(dst)).is_some()
     }
 
     /// Whether some inbound flow names this protocol and destination port (the port filter).
     pub fn port_named(&self, proto: u8, dport: u16) -> bool {
-        use dataplane_common::image::{header, proto_index, H_PORT_FILTER, INBOUND};
-        let filter = self.image[(header(INBOUND) + H_PORT_FILTER) as usize] as usize;
-        let word = filter + ((proto_index(proto) as usize) << 10) + (dport as usize >> 6);
-        filter != 0 && self.image[word] & (1 << (dport & 63)) != 0
+        use dataplane_common::image::{port_filter, proto_index, INBOUND};
+        let word = port_filter(INBOUND) as usize + ((proto_index(proto) as usize) << 10) + (dport as usize >> 6);
+        self.image[word] & (1 << (dport & 63)) != 0
     }
 
     /// The verdict on a packet to an address no protected role holds.

@@ -9,7 +9,7 @@ use aya::{
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use dataplane_common::{Counter, Reason, REASON_COUNT};
+use dataplane_common::{image::PAGE_WORDS, Counter, Reason, REASON_COUNT};
 
 use crate::tables::Tables;
 
@@ -85,7 +85,7 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
         (MAP_FLOWS, flow_slots),
         (MAP_OUT_FLOWS, out_slots),
         (MAP_REPLY_FLOWS, out_slots),
-        (MAP_POLICY, image.len()),
+        (MAP_POLICY, pages(image.len())),
         (MAP_FLOW_V4, ct as usize),
         (MAP_FLOW_V6, ct as usize),
     ];
@@ -113,12 +113,17 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Pages of the `POLICY` map an image of `words` words takes.
+pub fn pages(words: usize) -> usize {
+    words.div_ceil(PAGE_WORDS).max(1)
+}
+
 /// Copies the policy image into the `POLICY` map through a shared mapping of it (the map is
 /// mmapable): one copy, however many words, where updates would take a system call per word.
 pub fn write_image(ebpf: &mut Ebpf, image: &[u64]) -> Result<()> {
     let map = map_mut(ebpf, MAP_POLICY)?;
     let aya::maps::Map::Array(data) = map else { bail!("{MAP_POLICY} is not an array map") };
-    let room = data.info().map(|i| i.max_entries() as usize).context("reading the POLICY map's size")?;
+    let room = data.info().map(|i| i.max_entries() as usize).context("reading the POLICY map's size")? * PAGE_WORDS;
     if image.len() > room {
         bail!("a policy image of {} words does not fit the {MAP_POLICY} map of {room}", image.len());
     }
@@ -165,11 +170,38 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
     Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
-/// Replaces the site-wide switches of a loaded program.
-pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
+/// Replaces the site-wide switches of a loaded program (with the kernel's clock rate).
+pub fn write_config(ebpf: &mut Ebpf, mut c: dataplane_common::Config) -> Result<()> {
+    c.hz = clock_hz(ebpf)?;
     let mut config: Array<_, dataplane_common::Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
     config.set(0, c, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
+
+/// The kernel's clock ticks per second (its HZ), measured once per process with the `clock`
+/// program: the ticks that pass in 40 ms, rounded to the nearest rate a kernel is built with.
+fn clock_hz(ebpf: &mut Ebpf) -> Result<u32> {
+    static HZ: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(&hz) = HZ.get() {
+        return Ok(hz);
+    }
+    let prog = program_named(ebpf, CLOCK)?;
+    prog.load().context("loading the clock program")?;
+    let tick = || -> Result<(u32, std::time::Instant)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(&[0u8; 64]);
+        Ok((prog.test_run(opts).context("running the clock program")?.return_value, std::time::Instant::now()))
+    };
+    let (t0, at0) = tick()?;
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let (t1, at1) = tick()?;
+    let rate = t1.wrapping_sub(t0) as f64 / (at1 - at0).as_secs_f64();
+    let hz = [100u32, 250, 300, 1000].into_iter().min_by_key(|&h| (h as f64 - rate).abs() as u64).unwrap_or(250);
+    Ok(*HZ.get_or_init(|| hz))
+}
+
+/// The program that reads the kernel's clock (see `clock_hz`).
+pub const CLOCK: &str = "clock";
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("map {name} missing from the XDP object"))

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use dataplane::tables::Tables;
-use dataplane_common::parse::{parse, Bytes, Packet};
+use dataplane_common::parse::{parse, Addr, Bytes, Packet};
 use dataplane_common::walk::{self, State, NO_SLOT};
 use dataplane_common::Config;
 
@@ -25,7 +25,7 @@ pub struct Twin {
 
 /// Datagrams whose first fragment passed -> flow slot, keyed as the kernel's `FRAGS` keys them.
 #[derive(Default)]
-struct Frags(HashMap<([u8; 16], [u8; 16], u32, u8), u32>);
+struct Frags(HashMap<(Addr, Addr, u32, u8), u32>);
 
 impl State for Frags {
     fn fragment(&mut self, p: &Packet) -> Option<u32> {

@@ -33,10 +33,28 @@ pub fn build(inbound: &Direction, outbound: Option<&Direction>) -> Vec<u64> {
 pub fn build_with_breakdown(inbound: &Direction, outbound: Option<&Direction>) -> (Vec<u64>, Breakdown) {
     let mut w = Writer { words: vec![0; IMAGE_MIN_WORDS as usize], sizes: Breakdown::default() };
     w.words[0] = MAGIC;
-    w.sizes.header = IMAGE_MIN_WORDS as usize;
-    w.direction(INBOUND, inbound);
-    if let Some(out) = outbound {
-        w.direction(OUTBOUND, out);
+    w.sizes.header = (IMAGE_MIN_WORDS - 2 * PORT_FILTER_WORDS) as usize;
+    w.sizes.port_filters = 2 * PORT_FILTER_WORDS as usize;
+    let dirs: Vec<(u32, &Direction)> = [(INBOUND, Some(inbound)), (OUTBOUND, outbound)]
+        .into_iter()
+        .filter_map(|(dir, d)| d.map(|d| (dir, d)))
+        .collect();
+    // What every packet reads first, so that it lies in the first page (see `PAGE_WORDS`): the
+    // records and the destination tries of both directions; then the source tries; then the
+    // port tables, the bulk of a large policy.
+    let records: Vec<(u32, u32)> = dirs.iter().map(|&(dir, d)| w.head(dir, d)).collect();
+    let tries: Vec<Vec<u64>> = dirs.iter().map(|(_, d)| w.src_tries(d)).collect();
+    for (((_, d), &(classes, policies)), src) in dirs.iter().zip(&records).zip(&tries) {
+        let tables = w.port_tables(d);
+        for (i, c) in d.classes.iter().enumerate() {
+            let at = (classes + i as u32 * DST_RECORD_WORDS) as usize;
+            w.words[at] = src[c.src_v4 as usize];
+            w.words[at + 1] = src[c.src_v6 as usize];
+        }
+        for (i, p) in d.policies.iter().enumerate() {
+            let [tcp, udp] = p.map(|t| t.map_or(0, |t| tables[t as usize]));
+            w.words[policies as usize + i] = policy_record(tcp, udp);
+        }
     }
     (w.words, w.sizes)
 }
@@ -58,51 +76,46 @@ impl Writer {
         at
     }
 
-    fn direction(&mut self, dir: u32, d: &Direction) {
-        let h = header(dir) as usize;
-        // Port tables first: policy records and source-port values point at them.
-        let before = self.words.len();
-        let mut tables = vec![0u32; d.ports.len()];
-        // Source-port tables before the tables whose values name them.
-        let order = sport_first(d);
-        for i in order {
-            tables[i] = self.port_table(&d.ports[i], &tables);
-        }
-        self.sizes.port_tables += self.words.len() - before;
-
-        let before = self.words.len();
-        let filter = self.alloc(PORT_FILTER_WORDS as usize);
+    /// A direction's header, port filter, destination tries and (empty) records; returns where
+    /// the class records and the policy records start.
+    fn head(&mut self, dir: u32, d: &Direction) -> (u32, u32) {
+        let filter = port_filter(dir) as usize;
         for &(proto, a, b) in &d.filter {
-            let base = filter as usize + ((proto_index(proto) as usize) << 10);
+            let base = filter + ((proto_index(proto) as usize) << 10);
             set_bits(&mut self.words[base..base + 1024], a as usize, b as usize);
         }
-        self.sizes.port_filters += self.words.len() - before;
-
         let before = self.words.len();
-        let src: Vec<u64> = d.src.iter().map(|t| self.trie(t)).collect();
-        self.sizes.src_tries += self.words.len() - before;
+        let classes = self.alloc(d.classes.len() * DST_RECORD_WORDS as usize);
+        let policies = self.alloc(d.policies.len());
+        self.sizes.records += self.words.len() - before;
         let before = self.words.len();
         let dst = [false, true].map(|v6| self.trie(if v6 { &d.dst_v6 } else { &d.dst_v4 }));
         self.sizes.dst_tries += self.words.len() - before;
-
-        let before = self.words.len();
-        let records = self.alloc(d.classes.len() * DST_RECORD_WORDS as usize);
-        for (i, c) in d.classes.iter().enumerate() {
-            let at = records as usize + i * DST_RECORD_WORDS as usize;
-            self.words[at] = src[c.src_v4 as usize];
-            self.words[at + 1] = src[c.src_v6 as usize];
-        }
-        let policies = self.alloc(d.policies.len());
-        for (i, p) in d.policies.iter().enumerate() {
-            let [tcp, udp] = p.map(|t| t.map_or(0, |t| tables[t as usize]));
-            self.words[policies as usize + i] = policy_record(tcp, udp);
-        }
-        self.sizes.records += self.words.len() - before;
-
+        let h = header(dir) as usize;
         self.words[h + H_DST_V4 as usize] = dst[0];
         self.words[h + H_DST_V6 as usize] = dst[1];
-        self.words[h + H_RECORDS as usize] = ((policies as u64) << 32) | records as u64;
-        self.words[h + H_PORT_FILTER as usize] = filter as u64;
+        self.words[h + H_RECORDS as usize] = ((policies as u64) << 32) | classes as u64;
+        self.words[h + H_PORT_FILTER as usize] = !d.filter.is_empty() as u64;
+        (classes, policies)
+    }
+
+    /// The source tries' root entries.
+    fn src_tries(&mut self, d: &Direction) -> Vec<u64> {
+        let before = self.words.len();
+        let roots = d.src.iter().map(|t| self.trie(t)).collect();
+        self.sizes.src_tries += self.words.len() - before;
+        roots
+    }
+
+    /// The port tables' offsets: source-port tables before the tables whose values name them.
+    fn port_tables(&mut self, d: &Direction) -> Vec<u32> {
+        let before = self.words.len();
+        let mut tables = vec![0u32; d.ports.len()];
+        for i in sport_first(d) {
+            tables[i] = self.port_table(&d.ports[i], &tables);
+        }
+        self.sizes.port_tables += self.words.len() - before;
+        tables
     }
 
     /// A port table as a static B+ tree (see `dataplane_common::image`); returns its offset.
@@ -124,15 +137,20 @@ impl Writer {
         }
         assert!(levels.len() <= RANGE_MAX_DEPTH as usize, "a port table of {} intervals", t.starts.len());
         let at = self.here();
+        let depth = levels.len() as u32;
         let mut starts = [0u64; 2];
-        let mut next = RANGE_HEADER_WORDS;
+        let mut next = range_root(depth);
         for (l, level) in levels.iter().enumerate() {
-            starts[l / 4] |= (next as u64) << (16 * (l % 4));
+            if l > 0 {
+                starts[(l - 1) / 4] |= (next as u64) << (16 * ((l - 1) % 4));
+            }
             next += level.len() as u32;
         }
         assert!(next <= u16::MAX as u32 + 1, "port table levels start within 16 bits");
-        self.words.push(range_header(levels.len() as u32, next));
-        self.words.extend_from_slice(&starts);
+        self.words.push(range_header(depth, next));
+        if depth > 1 {
+            self.words.extend_from_slice(&starts);
+        }
         levels.iter().for_each(|l| self.words.extend_from_slice(l));
         let values: Vec<u32> = t.values.iter().map(|v| encode(*v, offsets)).collect();
         self.words.extend(values.chunks(2).map(|p| p[0] as u64 | (p.get(1).copied().unwrap_or(0) as u64) << 32));
@@ -149,7 +167,18 @@ impl Writer {
         // The value of the whole address space: a /0, else 0.
         let root_value = all.iter().find(|(c, _)| c.len == 0).map_or(0, |p| p.1);
         all.retain(|(c, _)| c.len > 0);
-        self.subtrie(all, 0, root_value, v6_trie)
+        let shared = if all.len() > BUCKET_MAX as usize { shared_bytes(all, 0) } else { 0 };
+        if shared == 0 {
+            return self.subtrie(all, 0, root_value, v6_trie);
+        }
+        // An address that differs in the shared bytes is held by no prefix but a /0.
+        let at = self.alloc(SKIP_WORDS as usize);
+        let run = all[0].0.addr & crate::policy::cidr::mask(8 * shared as u8, if v6_trie { 128 } else { 32 });
+        let run = if v6_trie { run } else { run << 96 };
+        let next = self.subtrie(all, shared, root_value, v6_trie);
+        let record = [(run >> 64) as u64, run as u64, skip_meta(shared, root_value), next];
+        self.words[at as usize..(at + SKIP_WORDS) as usize].copy_from_slice(&record);
+        skip_entry(at)
     }
 
     /// The entry for the region of the addresses whose first `depth` bytes are those of every
@@ -185,7 +214,7 @@ impl Writer {
             let e = self.subtrie(sub, depth + 1, inherited[b as usize], v6);
             self.words[(node + b) as usize] = e;
         }
-        node_entry(node)
+        node_entry(node, depth)
     }
 
     fn bucket(&mut self, prefixes: &[(Cidr, u32)], value: u32, v6: bool) -> u64 {
@@ -212,6 +241,21 @@ fn set_bits(words: &mut [u64], a: usize, b: usize) {
         let hi = if w == b / 64 { b % 64 } else { 63 };
         words[w] |= (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
     }
+}
+
+/// How many bytes from `depth` on every prefix has in common and is longer than: the run a
+/// root skip compares at once.
+fn shared_bytes(prefixes: &[(Cidr, u32)], depth: u32) -> u32 {
+    let shortest = prefixes.iter().map(|p| p.0.len as u32).min().unwrap_or(0);
+    let mut n = 0;
+    while 8 * (depth + n + 1) < shortest {
+        let b = byte(&prefixes[0].0, depth + n);
+        if prefixes.iter().any(|p| byte(&p.0, depth + n) != b) {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Byte `depth` of a prefix's address.
@@ -298,7 +342,7 @@ mod tests {
             let mut wr = Writer { words: vec![0; 1], sizes: Breakdown::default() };
             let root = wr.trie(&list);
             for i in 0..25u128 {
-                let got = walk::trie(wr.words.as_slice(), root, &Addr::new(v6, &addr_bytes(v6, base | i)));
+                let got = walk::trie(wr.words.as_slice(), root, v6, &Addr::from_bytes(v6, &addr_bytes(v6, base | i)));
                 assert_eq!(got, Some(if i < 20 { i as u32 + 1 } else { 99 }), "v6 {v6}, host {i}");
             }
         }
@@ -320,7 +364,7 @@ mod tests {
                 probes.extend([c.addr, last, c.addr.wrapping_sub(1) & full, last.wrapping_add(1) & full]);
             }
             for a in probes {
-                let got = walk::trie(w.words.as_slice(), root, &Addr::new(v6, &addr_bytes(v6, a)));
+                let got = walk::trie(w.words.as_slice(), root, v6, &Addr::from_bytes(v6, &addr_bytes(v6, a)));
                 prop_assert_eq!(got, Some(lpm(&list, v6, a)), "address {:x}", a);
             }
         }

@@ -87,6 +87,8 @@ impl Policy {
             ct_tcp_transitory: self.conntrack.tcp_transitory,
             ct_udp: self.conntrack.udp,
             events_per_sec: dataplane_common::DEFAULT_EVENTS_PER_SEC,
+            // Measured when the program is loaded (`load::write_config`).
+            hz: 0,
         }
     }
 
