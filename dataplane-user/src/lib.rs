@@ -16,6 +16,7 @@ pub mod persist;
 pub mod run;
 pub mod state;
 pub mod slots;
+pub mod sources;
 pub mod stats;
 pub mod synth;
 pub mod tables;
