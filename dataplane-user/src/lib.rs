@@ -4,8 +4,10 @@
 pub mod classify;
 pub mod cli_policy;
 pub mod compile;
+pub mod diff;
 pub mod events;
 pub mod export;
+pub mod judge;
 pub mod lab;
 pub mod policy;
 pub mod load;

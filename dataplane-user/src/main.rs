@@ -23,6 +23,9 @@ enum Command {
     Compile(cli_policy::CompileArgs),
     /// Predict the verdict for packets, through the compiled tables.
     Explain(cli_policy::ExplainArgs),
+    /// What a site changes against the enforced policy (or --from FILE): flows, causes, and
+    /// example tuples whose verdict flips. Exit status 0: the same, 1: differs, 2: error.
+    Diff(dataplane::diff::DiffArgs),
     /// Write the site's inbound policy in another firewall's language (nftables).
     Export(dataplane::export::ExportArgs),
     /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
@@ -48,6 +51,7 @@ fn main() {
         Command::Flows(a) => cli_policy::flows(a),
         Command::Compile(a) => cli_policy::compile(a),
         Command::Explain(a) => cli_policy::explain(a),
+        Command::Diff(a) => dataplane::diff::exit(a),
         Command::Export(a) => dataplane::export::export(a),
         Command::Run(a) => run::run(a),
         Command::Stats(a) => stats::stats(a),

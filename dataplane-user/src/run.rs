@@ -439,6 +439,7 @@ fn fingerprint(site: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
 /// Reloads and logs the outcome; the running policy stays on any error.
 fn reload(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why: &str) {
     let started = std::time::Instant::now();
+    let before = enforcer.sources.clone();
     match enforcer.reload() {
         Ok(()) => {
             info.set_policy(metrics::PolicyInfo::new(site, &enforcer.tables));
@@ -449,6 +450,7 @@ fn reload(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why
                 enforcer.generation,
                 enforcer.tables.flows.len()
             );
+            info!("{}", crate::diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));
         }
         Err(e) => {
             info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
