@@ -20,5 +20,6 @@ pub mod state;
 pub mod slots;
 pub mod sources;
 pub mod stats;
+pub mod suggest;
 pub mod synth;
 pub mod tables;

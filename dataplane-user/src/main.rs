@@ -34,6 +34,9 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
     Events(events::EventsArgs),
+    /// Group dropped traffic (drop events, monitor mode or not) by what the catalogs say of it:
+    /// options switched off, roles unbound, forbidden, undocumented; print the lines to add.
+    Suggest(dataplane::suggest::SuggestArgs),
     /// Remove what `run --persist`, or a run that was killed, left enforcing.
     Detach(persist::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
@@ -56,6 +59,7 @@ fn main() {
         Command::Run(a) => run::run(a),
         Command::Stats(a) => stats::stats(a),
         Command::Events(a) => events::events(a),
+        Command::Suggest(a) => dataplane::suggest::suggest(a),
         Command::Detach(a) => persist::detach(a),
         Command::Lab(a) => lab::lab(a),
     };
