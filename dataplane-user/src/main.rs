@@ -23,8 +23,10 @@ enum Command {
     Compile(cli_policy::CompileArgs),
     /// Predict the verdict for packets, through the compiled tables.
     Explain(cli_policy::ExplainArgs),
-    /// What a site changes against the enforced policy (or --from FILE): flows, causes, and
-    /// example tuples whose verdict flips. Exit status 0: the same, 1: differs, 2: error.
+    /// What a site changes against the enforced policy: flows, causes, flipping tuples.
+    ///
+    /// Compares with the policy the running dataplane enforces (its state), or --from FILE.
+    /// Exit status 0: the same enforced behaviour, 1: it differs, 2: error.
     Diff(dataplane::diff::DiffArgs),
     /// Write the site's inbound policy in another firewall's language (nftables).
     Export(dataplane::export::ExportArgs),
@@ -34,8 +36,10 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
     Events(events::EventsArgs),
-    /// Group dropped traffic (drop events, monitor mode or not) by what the catalogs say of it:
-    /// options switched off, roles unbound, forbidden, undocumented; print the lines to add.
+    /// What the catalogs say of dropped traffic: the site lines that would admit it.
+    ///
+    /// Reads drop events (monitor mode or not) and groups them: documented but switched off (an
+    /// option), documented but unbound (a role's addresses), forbidden, undocumented.
     Suggest(dataplane::suggest::SuggestArgs),
     /// Remove what `run --persist`, or a run that was killed, left enforcing.
     Detach(persist::DetachArgs),

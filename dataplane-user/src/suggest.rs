@@ -701,7 +701,9 @@ fn suggestions(base: &Loaded, found: &Found) -> Result<Vec<Suggestion>> {
             lines: lines(base, fix, &bind),
         });
     }
-    out.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.lines.cmp(&b.lines)));
+    // Most traffic first; among alternatives, the change with the fewest side effects.
+    let side = |x: &Suggestion| x.also_adds + x.also_removes + x.also_changes;
+    out.sort_by(|a, b| b.packets.cmp(&a.packets).then(side(a).cmp(&side(b))).then(a.lines.cmp(&b.lines)));
     Ok(out)
 }
 
@@ -803,7 +805,7 @@ fn render_suggestions(s: &mut String, title: &str, v: &[Suggestion]) {
     }
     s.push_str(&format!("{title}:\n"));
     for x in v {
-        let mut what: Vec<String> = x.bind.iter().map(|(r, c)| format!("bind {} to role {r}", c.join(", "))).collect();
+        let mut what: Vec<String> = x.bind.iter().map(|(r, c)| format!("bind {} to role {r}", shorten(c))).collect();
         what.extend(x.set.iter().map(|(n, v)| format!("set {n}: {}", v.as_str().map_or(v.to_string(), str::to_owned))));
         let together = if x.set.len() + x.bind.len() > 1 { " (together)" } else { "" };
         s.push_str(&format!(
@@ -826,8 +828,21 @@ fn render_suggestions(s: &mut String, title: &str, v: &[Suggestion]) {
         }
         s.push_str("      add to the site:\n");
         for l in x.lines.lines() {
-            s.push_str(&format!("        {l}\n"));
+            match x.bind.values().next() {
+                Some(c) if c.len() > SHOWN && l.contains(&c[SHOWN]) => s.push_str(&format!("        {}, ...] ({} new CIDRs: --json has them)\n", l.split(&c[SHOWN]).next().unwrap_or(l).trim_end_matches([',', ' ']), c.len())),
+                _ => s.push_str(&format!("        {l}\n")),
+            }
         }
+    }
+}
+
+/// CIDRs shown in the text form of a binding; `--json` has them all.
+const SHOWN: usize = 8;
+
+fn shorten(c: &[String]) -> String {
+    match c.len() {
+        n if n > SHOWN => format!("{} and {} more", c[..SHOWN].join(", "), n - SHOWN),
+        _ => c.join(", "),
     }
 }
 
