@@ -298,6 +298,11 @@ pub struct PortCount {
     /// Flows of catalogs the site does not select that document this port ("catalog/flow").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub documented_by: Vec<String>,
+    /// Flows in force on this port that took other senders: "flow (from ROLE, source ports P)".
+    /// The drops came from another source port, or from a role-less sender to an address the
+    /// flow does not serve.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_force: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -352,7 +357,9 @@ fn analyse(base: &Loaded, drops: &Drops, top: usize, dir: &Path) -> Result<Repor
     let others = load_all_catalogs(dir).ok();
     let selected: Vec<&str> = base.policy.catalogs.iter().map(|c| c.name.as_str()).collect();
     let protected: Vec<&str> = base.policy.protected().map(|r| r.id.as_str()).collect();
-    let hint = |proto: u8, port: u16| documented_by(others.as_deref().unwrap_or(&[]), &selected, &protected, proto, port);
+    let hint = |proto: u8, port: u16| {
+        (documented_by(others.as_deref().unwrap_or(&[]), &selected, &protected, proto, port), in_force(&base.policy, proto, port))
+    };
     Ok(Report {
         events: drops.events,
         packets: drops.packets(),
@@ -370,7 +377,7 @@ fn analyse(base: &Loaded, drops: &Drops, top: usize, dir: &Path) -> Result<Repor
                 flow: FlowRef::new(&judge.tables.flows[slot]),
                 packets: v.iter().map(|x| x.1).sum(),
                 sources: sources(&v),
-                top_ports: top_ports(&v, top, &|_, _| Vec::new()),
+                top_ports: top_ports(&v, top, &|_, _| Default::default()),
                 top_sources: top_sources(&v, top),
             })
             .collect(),
@@ -393,7 +400,10 @@ fn sources(v: &[(Tuple, u64)]) -> usize {
     v.iter().map(|x| x.0.src).collect::<HashSet<_>>().len()
 }
 
-fn top_ports(v: &[(Tuple, u64)], top: usize, hint: &dyn Fn(u8, u16) -> Vec<String>) -> Vec<PortCount> {
+/// Hints for a port: (flows of other catalogs, flows in force) documenting it.
+type Hint<'a> = &'a dyn Fn(u8, u16) -> (Vec<String>, Vec<String>);
+
+fn top_ports(v: &[(Tuple, u64)], top: usize, hint: Hint) -> Vec<PortCount> {
     let mut m: BTreeMap<(u8, u16), (u64, HashSet<IpAddr>)> = BTreeMap::new();
     for (t, n) in v {
         let e = m.entry((t.proto, t.dport)).or_default();
@@ -404,12 +414,9 @@ fn top_ports(v: &[(Tuple, u64)], top: usize, hint: &dyn Fn(u8, u16) -> Vec<Strin
     rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
     rows.into_iter()
         .take(top)
-        .map(|((proto, dport), (packets, srcs))| PortCount {
-            proto: crate::judge::proto_name(proto),
-            dport,
-            packets,
-            sources: srcs.len(),
-            documented_by: hint(proto, dport),
+        .map(|((proto, dport), (packets, srcs))| {
+            let (documented_by, in_force) = hint(proto, dport);
+            PortCount { proto: crate::judge::proto_name(proto), dport, packets, sources: srcs.len(), documented_by, in_force }
         })
         .collect()
 }
@@ -422,6 +429,19 @@ fn top_sources(v: &[(Tuple, u64)], top: usize) -> Vec<SourceCount> {
     let mut rows: Vec<_> = m.into_iter().collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     rows.into_iter().take(top).map(|(src, packets)| SourceCount { src, packets }).collect()
+}
+
+/// Inbound flows in force on this protocol and port, with the senders they take.
+fn in_force(p: &Policy, proto: u8, port: u16) -> Vec<String> {
+    let mut out: Vec<String> = p
+        .flows
+        .iter()
+        .filter(|f| !f.deny && f.proto == proto && f.dport.iter().any(|&(a, b)| (a..=b).contains(&port)))
+        .map(|f| format!("{} (from {}, source ports {})", f.info.id, p.roles[f.from].id, crate::policy::ports::format_ranges(&f.sport)))
+        .collect();
+    out.dedup();
+    out.truncate(3);
+    out
 }
 
 /// Flows of catalogs the site does not select, to a role it protects, whose destination ports
@@ -868,7 +888,13 @@ fn ports_text(v: &[PortCount]) -> String {
         .iter()
         .map(|p| {
             let proto = p.proto.as_str().map_or(p.proto.to_string(), str::to_owned);
-            let doc = if p.documented_by.is_empty() { String::new() } else { format!(", documented by {}", p.documented_by.join(", ")) };
+            let mut doc = String::new();
+            if !p.in_force.is_empty() {
+                doc.push_str(&format!(", in force for other senders: {}", p.in_force.join(", ")));
+            }
+            if !p.documented_by.is_empty() {
+                doc.push_str(&format!(", documented by {}", p.documented_by.join(", ")));
+            }
             format!("{proto} {} ({}, {}{doc})", p.dport, plural(p.packets, "packet"), plural(p.sources as u64, "source"))
         })
         .collect();

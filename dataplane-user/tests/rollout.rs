@@ -381,6 +381,8 @@ fn suggest_groups_dropped_traffic() {
     lines.push(event("203.0.113.8", "192.0.2.10", 17, 5060, 5000, "no_flow"));
     // Forbidden: telnet from the internet.
     lines.push(event("8.8.8.8", "192.0.2.10", 6, 40000, 23, "deny_flow"));
+    // From a source port the only sip flow of the partner does not take.
+    lines.push(event("198.51.100.7", "192.0.2.10", 17, 5070, 5000, "no_flow"));
     // Undocumented, twice; ICMP; admitted now (dns from the lan).
     lines.push(event("8.8.4.4", "192.0.2.10", 17, 40000, 9999, "no_flow"));
     lines.push(event("8.8.4.4", "192.0.2.10", 17, 40000, 9999, "no_flow"));
@@ -392,7 +394,7 @@ fn suggest_groups_dropped_traffic() {
     let out = run(&["suggest", "--events", &f, "--site", &p[0], "--catalog-dir", &cat, "--json"], "");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((r["events"].as_u64(), r["packets"].as_u64(), r["tuples"].as_u64()), (Some(12), Some(12), Some(10)));
+    assert_eq!((r["events"].as_u64(), r["packets"].as_u64(), r["tuples"].as_u64()), (Some(13), Some(13), Some(11)));
     assert_eq!(r["admitted"], json!({"packets": 1, "tuples": 1, "sources": 1}));
     assert_eq!(r["other"], json!({"icmp": 1}));
 
@@ -417,8 +419,9 @@ fn suggest_groups_dropped_traffic() {
     assert_eq!(forbidden[0]["top_ports"][0]["dport"], 23);
 
     let u = &r["undocumented"];
-    assert_eq!((u["packets"].as_u64(), u["tuples"].as_u64()), (Some(2), Some(1)));
+    assert_eq!((u["packets"].as_u64(), u["tuples"].as_u64()), (Some(3), Some(2)));
     assert_eq!(u["top_ports"][0], json!({"proto": "udp", "dport": 9999, "packets": 2, "sources": 1}));
+    assert_eq!(u["top_ports"][1]["in_force"], json!(["alpha-partner-sip-5060 (from partner, source ports 5060)"]));
     assert_eq!(u["top_sources"][0], json!({"src": "8.8.4.4", "packets": 2}));
 
     // Each suggestion's example tuple is admitted by the site with its lines added.
@@ -454,7 +457,7 @@ fn suggest_groups_dropped_traffic() {
         "bind 203.0.113.0/24 to role partner",
         "documented as forbidden:",
         "alpha-no-telnet tcp in alpha, table \"Prohibited\"",
-        "documented in none of the selected catalogs: 2 packets from 1 source",
+        "documented in none of the selected catalogs: 3 packets from 2 sources",
         "udp 9999 (2 packets, 1 source)",
     ] {
         assert!(t.contains(needle), "{needle:?} in:\n{t}");
