@@ -137,6 +137,21 @@ fn proto_name(p: u8) -> String {
 }
 
 pub fn events(a: EventsArgs) -> Result<()> {
+    let mut seen = 0;
+    follow(a.timeout.map(Duration::from_secs), |event| {
+        if a.json {
+            println!("{}", serde_json::to_string(event)?);
+        } else {
+            println!("{}", event.render());
+        }
+        seen += 1;
+        Ok(a.count.is_none_or(|n| seen < n))
+    })
+}
+
+/// Follows the drop events of the running dataplane from now on, handing each to `each` until
+/// it returns false or `timeout` has passed (`dataplane events`, `dataplane suggest --follow`).
+pub fn follow(timeout: Option<Duration>, mut each: impl FnMut(&Event) -> Result<bool>) -> Result<()> {
     let st = state::State::read()?;
     // Only for the nearest-flow hint: events are shown without it if the site no longer loads.
     let policy = crate::policy::load_site(&st.site).ok();
@@ -145,8 +160,7 @@ pub fn events(a: EventsArgs) -> Result<()> {
     let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data))?;
     // Follow from now on: what the ring holds from before is skipped.
     while ring.next().is_some() {}
-    let deadline = a.timeout.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut seen = 0;
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<DropEvent>() {
@@ -154,14 +168,7 @@ pub fn events(a: EventsArgs) -> Result<()> {
             }
             // Safety: the program writes whole DropEvents; read unaligned from the ring.
             let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let event = Event::new(&e, &st, policy.as_ref());
-            if a.json {
-                println!("{}", serde_json::to_string(&event)?);
-            } else {
-                println!("{}", event.render());
-            }
-            seen += 1;
-            if a.count.is_some_and(|n| seen >= n) {
+            if !each(&Event::new(&e, &st, policy.as_ref()))? {
                 return Ok(());
             }
         }

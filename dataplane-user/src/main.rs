@@ -23,6 +23,11 @@ enum Command {
     Compile(cli_policy::CompileArgs),
     /// Predict the verdict for packets, through the compiled tables.
     Explain(cli_policy::ExplainArgs),
+    /// What a site changes against the enforced policy: flows, causes, flipping tuples.
+    ///
+    /// Compares with the policy the running dataplane enforces (its state), or --from FILE.
+    /// Exit status 0: the same enforced behaviour, 1: it differs, 2: error.
+    Diff(dataplane::diff::DiffArgs),
     /// Write the site's inbound policy in another firewall's language (nftables).
     Export(dataplane::export::ExportArgs),
     /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
@@ -31,6 +36,11 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
     Events(events::EventsArgs),
+    /// What the catalogs say of dropped traffic: the site lines that would admit it.
+    ///
+    /// Reads drop events (monitor mode or not) and groups them: documented but switched off (an
+    /// option), documented but unbound (a role's addresses), forbidden, undocumented.
+    Suggest(dataplane::suggest::SuggestArgs),
     /// Remove what `run --persist`, or a run that was killed, left enforcing.
     Detach(persist::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
@@ -48,10 +58,12 @@ fn main() {
         Command::Flows(a) => cli_policy::flows(a),
         Command::Compile(a) => cli_policy::compile(a),
         Command::Explain(a) => cli_policy::explain(a),
+        Command::Diff(a) => dataplane::diff::exit(a),
         Command::Export(a) => dataplane::export::export(a),
         Command::Run(a) => run::run(a),
         Command::Stats(a) => stats::stats(a),
         Command::Events(a) => events::events(a),
+        Command::Suggest(a) => dataplane::suggest::suggest(a),
         Command::Detach(a) => persist::detach(a),
         Command::Lab(a) => lab::lab(a),
     };

@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use dataplane_common::CONFIG_MONITOR;
 
-use crate::{load, metrics, persist, slots::StableSlots, state, tables::Tables};
+use crate::{load, metrics, persist, slots::StableSlots, sources::{Loaded, Sources}, state, tables::Tables};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -40,10 +40,12 @@ pub struct RunArgs {
 }
 
 /// How `Enforcer::start` runs the policy.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct StartOptions {
     pub monitor: bool,
     pub persist: bool,
+    /// What the tables were compiled from, for the state (`diff`); None: read the site again.
+    pub sources: Option<Sources>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,18 +57,19 @@ pub enum Mode {
 
 /// Validates and compiles a site into the tables the maps will hold.
 pub fn compile_site(site: &Path) -> Result<Tables> {
-    compile_guarded(site, None)
+    compile_guarded(site, None).map(|(tables, _)| tables)
 }
 
 /// As `compile_site`; with `Some(force)`, also refuses (or with force, warns about) a site that
 /// would lock the operator out (see `lockout`).
-fn compile_guarded(site: &Path, guard: Option<bool>) -> Result<Tables> {
-    let policy = crate::policy::load_site(site)?;
+/// Also returns the texts compiled, read once, so that the state records exactly them.
+fn compile_guarded(site: &Path, guard: Option<bool>) -> Result<(Tables, Sources)> {
+    let Loaded { policy, sources, .. } = Loaded::read(site, None)?;
     let tables = crate::compile::compile(&policy)?;
     if let Some(force) = guard {
         crate::lockout::guard(&policy, &tables, crate::lockout::ssh_session_from_env().as_ref(), force)?;
     }
-    Ok(tables)
+    Ok((tables, sources))
 }
 
 /// The program, loaded with a policy, attached to interfaces and pinned for `stats`; reloadable.
@@ -95,6 +98,8 @@ pub struct Enforcer {
     capacity: (u32, u32),
     /// The lockout guard for reloads: None (off), or Some(force).
     pub guard: Option<bool>,
+    /// What the enforced policy was compiled from (the state records it for `diff`).
+    pub sources: Option<Sources>,
 }
 
 /// Counter slots to make room for: policies may grow by reloads.
@@ -141,7 +146,8 @@ impl Enforcer {
         }
         let mut ebpf = load::load_with(&tables, &shared(capacity))?;
         fault_point("start:loaded");
-        pins.record(&ebpf, site, &tables, ifaces, capacity)?;
+        let sources = opts.sources.or_else(|| Loaded::read(site, None).ok().map(|l| l.sources));
+        pins.record(&ebpf, site, &tables, ifaces, capacity, sources.as_ref())?;
         fault_point("start:recorded");
         let (mut links, mut egress_links, mut modes, mut ifindex) = (vec![], vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
@@ -180,6 +186,7 @@ impl Enforcer {
             flags,
             capacity,
             guard: None,
+            sources,
         };
         Ok((enforcer, modes))
     }
@@ -190,7 +197,7 @@ impl Enforcer {
     /// connections and fragments live in the shared maps and carry over. On any error nothing
     /// changes: the running policy keeps enforcing.
     pub fn reload(&mut self) -> Result<()> {
-        let mut tables = compile_guarded(&self.site, self.guard)?;
+        let (mut tables, sources) = compile_guarded(&self.site, self.guard)?;
         fault_point("reload:compiled");
         self.slots.apply(&mut tables);
         let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
@@ -234,8 +241,9 @@ impl Enforcer {
         self.ebpf = new;
         fault_point("reload:switched");
         self.generation = tables.config.generation;
-        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity)?;
+        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
         self.tables = tables;
+        self.sources = Some(sources);
         Ok(())
     }
 }
@@ -388,10 +396,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let seen = fingerprint(&a.site);
     // Monitor mode drops nothing, so it cannot lock anyone out.
     let guard = (!a.monitor).then_some(a.force);
-    let tables = compile_guarded(&a.site, guard)?;
+    let (tables, sources) = compile_guarded(&a.site, guard)?;
     // Bound before loading, so that a port in use fails before anything is attached.
     let server = a.metrics.map(metrics::Server::bind).transpose()?;
-    let opts = StartOptions { monitor: a.monitor, persist: a.persist };
+    let opts = StartOptions { monitor: a.monitor, persist: a.persist, sources: Some(sources) };
     let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, opts)?;
     enforcer.guard = guard;
     let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
@@ -431,6 +439,7 @@ fn fingerprint(site: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
 /// Reloads and logs the outcome; the running policy stays on any error.
 fn reload(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why: &str) {
     let started = std::time::Instant::now();
+    let before = enforcer.sources.clone();
     match enforcer.reload() {
         Ok(()) => {
             info.set_policy(metrics::PolicyInfo::new(site, &enforcer.tables));
@@ -440,7 +449,8 @@ fn reload(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why
                 started.elapsed(),
                 enforcer.generation,
                 enforcer.tables.flows.len()
-            )
+            );
+            info!("{}", crate::diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));
         }
         Err(e) => {
             info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

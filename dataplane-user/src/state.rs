@@ -41,6 +41,10 @@ pub struct State {
     /// Monitor mode: drops are counted, not enforced.
     #[serde(default)]
     pub monitor: bool,
+    /// The texts the enforced policy was compiled from (`dataplane diff`, `suggest`); absent
+    /// from the states of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<crate::sources::Sources>,
 }
 
 impl State {
@@ -103,7 +107,7 @@ impl Pins {
 
     /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
     /// already) and records the state for `stats` and for a later adoption.
-    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String], capacity: (u32, u32)) -> Result<()> {
+    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String], capacity: (u32, u32), sources: Option<&crate::sources::Sources>) -> Result<()> {
         // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
         let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !crate::load::SHARED_MAPS.contains(name));
         for (name, map) in own {
@@ -122,6 +126,7 @@ impl Pins {
             generation: tables.config.generation,
             capacity,
             monitor: tables.config.flags & dataplane_common::CONFIG_MONITOR != 0,
+            sources: sources.cloned(),
         };
         std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
         // Written whole then renamed: a reader never sees half a file.

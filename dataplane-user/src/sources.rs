@@ -1,0 +1,147 @@
+//! What a policy was compiled from: the site's text and the text of every catalog it selects,
+//! read once. `run` records them in its state file, so that `diff` and `suggest` judge against
+//! exactly the policy the daemon enforces, whatever happened to the files on disk since (an edit
+//! not reloaded yet, a reload that failed) and whichever catalog directory the shell would find.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::catalog::{catalog_files, parse_catalog, Catalog};
+use crate::policy::site::{parse_site, Site};
+use crate::policy::{catalog_dir, Policy};
+use crate::state::{State, STATE_FILE};
+
+/// One file as it was read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The site and its catalogs (in the site's order), as read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sources {
+    pub site: SourceFile,
+    pub catalogs: Vec<SourceFile>,
+}
+
+/// A site read from its sources: the texts, the checked site, and its resolved policy.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub sources: Sources,
+    pub site: Site,
+    pub policy: Policy,
+}
+
+impl Loaded {
+    /// Reads and resolves `site` with the catalogs it selects from `dir` (default: as `run`
+    /// finds them, [`catalog_dir`]). Errors name file:line:column and field.
+    pub fn read(site: &Path, dir: Option<&Path>) -> Result<Loaded> {
+        let dir = catalog_dir(dir, Some(site));
+        let text = std::fs::read_to_string(site)
+            .with_context(|| format!("reading site {}", site.display()))?;
+        let available = catalog_files(&dir)?;
+        let mut read = Vec::new();
+        let (parsed, catalogs) = parse_site(site, &text, &available, |paths| {
+            read = paths.iter().map(|p| read_file(p, "catalog")).collect::<Result<_>>()?;
+            parse_catalogs(&read)
+        })?;
+        // The site's order, like the catalogs themselves.
+        let mut files = Vec::new();
+        for c in &catalogs {
+            files.extend(read.iter().find(|f| f.path == c.path).cloned());
+        }
+        let sources = Sources { site: SourceFile { path: site.to_owned(), text }, catalogs: files };
+        let policy = Policy::resolve(&parsed, catalogs)?;
+        Ok(Loaded { sources, site: parsed, policy })
+    }
+}
+
+impl Sources {
+    /// The site and policy these texts make, as when they were read.
+    pub fn load(&self) -> Result<Loaded> {
+        let available: Vec<(String, PathBuf)> = self
+            .catalogs
+            .iter()
+            .map(|f| (stem(&f.path), f.path.clone()))
+            .collect();
+        let (site, catalogs) = parse_site(&self.site.path, &self.site.text, &available, |paths| {
+            let files: Vec<SourceFile> = paths
+                .iter()
+                .filter_map(|p| self.catalogs.iter().find(|f| &f.path == p).cloned())
+                .collect();
+            parse_catalogs(&files)
+        })?;
+        let policy = Policy::resolve(&site, catalogs)?;
+        Ok(Loaded { sources: self.clone(), site, policy })
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned()
+}
+
+fn read_file(p: &Path, what: &str) -> Result<SourceFile> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
+    Ok(SourceFile { path: p.to_owned(), text })
+}
+
+/// Parses catalogs in order; flow ids must be unique across them (as `load_catalogs`).
+fn parse_catalogs(files: &[SourceFile]) -> Result<Vec<Catalog>> {
+    let mut prior = HashMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        let c = parse_catalog(&f.path, &f.text, &prior)?;
+        for flow in &c.flows {
+            prior.insert(flow.id.clone(), c.name.clone());
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The policy a dataplane enforces, from its state file.
+pub struct Enforced {
+    pub loaded: Loaded,
+    pub pid: u32,
+    /// The daemon that wrote the state still runs (else the policy was persisted, or the daemon
+    /// was killed: it enforces all the same).
+    pub running: bool,
+    /// The state recorded the sources; false: a daemon from before they were recorded, and the
+    /// site file as it is now stands in for them.
+    pub recorded: bool,
+    pub monitor: bool,
+}
+
+impl Enforced {
+    /// Reads `state` (default [`STATE_FILE`]).
+    pub fn read(state: Option<&Path>) -> Result<Enforced> {
+        let path = state.unwrap_or(Path::new(STATE_FILE));
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())
+        })?;
+        let st: State = serde_json::from_str(&text)
+            .with_context(|| format!("{} is unreadable", path.display()))?;
+        let running = Path::new(&format!("/proc/{}", st.pid)).exists();
+        let (loaded, recorded) = match &st.sources {
+            Some(s) => (s.load().context("the policy recorded in the state")?, true),
+            None => (Loaded::read(&st.site, None)?, false),
+        };
+        Ok(Enforced { loaded, pid: st.pid, running, recorded, monitor: st.monitor })
+    }
+
+    /// "the policy pid 123 enforces" and the like, for headers.
+    pub fn describe(&self) -> String {
+        let who = match self.running {
+            true => format!("enforced by pid {}", self.pid),
+            false => format!("left enforcing by pid {}, which has exited", self.pid),
+        };
+        let mode = if self.monitor { ", monitor mode" } else { "" };
+        let disk = if self.recorded { "" } else { "; the state records no sources, so the file as it is now" };
+        format!("{} ({who}{mode}{disk})", self.loaded.site.path.display())
+    }
+}
