@@ -252,6 +252,12 @@ pub const fn icmp_echo(v6: bool, ty: u8) -> bool {
     }
 }
 
+/// The ICMP types that pass to a protected address (`echo`: the site allows echo), in order: for
+/// exporters that write the rule out.
+pub fn icmp_types(v6: bool, echo: bool) -> impl Iterator<Item = u8> {
+    (0..=u8::MAX).filter(move |&t| icmp_control(v6, t) || (echo && icmp_echo(v6, t)))
+}
+
 /// ICMP to a protected address, by type.
 #[inline(always)]
 pub const fn icmp(v6: bool, ty: u8, flags: u32) -> Reason {

@@ -311,17 +311,9 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     let unprot = if p.drop_unprotected { "drop" } else { "accept" };
     rules.push(format!("ip daddr != @protected_v4 counter {unprot} comment \"unprotected\""));
     rules.push(format!("ip6 daddr != @protected_v6 counter {unprot} comment \"unprotected\""));
-    let (echo4, echo6) = if p.allow_echo {
-        (", echo-reply, echo-request", ", echo-request, echo-reply")
-    } else {
-        ("", "")
-    };
-    rules.push(format!(
-        "meta nfproto ipv4 icmp type {{ destination-unreachable, time-exceeded, parameter-problem{echo4} }} counter accept comment \"icmp_control\""
-    ));
-    rules.push(format!(
-        "meta nfproto ipv6 icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect{echo6} }} counter accept comment \"icmp_control\""
-    ));
+    let types = |v6| dataplane_common::walk::icmp_types(v6, p.allow_echo).map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    rules.push(format!("meta nfproto ipv4 icmp type {{ {} }} counter accept comment \"icmp_control\"", types(false)));
+    rules.push(format!("meta nfproto ipv6 icmpv6 type {{ {} }} counter accept comment \"icmp_control\"", types(true)));
     rules.push(
         "meta l4proto { icmp, ipv6-icmp } counter drop comment \"icmp: other types\"".into(),
     );

@@ -69,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { quick } => {
             setup::check_kernel()?;
             setup::apt_install(&["nftables", "iptables"], "nft and iptables-legacy, the nftables and iptables comparisons of the packet-rate bench")?;
+            setup::apt_install(&["xdp-tools", "bpftool"], "xdp-filter, the XDP peer the cost bench compares with, and bpftool, which times it")?;
             build_ebpf()?;
             // The packet-rate bench asks the release binary for the nftables export.
             cargo(&["build", "--release", "-p", "dataplane-user"])?;

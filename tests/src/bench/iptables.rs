@@ -140,20 +140,8 @@ pub fn render(p: &Policy) -> Rules {
             lines.push(format!("-A dp_inbound -d {c} -j dp_protected"));
         }
         lines.push(format!("-A dp_inbound -j {}", if p.drop_unprotected { "DROP" } else { "ACCEPT" }));
-        let (icmp, types): (&str, Vec<u8>) = if v6 {
-            let mut t = vec![1, 2, 3, 4, 133, 134, 135, 136, 137];
-            if p.allow_echo {
-                t.extend([128, 129]);
-            }
-            ("-p ipv6-icmp -m icmp6 --icmpv6-type", t)
-        } else {
-            let mut t = vec![3, 11, 12];
-            if p.allow_echo {
-                t.extend([0, 8]);
-            }
-            ("-p icmp -m icmp --icmp-type", t)
-        };
-        for t in types {
+        let icmp = if v6 { "-p ipv6-icmp -m icmp6 --icmpv6-type" } else { "-p icmp -m icmp --icmp-type" };
+        for t in dataplane_common::walk::icmp_types(v6, p.allow_echo) {
             lines.push(format!("-A dp_protected {icmp} {t} -j ACCEPT"));
         }
         lines.push(format!("-A dp_protected -p {} -j DROP", if v6 { "ipv6-icmp" } else { "icmp" }));
