@@ -39,6 +39,7 @@ const UDP_HLEN: usize = 8;
 const ICMP_HLEN: usize = 4;
 
 /// Where a packet stands in fragmentation.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Frag {
     /// Not a fragment.
@@ -50,11 +51,13 @@ pub enum Frag {
 }
 
 /// What the parser could read of the transport layer.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum L4 {
-    /// `flags`: the TCP flags byte (0 for UDP).
-    Ports { sport: u16, dport: u16, flags: u8 },
-    Icmp { ty: u8 },
+pub enum Transport {
+    /// TCP or UDP: `L4::sport`, `dport` and (TCP) `flags` are read.
+    Ports,
+    /// The family's ICMP: `L4::ty` is read.
+    Icmp,
     /// Another protocol, or a later fragment (no header to read).
     None,
     /// Headers cut short, or lengths that contradict each other.
@@ -64,6 +67,42 @@ pub enum L4 {
     /// A fragment too small to be judged safely: a first fragment that does not hold the whole
     /// transport header, or a TCP fragment that would overlap it (RFC 1858).
     BadFragment,
+}
+
+/// The transport layer as read. A plain struct, every field always written (no enum payload):
+/// in BPF a value that is undefined on some path can end up computed from a pointer, which the
+/// verifier refuses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct L4 {
+    pub kind: Transport,
+    pub sport: u16,
+    pub dport: u16,
+    /// The TCP flags byte (0 for UDP).
+    pub flags: u8,
+    /// The ICMP type.
+    pub ty: u8,
+}
+
+impl L4 {
+    pub const NONE: L4 = L4::of(Transport::None);
+    pub const MALFORMED: L4 = L4::of(Transport::Malformed);
+    pub const UNPARSED: L4 = L4::of(Transport::Unparsed);
+    pub const BAD_FRAGMENT: L4 = L4::of(Transport::BadFragment);
+
+    #[inline(always)]
+    pub const fn of(kind: Transport) -> Self {
+        L4 { kind, sport: 0, dport: 0, flags: 0, ty: 0 }
+    }
+
+    #[inline(always)]
+    pub const fn ports(sport: u16, dport: u16, flags: u8) -> Self {
+        L4 { kind: Transport::Ports, sport, dport, flags, ty: 0 }
+    }
+
+    #[inline(always)]
+    pub const fn icmp(ty: u8) -> Self {
+        L4 { kind: Transport::Icmp, sport: 0, dport: 0, flags: 0, ty }
+    }
 }
 
 /// An IP address as two big-endian halves (IPv4 in the top 32 bits of `hi`, `lo` 0): the
@@ -114,15 +153,50 @@ pub struct Packet {
     pub l4: L4,
 }
 
+/// What the parser made of a frame.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Parsed {
+pub enum Outcome {
+    /// An IP packet with readable addresses: `Parsed::packet`.
+    Ip,
     /// Not IP (ARP, LLDP, ...).
     NonIp,
     /// Not even the addresses can be read.
     Malformed,
     /// More VLAN tags than the parser reads.
     TooManyTags,
-    Ip(Packet),
+}
+
+/// A parsed frame: `packet` is meaningful for `Outcome::Ip` (zero otherwise). A struct rather
+/// than an enum with a payload, for the same reason as [`L4`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Parsed {
+    pub outcome: Outcome,
+    pub packet: Packet,
+}
+
+impl Parsed {
+    pub const NON_IP: Parsed = Parsed::not_ip(Outcome::NonIp);
+    pub const MALFORMED: Parsed = Parsed::not_ip(Outcome::Malformed);
+    pub const TOO_MANY_TAGS: Parsed = Parsed::not_ip(Outcome::TooManyTags);
+
+    #[inline(always)]
+    const fn not_ip(outcome: Outcome) -> Self {
+        let zero = Addr { hi: 0, lo: 0 };
+        let packet = Packet { v6: false, src: zero, dst: zero, proto: 0, frag: Frag::Whole, frag_id: 0, l4: L4::NONE };
+        Parsed { outcome, packet }
+    }
+
+    #[inline(always)]
+    pub const fn ip(packet: Packet) -> Self {
+        Parsed { outcome: Outcome::Ip, packet }
+    }
+
+    /// The IP packet, if the frame is one.
+    #[inline(always)]
+    pub fn ip_packet(&self) -> Option<&Packet> {
+        (self.outcome == Outcome::Ip).then_some(&self.packet)
+    }
 }
 
 /// A packet buffer: XDP frames on ingress, socket buffers on tc egress.
@@ -162,14 +236,14 @@ fn be16(b: [u8; 2]) -> u16 {
 
 #[inline(always)]
 pub fn parse<F: Frame>(ctx: &F) -> Parsed {
-    let Some(eth) = load::<ETH_HLEN, F>(ctx, 0) else { return Parsed::Malformed };
+    let Some(eth) = load::<ETH_HLEN, F>(ctx, 0) else { return Parsed::MALFORMED };
     let mut ethertype = be16([eth[12], eth[13]]);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Some(tag) = load::<VLAN_HLEN, F>(ctx, off) else { return Parsed::Malformed };
+        let Some(tag) = load::<VLAN_HLEN, F>(ctx, off) else { return Parsed::MALFORMED };
         ethertype = be16([tag[2], tag[3]]);
         off += VLAN_HLEN;
     }
@@ -178,16 +252,16 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     match ethertype {
         ETH_P_IP => parse_ipv4(ctx, off, frame_len),
         ETH_P_IPV6 => parse_ipv6(ctx, off, frame_len),
-        ETH_P_8021Q | ETH_P_8021AD => Parsed::TooManyTags,
-        _ => Parsed::NonIp,
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::TOO_MANY_TAGS,
+        _ => Parsed::NON_IP,
     }
 }
 
 #[inline(always)]
 fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
-    let Some(h) = load::<20, F>(ctx, l3) else { return Parsed::Malformed };
+    let Some(h) = load::<20, F>(ctx, l3) else { return Parsed::MALFORMED };
     if h[0] >> 4 != 4 {
-        return Parsed::Malformed;
+        return Parsed::MALFORMED;
     }
     let mut p = Packet {
         v6: false,
@@ -196,15 +270,15 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         proto: h[9],
         frag: Frag::Whole,
         frag_id: be16([h[4], h[5]]) as u32,
-        l4: L4::None,
+        l4: L4::NONE,
     };
 
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let total = be16([h[2], h[3]]) as usize;
     // Header length below 20, past the datagram, or a datagram longer than the frame.
     if ihl < 20 || total < ihl || l3 + total > frame_len {
-        p.l4 = L4::Malformed;
-        return Parsed::Ip(p);
+        p.l4 = L4::MALFORMED;
+        return Parsed::ip(p);
     }
     let frag = be16([h[6], h[7]]);
     let offset8 = (frag & 0x1fff) as usize;
@@ -219,12 +293,12 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
     if p.frag == Frag::Later {
         // RFC 1858: a TCP fragment at offset 8 or 16 would rewrite the header of the first.
         if p.proto == IPPROTO_TCP && offset8 * 8 < TCP_HLEN {
-            p.l4 = L4::BadFragment;
+            p.l4 = L4::BAD_FRAGMENT;
         }
-        return Parsed::Ip(p);
+        return Parsed::ip(p);
     }
     p.l4 = parse_l4(ctx, l3 + ihl, l3 + total, p.proto, IPPROTO_ICMP, p.frag);
-    Parsed::Ip(p)
+    Parsed::ip(p)
 }
 
 #[inline(always)]
@@ -239,9 +313,9 @@ fn be64<const N: usize>(h: &[u8; N], at: usize) -> u64 {
 
 #[inline(always)]
 fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
-    let Some(h) = load::<IPV6_HLEN, F>(ctx, l3) else { return Parsed::Malformed };
+    let Some(h) = load::<IPV6_HLEN, F>(ctx, l3) else { return Parsed::MALFORMED };
     if h[0] >> 4 != 6 {
-        return Parsed::Malformed;
+        return Parsed::MALFORMED;
     }
     let mut p = Packet {
         v6: true,
@@ -250,13 +324,13 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         proto: h[6],
         frag: Frag::Whole,
         frag_id: 0,
-        l4: L4::None,
+        l4: L4::NONE,
     };
 
     let end = l3 + IPV6_HLEN + be16([h[4], h[5]]) as usize;
     if end > frame_len {
-        p.l4 = L4::Malformed;
-        return Parsed::Ip(p);
+        p.l4 = L4::MALFORMED;
+        return Parsed::ip(p);
     }
     let mut off = l3 + IPV6_HLEN;
     let mut next = h[6];
@@ -266,8 +340,8 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         let len = match cur {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
                 let Some(e) = load::<2, F>(ctx, off) else {
-                    p.l4 = L4::Malformed;
-                    return Parsed::Ip(p);
+                    p.l4 = L4::MALFORMED;
+                    return Parsed::ip(p);
                 };
                 next = e[0];
                 if cur == IPPROTO_AH {
@@ -278,8 +352,8 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
             }
             IPPROTO_FRAGMENT => {
                 let Some(e) = load::<8, F>(ctx, off) else {
-                    p.l4 = L4::Malformed;
-                    return Parsed::Ip(p);
+                    p.l4 = L4::MALFORMED;
+                    return Parsed::ip(p);
                 };
                 next = e[0];
                 let fo = be16([e[2], e[3]]);
@@ -288,9 +362,9 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
                     p.frag = Frag::Later;
                     p.proto = next;
                     if next == IPPROTO_TCP && ((fo >> 3) as usize) * 8 < TCP_HLEN {
-                        p.l4 = L4::BadFragment;
+                        p.l4 = L4::BAD_FRAGMENT;
                     }
-                    return Parsed::Ip(p);
+                    return Parsed::ip(p);
                 }
                 if fo & 1 != 0 {
                     p.frag = Frag::First;
@@ -308,17 +382,17 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         p.proto = next;
         off += len;
         if off > MAX_L4_OFFSET || off > end {
-            p.l4 = if off > end { L4::Malformed } else { L4::Unparsed };
-            return Parsed::Ip(p);
+            p.l4 = if off > end { L4::MALFORMED } else { L4::UNPARSED };
+            return Parsed::ip(p);
         }
     }
     if !done && is_ipv6_ext(next) {
-        p.l4 = L4::Unparsed;
-        return Parsed::Ip(p);
+        p.l4 = L4::UNPARSED;
+        return Parsed::ip(p);
     }
     p.proto = next;
     p.l4 = parse_l4(ctx, off, end, next, IPPROTO_ICMPV6, p.frag);
-    Parsed::Ip(p)
+    Parsed::ip(p)
 }
 
 #[inline(always)]
@@ -330,30 +404,30 @@ fn is_ipv6_ext(nh: u8) -> bool {
 #[inline(always)]
 fn parse_l4<F: Frame>(ctx: &F, off: usize, end: usize, proto: u8, icmp: u8, frag: Frag) -> L4 {
     if off > MAX_L4_OFFSET {
-        return L4::Unparsed;
+        return L4::UNPARSED;
     }
     let need = match proto {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
         p if p == icmp => ICMP_HLEN,
-        _ => return L4::None,
+        _ => return L4::NONE,
     };
     if off + need > end {
-        return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
+        return if frag == Frag::First { L4::BAD_FRAGMENT } else { L4::MALFORMED };
     }
-    let Some(b) = load::<4, F>(ctx, off) else { return L4::Malformed };
+    let Some(b) = load::<4, F>(ctx, off) else { return L4::MALFORMED };
     if proto == icmp {
-        return L4::Icmp { ty: b[0] };
+        return L4::icmp(b[0]);
     }
     let mut flags = 0;
     if proto == IPPROTO_TCP {
         // Data offset below 5 words or past the datagram: the header lies about itself.
-        let Some(d) = load::<2, F>(ctx, off + 12) else { return L4::Malformed };
+        let Some(d) = load::<2, F>(ctx, off + 12) else { return L4::MALFORMED };
         let doff = ((d[0] >> 4) as usize) * 4;
         if doff < TCP_HLEN || off + doff > end {
-            return if frag == Frag::First { L4::BadFragment } else { L4::Malformed };
+            return if frag == Frag::First { L4::BAD_FRAGMENT } else { L4::MALFORMED };
         }
         flags = d[1];
     }
-    L4::Ports { sport: be16([b[0], b[1]]), dport: be16([b[2], b[3]]), flags }
+    L4::ports(be16([b[0], b[1]]), be16([b[2], b[3]]), flags)
 }

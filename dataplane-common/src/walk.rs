@@ -16,7 +16,7 @@
 
 use crate::image::*;
 pub use crate::parse::Addr;
-use crate::parse::{Frag, Packet, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{Frag, Outcome, Packet, Parsed, Transport, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 use crate::{Config, Reason, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
 /// Read access to a policy image.
@@ -274,10 +274,7 @@ pub fn ports(p: &Packet) -> Option<(u16, u16, u8)> {
     if p.frag == Frag::Later || (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
         return None;
     }
-    match p.l4 {
-        L4::Ports { sport, dport, flags } => Some((sport, dport, flags)),
-        _ => None,
-    }
+    (p.l4.kind == Transport::Ports).then_some((p.l4.sport, p.l4.dport, p.l4.flags))
 }
 
 /// The verdict on an arriving frame (the XDP program): the policy's, unless a packet it would
@@ -285,12 +282,12 @@ pub fn ports(p: &Packet) -> Option<(u16, u16, u8)> {
 /// pass, so that their later fragments follow.
 #[inline(always)]
 pub fn judge<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, parsed: &Parsed) -> Verdict {
-    let p = match parsed {
-        Parsed::NonIp => return Verdict::new(Reason::PassNonIp),
+    let p = match parsed.outcome {
+        Outcome::NonIp => return Verdict::new(Reason::PassNonIp),
         // The destination cannot be read: it might be protected, so never pass it.
-        Parsed::Malformed => return Verdict::new(Reason::DropMalformed),
-        Parsed::TooManyTags => return Verdict::new(Reason::DropUnparsed),
-        Parsed::Ip(p) => p,
+        Outcome::Malformed => return Verdict::new(Reason::DropMalformed),
+        Outcome::TooManyTags => return Verdict::new(Reason::DropUnparsed),
+        Outcome::Ip => &parsed.packet,
     };
     let mut v = decide(img, state, config, p);
     if v.reason.is_drop() {
@@ -320,10 +317,10 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
             Reason::PassUnprotected
         });
     };
-    match p.l4 {
-        L4::Malformed => return Verdict::new(Reason::DropMalformed),
-        L4::Unparsed => return Verdict::new(Reason::DropUnparsed),
-        L4::BadFragment => return Verdict::new(Reason::DropFragment),
+    match p.l4.kind {
+        Transport::Malformed => return Verdict::new(Reason::DropMalformed),
+        Transport::Unparsed => return Verdict::new(Reason::DropUnparsed),
+        Transport::BadFragment => return Verdict::new(Reason::DropFragment),
         _ => {}
     }
     if p.frag == Frag::Later {
@@ -333,10 +330,10 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
         };
     }
     let icmp_proto = if p.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
-    match p.l4 {
-        L4::Icmp { ty } if p.proto == icmp_proto => Verdict::new(icmp(p.v6, ty, config.flags)),
-        L4::Ports { sport, dport, .. } if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
-            flow(img, INBOUND, class, p, sport, dport)
+    match p.l4.kind {
+        Transport::Icmp if p.proto == icmp_proto => Verdict::new(icmp(p.v6, p.l4.ty, config.flags)),
+        Transport::Ports if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
+            flow(img, INBOUND, class, p, p.l4.sport, p.l4.dport)
         }
         _ => Verdict::new(Reason::DropNoFlow),
     }
@@ -367,7 +364,7 @@ pub fn inbound_admits_reply<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, 
         proto: p.proto,
         frag: Frag::Whole,
         frag_id: 0,
-        l4: L4::Ports { sport: dport, dport: sport, flags: 0 },
+        l4: L4::ports(dport, sport, 0),
     };
     match dst_class(img, INBOUND, p.v6, &p.src) {
         Some(class) => flow(img, INBOUND, class, &reply, dport, sport).reason == Reason::PassFlow,

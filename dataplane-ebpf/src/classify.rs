@@ -5,7 +5,8 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
+    Global,
 };
 use dataplane_common::{
     image::{PAGE_SHIFT, PAGE_WORDS},
@@ -24,6 +25,12 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Datagrams whose first fragment passed -> flow slot, so later fragments follow it.
 #[map]
 static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Pages of `POLICY`, set by the loader before the verifier runs: it reads the constant, so for a
+/// one-page image it never explores the lookup of another page (each read would otherwise double
+/// the paths it verifies).
+#[unsafe(no_mangle)]
+static IMAGE_PAGES: Global<u32> = Global::new(1);
 
 /// The `POLICY` map as the walk's image: the first page through a pointer taken once, the
 /// others through an (inlined) lookup of their page.
@@ -44,10 +51,14 @@ impl Image for Policy {
         // The mask, not a comparison, bounds the offset: the verifier then knows it whatever
         // register LLVM keeps the comparison in.
         let offset = index as usize & (PAGE_WORDS - 1);
-        match index >> PAGE_SHIFT {
-            0 => Some(self.first[offset]),
-            page => POLICY.get(page).map(|p| p[offset]),
+        let page = index >> PAGE_SHIFT;
+        if page == 0 {
+            return Some(self.first[offset]);
         }
+        if IMAGE_PAGES.load() <= 1 {
+            return None;
+        }
+        POLICY.get(page).map(|p| p[offset])
     }
 }
 
@@ -72,6 +83,7 @@ impl State for Kernel<'_> {
     fn reply(&mut self, p: &Packet, sport: u16, dport: u16, flags: u8) -> Option<u32> {
         flowtable::reply(p, sport, dport, flags, self.config)
     }
+
 }
 
 #[inline(always)]
@@ -85,11 +97,28 @@ pub fn config() -> Config {
     CONFIG.get(0).copied().unwrap_or_default()
 }
 
+/// One parsed packet per CPU, to pass it through memory the verifier does not follow.
+#[map]
+static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parse, as the verifier sees a value read from a map: the parser has many ways out (tags,
+/// families, extension headers, fragments, transport kinds), and without this the walk after it
+/// would be verified once for each of them.
+#[inline(always)]
+fn opaque_parse(parsed: &Parsed) -> Option<&'static Parsed> {
+    let slot = PARSED.get_ptr_mut(0)?;
+    // Safety: this CPU's slot; nothing else runs on this CPU until the packet is judged.
+    unsafe {
+        core::ptr::write_volatile(slot, *parsed);
+        Some(&*slot)
+    }
+}
+
 /// The verdict on an arriving frame.
 #[inline(always)]
 pub fn judge(parsed: &Parsed, config: &Config) -> Verdict {
-    match Policy::get() {
-        Some(img) => walk::judge(&img, &mut Kernel { config }, config, parsed),
-        None => Verdict::new(Reason::DropNoFlow),
+    match (Policy::get(), opaque_parse(parsed)) {
+        (Some(img), Some(parsed)) => walk::judge(&img, &mut Kernel { config }, config, parsed),
+        _ => Verdict::new(Reason::DropNoFlow),
     }
 }

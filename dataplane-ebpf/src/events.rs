@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dataplane_common::{
-    parse::{Parsed, L4},
+    parse::{Parsed, Transport},
     Config, DropEvent, EventBudget, Reason,
 };
 
@@ -21,7 +21,7 @@ static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1,
 /// Reports a dropped IP packet, within this CPU's budget for the current second.
 #[inline(always)]
 pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, config: &Config) {
-    let Parsed::Ip(p) = parsed else { return };
+    let Some(p) = parsed.ip_packet() else { return };
     let rate = config.events_per_sec;
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else { return };
     // Safety: this CPU's slot.
@@ -36,10 +36,7 @@ pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, conf
         budget.suppressed = budget.suppressed.saturating_add(1);
         return;
     }
-    let (sport, dport) = match p.l4 {
-        L4::Ports { sport, dport, .. } => (sport, dport),
-        _ => (0, 0),
-    };
+    let (sport, dport) = if p.l4.kind == Transport::Ports { (p.l4.sport, p.l4.dport) } else { (0, 0) };
     let event = DropEvent {
         // Safety: a helper without arguments; a nanosecond clock only for the events that go out.
         time_ns: unsafe { bpf_ktime_get_coarse_ns() },

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use dataplane_common::{
-    parse::{self, Frame, Parsed},
+    parse::{self, Frame},
     walk::{ports, NO_SLOT, REPLY_SLOT},
     CacheKeyV4, CacheKeyV6, Counter, Reason, CONFIG_MONITOR, REASON_COUNT,
 };
@@ -73,8 +73,9 @@ pub fn egress(ctx: TcContext) -> i32 {
         // Headers in paged data: pull what there is of them into the linear part.
         let _ = ctx.pull_data(EGRESS_HEADERS.min(ctx.len()));
     }
-    if let Parsed::Ip(p) = parse::parse(&frame::Tc(&ctx)) {
-        if let Some(slot) = flowtable::outbound(&p) {
+    let parsed = parse::parse(&frame::Tc(&ctx));
+    if let Some(p) = parsed.ip_packet() {
+        if let Some(slot) = flowtable::outbound(p) {
             count(&OUT_FLOWS, slot, ctx.len() as u64);
         }
     }
@@ -106,8 +107,9 @@ static FLOOR_V6: HashMap<CacheKeyV6, u32> = HashMap::with_max_entries(1024, 0);
 #[xdp]
 pub fn floor(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let Parsed::Ip(p) = parse::parse(&frame::Xdp(&ctx)) else { return xdp_action::XDP_PASS };
-    let Some((sport, dport, _)) = ports(&p) else { return xdp_action::XDP_PASS };
+    let parsed = parse::parse(&frame::Xdp(&ctx));
+    let Some(p) = parsed.ip_packet() else { return xdp_action::XDP_PASS };
+    let Some((sport, dport, _)) = ports(p) else { return xdp_action::XDP_PASS };
     // Safety: plain values copied out at once.
     let hit = unsafe {
         if p.v6 {

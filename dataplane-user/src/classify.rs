@@ -35,9 +35,9 @@ impl Packet {
         let v6 = self.dst.is_ipv6();
         let icmp = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
         let l4 = match self.proto {
-            IPPROTO_TCP | IPPROTO_UDP => L4::Ports { sport: self.sport, dport: self.dport, flags: 0 },
-            p if p == icmp => L4::Icmp { ty: self.icmp_type.unwrap_or(if v6 { 128 } else { 8 }) },
-            _ => L4::None,
+            IPPROTO_TCP | IPPROTO_UDP => L4::ports(self.sport, self.dport, 0),
+            p if p == icmp => L4::icmp(self.icmp_type.unwrap_or(if v6 { 128 } else { 8 })),
+            _ => L4::NONE,
         };
         parse::Packet { v6, src: addr(self.src), dst: addr(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4 }
     }

@@ -94,6 +94,8 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     // verifier, so they cost nothing per packet.
     let level = log_level();
     loader.override_global(aya_log::LEVEL, &level, true);
+    let pages = pages(image.len()) as u32;
+    loader.override_global("IMAGE_PAGES", &pages, true);
     for (name, len) in sizes {
         // A map cannot have zero entries; an empty table is a map nobody finds anything in.
         loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);

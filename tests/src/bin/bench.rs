@@ -200,9 +200,10 @@ fn measure_case(label: &str, policy: &Policy, tables: &Tables, args: &Args, figu
 
 /// Puts the frame's 5-tuple in the floor program's table, so that its lookup is a hit.
 fn fill_floor(ebpf: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
-    use dataplane_common::parse::{parse, Bytes, Parsed};
-    let Parsed::Ip(p) = parse(&Bytes(frame)) else { return Ok(()) };
-    let Some((sport, dport, _)) = dataplane_common::walk::ports(&p) else { return Ok(()) };
+    use dataplane_common::parse::{parse, Bytes};
+    let parsed = parse(&Bytes(frame));
+    let Some(p) = parsed.ip_packet() else { return Ok(()) };
+    let Some((sport, dport, _)) = dataplane_common::walk::ports(p) else { return Ok(()) };
     if p.v6 {
         let mut m: aya::maps::HashMap<_, CacheKeyV6, u32> = aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
         m.insert(CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 }, 1, 0)?;
