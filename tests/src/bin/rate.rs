@@ -1,4 +1,5 @@
-//! `cargo xtask bench` part 2: packet rate on one CPU with live XDP frames (tests/src/bench/live.rs:
+//! `cargo xtask bench` part 2: packet rate on one CPU with live XDP frames (tests/src/bench/live_rate.rs,
+//! the injector in tests/src/bench/live.rs:
 //! an injector in BPF_PROG_TEST_RUN redirects rewritten frames into a veth whose peer runs the
 //! system under test: this program, count-and-drop, nftables, iptables-legacy, no filter), then
 //! through the socket path: a veth pair between two namespaces, driven by
@@ -44,6 +45,8 @@ use dataplane_tests::packet::Pkt;
 mod iptables;
 #[path = "../bench/live.rs"]
 mod live;
+#[path = "../bench/live_rate.rs"]
+mod live_rate;
 #[path = "../bench/reload.rs"]
 mod reload;
 
@@ -75,9 +78,9 @@ fn main() -> Result<()> {
         Some("--socket-only") => (false, true, false),
         _ => (true, true, true),
     };
-    println!("CPU: {} ({} online); kernel {}", cpu_model(), std::thread::available_parallelism().map_or(1, |n| n.get()), kernel());
+    println!("CPU: {} ({} online); kernel {}", live::cpu_model(), std::thread::available_parallelism().map_or(1, |n| n.get()), kernel());
     if live_part {
-        let opts = live::Opts {
+        let opts = live_rate::Opts {
             run: if quick { Duration::from_millis(300) } else { Duration::from_secs(1) },
             reps: match value("--samples")? {
                 Some(n) => n.parse().context("--samples")?,
@@ -90,7 +93,7 @@ fn main() -> Result<()> {
                 |l| l.split(',').map(str::to_string).collect(),
             ),
         };
-        live::run(&root, &opts)?;
+        live_rate::run(&root, &opts)?;
     }
     if socket_part {
         packet_rate(&root, run)?;
@@ -219,12 +222,6 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
-    model.unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn kernel() -> String {
