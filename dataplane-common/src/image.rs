@@ -8,7 +8,8 @@
 //! roles or addresses the site has, only on the width of an address or a port.
 //!
 //! Layout (word offsets):
-//! - `0`: [`MAGIC`].
+//! - `0`: [`MAGIC`] in the high half, the site's `CONFIG_*` switches in the low half;
+//! - `1 ..= 2`: the site's timeouts and event budget ([`settings`]);
 //! - per direction ([`INBOUND`], [`OUTBOUND`]) a header of [`HEADER_WORDS`] words at
 //!   `1 + direction * HEADER_WORDS`: the destination tries' root entries (IPv4, IPv6), the offsets
 //!   of the destination class records and the policy records, and whether it has flows;
@@ -45,8 +46,39 @@
 pub const PAGE_WORDS: usize = 1 << 18;
 pub const PAGE_SHIFT: u32 = 18;
 
-/// Word 0 of every image: the format, so that a program never walks an image of another layout.
-pub const MAGIC: u64 = 0x6470_6c69_6d67_0002; // "dplimg", version 2
+/// High half of word 0 of every image: the format, so that a program never walks an image of
+/// another layout.
+pub const MAGIC: u32 = 0x6470_6903; // "dpi", version 3
+
+/// Words of the site's settings, from word 0.
+pub const SETTINGS_WORDS: u32 = 3;
+
+/// The words of a site's settings (`Config` without what belongs to the run).
+pub const fn settings(c: &crate::Config) -> [u64; SETTINGS_WORDS as usize] {
+    let flags = c.flags & (crate::CONFIG_DROP_UNPROTECTED | crate::CONFIG_ALLOW_ECHO);
+    [
+        ((MAGIC as u64) << 32) | flags as u64,
+        ((c.events_per_sec as u64) << 32) | c.ct_udp as u64,
+        ((c.ct_tcp_established as u64) << 32) | c.ct_tcp_transitory as u64,
+    ]
+}
+
+/// A site's settings from an image's first words (None: not an image of this layout), with the
+/// run's `flags` and `hz`.
+pub const fn config_of(w: [u64; SETTINGS_WORDS as usize], run: &crate::RunConfig) -> Option<crate::Config> {
+    if (w[0] >> 32) as u32 != MAGIC {
+        return None;
+    }
+    Some(crate::Config {
+        flags: w[0] as u32 | run.flags,
+        generation: run.generation,
+        ct_tcp_established: (w[2] >> 32) as u32,
+        ct_tcp_transitory: w[2] as u32,
+        ct_udp: w[1] as u32,
+        events_per_sec: (w[1] >> 32) as u32,
+        hz: run.hz,
+    })
+}
 
 pub const INBOUND: u32 = 0;
 pub const OUTBOUND: u32 = 1;
@@ -66,17 +98,17 @@ pub const H_SPARE: u32 = 4;
 /// The word where direction `dir`'s header starts.
 #[inline(always)]
 pub const fn header(dir: u32) -> u32 {
-    1 + dir * HEADER_WORDS
+    SETTINGS_WORDS + dir * HEADER_WORDS
 }
 
-/// Words of an image before its tables: the magic, both headers and both port filters.
-pub const IMAGE_MIN_WORDS: u32 = 1 + 2 * HEADER_WORDS + 2 * PORT_FILTER_WORDS;
+/// Words of an image before its tables: the settings, both headers and both port filters.
+pub const IMAGE_MIN_WORDS: u32 = SETTINGS_WORDS + 2 * HEADER_WORDS + 2 * PORT_FILTER_WORDS;
 
 /// Where direction `dir`'s port filter is: at a fixed place, so that a closed port costs one
 /// read of the image besides the destination's.
 #[inline(always)]
 pub const fn port_filter(dir: u32) -> u32 {
-    1 + 2 * HEADER_WORDS + dir * PORT_FILTER_WORDS
+    SETTINGS_WORDS + 2 * HEADER_WORDS + dir * PORT_FILTER_WORDS
 }
 
 // ---- Address tries ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// `CONFIG` array slot 0: site-wide switches.
+/// A site's switches and timeouts (the image holds them, so that a reload changes them with the
+/// tables), with the run's own (`flags` `CONFIG_MONITOR`, `hz`, from [`RunConfig`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -34,6 +35,21 @@ pub struct Config {
     /// Kernel clock ticks per second (`bpf_jiffies64`), measured by the loader: the programs keep
     /// time in ticks, which cost a few ns to read where nanosecond clocks cost 20-50.
     pub hz: u32,
+}
+
+/// `CONFIG` array slot 0: what belongs to the run, not the policy: which of the two policy images
+/// is in force, monitor mode, the clock rate. A reload writes the image not in force, then
+/// `active`: each packet reads it once, so it is judged wholly by one policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    /// 0: `POLICY_A` is in force; 1: `POLICY_B`.
+    pub active: u32,
+    /// `CONFIG_MONITOR` or nothing.
+    pub flags: u32,
+    /// See `Config::hz`.
+    pub hz: u32,
+    pub generation: u32,
 }
 
 /// Drop events per CPU per second when the site does not say.
@@ -240,6 +256,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RunConfig {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for CacheKeyV4 {}
     unsafe impl aya::Pod for CacheKeyV6 {}

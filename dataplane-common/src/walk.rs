@@ -277,6 +277,13 @@ pub fn ports(p: &Packet) -> Option<(u16, u16, u8)> {
     (p.l4.kind == Transport::Ports).then_some((p.l4.sport, p.l4.dport, p.l4.flags))
 }
 
+/// The site's settings an image holds, with the run's (None: not an image of this layout, which
+/// nothing must be judged by).
+#[inline(always)]
+pub fn config<I: Image + ?Sized>(img: &I, run: &crate::RunConfig) -> Option<Config> {
+    config_of([img.word(0)?, img.word(1)?, img.word(2)?], run)
+}
+
 /// The verdict on an arriving frame (the XDP program): the policy's, unless a packet it would
 /// drop is the reply of a connection a protected server opened. Remembers first fragments that
 /// pass, so that their later fragments follow.
@@ -306,10 +313,6 @@ pub fn judge<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Confi
 /// The policy's verdict on an arriving IP packet.
 #[inline(always)]
 pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, p: &Packet) -> Verdict {
-    if img.word(0) != Some(MAGIC) {
-        // No image of this layout: judge nothing as passing.
-        return Verdict::new(Reason::DropNoFlow);
-    }
     let Some(class) = dst_class(img, INBOUND, p.v6, &p.dst) else {
         return Verdict::new(if config.flags & CONFIG_DROP_UNPROTECTED != 0 {
             Reason::DropUnprotected
@@ -344,9 +347,6 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
 /// `DropDenyFlow` when an outbound deny flow wins, `DropNoFlow` otherwise.
 #[inline(always)]
 pub fn outbound<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) -> Verdict {
-    if img.word(0) != Some(MAGIC) {
-        return Verdict::new(Reason::DropNoFlow);
-    }
     match dst_class(img, OUTBOUND, p.v6, &p.dst) {
         Some(class) => flow(img, OUTBOUND, class, p, sport, dport),
         None => Verdict::new(Reason::DropNoFlow),

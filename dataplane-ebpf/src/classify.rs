@@ -1,6 +1,6 @@
-//! The maps the shared classifier walk (`dataplane_common::walk`) reads in the kernel: the policy
-//! image, the site-wide switches, and the state it consults (fragments here, tracked
-//! connections in `flowtable`).
+//! The maps the shared classifier walk (`dataplane_common::walk`) reads in the kernel: the two
+//! policy images (the one in force, and the one a reload writes), the run's switches, and the
+//! state it consults (fragments here, tracked connections in `flowtable`).
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -12,37 +12,47 @@ use dataplane_common::{
     image::{PAGE_SHIFT, PAGE_WORDS},
     parse::{Packet, Parsed},
     walk::{self, Image, State, Verdict},
-    Config, FragKey, Reason,
+    Config, FragKey, Reason, RunConfig,
 };
 
 use crate::flowtable;
 
-/// The policy image in pages (sized and written by the loader through a shared mapping).
+/// The policy images in pages (sized by the loader, written through a shared mapping): a reload
+/// writes the one not in force, then switches `RunConfig::active`, so no program is loaded or
+/// verified again and every packet is judged wholly by one of them.
 #[map]
-static POLICY: Array<[u64; PAGE_WORDS]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static POLICY_A: Array<[u64; PAGE_WORDS]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static POLICY_B: Array<[u64; PAGE_WORDS]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Written through a shared mapping too: `active` is switched by one 32-bit store.
+#[map]
+static CONFIG: Array<RunConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Datagrams whose first fragment passed -> flow slot, so later fragments follow it.
 #[map]
 static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// Pages of `POLICY`, set by the loader before the verifier runs: it reads the constant, so for a
-/// one-page image it never explores the lookup of another page (each read would otherwise double
-/// the paths it verifies).
+/// Pages of each `POLICY_*` map, set by the loader before the verifier runs: it reads the
+/// constant, so for one-page images it never explores the lookup of another page (each read
+/// would otherwise double the paths it verifies).
 #[unsafe(no_mangle)]
 static IMAGE_PAGES: Global<u32> = Global::new(1);
 
-/// The `POLICY` map as the walk's image: the first page through a pointer taken once, the
-/// others through an (inlined) lookup of their page.
+/// The image in force as the walk's image: the first page through a pointer taken once per
+/// packet, the others through an (inlined) lookup of their page.
 pub struct Policy {
     first: &'static [u64; PAGE_WORDS],
+    b: bool,
 }
 
-impl Policy {
-    #[inline(always)]
-    pub fn get() -> Option<Self> {
-        POLICY.get(0).map(|first| Policy { first })
-    }
+/// The image in force, read once per packet, and the settings it holds with the run's.
+#[inline(always)]
+pub fn current() -> Option<(Policy, Config)> {
+    let run = CONFIG.get(0).copied()?;
+    let b = run.active != 0;
+    let first = if b { POLICY_B.get(0)? } else { POLICY_A.get(0)? };
+    let img = Policy { first, b };
+    let config = walk::config(&img, &run)?;
+    Some((img, config))
 }
 
 impl Image for Policy {
@@ -58,7 +68,8 @@ impl Image for Policy {
         if IMAGE_PAGES.load() <= 1 {
             return None;
         }
-        POLICY.get(page).map(|p| p[offset])
+        let p = if self.b { POLICY_B.get(page) } else { POLICY_A.get(page) };
+        p.map(|p| p[offset])
     }
 }
 
@@ -91,11 +102,6 @@ fn frag_key(p: &Packet) -> FragKey {
     FragKey { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], id: p.frag_id, proto: p.proto as u32 }
 }
 
-/// The site-wide switches and timeouts.
-#[inline(always)]
-pub fn config() -> Config {
-    CONFIG.get(0).copied().unwrap_or_default()
-}
 
 /// One parsed packet per CPU, to pass it through memory the verifier does not follow.
 #[map]
@@ -114,11 +120,11 @@ fn opaque_parse(parsed: &Parsed) -> Option<&'static Parsed> {
     }
 }
 
-/// The verdict on an arriving frame.
+/// The verdict on an arriving frame, by the image in force with its settings.
 #[inline(always)]
-pub fn judge(parsed: &Parsed, config: &Config) -> Verdict {
-    match (Policy::get(), opaque_parse(parsed)) {
-        (Some(img), Some(parsed)) => walk::judge(&img, &mut Kernel { config }, config, parsed),
-        _ => Verdict::new(Reason::DropNoFlow),
+pub fn judge(img: &Policy, config: &Config, parsed: &Parsed) -> Verdict {
+    match opaque_parse(parsed) {
+        Some(parsed) => walk::judge(img, &mut Kernel { config }, config, parsed),
+        None => Verdict::new(Reason::DropNoFlow),
     }
 }

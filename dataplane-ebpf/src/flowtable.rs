@@ -24,7 +24,7 @@ use dataplane_common::{
     CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
 };
 
-use crate::classify::Policy;
+use crate::classify;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -193,7 +193,7 @@ pub fn outbound(p: &Packet) -> Option<u32> {
         t.touch(now);
         return Some(e.slot);
     }
-    let img = Policy::get()?;
+    let (img, _) = classify::current()?;
     let v = walk::outbound(&img, p, sport, dport);
     if v.reason != Reason::PassFlow {
         return None;

@@ -37,8 +37,12 @@ static REPLY_FLOWS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let parsed = parse::parse(&frame::Xdp(&ctx));
-    let config = classify::config();
-    let v = classify::judge(&parsed, &config);
+    let Some((img, config)) = classify::current() else {
+        // No image of this layout in force: judge nothing as passing.
+        count(&REASONS, Reason::DropNoFlow as u32, bytes);
+        return xdp_action::XDP_DROP;
+    };
+    let v = classify::judge(&img, &config, &parsed);
     if v.reason.is_drop() {
         events::report(&ctx, &parsed, v.reason, v.slot, &config);
     }

@@ -9,7 +9,7 @@ use aya::{
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use dataplane_common::{image::PAGE_WORDS, Counter, Reason, REASON_COUNT};
+use dataplane_common::{image::PAGE_WORDS, Counter, Reason, RunConfig, CONFIG_MONITOR, REASON_COUNT};
 
 use crate::tables::Tables;
 
@@ -20,8 +20,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/da
 pub const PROGRAM: &str = "dataplane";
 
 /// Map names in the object (see dataplane-ebpf).
-/// The policy image: every classification table of both directions (dataplane_common::image).
-pub const MAP_POLICY: &str = "POLICY";
+/// The policy images: every classification table of both directions (dataplane_common::image),
+/// in force and written by the next reload, in turn.
+pub const MAP_POLICY: [&str; 2] = ["POLICY_A", "POLICY_B"];
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REASONS: &str = "REASONS";
@@ -81,11 +82,13 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     let ct = if tables.conntrack_size == 0 { DEFAULT_CONNTRACK } else { tables.conntrack_size };
     let flow_slots = tables.flows.len().max(shared.flow_slots as usize);
     let out_slots = out_flows.max(shared.out_slots as usize);
+    let pages = image_capacity(image.len());
     let sizes = [
         (MAP_FLOWS, flow_slots),
         (MAP_OUT_FLOWS, out_slots),
         (MAP_REPLY_FLOWS, out_slots),
-        (MAP_POLICY, pages(image.len())),
+        (MAP_POLICY[0], pages),
+        (MAP_POLICY[1], pages),
         (MAP_FLOW_V4, ct as usize),
         (MAP_FLOW_V6, ct as usize),
     ];
@@ -94,8 +97,8 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
     // verifier, so they cost nothing per packet.
     let level = log_level();
     loader.override_global(aya_log::LEVEL, &level, true);
-    let pages = pages(image.len()) as u32;
-    loader.override_global("IMAGE_PAGES", &pages, true);
+    let image_pages = pages as u32;
+    loader.override_global("IMAGE_PAGES", &image_pages, true);
     for (name, len) in sizes {
         // A map cannot have zero entries; an empty table is a map nobody finds anything in.
         loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);
@@ -108,39 +111,129 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    write_image(&mut ebpf, &image)?;
+    write_image(&mut ebpf, MAP_POLICY[0], &image)?;
     write_config(&mut ebpf, tables.config)?;
     program(&mut ebpf)?.load().context("the kernel verifier rejected the XDP program")?;
     egress(&mut ebpf)?.load().context("the kernel verifier rejected the tc egress program")?;
     Ok(ebpf)
 }
 
-/// Pages of the `POLICY` map an image of `words` words takes.
+/// Pages of the `POLICY_*` maps an image of `words` words takes.
 pub fn pages(words: usize) -> usize {
     words.div_ceil(PAGE_WORDS).max(1)
 }
 
-/// Copies the policy image into the `POLICY` map through a shared mapping of it (the map is
+/// Pages each `POLICY_*` map gets for an image of `words`: room for a policy that grows by a
+/// quarter before a reload needs new maps (and the verifier again). One page stays one page: it
+/// holds sites a hundred times the catalog's size, and the verifier then never explores a
+/// lookup of another page.
+pub fn image_capacity(words: usize) -> usize {
+    match pages(words) {
+        1 => 1,
+        n => n + n.div_ceil(4),
+    }
+}
+
+/// Copies a policy image into a `POLICY_*` map through a shared mapping of it (the maps are
 /// mmapable): one copy, however many words, where updates would take a system call per word.
-pub fn write_image(ebpf: &mut Ebpf, image: &[u64]) -> Result<()> {
-    let map = map_mut(ebpf, MAP_POLICY)?;
-    let aya::maps::Map::Array(data) = map else { bail!("{MAP_POLICY} is not an array map") };
-    let room = data.info().map(|i| i.max_entries() as usize).context("reading the POLICY map's size")? * PAGE_WORDS;
+pub fn write_image(ebpf: &mut Ebpf, map: &str, image: &[u64]) -> Result<()> {
+    let room = policy_pages(ebpf, map)? * PAGE_WORDS;
     if image.len() > room {
-        bail!("a policy image of {} words does not fit the {MAP_POLICY} map of {room}", image.len());
+        bail!("a policy image of {} words does not fit the {map} map of {room}", image.len());
     }
-    let fd = data.fd().as_fd().as_raw_fd();
     let bytes = std::mem::size_of_val(image);
-    // Safety: a fresh shared mapping of the whole map, written within its length, then unmapped.
-    unsafe {
-        let at = libc::mmap(std::ptr::null_mut(), bytes.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {MAP_POLICY} ({bytes} bytes)"));
-        }
-        std::ptr::copy_nonoverlapping(image.as_ptr() as *const u8, at as *mut u8, bytes);
-        libc::munmap(at, bytes.max(1));
-    }
+    let mapping = Mapping::new(map_mut(ebpf, map)?, bytes)?;
+    // Safety: within the mapping, which is as long as the image.
+    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr() as *const u8, mapping.at as *mut u8, bytes) };
     Ok(())
+}
+
+/// Pages a loaded `POLICY_*` map holds.
+fn policy_pages(ebpf: &mut Ebpf, map: &str) -> Result<usize> {
+    let aya::maps::Map::Array(data) = map_mut(ebpf, map)? else { bail!("{map} is not an array map") };
+    Ok(data.info().map(|i| i.max_entries() as usize).with_context(|| format!("reading {map}'s size"))?)
+}
+
+/// A shared mapping of the first `len` bytes of an mmapable array map, unmapped on drop.
+struct Mapping {
+    at: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(map: &aya::maps::Map, len: usize) -> Result<Self> {
+        let aya::maps::Map::Array(data) = map else { bail!("not an array map") };
+        let len = len.max(1);
+        let fd = data.fd().as_fd().as_raw_fd();
+        // Safety: a fresh shared mapping of the map's own memory.
+        let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping an array map ({len} bytes)"));
+        }
+        Ok(Mapping { at, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Safety: the mapping made in `new`.
+        unsafe { libc::munmap(self.at, self.len) };
+    }
+}
+
+/// A new policy written into the `POLICY_*` map not in force, ready to be put in force.
+#[must_use = "the written image is not in force until `commit`"]
+pub struct Swap {
+    active: u32,
+    generation: u32,
+}
+
+/// Writes a new policy's image into the `POLICY_*` map not in force, without loading or verifying
+/// a program. None, changing nothing, when the image does not fit the maps (the caller then loads
+/// a program with larger ones). The caller spaces swaps by more than a packet's time, so that no
+/// packet still walks the image being overwritten.
+pub fn write_inactive(ebpf: &mut Ebpf, tables: &Tables) -> Result<Option<Swap>> {
+    let image = tables.image();
+    let run = read_run_config(ebpf)?;
+    let next = (run.active == 0) as u32;
+    if image.len() > policy_pages(ebpf, MAP_POLICY[next as usize])? * PAGE_WORDS {
+        return Ok(None);
+    }
+    write_image(ebpf, MAP_POLICY[next as usize], &image)?;
+    Ok(Some(Swap { active: next, generation: tables.config.generation }))
+}
+
+impl Swap {
+    /// Puts the written image in force with one 32-bit store of `RunConfig::active`: every packet
+    /// (XDP and tc alike) reads it once, so it is judged wholly by the old image or the new one.
+    pub fn commit(self, ebpf: &mut Ebpf) -> Result<()> {
+        let mapping = Mapping::new(map_mut(ebpf, MAP_CONFIG)?, std::mem::size_of::<RunConfig>())?;
+        // Safety: `active` is the first field of the RunConfig in the mapping, 4-byte aligned.
+        let active = unsafe { &*(mapping.at as *const std::sync::atomic::AtomicU32) };
+        active.store(self.active, std::sync::atomic::Ordering::SeqCst);
+        drop(mapping);
+        write_generation(ebpf, self.generation)
+    }
+}
+
+/// `write_inactive` then `commit`: true when the new policy is in force.
+pub fn swap_image(ebpf: &mut Ebpf, tables: &Tables) -> Result<bool> {
+    match write_inactive(ebpf, tables)? {
+        Some(swap) => swap.commit(ebpf).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+fn read_run_config(ebpf: &mut Ebpf) -> Result<RunConfig> {
+    let config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
+    config.get(&0, 0).with_context(|| format!("reading {MAP_CONFIG}"))
+}
+
+/// The generation the run reports (not read per packet: a torn read of it harms nothing).
+fn write_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
+    let run = RunConfig { generation, ..read_run_config(ebpf)? };
+    let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
+    config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
 
 pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
@@ -172,11 +265,12 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
     Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
-/// Replaces the site-wide switches of a loaded program (with the kernel's clock rate).
-pub fn write_config(ebpf: &mut Ebpf, mut c: dataplane_common::Config) -> Result<()> {
-    c.hz = clock_hz(ebpf)?;
-    let mut config: Array<_, dataplane_common::Config> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(0, c, 0).with_context(|| format!("writing {MAP_CONFIG}"))
+/// Sets what belongs to the run (monitor mode, the generation, the kernel's clock rate) in a
+/// freshly loaded program, with `POLICY_A` in force. The site's own settings are in the image.
+pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
+    let run = RunConfig { active: 0, flags: c.flags & CONFIG_MONITOR, hz: clock_hz(ebpf)?, generation: c.generation };
+    let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
+    config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
 
 /// The kernel's clock ticks per second (its HZ), measured once per process with the `clock`

@@ -100,6 +100,8 @@ pub struct Enforcer {
     pub guard: Option<bool>,
     /// What the enforced policy was compiled from (the state records it for `diff`).
     pub sources: Option<Sources>,
+    /// When the last reload swapped the policy image (None: none since the program was loaded).
+    swapped: Option<std::time::Instant>,
 }
 
 /// Counter slots to make room for: policies may grow by reloads.
@@ -187,13 +189,16 @@ impl Enforcer {
             capacity,
             guard: None,
             sources,
+            swapped: None,
         };
         Ok((enforcer, modes))
     }
 
-    /// Compiles the site again and switches every interface to it at once: a new program with
-    /// the new policy maps replaces the old one behind each link (BPF_LINK_UPDATE), so every
-    /// packet is judged wholly by the old policy or wholly by the new one. Counters, tracked
+    /// Compiles the site again and switches every interface to it at once. The running programs
+    /// stay: the new policy image is written into the image map not in force, then one store
+    /// switches the XDP and tc programs to it, so every packet is judged wholly by the old policy
+    /// or wholly by the new one, and nothing is verified again. Only a policy that outgrows the
+    /// image maps takes a new program with larger ones (`reload_program`). Counters, tracked
     /// connections and fragments live in the shared maps and carry over. On any error nothing
     /// changes: the running policy keeps enforcing.
     pub fn reload(&mut self) -> Result<()> {
@@ -211,7 +216,31 @@ impl Enforcer {
         }
         tables.config.flags |= self.flags;
         tables.config.generation = self.generation + 1;
-        let mut new = load::load_with(&tables, &shared(self.capacity))?;
+        // The image about to be overwritten was in force until the last swap: leave packets
+        // that were walking it (they take microseconds) time to finish.
+        if let Some(at) = self.swapped {
+            std::thread::sleep(SWAP_SPACING.saturating_sub(at.elapsed()));
+        }
+        if let Some(swap) = load::write_inactive(&mut self.ebpf, &tables)? {
+            fault_point("reload:written");
+            swap.commit(&mut self.ebpf)?;
+            self.swapped = Some(std::time::Instant::now());
+            fault_point("reload:switched");
+        } else {
+            info!("the new policy image outgrows the image maps: loading the program with larger ones");
+            self.reload_program(&tables)?;
+        }
+        self.generation = tables.config.generation;
+        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
+        self.tables = tables;
+        self.sources = Some(sources);
+        Ok(())
+    }
+
+    /// A new program with larger policy maps replaces the old one behind each link
+    /// (BPF_LINK_UPDATE), XDP then tc.
+    fn reload_program(&mut self, tables: &Tables) -> Result<()> {
+        let mut new = load::load_with(tables, &shared(self.capacity))?;
         fault_point("reload:loaded");
         // An interface removed since the last look has a link the kernel detached: updating it
         // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
@@ -239,14 +268,15 @@ impl Enforcer {
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
+        self.swapped = None;
         fault_point("reload:switched");
-        self.generation = tables.config.generation;
-        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
-        self.tables = tables;
-        self.sources = Some(sources);
         Ok(())
     }
 }
+
+/// The least time between two image swaps: a packet walks an image for microseconds, and the
+/// image a swap leaves is the one the next swap overwrites.
+const SWAP_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Whether a policy, on the counter slots a dead run left, fits that run's counter maps.
 fn fits(old: &state::State, tables: &Tables) -> bool {

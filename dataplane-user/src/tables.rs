@@ -98,6 +98,6 @@ pub struct Tables {
 impl Tables {
     /// The policy image of both directions, as the `POLICY` map holds it.
     pub fn image(&self) -> Vec<u64> {
-        crate::compile::image::build(&self.dir, self.outbound.as_deref().map(|o| &o.dir))
+        crate::compile::image::build(&self.config, &self.dir, self.outbound.as_deref().map(|o| &o.dir))
     }
 }

@@ -88,12 +88,10 @@ fn tcp_replies_need_the_servers_syn_and_never_a_bare_syn() {
 
 #[test]
 fn replies_after_the_timeout_are_dropped() {
-    let tables = simple_tables();
+    let mut tables = simple_tables();
+    tables.config.ct_udp = 1;
+    tables.config.ct_tcp_transitory = 1;
     let mut h = Harness::new(&tables).unwrap();
-    let mut config = tables.config;
-    config.ct_udp = 1;
-    config.ct_tcp_transitory = 1;
-    dataplane::load::write_config(&mut h.ebpf, config).unwrap();
     let (server, dns) = (ip("10.0.0.1"), ip("192.0.2.53"));
     send(&mut h, &Pkt::udp(server, dns, 40000, 53).build());
     reply(&mut h, &Pkt::udp(dns, server, 53, 40000).build(), 0);

@@ -134,10 +134,10 @@ fn killed_at_every_stage_of_start_up() {
 #[test]
 fn killed_at_every_stage_of_a_reload() {
     let rig = Rig::new("dpt-fr");
+    // A reload writes the new image into the image map not in force, then switches to it.
     let stages = [
         ("reload:compiled", Enforcing::Old),
-        ("reload:loaded", Enforcing::Old),
-        ("reload:switched-xdp", Enforcing::New),
+        ("reload:written", Enforcing::Old),
         ("reload:switched", Enforcing::New),
     ];
     for (stage, want) in stages {

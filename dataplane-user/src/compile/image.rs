@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use dataplane_common::image::*;
+use dataplane_common::Config;
 
 use crate::policy::Cidr;
 use crate::tables::{Direction, PortTable, PortValue, Prefixes};
@@ -26,13 +27,13 @@ impl Breakdown {
 }
 
 /// The image of both directions (`outbound` None: no outbound flow, nothing is tracked).
-pub fn build(inbound: &Direction, outbound: Option<&Direction>) -> Vec<u64> {
-    build_with_breakdown(inbound, outbound).0
+pub fn build(config: &Config, inbound: &Direction, outbound: Option<&Direction>) -> Vec<u64> {
+    build_with_breakdown(config, inbound, outbound).0
 }
 
-pub fn build_with_breakdown(inbound: &Direction, outbound: Option<&Direction>) -> (Vec<u64>, Breakdown) {
+pub fn build_with_breakdown(config: &Config, inbound: &Direction, outbound: Option<&Direction>) -> (Vec<u64>, Breakdown) {
     let mut w = Writer { words: vec![0; IMAGE_MIN_WORDS as usize], sizes: Breakdown::default() };
-    w.words[0] = MAGIC;
+    w.words[..SETTINGS_WORDS as usize].copy_from_slice(&settings(config));
     w.sizes.header = (IMAGE_MIN_WORDS - 2 * PORT_FILTER_WORDS) as usize;
     w.sizes.port_filters = 2 * PORT_FILTER_WORDS as usize;
     let dirs: Vec<(u32, &Direction)> = [(INBOUND, Some(inbound)), (OUTBOUND, outbound)]

@@ -53,7 +53,8 @@ impl Daemon {
             .arg(&bin)
             .args(["run", "--site"])
             .arg(site)
-            .args(["--iface", SERVER_IF])
+            // The full catalog protects servers its documents give no administration to.
+            .args(["--iface", SERVER_IF, "--force"])
             .env("DATAPLANE_CATALOG_DIR", root.join("policies/catalog"))
             .env("RUST_LOG", "info")
             .env_remove("SSH_CONNECTION")
@@ -104,8 +105,49 @@ impl Drop for Daemon {
     }
 }
 
-fn site_text(base: &str, turn: bool) -> String {
-    format!("{base}\noptions:\n  turn: {turn}\n")
+/// The sites the reload is timed on: the end-to-end site (one catalog; the flip is the catalog
+/// option `turn`), and the full catalog of every document (`policies/sites/all-documents.yaml`,
+/// the Expressway moved to the probe's address; so many flows admit UDP 3478 from anywhere there
+/// that the flip is the binding of `any-ip`: everywhere, or a network without the probe's
+/// source).
+#[derive(Clone, Copy)]
+pub enum Site {
+    Lab,
+    FullCatalog,
+}
+
+impl Site {
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::Lab => "lab (tests/sites/e2e.yaml: one catalog)",
+            Site::FullCatalog => "full catalog (policies/sites/all-documents.yaml: five catalogs)",
+        }
+    }
+
+    /// The site's text with `{allowed}` where what admits the probe goes.
+    fn template(self, root: &Path) -> Result<String> {
+        Ok(match self {
+            Site::Lab => format!("{}\noptions:\n  turn: {{allowed}}\n", std::fs::read_to_string(root.join("tests/sites/e2e.yaml"))?),
+            Site::FullCatalog => {
+                let text = std::fs::read_to_string(root.join("policies/sites/all-documents.yaml"))?;
+                let text = text.replace("vcs-expressway: [192.0.2.10/32, '2001:db8:1::10/128']", "vcs-expressway: [10.201.0.1/32]");
+                let any = "any-ip: [0.0.0.0/0, '::/0']";
+                if !text.contains("vcs-expressway: [10.201.0.1/32]") || !text.contains(any) {
+                    bail!("all-documents.yaml no longer has the bindings the reload bench rewrites");
+                }
+                text.replace(any, "any-ip: {allowed}")
+            }
+        })
+    }
+
+    fn text(self, template: &str, allowed: bool) -> String {
+        let value = match (self, allowed) {
+            (Site::Lab, a) => a.to_string(),
+            (Site::FullCatalog, true) => "[0.0.0.0/0, '::/0']".into(),
+            (Site::FullCatalog, false) => "[192.0.2.0/24]".into(),
+        };
+        template.replace("{allowed}", &value)
+    }
 }
 
 /// Replaces the site (a new file with the old modification time, renamed over it: the watcher
@@ -135,18 +177,18 @@ fn logged_duration(line: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-pub fn run(root: &Path, reloads: usize) -> Result<Timings> {
-    let base = std::fs::read_to_string(root.join("tests/sites/e2e.yaml"))?;
+pub fn run(root: &Path, reloads: usize, which: Site) -> Result<Timings> {
+    let base = which.template(root)?;
     let dir = std::env::temp_dir().join(format!("dpb-rl-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let site: PathBuf = dir.join("site.yaml");
-    std::fs::write(&site, site_text(&base, false))?;
-    let result = measure(root, &site, &base, reloads);
+    std::fs::write(&site, which.text(&base, false))?;
+    let result = measure(root, &site, &base, reloads, which);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn measure(root: &Path, site: &Path, base: &str, reloads: usize) -> Result<Timings> {
+fn measure(root: &Path, site: &Path, base: &str, reloads: usize, which: Site) -> Result<Timings> {
     let lab = Lab::new("dpb-rl", &["10.201.0.1/24"], &["10.201.0.3/24"])?;
     let server: SocketAddr = "10.201.0.1:3478".parse()?;
     let _echo = Servers::start(&lab.server, &[], &[server])?;
@@ -184,7 +226,7 @@ fn measure(root: &Path, site: &Path, base: &str, reloads: usize) -> Result<Timin
         let mut allowed = false;
         for i in 0..reloads {
             let to_allowed = !allowed;
-            rewrite(site, &site_text(base, to_allowed))?;
+            rewrite(site, &which.text(base, to_allowed))?;
             // The old verdict first, for 50 ms.
             let first = sent.len();
             let pre = Instant::now();

@@ -66,12 +66,19 @@ fn main() -> Result<()> {
 }
 
 fn reloads(root: &Path, n: usize) -> Result<()> {
-    println!("\nReload: the real daemon (target/release/dataplane run, RUST_LOG=info) on a veth in its own namespaces (dpb-rl-*),");
-    println!("{n} SIGHUPs, each after rewriting the site so that the probe port flips (catalog option `turn`: UDP 3478 from any-ip);");
+    for site in [reload::Site::Lab, reload::Site::FullCatalog] {
+        reloads_of(root, n, site)?;
+    }
+    Ok(())
+}
+
+fn reloads_of(root: &Path, n: usize, site: reload::Site) -> Result<()> {
+    println!("\nReload of the {} site: the real daemon (target/release/dataplane run, RUST_LOG=info) on a veth in its own namespaces (dpb-rl-*),", site.name());
+    println!("{n} SIGHUPs, each after rewriting the site so that the probe flips (see tests/src/bench/reload.rs: UDP 3478 from any-ip);");
     println!("probe: UDP 10.201.0.3:40000 -> 10.201.0.1:3478 over the veth, a {:?} sleep between probes (interval measured below), echoed by the server side.", Duration::from_micros(200));
     println!("\"verdict\": SIGHUP -> the first probe with the new verdict (sent time); \"log\": SIGHUP -> the daemon's \"reloaded\" line read from its stderr;");
-    println!("\"daemon\": the reload time the daemon logs itself (compile, load, verify, switch the links, record the state).");
-    let t = match reload::run(root, n) {
+    println!("\"daemon\": the reload time the daemon logs itself (compile, write the image not in force, switch to it, record the state).");
+    let t = match reload::run(root, n, site) {
         Ok(t) => t,
         Err(e) => {
             println!("reload: not measured: {e:#}");
