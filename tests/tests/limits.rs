@@ -13,7 +13,7 @@ use aya::maps::{HashMap, PerCpuArray};
 use dataplane::{fill::TableFill, load};
 use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry, Reason, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
 use dataplane_tests::{
-    flood::{cpus, per_cpu_packets, pin_to_cpu},
+    flood::{cpus, hold_in_dispatcher, per_cpu_packets, pin_to_cpu},
     packet::{FragSpec, Pkt},
     simple_tables, Harness, Observed, XDP_DROP, XDP_PASS,
 };
@@ -164,6 +164,7 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
     let mut t = simple_tables();
     t.conntrack_size = SIZE;
     let mut h = Harness::new(&t).unwrap();
+    let _idle = hold_in_dispatcher(load::program(&mut h.ebpf).unwrap(), "i14-lim").unwrap();
     let server4: Ipv4Addr = "10.0.0.1".parse().unwrap();
     let server6: Ipv6Addr = "fd00::1".parse().unwrap();
     let (dns4, dns6, ldap): (Ipv4Addr, Ipv6Addr, Ipv4Addr) =
