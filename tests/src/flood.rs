@@ -17,7 +17,7 @@ use dataplane_common::Counter;
 
 /// Keeps an XDP program in the kernel's XDP dispatcher while a test runs it many times.
 /// BPF_PROG_TEST_RUN enters the program into the dispatcher and takes it out again, each time
-/// waiting for an RCU grace period (about 4 ms on the CI VM: 200,000 runs took over 15 minutes),
+/// waiting for an RCU grace period (milliseconds on a busy VM: 230,000 runs took over 15 minutes),
 /// unless it is attached in native mode somewhere, when both are no-ops. So it is attached to a
 /// veth of a lab of its own that carries no traffic; the veth, and the attachment, go with the
 /// returned lab.

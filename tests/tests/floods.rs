@@ -105,14 +105,14 @@ fn flood_frames(lab: &Lab) -> Vec<Vec<u8>> {
     frames
 }
 
-/// What the old code did with the same traffic: before this change (commit fd6c796) the XDP
+/// What the old code did with the same traffic: before the policy image (commit 6005f49) the XDP
 /// program cached the verdict of every allowed inbound 5-tuple in the same LRU tables that hold
 /// the server's connections (FLOW_V4/FLOW_V6), one entry per new tuple. 131,072 tuples, each
 /// seen three times in a row (the LRU's second chance then takes them for entries in use), on
 /// every CPU (each CPU has its own LRU list and its share of the table), push out every
-/// connection the server opened: the late DNS answer and the SIP peer's data below were dropped
-/// (`no_flow`), and `stats` showed the connections evicted. Now arriving packets insert
-/// nothing, so this test fails on that code and passes on this one.
+/// connection the server opened. Run on that code: `stats` showed 0 entries and 2 evictions
+/// after the flood, the late DNS answer was dropped (`no_flow`) and the SIP peer's message did
+/// not arrive within 2 s. Now arriving packets insert nothing, and this test passes.
 #[test]
 fn a_flood_of_allowed_tuples_over_veth_evicts_no_connection_the_server_opened() {
     let lab = lab("dpt-flood");

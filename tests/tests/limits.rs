@@ -151,10 +151,11 @@ fn v6_key(a: Ipv6Addr) -> [u64; 2] {
 /// tracked connections' replies must still pass, counted as replies, on every CPU, and the
 /// tables must hold exactly the three tracked connections, none evicted.
 ///
-/// On the code before this change (fd6c796, the verdict cache) the same flood fails: every
-/// allowed inbound 5-tuple was inserted into this same LRU table (FLOW_V4/FLOW_V6), so the
-/// flood's entries, each seen three times, pushed the server's connections out of every CPU's
-/// list, and their replies were judged as new packets: dropped (`no_flow`).
+/// On the code before the policy image (6005f49, the verdict cache) the same flood fails, as
+/// run: every allowed inbound 5-tuple was inserted into this same LRU table (FLOW_V4/FLOW_V6),
+/// so the flood's entries, each seen three times, pushed the server's connections out of every
+/// CPU's list, and all three replies were judged as new packets on both CPUs: dropped
+/// (`no_flow`).
 #[test]
 fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened() {
     const SIZE: u32 = 1024;
