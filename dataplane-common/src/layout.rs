@@ -10,8 +10,7 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    image, CacheKeyV4, CacheKeyV6, Config, Counter, DropEvent, EventBudget, FlowEntry, FragKey, Reason, RunConfig,
-    REASON_COUNT,
+    image, CacheKeyV4, CacheKeyV6, Config, Counter, DropEvent, EventBudget, FlowEntry, FragKey, Reason, RunConfig, REASON_COUNT,
 };
 
 // Counter: the per-CPU counter arrays (REASONS, FLOWS, OUT_FLOWS, REPLY_FLOWS).

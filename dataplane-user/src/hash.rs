@@ -73,7 +73,9 @@ mod tests {
     /// FNV-1a's published test vectors: the function is the one its name says.
     #[test]
     fn fnv1a_64_vectors() {
-        for (input, want) in [(&b""[..], 0xcbf2_9ce4_8422_2325u64), (b"a", 0xaf63_dc4c_8601_ec8c), (b"foobar", 0x8594_4171_f739_67e8)] {
+        for (input, want) in
+            [(&b""[..], 0xcbf2_9ce4_8422_2325u64), (b"a", 0xaf63_dc4c_8601_ec8c), (b"foobar", 0x8594_4171_f739_67e8)]
+        {
             let mut h = Fnv(FNV_OFFSET);
             h.bytes(input);
             assert_eq!(h.0, want, "{input:?}");

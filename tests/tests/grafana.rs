@@ -104,13 +104,12 @@ struct Refs {
     equal: BTreeSet<(String, String)>,
 }
 
-const FUNCTIONS: &[&str] = &[
-    "abs", "absent", "absent_over_time", "avg", "avg_over_time", "bottomk", "ceil", "changes", "clamp", "clamp_max",
-    "clamp_min", "count", "count_over_time", "count_values", "delta", "deriv", "floor", "group", "histogram_quantile",
-    "idelta", "increase", "irate", "label_join", "label_replace", "last_over_time", "max", "max_over_time", "min",
-    "min_over_time", "quantile", "quantile_over_time", "rate", "resets", "round", "scalar", "sgn", "sort", "sort_desc",
-    "stddev", "stdvar", "sum", "sum_over_time", "time", "timestamp", "topk", "vector",
-];
+/// PromQL functions and aggregations, by name.
+const FUNCTIONS: &str = "abs absent absent_over_time avg avg_over_time bottomk ceil changes clamp clamp_max clamp_min count \
+    count_over_time count_values delta deriv floor group histogram_quantile idelta increase irate \
+    label_join label_replace last_over_time max max_over_time min min_over_time quantile \
+    quantile_over_time rate resets round scalar sgn sort sort_desc stddev stdvar sum sum_over_time time \
+    timestamp topk vector";
 /// Keywords followed by a list of label names.
 const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
 const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"];
@@ -212,7 +211,7 @@ fn refs(expr: &str) -> Refs {
                     r.labels.extend(list.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from));
                     i = close + 1;
                 }
-            } else if FUNCTIONS.contains(&word.as_str()) {
+            } else if FUNCTIONS.split_whitespace().any(|f| f == word) {
                 // A function, or an aggregation with its grouping first (`sum by (x) (...)`).
             } else if call {
                 panic!("unknown PromQL function {word} in {expr}");
@@ -262,7 +261,8 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
         }
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).expect("variable query");
         // label_values(EXPR, LABEL): the label must be on EXPR's metrics.
-        let inner = q.strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')).unwrap_or_else(|| panic!("variable query {q}"));
+        let inner =
+            q.strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')).unwrap_or_else(|| panic!("variable query {q}"));
         let (expr, label) = inner.rsplit_once(',').unwrap_or_else(|| panic!("variable query {q}"));
         out.push((format!("variable {}", v["name"]), format!("max by ({}) ({})", label.trim(), expr.trim())));
     }
@@ -296,7 +296,11 @@ fn dashboard_queries_name_only_served_metrics() {
         }
         let on_metrics: BTreeSet<&String> = r.metrics.iter().flat_map(|m| served[m].keys()).collect();
         for l in &r.labels {
-            assert!(on_metrics.contains(l) || TARGET_LABELS.contains(&l.as_str()), "{place}: label {l} is on none of {:?}\n{expr}", r.metrics);
+            assert!(
+                on_metrics.contains(l) || TARGET_LABELS.contains(&l.as_str()),
+                "{place}: label {l} is on none of {:?}\n{expr}",
+                r.metrics
+            );
         }
         for (l, v) in r.equal.iter().filter(|(l, _)| CLOSED_LABELS.contains(&l.as_str())) {
             let seen = r.metrics.iter().any(|m| served[m].get(l).is_some_and(|vs| vs.contains(v)));
@@ -304,14 +308,22 @@ fn dashboard_queries_name_only_served_metrics() {
         }
     }
     // The dashboard shows what the exporter is for: flows, verdicts, tracking, reloads.
-    for m in ["dataplane_flow_packets_total", "dataplane_flow_bytes_total", "dataplane_packets_total", "dataplane_conntrack_entries", "dataplane_reloads_total"] {
+    for m in [
+        "dataplane_flow_packets_total",
+        "dataplane_flow_bytes_total",
+        "dataplane_packets_total",
+        "dataplane_conntrack_entries",
+        "dataplane_reloads_total",
+    ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }
 }
 
 #[test]
 fn the_query_reader_finds_metrics_and_labels() {
-    let r = refs(r#"topk(5, sum by (flow, direction) (rate(dataplane_flow_packets_total{action="deny",instance=~"$instance"}[$__rate_interval]))) / on(flow) group_left x_total offset 5m"#);
+    let r = refs(
+        r#"topk(5, sum by (flow, direction) (rate(dataplane_flow_packets_total{action="deny",instance=~"$instance"}[$__rate_interval]))) / on(flow) group_left x_total offset 5m"#,
+    );
     assert_eq!(r.metrics.iter().map(String::as_str).collect::<Vec<_>>(), ["dataplane_flow_packets_total", "x_total"]);
     assert_eq!(r.labels.iter().map(String::as_str).collect::<Vec<_>>(), ["action", "direction", "flow", "instance"]);
     assert!(r.equal.contains(&("action".to_string(), "deny".to_string())));
