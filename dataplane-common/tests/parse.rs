@@ -525,6 +525,107 @@ fn bad_ipv6_version() {
     assert_eq!(run(&eth(&[], ETH_IP, &ipv6(IPPROTO_UDP, &udp(1, 2, &[])))), Parsed::MALFORMED);
 }
 
+// ---- ICMP errors ------------------------------------------------------------------------------
+
+/// `d` (an IPv4 or IPv6 datagram) with source and destination swapped: what the protected
+/// server sent, as an ICMP error sent back to it quotes it.
+fn swapped(mut d: Vec<u8>) -> Vec<u8> {
+    let (a, n) = if d[0] >> 4 == 4 { (12, 4) } else { (8, 16) };
+    let src: Vec<u8> = d[a..a + n].to_vec();
+    d.copy_within(a + n..a + 2 * n, a);
+    d[a + n..a + 2 * n].copy_from_slice(&src);
+    d
+}
+
+/// An ICMP (or ICMPv6) error of type `ty` quoting the first `keep` bytes of `quoted`.
+fn icmp_error(ty: u8, quoted: &[u8], keep: usize) -> Vec<u8> {
+    cat(&[&[ty, 0, 0, 0, 0, 0, 0, 0], &quoted[..keep.min(quoted.len())]])
+}
+
+#[test]
+fn ipv4_icmp_errors_quote_the_packet_they_answer() {
+    let sent = swapped(ipv4(IPPROTO_UDP, &udp(5060, 40000, b"payload")));
+    for ty in [3u8, 11, 12] {
+        let p = ip(&eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(ty, &sent, 28))));
+        assert_eq!((p.l4, p.quoted), (L4::icmp_error(ty, IPPROTO_UDP, 5060, 40000), addr4(SRC4)), "type {ty}");
+        assert_eq!(p.l4.kind, Transport::IcmpError);
+    }
+    // 8 bytes of TCP are enough: the ports.
+    let sent_tcp = swapped(ipv4(IPPROTO_TCP, &tcp(443, 50000, SYN)));
+    let p = ip(&eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, &sent_tcp, 28))));
+    assert_eq!(p.l4, L4::icmp_error(3, IPPROTO_TCP, 443, 50000));
+    // Quoted options move the quoted transport header.
+    let sent_opts = swapped(ipv4_with(IPPROTO_UDP, &[1, 1, 1, 0], 0, &udp(7, 8, &[])));
+    assert_eq!(l4(&eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, &sent_opts, 32)))), L4::icmp_error(3, IPPROTO_UDP, 7, 8));
+    check_every_prefix(
+        &eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, &sent, 28))),
+        14,
+        20,
+        L4::icmp_error(3, IPPROTO_UDP, 5060, 40000),
+    );
+}
+
+#[test]
+fn ipv4_icmp_errors_that_relate_to_nothing_stay_icmp() {
+    let sent = swapped(ipv4(IPPROTO_UDP, &udp(5060, 40000, &[])));
+    let unrelated = |quoted: &[u8], keep: usize| {
+        let p = ip(&eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, quoted, keep))));
+        assert_eq!((p.l4, p.quoted), (L4::icmp(3), Addr::default()), "quoting {:02x?}", &quoted[..keep.min(quoted.len())]);
+    };
+    // Fewer than 8 quoted transport bytes, down to nothing quoted at all.
+    for keep in [0, 19, 20, 27] {
+        unrelated(&sent, keep);
+    }
+    // Not sent by this packet's destination.
+    unrelated(&ipv4(IPPROTO_UDP, &udp(5060, 40000, &[])), 28);
+    // Neither TCP nor UDP, a later fragment, another family, a bad header length.
+    unrelated(&swapped(ipv4(IPPROTO_ICMP, &icmp(8))), 28);
+    unrelated(&swapped(ipv4_with(IPPROTO_UDP, &[], 5, &[0; 8])), 28);
+    let mut v = swapped(ipv4(IPPROTO_UDP, &udp(1, 2, &[])));
+    v[0] = 0x65;
+    unrelated(&v, 28);
+    let mut ihl = swapped(ipv4(IPPROTO_UDP, &udp(1, 2, &[])));
+    ihl[0] = 0x44;
+    unrelated(&ihl, 28);
+    // Echo and other types quote nothing.
+    let p = ip(&eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(8, &sent, 28))));
+    assert_eq!(p.l4, L4::icmp(8));
+    // The quote must lie inside the outer datagram, not just the frame.
+    let mut f = eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, &sent, 28)));
+    f[16..18].copy_from_slice(&(20 + 8 + 27u16).to_be_bytes());
+    assert_eq!(l4(&f), L4::icmp(3));
+}
+
+#[test]
+fn ipv6_icmp_errors() {
+    let sent = swapped(ipv6(IPPROTO_UDP, &udp(5061, 41000, b"x")));
+    for ty in 1..=4u8 {
+        let p = ip(&eth(&[], ETH_IPV6, &ipv6(IPPROTO_ICMPV6, &icmp_error(ty, &sent, 48))));
+        assert_eq!((p.l4, p.quoted), (L4::icmp_error(ty, IPPROTO_UDP, 5061, 41000), addr6(SRC6)), "type {ty}");
+    }
+    // Informational types (echo 128, neighbour solicitation 135) quote nothing.
+    for ty in [128u8, 135] {
+        assert_eq!(l4(&eth(&[], ETH_IPV6, &ipv6(IPPROTO_ICMPV6, &icmp_error(ty, &sent, 48)))), L4::icmp(ty));
+    }
+    let unrelated = |quoted: &[u8], keep: usize| {
+        let p = ip(&eth(&[], ETH_IPV6, &ipv6(IPPROTO_ICMPV6, &icmp_error(1, quoted, keep))));
+        assert_eq!((p.l4, p.quoted), (L4::icmp(1), Addr::default()));
+    };
+    unrelated(&sent, 47);
+    unrelated(&sent, 40);
+    unrelated(&ipv6(IPPROTO_UDP, &udp(5061, 41000, &[])), 48);
+    // An extension header in the quoted packet is not followed.
+    unrelated(&swapped(ipv6(DSTOPTS, &cat(&[&ext(IPPROTO_UDP, 1), &udp(1, 2, &[])]))), 56);
+    // An IPv4 packet quoted by ICMPv6.
+    unrelated(&swapped(ipv4(IPPROTO_UDP, &udp(1, 2, &[0; 20]))), 48);
+    check_every_prefix(
+        &eth(&[QTAG], ETH_IPV6, &ipv6(IPPROTO_ICMPV6, &icmp_error(1, &sent, 48))),
+        18,
+        40,
+        L4::icmp_error(1, IPPROTO_UDP, 5061, 41000),
+    );
+}
+
 // ---- Whatever the bytes -----------------------------------------------------------------------
 
 /// xorshift64: a fixed sequence, so that a failure repeats.
@@ -549,6 +650,7 @@ fn results_do_not_depend_on_bytes_past_the_frame() {
         eth(&[QTAG], ETH_IP, &ipv4(IPPROTO_UDP, &udp(1, 2, b"abc"))),
         eth(&[], ETH_IPV6, &ipv6(HOPOPTS, &cat(&[&ext(FRAGMENT, 1), &frag6(IPPROTO_TCP, 0, true, 9), &tcp(1, 2, 0)]))),
         eth(&[ADTAG, QTAG], ETH_IPV6, &ipv6(AH, &cat(&[&ah(IPPROTO_ICMPV6, 4), &icmp(128)]))),
+        eth(&[], ETH_IP, &ipv4(IPPROTO_ICMP, &icmp_error(3, &swapped(ipv4(IPPROTO_UDP, &udp(1, 2, &[]))), 28))),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut kinds = std::collections::HashSet::new();
@@ -577,6 +679,7 @@ fn results_do_not_depend_on_bytes_past_the_frame() {
     let want = [
         ip(Transport::Ports),
         ip(Transport::Icmp),
+        ip(Transport::IcmpError),
         ip(Transport::None),
         ip(Transport::Malformed),
         ip(Transport::BadFragment),
