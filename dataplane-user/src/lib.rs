@@ -8,6 +8,7 @@ pub mod diff;
 pub mod events;
 pub mod export;
 pub mod fill;
+pub mod hash;
 pub mod judge;
 pub mod lab;
 pub mod policy;

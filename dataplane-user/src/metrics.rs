@@ -117,24 +117,7 @@ impl MetricsInfo {
     }
 }
 
-/// A stable hash of compiled tables: 16 hex digits of FNV-1a over them, without the generation
-/// number and the monitor flag (the same tables hash the same on every reload, in either mode).
-/// Of `Enforcer::tables` it covers what is loaded, stable slot numbering included; of the
-/// tables `compile_site` returns, the policy alone.
-pub fn policy_hash(tables: &Tables) -> String {
-    let mut t = tables.clone();
-    for c in std::iter::once(&mut t.config).chain(t.outbound.as_deref_mut().map(|o| &mut o.config)) {
-        c.generation = 0;
-        c.flags &= !CONFIG_MONITOR;
-    }
-    let text = format!("{t:?}");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
+pub use crate::hash::policy_hash;
 
 /// Reads the pinned maps and renders every metric (what `GET /metrics` returns).
 pub fn scrape(info: &MetricsInfo) -> Result<String> {
