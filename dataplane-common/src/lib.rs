@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod image;
+mod layout;
 pub mod parse;
 pub mod walk;
 

@@ -7,6 +7,8 @@ pub mod compile;
 pub mod diff;
 pub mod events;
 pub mod export;
+pub mod fill;
+pub mod hash;
 pub mod judge;
 pub mod lab;
 pub mod policy;

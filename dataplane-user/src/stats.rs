@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData};
 use dataplane_common::{Counter, Reason};
 use serde::Serialize;
 
-use crate::{load, state, tables::FlowInfo};
+use crate::{fill::TableFill, load, state, tables::FlowInfo};
 
 #[derive(clap::Args, Default)]
 pub struct StatsArgs {
@@ -24,6 +24,8 @@ pub struct Stats {
     pub outbound: Vec<OutboundStats>,
     pub reasons: Vec<ReasonStats>,
     pub conntrack: load::ConntrackStats,
+    /// The fragment table (`FRAGS`): datagrams whose first fragment passed.
+    pub fragments: TableFill,
 }
 
 #[derive(Serialize)]
@@ -93,6 +95,7 @@ impl Stats {
                 })
                 .collect(),
             conntrack: load::ConntrackStats::read_pinned()?,
+            fragments: TableFill::read_pinned(crate::fill::MAP_FRAGS)?,
         })
     }
 
@@ -122,8 +125,15 @@ impl Stats {
         }
         let ct = &self.conntrack;
         out.push_str(&format!(
-            "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n\n",
+            "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n",
             ct.entries, ct.inserts, ct.removals, ct.evictions, ct.refused
+        ));
+        let pct = |f: &TableFill| format!("{} of {} ({:.1}%)", f.entries, f.capacity, f.fill * 100.0);
+        out.push_str(&format!(
+            "table fill: connections IPv4 {}, IPv6 {}; fragments {}\n\n",
+            pct(&ct.ipv4),
+            pct(&ct.ipv6),
+            pct(&self.fragments)
         ));
         out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", "VERDICT", "REASON", "PACKETS", "BYTES"));
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
