@@ -59,7 +59,8 @@ pub fn bench_inject(ctx: XdpContext) -> u32 {
     if c[I_FLAGS] & 1 != 0 {
         // Safety: helpers without pointer arguments.
         let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-        let (base, mask) = if r2 & 0xffff < c[I_ALLOW_SHARE] { (c[I_ALLOW_BASE], c[I_ALLOW_MASK]) } else { (c[I_DENY_BASE], c[I_DENY_MASK]) };
+        let (base, mask) =
+            if r2 & 0xffff < c[I_ALLOW_SHARE] { (c[I_ALLOW_BASE], c[I_ALLOW_MASK]) } else { (c[I_DENY_BASE], c[I_DENY_MASK]) };
         let src = base.wrapping_add(r1 & mask);
         // Source ports 1024-65535.
         let sport = (r2 >> 16) as u16 | 1024;

@@ -58,11 +58,19 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
     .unwrap();
     let mut ebpf = load::load(&tables).unwrap();
     live::load_injector(&mut ebpf).unwrap();
-    let template = live::udp_template(Ipv4Addr::new(198, 18, 0, 1), SERVER, 40000, 5060, mac(&lab.server, SERVER_IF), mac(&lab.client, CLIENT_IF));
+    let template = live::udp_template(
+        Ipv4Addr::new(198, 18, 0, 1),
+        SERVER,
+        40000,
+        5060,
+        mac(&lab.server, SERVER_IF),
+        mac(&lab.client, CLIENT_IF),
+    );
     let ifindex = in_netns(&lab.client, || unsafe { libc::if_nametoindex(c"veth-c".as_ptr()) }).unwrap();
     assert_ne!(ifindex, 0);
     let cpu = *live::allowed_cpus().unwrap().last().unwrap();
-    let inj = |rewrite| Injection { netns: &lab.client, ifindex, template: &template, rewrite, cpu, run: Duration::from_millis(100) };
+    let inj =
+        |rewrite| Injection { netns: &lab.client, ifindex, template: &template, rewrite, cpu, run: Duration::from_millis(100) };
     let denied = Rewrite::sources(Ipv4Addr::new(198, 18, 0, 0), 0x1_ffff);
     let allowed = Rewrite::sources(Ipv4Addr::new(10, 201, 0, 4), 3);
 

@@ -172,7 +172,12 @@ pub fn inject(ebpf: &mut Ebpf, inj: &Injection, count: &mut dyn FnMut(&Ebpf) -> 
 /// One test run of `n` live frames in the current namespace; its clock.
 fn live(ebpf: &mut Ebpf, template: &[u8], n: u32) -> Result<Duration> {
     let prog = load::program_named(ebpf, INJECT)?;
-    let opts = TestRunOptions { data_in: Some(template), repeat: n, attrs: TestRunAttrs::new().xdp_live_frames(BATCH), ..TestRunOptions::default() };
+    let opts = TestRunOptions {
+        data_in: Some(template),
+        repeat: n,
+        attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+        ..TestRunOptions::default()
+    };
     Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+)")?.duration * n)
 }
 
@@ -281,6 +286,8 @@ fn ksoftirqd(cpu: usize) -> Option<u32> {
 /// The CPU model (/proc/cpuinfo), to print next to figures.
 pub fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
     model.unwrap_or_else(|| "unknown CPU".into())
 }

@@ -144,15 +144,30 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
     let systems: Vec<&System> = opts
         .systems
         .iter()
-        .map(|k| SYSTEMS.iter().find(|s| s.key == k).with_context(|| format!("unknown system {k} (floor, xdp, nftables, iptables, none)")))
+        .map(|k| {
+            SYSTEMS
+                .iter()
+                .find(|s| s.key == k)
+                .with_context(|| format!("unknown system {k} (floor, xdp, nftables, iptables, none)"))
+        })
         .collect::<Result<_>>()?;
 
-    println!("\nPacket rate on one CPU (CPU {cpu}: {}), live XDP frames: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES,", live::cpu_model());
-    println!("batches of {}: the injector (bench_inject) rewrites each copy of a 60-byte IPv4 UDP frame (random source in a range,", live::BATCH);
-    println!("random source port, checksum) and redirects it into veth-c; the system under test runs natively on veth-s, in another");
+    println!(
+        "\nPacket rate on one CPU (CPU {cpu}: {}), live XDP frames: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES,",
+        live::cpu_model()
+    );
+    println!(
+        "batches of {}: the injector (bench_inject) rewrites each copy of a 60-byte IPv4 UDP frame (random source in a range,",
+        live::BATCH
+    );
+    println!(
+        "random source port, checksum) and redirects it into veth-c; the system under test runs natively on veth-s, in another"
+    );
     println!("namespace, on the same CPU. {:?} per sample, median of {} samples, systems interleaved; frames counted where they arrive.", opts.run, opts.reps);
     println!("Floods to {SERVER}:{DPORT}/udp (open to any-ip): denied = from 198.18.0.0/15 (no role), a new 5-tuple nearly every frame;");
-    println!("one frame = 198.18.0.1:40000 repeated; allowed = from 10.201.0.4/30 (any-ip), random source ports; mixed = 90% / 10%.");
+    println!(
+        "one frame = 198.18.0.1:40000 repeated; allowed = from 10.201.0.4/30 (any-ip), random source ports; mixed = 90% / 10%."
+    );
     println!("nftables, iptables-legacy and no filter: count-and-pass (XDP_PASS) on veth-s and the ruleset in the server namespace's stack;");
     println!("what passes reaches UDP at a port without a socket (dropped there, ICMP errors rate-limited).");
 
@@ -165,7 +180,14 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
             let Some(attached) = setup(&mut ebpf, &lab, &site, sys, ipt.as_ref(), rep == 0)? else { continue };
             let result = (|| -> Result<()> {
                 for (fi, flood) in sys.floods.iter().enumerate() {
-                    let inj = Injection { netns: &lab.client, ifindex, template: &template, rewrite: flood.rewrite, cpu, run: opts.run };
+                    let inj = Injection {
+                        netns: &lab.client,
+                        ifindex,
+                        template: &template,
+                        rewrite: flood.rewrite,
+                        cpu,
+                        run: opts.run,
+                    };
                     // The counter, and what reached UDP and what the program passed, read at the
                     // same two moments.
                     let mut reads: Vec<(u64, Option<u64>)> = vec![];
@@ -266,7 +288,11 @@ fn report(figures: &[Figure], (alone, floor_alone): (f64, f64)) {
     }
     for (name, flood) in [("nftables", DENIED), ("nftables", ONE_FRAME), ("iptables-legacy", DENIED), ("no filter", DENIED)] {
         if let (Some(x), Some(n)) = (get("this program", flood), get(name, flood)) {
-            let g = if name == "nftables" && flood == DENIED { format!(" (goal >= 10x: {})", goal(x / n, 10.0)) } else { String::new() };
+            let g = if name == "nftables" && flood == DENIED {
+                format!(" (goal >= 10x: {})", goal(x / n, 10.0))
+            } else {
+                String::new()
+            };
             println!("  {}, this program / {name} = {:.2}x{g}", flood.name, x / n);
         }
     }
@@ -338,7 +364,14 @@ fn program_of(key: &str) -> &'static str {
 }
 
 /// Attaches what the system needs on veth-s and loads its rules; None when it cannot run here.
-fn setup(ebpf: &mut Ebpf, lab: &Lab, site: &Path, sys: &System, ipt: Option<&(String, String, String)>, first: bool) -> Result<Option<XdpLinkId>> {
+fn setup(
+    ebpf: &mut Ebpf,
+    lab: &Lab,
+    site: &Path,
+    sys: &System,
+    ipt: Option<&(String, String, String)>,
+    first: bool,
+) -> Result<Option<XdpLinkId>> {
     let program = program_of(sys.key);
     if sys.key == "iptables" && ipt.is_none() {
         if first {
@@ -347,7 +380,8 @@ fn setup(ebpf: &mut Ebpf, lab: &Lab, site: &Path, sys: &System, ipt: Option<&(St
         return Ok(None);
     }
     let prog = load::program_named(ebpf, program)?;
-    let link = in_netns(&lab.server, || prog.attach(SERVER_IF, XdpMode::Driver))?.with_context(|| format!("attaching {program} natively to {SERVER_IF}"))?;
+    let link = in_netns(&lab.server, || prog.attach(SERVER_IF, XdpMode::Driver))?
+        .with_context(|| format!("attaching {program} natively to {SERVER_IF}"))?;
     let loaded = match sys.key {
         "nftables" => super::load_nft(&lab.server, site).map(|ok| {
             if !ok && first {
@@ -358,12 +392,17 @@ fn setup(ebpf: &mut Ebpf, lab: &Lab, site: &Path, sys: &System, ipt: Option<&(St
         "iptables" => {
             let (v4, v6, backend) = ipt.context("iptables")?;
             let rules = super::iptables::render(&dataplane::policy::load_site(site)?);
-            super::load_iptables(&lab.server, v4, &rules.v4).and_then(|()| super::load_iptables(&lab.server, v6, &rules.v6)).map(|()| {
-                if first {
-                    println!("{:<16} ({backend}: {} IPv4 rules, {} in the flow chain)", sys.label, rules.rules_v4, rules.flow_rules_v4);
-                }
-                true
-            })
+            super::load_iptables(&lab.server, v4, &rules.v4).and_then(|()| super::load_iptables(&lab.server, v6, &rules.v6)).map(
+                |()| {
+                    if first {
+                        println!(
+                            "{:<16} ({backend}: {} IPv4 rules, {} in the flow chain)",
+                            sys.label, rules.rules_v4, rules.flow_rules_v4
+                        );
+                    }
+                    true
+                },
+            )
         }
         _ => Ok(true),
     };
