@@ -124,6 +124,53 @@ fn configure(ns: &str, ifname: &str, addrs: &[&str]) -> Result<()> {
     ip(&["-n", ns, "link", "set", "lo", "up"])
 }
 
+/// `dataplane lab --gateway`: the lab's server behind this topology.
+const LAB_ADDRS: crate::lab::Addrs = crate::lab::Addrs {
+    server: ["10.200.2.10", "fd00:200:2::10"],
+    clients: [
+        ("10.200.1.2", "management PC"),
+        ("10.200.1.3", "VCS Control"),
+        ("10.200.1.9", "no named role"),
+        ("fd00:200:1::2", "management PC"),
+        ("fd00:200:1::3", "VCS Control"),
+        ("fd00:200:1::9", "no named role"),
+    ],
+    dns: "10.200.1.5",
+};
+
+/// The gateway lab: the three namespaces, `tables` enforced on the gateway's outside interface,
+/// the lab's traffic from the outside client to the inside server and from the server out.
+pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32) -> Result<()> {
+    use crate::run::{Enforcer, Mode};
+    println!("lab: creating namespaces dp-gw-c (outside client), dp-gw-g (gateway, forwarding) and dp-gw-s (inside server)");
+    let client: Vec<String> = LAB_ADDRS
+        .clients
+        .iter()
+        .map(|(a, _)| *a)
+        .chain([LAB_ADDRS.dns])
+        .map(|a| format!("{a}/{}", if a.contains(':') { 64 } else { 24 }))
+        .collect();
+    let server = [format!("{}/24", LAB_ADDRS.server[0]), format!("{}/64", LAB_ADDRS.server[1])];
+    let (client, server): (Vec<&str>, Vec<&str>) = (client.iter().map(String::as_str).collect(), server.iter().map(String::as_str).collect());
+    let plan = Plan { client: &client, outside: &["10.200.1.1/24", "fd00:200:1::1/64"], inside: &["10.200.2.1/24", "fd00:200:2::1/64"], server: &server };
+    let gw = Gateway::new("dp-gw", &plan)?;
+    println!("lab: {OUTSIDE_IF} (10.200.1.1) faces the clients, {INSIDE_IF} (10.200.2.1) the server 10.200.2.10; the gateway routes between them");
+    let (enforcer, modes) = Enforcer::start(site, tables, &[OUTSIDE_IF.to_string()], Mode::Auto, Some(&gw.gateway), Default::default())?;
+    println!(
+        "lab: XDP attached to {OUTSIDE_IF} in dp-gw-g ({} mode), tc egress too: what reaches the server is judged as it enters the gateway, \
+         the server's own connections are recorded as they leave it",
+        modes[0]
+    );
+    let forwarded_before = forwarded(&gw.gateway);
+    let net = crate::lab::Net { client: &gw.client, server: &gw.server, addrs: &LAB_ADDRS };
+    let mismatches = crate::lab::traffic(&net, &enforcer.tables, rounds)?;
+    println!("\nlab: the gateway's kernel forwarded {} packets (Ip ForwDatagrams)", forwarded(&gw.gateway).saturating_sub(forwarded_before));
+    drop(enforcer);
+    println!("lab: tearing down namespaces");
+    drop(gw);
+    crate::lab::verdict(mismatches)
+}
+
 /// The IPv4 datagrams the kernel of namespace `ns` forwarded (`Ip: ForwDatagrams`; this
 /// thread's namespace, not the process's: `/proc/thread-self`).
 pub fn forwarded(ns: &str) -> u64 {
