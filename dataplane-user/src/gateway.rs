@@ -179,3 +179,58 @@ pub fn forwarded(ns: &str) -> u64 {
     let (Some(names), Some(values)) = (ip.next(), ip.next()) else { return 0 };
     names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "ForwDatagrams").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
 }
+
+/// Switches GRO on for `ifname` in namespace `ns` (ethtool -K gro on): a veth receives frames
+/// redirected to its peer by XDP only when it runs an XDP program or has GRO on (its NAPI
+/// handler then takes them).
+pub fn set_gro(ns: &str, ifname: &str) -> Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    ethtool_set(ns, ifname, ETHTOOL_SGRO, 1)
+}
+
+/// Switches transmit checksum offload off for `ifname` (ethtool -K tx off). A local socket's
+/// packets leave a veth with the transport checksum left to the hardware (CHECKSUM_PARTIAL);
+/// the stack forwards them with that note, but a frame redirected by XDP carries none, and the
+/// receiver finds a bad checksum. Packets from a real NIC always arrive complete.
+pub fn disable_tx_checksum(ns: &str, ifname: &str) -> Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_set(ns, ifname, ETHTOOL_STXCSUM, 0)
+}
+
+/// One ethtool "set value" request (SIOCETHTOOL), without the ethtool binary.
+fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = IfReq { name: [0; 16], data: &mut value, _pad: [0; 16] };
+    if ifname.len() >= req.name.len() {
+        bail!("interface name too long: {ifname}");
+    }
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    in_netns(ns, || {
+        // Safety: a datagram socket for the ioctl, closed at once; the request outlives the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            let r = libc::ioctl(fd, SIOCETHTOOL, &mut req as *mut IfReq);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                bail!("{ns}: ethtool request {cmd:#x} on {ifname}: {err}");
+            }
+        }
+        Ok(())
+    })?
+}

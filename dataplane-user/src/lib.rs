@@ -7,6 +7,7 @@ pub mod compile;
 pub mod diff;
 pub mod events;
 pub mod export;
+pub mod forward;
 pub mod gateway;
 pub mod judge;
 pub mod lab;

@@ -514,6 +514,7 @@ mod tests {
             outbound: vec![OutboundStats { flow: flow("dns", "udp"), packets: 4, bytes: 40, reply_packets: 5, reply_bytes: 50 }],
             reasons: vec![ReasonStats { verdict: "drop", reason: "no_flow", packets: 7, bytes: 70 }],
             conntrack: ConntrackStats { entries: 1, inserts: 2, removals: 1, refused: 0, evictions: 0 },
+            forward: None,
         };
         let policy = PolicyInfo { site: "s.yaml".into(), generation: 3, hash: "abc".into(), monitor: true, ..Default::default() };
         let info = MetricsInfo::new(&["eth0".into()], &["native"], policy.clone());

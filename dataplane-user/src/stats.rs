@@ -24,6 +24,10 @@ pub struct Stats {
     pub outbound: Vec<OutboundStats>,
     pub reasons: Vec<ReasonStats>,
     pub conntrack: load::ConntrackStats,
+    /// `run --forward`: allowed packets forwarded in XDP, and those passed to the stack, by
+    /// why (absent when there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Serialize)]
@@ -93,6 +97,7 @@ impl Stats {
                 })
                 .collect(),
             conntrack: load::ConntrackStats::read_pinned()?,
+            forward: crate::forward::read_pinned().filter(|f| f.iter().any(|(_, n)| *n > 0)).map(|f| f.into_iter().collect()),
         })
     }
 
@@ -125,6 +130,16 @@ impl Stats {
             "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n\n",
             ct.entries, ct.inserts, ct.removals, ct.evictions, ct.refused
         ));
+        if let Some(f) = &self.forward {
+            let n = |k: &str| f.get(k).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "forwarded in XDP: {} (to the stack: no FIB answer {}, not eligible {}, other interface {})\n\n",
+                n("forwarded"),
+                n("stack_fib"),
+                n("stack_ineligible"),
+                n("stack_other_interface")
+            ));
+        }
         out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", "VERDICT", "REASON", "PACKETS", "BYTES"));
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
             out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", r.verdict, r.reason, r.packets, r.bytes));

@@ -14,8 +14,8 @@ use std::{
 };
 
 use dataplane::{
-    gateway::{forwarded, Gateway, Plan, INSIDE_IF, OUTSIDE_IF},
-    netns::{tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Servers},
+    gateway::{disable_tx_checksum, forwarded, set_gro, Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
+    netns::{in_netns, tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Servers},
 };
 use dataplane_tests::daemon::{dataplane_bin, flow_packets, reason_packets, root, stats, Daemon};
 use serde_json::Value;
@@ -165,4 +165,88 @@ fn gateway_enforces_on_both_interfaces() {
     // On the inside interface too, the servers' packets are unprotected destinations there, and
     // the packets toward them are not theirs to record: nothing is counted twice.
     gateway_enforces("i18-gwb", &[OUTSIDE_IF, INSIDE_IF], &[]);
+}
+
+/// Datagrams a socket bound in `ns` to `addr` receives within `wait` of the last one (no echo,
+/// so that nothing flows back through the gateway).
+fn sink(ns: &str, addr: &str) -> std::net::UdpSocket {
+    let sock = in_netns(ns, || std::net::UdpSocket::bind(addr)).unwrap().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock
+}
+
+fn drain(sock: &std::net::UdpSocket) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while sock.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+fn forward_stat(s: &Value, outcome: &str) -> u64 {
+    s["forward"][outcome].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn gateway_forwards_allowed_packets_in_xdp() {
+    let gw = topology("i18-gwf");
+    // A veth takes frames redirected to its peer only with GRO on (or an XDP program).
+    set_gro(&gw.server, SERVER_IF).unwrap();
+    set_gro(&gw.client, CLIENT_IF).unwrap();
+    // Complete checksums from the client's sockets, as from a real network (see the function).
+    disable_tx_checksum(&gw.client, CLIENT_IF).unwrap();
+    let daemon = Daemon::start_on(&gw.gateway, &site(), &[OUTSIDE_IF, INSIDE_IF], &["--forward"]);
+    let servers = Servers::start(&gw.server, &[sa("10.203.2.10:22"), sa("[fd00:203:2::10]:443")], &[]).unwrap();
+    let wait = Duration::from_secs(2);
+
+    // TCP: the allowed connections complete (client to server in XDP, back through the stack).
+    assert!(tcp_exchange(&gw.client, ip(MGMT), sa("10.203.2.10:22"), wait).unwrap(), "ssh from the management PC");
+    assert!(tcp_exchange(&gw.client, ip(MGMT6), sa("[fd00:203:2::10]:443"), wait).unwrap(), "https over IPv6");
+    assert!(!tcp_exchange(&gw.client, ip(OTHER), sa("10.203.2.10:22"), Duration::from_millis(700)).unwrap(), "ssh from any-ip");
+    let s = stats();
+    assert!(forward_stat(&s, "forwarded") >= 4, "TCP forwarded in XDP: {}", s["forward"]);
+    drop(servers);
+
+    // UDP to a socket that does not answer: allowed datagrams cross in XDP, counted once on
+    // their flow; the stack forwards none of them; forbidden ones do not cross.
+    let sip = sink(&gw.server, "10.203.2.10:5060");
+    let (before, kernel_before) = (stats(), forwarded(&gw.gateway));
+    udp_send(&gw.client, ip(MGMT), sa("10.203.2.10:5060"), 20).unwrap();
+    udp_send(&gw.client, ip(NOBODY), sa("10.203.2.10:5060"), 7).unwrap();
+    let received = drain(&sip);
+    let (after, kernel_after) = (stats(), forwarded(&gw.gateway));
+    assert_eq!(received, 20, "allowed datagrams that reached the inside server");
+    let flow = "vcs-sip-public-in-udp";
+    assert_eq!(flow_packets(&after, flow, "udp") - flow_packets(&before, flow, "udp"), 20, "counted once each");
+    assert_eq!(forward_stat(&after, "forwarded") - forward_stat(&before, "forwarded"), 20, "forwarded in XDP");
+    assert_eq!(reason_packets(&after, "drop", "no_flow") - reason_packets(&before, "drop", "no_flow"), 7);
+    assert!(kernel_after - kernel_before < 20, "the stack forwarded {} of them", kernel_after - kernel_before);
+
+    // TTL 1: not forwarded in XDP; the stack answers it (time exceeded), and it goes no further.
+    let before = stats();
+    in_netns(&gw.client, || {
+        let s = std::net::UdpSocket::bind("10.203.1.2:0").unwrap();
+        s.set_ttl(1).unwrap();
+        s.send_to(b"ttl 1", "10.203.2.10:5060").unwrap();
+    })
+    .unwrap();
+    assert_eq!(drain(&sip), 0, "a datagram with TTL 1 is not forwarded");
+    let after = stats();
+    assert_eq!(forward_stat(&after, "stack_ineligible") - forward_stat(&before, "stack_ineligible"), 1);
+    drop(sip);
+
+    // The server's own connections: its packets take the stack's path (not protected
+    // destinations), so the outside interface's tc egress records them; their replies are
+    // admitted and forwarded in XDP.
+    let peers = Servers::start(&gw.client, &[sa("10.203.1.4:5061")], &[sa("10.203.1.5:53")]).unwrap();
+    let before = stats();
+    assert!(udp_query(&gw.server, sa("10.203.2.10:40053"), sa("10.203.1.5:53"), wait).unwrap(), "DNS query answered");
+    assert!(tcp_exchange_from(&gw.server, sa("10.203.2.10:25500"), sa("10.203.1.4:5061"), wait).unwrap(), "SIP trunk from 25500");
+    let after = stats();
+    let d = |s: &Value| outbound(s, "vcs-dns");
+    assert_eq!((d(&after).0 - d(&before).0, d(&after).1 - d(&before).1), (1, 1), "the DNS query and its answer, once each");
+    assert!(forward_stat(&after, "forwarded") - forward_stat(&before, "forwarded") >= 3, "replies forwarded in XDP");
+    drop(peers);
+    assert!(daemon.stop().success(), "dataplane run exits cleanly on SIGTERM");
 }
