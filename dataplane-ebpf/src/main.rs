@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod classify;
 mod events;
 mod flowtable;

@@ -1,4 +1,8 @@
-//! `cargo xtask bench` part 2: packet rate through a veth pair between two namespaces, driven by
+//! `cargo xtask bench` part 2: packet rate on one CPU with live XDP frames (tests/src/bench/live_rate.rs,
+//! the injector in tests/src/bench/live.rs:
+//! an injector in BPF_PROG_TEST_RUN redirects rewritten frames into a veth whose peer runs the
+//! system under test: this program, count-and-drop, nftables, iptables-legacy, no filter), then
+//! through the socket path: a veth pair between two namespaces, driven by
 //! an AF_PACKET generator that sends prebuilt frames in batches (sendmmsg), for: no filter, this
 //! XDP program, nftables with the ruleset `dataplane export --format nft` writes, and iptables
 //! (the legacy backend when installed) with the equivalent rules (tests/src/bench/iptables.rs).
@@ -10,8 +14,12 @@
 //! from /proc/stat, over the run). On veth the sender's CPU also runs the receive path, so this
 //! is the whole cost of a packet, not a NIC's line rate.
 //!
-//! Arguments: `--quick` (1 s per figure, 5 reloads), `--rate-only`, `--reload-only`,
-//! `--systems LIST` (filters to measure, in order; default `none,xdp,nftables,iptables`),
+//! Arguments: `--quick` (1 s per figure, 5 reloads; live frames: 0.3 s per sample, 3 samples),
+//! `--rate-only` (both packet-rate parts, no reloads), `--reload-only`, `--live-only`,
+//! `--socket-only` (one packet-rate part, no reloads), `--cpu N` (the live part's CPU; default
+//! the last one), `--live-systems LIST` (live part, in order; default
+//! `floor,xdp,nftables,iptables,none`), `--samples N` (live part: samples per figure),
+//! `--systems LIST` (AF_PACKET part: filters to measure, in order; default `none,xdp,nftables,iptables`),
 //! `--print-iptables [SITE]` (print the iptables-restore input of the iptables comparison, or of
 //! SITE, and exit).
 //!
@@ -35,6 +43,10 @@ use dataplane_tests::packet::Pkt;
 
 #[path = "../bench/iptables.rs"]
 mod iptables;
+#[path = "../bench/live.rs"]
+mod live;
+#[path = "../bench/live_rate.rs"]
+mod live_rate;
 #[path = "../bench/reload.rs"]
 mod reload;
 
@@ -54,9 +66,36 @@ fn main() -> Result<()> {
         eprintln!("{} IPv4 rules ({} in the flow chain), {} IPv6 rules ({})", rules.rules_v4, rules.flow_rules_v4, rules.rules_v6, rules.flow_rules_v6);
         return Ok(());
     }
-    // `--reload-only` / `--rate-only`: one part alone (for iterating on it).
-    let (rate_part, reload_part) = (!std::env::args().any(|a| a == "--reload-only"), !std::env::args().any(|a| a == "--rate-only"));
-    if rate_part {
+    // `--reload-only` / `--rate-only` / `--live-only` / `--socket-only`: one part alone (for
+    // iterating on it).
+    let has = |flag: &str| argv.iter().any(|a| a == flag);
+    let value = |flag: &str| argv.iter().position(|a| a == flag).map(|i| argv.get(i + 1).with_context(|| format!("{flag} needs a value"))).transpose();
+    let only = ["--reload-only", "--rate-only", "--live-only", "--socket-only"].into_iter().find(|f| has(f));
+    let (live_part, socket_part, reload_part) = match only {
+        Some("--reload-only") => (false, false, true),
+        Some("--rate-only") => (true, true, false),
+        Some("--live-only") => (true, false, false),
+        Some("--socket-only") => (false, true, false),
+        _ => (true, true, true),
+    };
+    println!("CPU: {} ({} online); kernel {}", live::cpu_model(), std::thread::available_parallelism().map_or(1, |n| n.get()), kernel());
+    if live_part {
+        let opts = live_rate::Opts {
+            run: if quick { Duration::from_millis(300) } else { Duration::from_secs(1) },
+            reps: match value("--samples")? {
+                Some(n) => n.parse().context("--samples")?,
+                None if quick => 3,
+                None => 5,
+            },
+            cpu: value("--cpu")?.map(|c| c.parse()).transpose().context("--cpu")?,
+            systems: value("--live-systems")?.map_or_else(
+                || ["floor", "xdp", "nftables", "iptables", "none"].map(String::from).to_vec(),
+                |l| l.split(',').map(str::to_string).collect(),
+            ),
+        };
+        live_rate::run(&root, &opts)?;
+    }
+    if socket_part {
         packet_rate(&root, run)?;
     }
     if reload_part {
@@ -115,7 +154,9 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
     let _sinks = Servers::start(&lab.server, &[], &[sa("10.201.0.1:5060"), sa("10.201.0.1:9")])?;
     let mixes = [("drop-heavy", 10u32), ("pass-heavy", 90u32)];
 
-    println!("\nPacket rate over veth, AF_PACKET generator (sendmmsg, batches of {BATCH}), {run:?} per figure, 60-byte UDP frames");
+    println!("\nPacket rate through the socket path: over veth, AF_PACKET generator (sendmmsg, batches of {BATCH}), {run:?} per figure,");
+    println!("60-byte UDP frames; every frame is an skb the sender built, which veth turns back into an XDP buffer: the sender's");
+    println!("cost dominates (the live-frames figures above measure the filter).");
     println!("{:<22} {:<11} {:>12} {:>14} {:>10}", "filter", "mix", "packets/s", "CPU ns/packet", "delivered");
     let mut results = vec![];
     let ipt = iptables_backend();
@@ -181,6 +222,10 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |s| s.trim().to_string())
 }
 
 /// `iptables-restore` and `ip6tables-restore` of the legacy backend (x_tables, the classic
