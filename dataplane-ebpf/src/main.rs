@@ -4,6 +4,7 @@
 #![no_main]
 
 mod bench;
+mod bench_forward;
 mod classify;
 mod events;
 mod flowtable;
