@@ -165,7 +165,8 @@ pub enum Reason {
     PassUnprotected = 1,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
     PassNonIp = 2,
-    /// ICMP/ICMPv6 control traffic: errors, neighbour discovery, echo when allowed.
+    /// ICMP/ICMPv6 control traffic: errors related to a flow or tracked connection (counted on
+    /// it), neighbour discovery, echo when allowed.
     PassIcmp = 3,
     /// Non-first fragment of a datagram whose first fragment was allowed.
     PassFragment = 4,
@@ -185,9 +186,11 @@ pub enum Reason {
     DropUnparsed = 11,
     /// The reply of a connection a protected server opened (counted on the outbound flow).
     PassReply = 12,
+    /// An ICMP error whose quoted packet is no flow's or tracked connection's, or unreadable.
+    DropIcmpUnrelated = 13,
 }
 
-pub const REASON_COUNT: u32 = 13;
+pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -204,6 +207,7 @@ impl Reason {
         Reason::DropIcmp,
         Reason::DropUnparsed,
         Reason::PassReply,
+        Reason::DropIcmpUnrelated,
     ];
 
     /// Stable snake_case name used by `stats`, `explain` and metrics.
@@ -222,6 +226,7 @@ impl Reason {
             Reason::DropIcmp => "icmp",
             Reason::DropUnparsed => "unparsed",
             Reason::PassReply => "reply",
+            Reason::DropIcmpUnrelated => "icmp_unrelated",
         }
     }
 
@@ -239,7 +244,8 @@ impl Reason {
             | Reason::DropFragment
             | Reason::DropUnprotected
             | Reason::DropIcmp
-            | Reason::DropUnparsed => true,
+            | Reason::DropUnparsed
+            | Reason::DropIcmpUnrelated => true,
         }
     }
 }

@@ -56,8 +56,13 @@ pub enum Frag {
 pub enum Transport {
     /// TCP or UDP: `L4::sport`, `dport` and (TCP) `flags` are read.
     Ports,
-    /// The family's ICMP: `L4::ty` is read.
+    /// The family's ICMP: `L4::ty` is read. An error type here quotes nothing it can be related
+    /// to (see [`Transport::IcmpError`]).
     Icmp,
+    /// An ICMP error that quotes a whole TCP or UDP header sent from this packet's destination:
+    /// `L4::ty`, the quoted packet's `sport`, `dport` and `quoted_proto`, and its destination in
+    /// `Packet::quoted`.
+    IcmpError,
     /// Another protocol, or a later fragment (no header to read).
     None,
     /// Headers cut short, or lengths that contradict each other.
@@ -81,6 +86,8 @@ pub struct L4 {
     pub flags: u8,
     /// The ICMP type.
     pub ty: u8,
+    /// The protocol of the packet an ICMP error quotes.
+    pub quoted_proto: u8,
 }
 
 impl L4 {
@@ -91,17 +98,23 @@ impl L4 {
 
     #[inline(always)]
     pub const fn of(kind: Transport) -> Self {
-        L4 { kind, sport: 0, dport: 0, flags: 0, ty: 0 }
+        L4 { kind, sport: 0, dport: 0, flags: 0, ty: 0, quoted_proto: 0 }
     }
 
     #[inline(always)]
     pub const fn ports(sport: u16, dport: u16, flags: u8) -> Self {
-        L4 { kind: Transport::Ports, sport, dport, flags, ty: 0 }
+        L4 { kind: Transport::Ports, sport, dport, flags, ty: 0, quoted_proto: 0 }
     }
 
     #[inline(always)]
     pub const fn icmp(ty: u8) -> Self {
-        L4 { kind: Transport::Icmp, sport: 0, dport: 0, flags: 0, ty }
+        L4 { kind: Transport::Icmp, sport: 0, dport: 0, flags: 0, ty, quoted_proto: 0 }
+    }
+
+    /// An ICMP error of type `ty` quoting a `proto` packet from port `sport` to `dport`.
+    #[inline(always)]
+    pub const fn icmp_error(ty: u8, proto: u8, sport: u16, dport: u16) -> Self {
+        L4 { kind: Transport::IcmpError, sport, dport, flags: 0, ty, quoted_proto: proto }
     }
 }
 
@@ -151,6 +164,8 @@ pub struct Packet {
     pub frag: Frag,
     pub frag_id: u32,
     pub l4: L4,
+    /// The destination of the packet an ICMP error quotes ([`Transport::IcmpError`]), else 0.
+    pub quoted: Addr,
 }
 
 /// What the parser made of a frame.
@@ -183,7 +198,7 @@ impl Parsed {
     #[inline(always)]
     const fn not_ip(outcome: Outcome) -> Self {
         let zero = Addr { hi: 0, lo: 0 };
-        let packet = Packet { v6: false, src: zero, dst: zero, proto: 0, frag: Frag::Whole, frag_id: 0, l4: L4::NONE };
+        let packet = Packet { v6: false, src: zero, dst: zero, proto: 0, frag: Frag::Whole, frag_id: 0, l4: L4::NONE, quoted: zero };
         Parsed { outcome, packet }
     }
 
@@ -271,6 +286,7 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         frag: Frag::Whole,
         frag_id: be16([h[4], h[5]]) as u32,
         l4: L4::NONE,
+        quoted: Addr { hi: 0, lo: 0 },
     };
 
     let ihl = ((h[0] & 0x0f) as usize) * 4;
@@ -298,6 +314,7 @@ fn parse_ipv4<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         return Parsed::ip(p);
     }
     p.l4 = parse_l4(ctx, l3 + ihl, l3 + total, p.proto, IPPROTO_ICMP, p.frag);
+    quote(ctx, &mut p, l3 + ihl, l3 + total);
     Parsed::ip(p)
 }
 
@@ -325,6 +342,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
         frag: Frag::Whole,
         frag_id: 0,
         l4: L4::NONE,
+        quoted: Addr { hi: 0, lo: 0 },
     };
 
     let end = l3 + IPV6_HLEN + be16([h[4], h[5]]) as usize;
@@ -392,12 +410,84 @@ fn parse_ipv6<F: Frame>(ctx: &F, l3: usize, frame_len: usize) -> Parsed {
     }
     p.proto = next;
     p.l4 = parse_l4(ctx, off, end, next, IPPROTO_ICMPV6, p.frag);
+    quote(ctx, &mut p, off, end);
     Parsed::ip(p)
 }
 
 #[inline(always)]
 fn is_ipv6_ext(nh: u8) -> bool {
     matches!(nh, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS)
+}
+
+/// ICMP errors (IPv4 destination unreachable, time exceeded, parameter problem; ICMPv6 1-4):
+/// they quote the packet that caused them.
+#[inline(always)]
+pub const fn icmp_error(v6: bool, ty: u8) -> bool {
+    if v6 {
+        matches!(ty, 1..=4)
+    } else {
+        matches!(ty, 3 | 11 | 12)
+    }
+}
+
+/// Bytes before the quoted packet in an ICMP error (type, code, checksum, and 4 more).
+const ICMP_ERROR_HLEN: usize = 8;
+/// Transport bytes an ICMP error quotes at least (RFC 792): the ports of TCP and UDP.
+const QUOTED_L4: usize = 8;
+
+/// An ICMP error whose ICMP header at `off` is read: reads the packet it quotes, in the
+/// datagram ending at `end`. It becomes [`Transport::IcmpError`] only when the quoted packet is
+/// of the same family, comes from this packet's destination, is not a later fragment, carries
+/// no IPv6 extension header, is TCP or UDP, and holds its first 8 transport bytes; otherwise it
+/// stays [`Transport::Icmp`], an error that cannot be related to anything.
+#[inline(always)]
+fn quote<F: Frame>(ctx: &F, p: &mut Packet, off: usize, end: usize) {
+    if p.l4.kind != Transport::Icmp || !icmp_error(p.v6, p.l4.ty) || off > MAX_L4_OFFSET {
+        return;
+    }
+    let q = off + ICMP_ERROR_HLEN;
+    let found = if p.v6 { quoted_ipv6(ctx, q, end, &p.dst) } else { quoted_ipv4(ctx, q, end, &p.dst) };
+    if let Some((dst, proto, l4)) = found {
+        if q + l4 + QUOTED_L4 <= end {
+            if let Some(b) = load::<4, F>(ctx, q + l4) {
+                p.quoted = dst;
+                p.l4 = L4::icmp_error(p.l4.ty, proto, be16([b[0], b[1]]), be16([b[2], b[3]]));
+            }
+        }
+    }
+}
+
+/// A quoted IPv4 header at `q` sent by `from`: its destination, protocol and header length.
+#[inline(always)]
+fn quoted_ipv4<F: Frame>(ctx: &F, q: usize, end: usize, from: &Addr) -> Option<(Addr, u8, usize)> {
+    if q + 20 > end {
+        return None;
+    }
+    let h = load::<20, F>(ctx, q)?;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let later = be16([h[6], h[7]]) & 0x1fff != 0;
+    if h[0] >> 4 != 4 || ihl < 20 || later || (be32(&h, 12) as u64) << 32 != from.hi {
+        return None;
+    }
+    let proto = h[9];
+    let dst = Addr { hi: (be32(&h, 16) as u64) << 32, lo: 0 };
+    (proto == IPPROTO_TCP || proto == IPPROTO_UDP).then_some((dst, proto, ihl))
+}
+
+/// A quoted IPv6 header at `q` sent by `from`: its destination, protocol and header length.
+#[inline(always)]
+fn quoted_ipv6<F: Frame>(ctx: &F, q: usize, end: usize, from: &Addr) -> Option<(Addr, u8, usize)> {
+    if q + IPV6_HLEN > end {
+        return None;
+    }
+    let h = load::<IPV6_HLEN, F>(ctx, q)?;
+    let src = Addr { hi: be64(&h, 8), lo: be64(&h, 16) };
+    if h[0] >> 4 != 6 || src != *from {
+        return None;
+    }
+    let proto = h[6];
+    let dst = Addr { hi: be64(&h, 24), lo: be64(&h, 32) };
+    (proto == IPPROTO_TCP || proto == IPPROTO_UDP).then_some((dst, proto, IPV6_HLEN))
 }
 
 /// Reads the transport header at `off`, which must end by `end` (the end of the IP datagram).

@@ -6,7 +6,8 @@
 //!
 //! Per packet (see docs/policy.md, "Lookups per packet"):
 //! 1. destination trie -> destination class (miss: unprotected);
-//! 2. ICMP and other protocols are decided by type and protocol;
+//! 2. ICMP and other protocols are decided by type and protocol; an ICMP error that quotes a
+//!    TCP or UDP packet goes on with the quoted packet's flow, reversed (see [`related`]);
 //! 3. the port filter: a protocol and destination port no flow names is `no_flow`;
 //! 4. the class's source trie -> policy (none: `no_flow`);
 //! 5. the policy's port table -> verdict, or a source-port table -> verdict.
@@ -16,7 +17,8 @@
 
 use crate::image::*;
 pub use crate::parse::Addr;
-use crate::parse::{Frag, Outcome, Packet, Parsed, Transport, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+pub use crate::parse::icmp_error;
+use crate::parse::{Frag, Outcome, Packet, Parsed, Transport, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::{Config, Reason, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
 /// Read access to a policy image.
@@ -42,6 +44,10 @@ pub trait State {
     /// An arriving TCP or UDP packet that the policy would drop: the outbound slot of the
     /// tracked connection it answers, if it is a reply.
     fn reply(&mut self, p: &Packet, sport: u16, dport: u16, tcp_flags: u8) -> Option<u32>;
+    /// An ICMP error to `server` about the packet [`quoted_key`] `k` answers: the outbound slot
+    /// of the tracked connection it belongs to, if any. Looks only: an error neither refreshes
+    /// nor closes a connection.
+    fn related(&mut self, k: &Key, server: &Addr) -> Option<u32>;
 }
 
 /// No state: the verdict a packet gets from the policy alone (`explain`).
@@ -53,6 +59,9 @@ impl State for Stateless {
     }
     fn first_fragment_passed(&mut self, _: &Packet, _: u32) {}
     fn reply(&mut self, _: &Packet, _: u16, _: u16, _: u8) -> Option<u32> {
+        None
+    }
+    fn related(&mut self, _: &Key, _: &Addr) -> Option<u32> {
         None
     }
 }
@@ -199,23 +208,41 @@ fn flow_verdict(v: u32) -> Verdict {
     Verdict { reason, slot: v & V_INDEX }
 }
 
+/// What a flow is looked up by: the family, protocol, source address and ports of a TCP or UDP
+/// packet (or of the one an ICMP error quotes, reversed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub v6: bool,
+    pub proto: u8,
+    pub src: Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Key {
+    #[inline(always)]
+    pub fn of(p: &Packet, sport: u16, dport: u16) -> Self {
+        Key { v6: p.v6, proto: p.proto, src: p.src, sport, dport }
+    }
+}
+
 /// The flow that decides a TCP or UDP packet to destination class `class` of direction `dir`:
 /// port filter, source trie, policy, port tables.
 #[inline(always)]
-pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport: u16, dport: u16) -> Verdict {
-    flow_value(img, dir, class, p, sport, dport).map_or(Verdict::new(Reason::DropNoFlow), flow_verdict)
+pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Verdict {
+    flow_value(img, dir, class, k).map_or(Verdict::new(Reason::DropNoFlow), flow_verdict)
 }
 
 #[inline(always)]
-fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, sport: u16, dport: u16) -> Option<u32> {
+fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Option<u32> {
     let h = header(dir);
-    let proto = proto_index(p.proto);
-    if img.word(port_filter(dir) + (proto << 10) + (dport as u32 >> 6))? & (1 << (dport & 63)) == 0 {
+    let proto = proto_index(k.proto);
+    if img.word(port_filter(dir) + (proto << 10) + (k.dport as u32 >> 6))? & (1 << (k.dport & 63)) == 0 {
         return Some(0);
     }
     let records = img.word(h + H_RECORDS)?;
-    let record = records as u32 + (class - 1) * DST_RECORD_WORDS + p.v6 as u32;
-    let policy = trie(img, img.word(record)?, p.v6, &p.src)?;
+    let record = records as u32 + (class - 1) * DST_RECORD_WORDS + k.v6 as u32;
+    let policy = trie(img, img.word(record)?, k.v6, &k.src)?;
     if policy == 0 {
         return Some(0);
     }
@@ -224,22 +251,26 @@ fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, p: &Packet, spor
     if table == 0 {
         return Some(0);
     }
-    let v = range(img, table, dport)?;
+    let v = range(img, table, k.dport)?;
     if v & V_SPORT == 0 {
         return Some(v);
     }
-    range(img, v & V_INDEX, sport)
+    range(img, v & V_INDEX, k.sport)
 }
 
-/// ICMP control traffic that keeps IPv4 and IPv6 working: errors (and neighbour discovery).
-/// The nftables export and the iptables comparison take their type lists from here.
+/// ICMP control traffic that keeps IPv4 and IPv6 working: errors (which pass only when related,
+/// see [`related`]) and neighbour discovery. The nftables export and the iptables comparison
+/// take their type lists from here.
 #[inline(always)]
 pub const fn icmp_control(v6: bool, ty: u8) -> bool {
-    if v6 {
-        matches!(ty, 1..=4 | 133..=137)
-    } else {
-        matches!(ty, 3 | 11 | 12)
-    }
+    icmp_error(v6, ty) || icmp_neighbour(v6, ty)
+}
+
+/// ICMPv6 neighbour and router discovery (133-137), which passes whatever the policy says:
+/// without it IPv6 stops working.
+#[inline(always)]
+pub const fn icmp_neighbour(v6: bool, ty: u8) -> bool {
+    v6 && matches!(ty, 133..=137)
 }
 
 /// ICMP echo request and reply, which the site's `icmp-echo` decides.
@@ -258,13 +289,39 @@ pub fn icmp_types(v6: bool, echo: bool) -> impl Iterator<Item = u8> {
     (0..=u8::MAX).filter(move |&t| icmp_control(v6, t) || (echo && icmp_echo(v6, t)))
 }
 
-/// ICMP to a protected address, by type.
+/// ICMP to a protected address, by type, for all but the errors that quote a TCP or UDP packet
+/// (those are judged by [`related`]): an error here quotes nothing it could be related to.
 #[inline(always)]
 pub const fn icmp(v6: bool, ty: u8, flags: u32) -> Reason {
-    if icmp_control(v6, ty) || (icmp_echo(v6, ty) && flags & CONFIG_ALLOW_ECHO != 0) {
+    if icmp_error(v6, ty) {
+        Reason::DropIcmpUnrelated
+    } else if icmp_neighbour(v6, ty) || (icmp_echo(v6, ty) && flags & CONFIG_ALLOW_ECHO != 0) {
         Reason::PassIcmp
     } else {
         Reason::DropIcmp
+    }
+}
+
+/// The flow an ICMP error would relate to: the packet the peer sends that the quoted one
+/// answers or opens (peer -> protected server, ports swapped).
+#[inline(always)]
+pub fn quoted_key(p: &Packet) -> Key {
+    Key { v6: p.v6, proto: p.l4.quoted_proto, src: p.quoted, sport: p.l4.dport, dport: p.l4.sport }
+}
+
+/// An ICMP error that quotes a TCP or UDP packet of the protected server, given the verdict of
+/// the inbound policy on [`quoted_key`]: it passes (counted on that flow) when the policy admits
+/// the peer's side of the exchange, or (counted on the connection's outbound flow) when the
+/// quoted packet belongs to a connection the server opened and is tracked; otherwise it is
+/// `icmp_unrelated`, as nftables' conntrack drops errors that are not `related`.
+#[inline(always)]
+pub fn related<S: State>(state: &mut S, p: &Packet, k: &Key, v: Verdict) -> Verdict {
+    if v.reason == Reason::PassFlow {
+        return Verdict { reason: Reason::PassIcmp, slot: v.slot };
+    }
+    match state.related(k, &p.dst) {
+        Some(slot) => Verdict { reason: Reason::PassIcmp, slot: slot | REPLY_SLOT },
+        None => Verdict::new(Reason::DropIcmpUnrelated),
     }
 }
 
@@ -333,12 +390,18 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
         };
     }
     let icmp_proto = if p.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
-    match p.l4.kind {
-        Transport::Icmp if p.proto == icmp_proto => Verdict::new(icmp(p.v6, p.l4.ty, config.flags)),
-        Transport::Ports if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => {
-            flow(img, INBOUND, class, p, p.l4.sport, p.l4.dport)
-        }
-        _ => Verdict::new(Reason::DropNoFlow),
+    // One flow lookup serves both a TCP or UDP packet and the packet an ICMP error quotes.
+    let (k, error) = match p.l4.kind {
+        Transport::Icmp if p.proto == icmp_proto => return Verdict::new(icmp(p.v6, p.l4.ty, config.flags)),
+        Transport::IcmpError if p.proto == icmp_proto => (quoted_key(p), true),
+        Transport::Ports if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP => (Key::of(p, p.l4.sport, p.l4.dport), false),
+        _ => return Verdict::new(Reason::DropNoFlow),
+    };
+    let v = flow(img, INBOUND, class, &k);
+    if error {
+        related(state, p, &k, v)
+    } else {
+        v
     }
 }
 
@@ -348,7 +411,7 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
 #[inline(always)]
 pub fn outbound<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) -> Verdict {
     match dst_class(img, OUTBOUND, p.v6, &p.dst) {
-        Some(class) => flow(img, OUTBOUND, class, p, sport, dport),
+        Some(class) => flow(img, OUTBOUND, class, &Key::of(p, sport, dport)),
         None => Verdict::new(Reason::DropNoFlow),
     }
 }
@@ -357,17 +420,9 @@ pub fn outbound<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) 
 /// reversed 5-tuple): such replies are not tracked, they stay on their inbound flow.
 #[inline(always)]
 pub fn inbound_admits_reply<I: Image + ?Sized>(img: &I, p: &Packet, sport: u16, dport: u16) -> bool {
-    let reply = Packet {
-        v6: p.v6,
-        src: p.dst,
-        dst: p.src,
-        proto: p.proto,
-        frag: Frag::Whole,
-        frag_id: 0,
-        l4: L4::ports(dport, sport, 0),
-    };
+    let reply = Key { v6: p.v6, proto: p.proto, src: p.dst, sport: dport, dport: sport };
     match dst_class(img, INBOUND, p.v6, &p.src) {
-        Some(class) => flow(img, INBOUND, class, &reply, dport, sport).reason == Reason::PassFlow,
+        Some(class) => flow(img, INBOUND, class, &reply).reason == Reason::PassFlow,
         None => false,
     }
 }

@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     image::{PAGE_SHIFT, PAGE_WORDS},
-    parse::{Packet, Parsed},
-    walk::{self, Image, State, Verdict},
+    parse::{Addr, Packet, Parsed},
+    walk::{self, Image, Key, State, Verdict},
     Config, FragKey, Reason, RunConfig,
 };
 
@@ -93,6 +93,11 @@ impl State for Kernel<'_> {
     #[inline(always)]
     fn reply(&mut self, p: &Packet, sport: u16, dport: u16, flags: u8) -> Option<u32> {
         flowtable::reply(p, sport, dport, flags, self.config)
+    }
+
+    #[inline(always)]
+    fn related(&mut self, k: &Key, server: &Addr) -> Option<u32> {
+        flowtable::related(k, server, self.config)
     }
 
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use dataplane_common::{
     image::proto_index,
     parse::{Addr, Packet, IPPROTO_TCP, IPPROTO_UDP},
-    walk::{self, ports},
+    walk::{self, ports, Key},
     CacheKeyV4, CacheKeyV6, Config, FlowEntry, Reason, CT_CLOSING, CT_ESTABLISHED, CT_STAT_COUNT, CT_STAT_INSERTS,
     CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
 };
@@ -214,6 +214,20 @@ pub fn outbound(p: &Packet) -> Option<u32> {
         stat(CT_STAT_INSERTS);
     }
     Some(v.slot)
+}
+
+/// Ingress, an ICMP error quoting a packet the server sent: the outbound slot of the live tracked
+/// connection that packet belongs to. Only looks: an error must not keep a connection alive.
+#[inline(always)]
+pub fn related(k: &Key, server: &Addr, c: &Config) -> Option<u32> {
+    let now = now();
+    if !live(k.proto, k.dport, now, c) {
+        return None;
+    }
+    let t = Tuple { v6: k.v6, peer: k.src, server: *server, peer_port: k.sport, server_port: k.dport, proto: k.proto };
+    // Safety: as in `outbound`; only read.
+    let e = unsafe { &*t.get()? };
+    (now.saturating_sub(e.last_seen) <= timeout(e.state, c)).then_some(e.slot)
 }
 
 /// Ingress, for a TCP or UDP packet the policy would drop: the outbound slot of the tracked

@@ -27,6 +27,19 @@ pub struct Packet {
     pub dport: u16,
     /// ICMP type; `None` means an echo request.
     pub icmp_type: Option<u8>,
+    /// The packet an ICMP error quotes (an error without one quotes nothing readable).
+    pub quote: Option<Quote>,
+}
+
+/// The start of the packet an ICMP error quotes: one the protected server sent, so `src` is
+/// normally the error's destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 impl Packet {
@@ -34,12 +47,30 @@ impl Packet {
     pub fn parsed(&self) -> parse::Packet {
         let v6 = self.dst.is_ipv6();
         let icmp = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+        let mut quoted = parse::Addr::default();
         let l4 = match self.proto {
             IPPROTO_TCP | IPPROTO_UDP => L4::ports(self.sport, self.dport, 0),
-            p if p == icmp => L4::icmp(self.icmp_type.unwrap_or(if v6 { 128 } else { 8 })),
+            p if p == icmp => {
+                let ty = self.icmp_type.unwrap_or(if v6 { 128 } else { 8 });
+                match self.relatable_quote() {
+                    Some(q) if parse::icmp_error(v6, ty) => {
+                        quoted = addr(q.dst);
+                        L4::icmp_error(ty, q.proto, q.sport, q.dport)
+                    }
+                    _ => L4::icmp(ty),
+                }
+            }
             _ => L4::NONE,
         };
-        parse::Packet { v6, src: addr(self.src), dst: addr(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4 }
+        parse::Packet { v6, src: addr(self.src), dst: addr(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4, quoted }
+    }
+
+    /// The quote, when the parser would read it as one an error can be related by: a TCP or
+    /// UDP packet of the same family sent from this packet's destination.
+    pub fn relatable_quote(&self) -> Option<&Quote> {
+        self.quote.as_ref().filter(|q| {
+            q.src == self.dst && q.dst.is_ipv6() == self.dst.is_ipv6() && matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP)
+        })
     }
 }
 
@@ -178,6 +209,13 @@ pub fn reference(policy: &Policy, p: &Packet) -> Decision {
     let v6 = p.dst.is_ipv6();
     if p.proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
         let ty = p.icmp_type.unwrap_or(if v6 { 128 } else { 8 });
+        if let (true, Some(q)) = (parse::icmp_error(v6, ty), p.relatable_quote()) {
+            // The peer's packet the quoted one answers: an error about it is related.
+            let answer = Packet { src: q.dst, dst: p.dst, proto: q.proto, sport: q.dport, dport: q.sport, icmp_type: None, quote: None };
+            let d = first_match(policy, &policy.flows, &answer);
+            let admitted = d.reason == Reason::PassFlow;
+            return Decision::new(if admitted { Reason::PassIcmp } else { Reason::DropIcmpUnrelated }, d.flow.filter(|_| admitted));
+        }
         let flags = if policy.allow_echo { dataplane_common::CONFIG_ALLOW_ECHO } else { 0 };
         return Decision::new(walk::icmp(v6, ty, flags), None);
     }
@@ -221,7 +259,9 @@ mod tests {
     #[test]
     fn icmp_rules() {
         use dataplane_common::CONFIG_ALLOW_ECHO as ECHO;
-        assert_eq!(walk::icmp(false, 3, 0), Reason::PassIcmp);
+        // An error reaches this function only when it quotes nothing relatable.
+        assert_eq!(walk::icmp(false, 3, 0), Reason::DropIcmpUnrelated);
+        assert_eq!(walk::icmp(true, 2, ECHO), Reason::DropIcmpUnrelated);
         assert_eq!(walk::icmp(false, 8, 0), Reason::DropIcmp);
         assert_eq!(walk::icmp(false, 8, ECHO), Reason::PassIcmp);
         assert_eq!(walk::icmp(false, 5, ECHO), Reason::DropIcmp);

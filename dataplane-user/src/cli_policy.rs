@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::classify::{
-    Classifier, Decision, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    Classifier, Decision, Packet, Quote, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use crate::compile::{compile_with_summary, Summary};
 use crate::policy::ports::format_ranges;
@@ -90,6 +90,10 @@ pub struct ExplainArgs {
     /// ICMP type (default: echo request).
     #[arg(long, value_name = "N", requires = "src")]
     pub icmp_type: Option<u8>,
+    /// The packet an ICMP error quotes, as the protected server sent it:
+    /// `udp 192.0.2.10:5060 -> 198.51.100.7:5060` (IPv6 as `[2001:db8::1]:5060`).
+    #[arg(long, value_name = "TUPLE", requires = "icmp_type")]
+    pub quoted: Option<String>,
     /// `out`: the protected server sends the packet (is the connection tracked and its replies
     /// admitted?). Default `in`: a packet to a protected address.
     #[arg(long, value_enum, value_name = "DIR", requires = "src")]
@@ -433,7 +437,7 @@ pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let ex = Explainer::new(&tables);
     if let (Some(src), Some(dst), Some(proto)) = (a.src, a.dst, &a.proto) {
         let proto = proto_number(&Value::from(proto.as_str()), dst)?;
-        let p = packet(
+        let mut p = packet(
             src,
             dst,
             proto,
@@ -441,6 +445,7 @@ pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
             a.dport.map(u32::from),
             a.icmp_type.map(u32::from),
         )?;
+        p.quote = a.quoted.as_deref().map(|t| parse_quote_tuple(t, dst)).transpose().context("--quoted")?;
         let dir = a.direction.unwrap_or_default();
         println!("{}", serde_json::to_string(&ex.answer(&p, dir))?);
         return Ok(());
@@ -522,7 +527,53 @@ fn packet(
         sport,
         dport,
         icmp_type,
+        quote: None,
     })
+}
+
+/// `--quoted`: `PROTO SRC:PORT -> DST:PORT` (IPv6 in brackets); the quoted packet's protocol
+/// must be tcp or udp, of the family of `dst` (the error's destination).
+fn parse_quote_tuple(s: &str, dst: IpAddr) -> anyhow::Result<Quote> {
+    let bad = || anyhow::anyhow!("`{s}` is not `PROTO SRC:PORT -> DST:PORT`");
+    let (proto, rest) = s.trim().split_once(' ').ok_or_else(bad)?;
+    let (from, to) = rest.split_once("->").ok_or_else(bad)?;
+    let at = |x: &str| -> anyhow::Result<(IpAddr, u16)> {
+        let sa: std::net::SocketAddr = x.trim().parse().map_err(|_| anyhow::anyhow!("`{}` is not ADDRESS:PORT", x.trim()))?;
+        Ok((sa.ip(), sa.port()))
+    };
+    let ((src, sport), (qdst, dport)) = (at(from)?, at(to)?);
+    let proto = match proto_number(&Value::from(proto), dst)? {
+        p @ (IPPROTO_TCP | IPPROTO_UDP) => p,
+        _ => anyhow::bail!("the quoted packet must be tcp or udp, not `{proto}`"),
+    };
+    Ok(Quote { src, dst: qdst, proto, sport, dport })
+}
+
+/// The `"quoted"` object of an `explain` line: {"src"?, "dst", "proto", "sport", "dport"}, the
+/// packet an ICMP error quotes (`src` defaults to the error's destination, the server).
+fn quote_json(v: &Value, dst: IpAddr) -> anyhow::Result<Quote> {
+    let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+    let ip = |k: &str| -> anyhow::Result<Option<IpAddr>> {
+        field(k)
+            .map(|x| {
+                let s = x.as_str().ok_or_else(|| anyhow::anyhow!("field \"quoted.{k}\" must be a string"))?;
+                s.parse().map_err(|_| anyhow::anyhow!("field \"quoted.{k}\": `{s}` is not an IP address"))
+            })
+            .transpose()
+    };
+    let port = |k: &str| -> anyhow::Result<u16> {
+        let x = field(k).ok_or_else(|| anyhow::anyhow!("field \"quoted.{k}\" is missing"))?;
+        x.as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| anyhow::anyhow!("field \"quoted.{k}\" must be a port 0-65535"))
+    };
+    let qdst = ip("dst")?.ok_or_else(|| anyhow::anyhow!("field \"quoted.dst\" is missing"))?;
+    let proto = field("proto").ok_or_else(|| anyhow::anyhow!("field \"quoted.proto\" is missing"))?;
+    let proto = proto_number(proto, dst).context("in \"quoted\"")?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        anyhow::bail!("field \"quoted.proto\": the quoted packet must be tcp or udp");
+    }
+    Ok(Quote { src: ip("src")?.unwrap_or(dst), dst: qdst, proto, sport: port("sport")?, dport: port("dport")? })
 }
 
 /// One `explain` JSON line with its optional `"direction": "in"|"out"` (default in).
@@ -539,7 +590,8 @@ pub fn parse_request(line: &str) -> anyhow::Result<(Packet, Direction)> {
     Ok((p, dir))
 }
 
-/// One JSON line: {"src", "dst", "proto", "sport", "dport", "icmp_type"?}; other keys (such as
+/// One JSON line: {"src", "dst", "proto", "sport", "dport", "icmp_type"?, "quoted"?} (see
+/// [`quote_json`] for "quoted", the packet an ICMP error quotes); other keys (such as
 /// "direction", see [`parse_request`]) ignored.
 pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
     let v: Value = serde_json::from_str(line).context("not valid JSON")?;
@@ -572,12 +624,19 @@ pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
             .ok_or_else(|| anyhow::anyhow!("field \"proto\" is missing"))?,
         dst,
     )?;
-    packet(
+    let mut p = packet(
         src,
         dst,
         proto,
         num("sport")?,
         num("dport")?,
         num("icmp_type")?,
-    )
+    )?;
+    if let Some(q) = v.get("quoted").filter(|q| !q.is_null()) {
+        if !q.is_object() {
+            anyhow::bail!("field \"quoted\" must be an object");
+        }
+        p.quote = Some(quote_json(q, dst)?);
+    }
+    Ok(p)
 }

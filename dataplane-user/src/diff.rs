@@ -702,7 +702,7 @@ pub fn tuples(versions: &[(&Policy, &Flow)]) -> Vec<Packet> {
     let dports = dedup(versions.iter().flat_map(|(_, f)| sample_ports(&f.dport)).collect());
     let sports = dedup(versions.iter().flat_map(|(_, f)| sample_sports(&f.sport)).collect());
     let (Some(&dp0), Some(&sp0)) = (dports.first(), sports.first()) else { return Vec::new() };
-    let packet = |src, dst, sport, dport| Packet { src, dst, proto: f0.proto, sport, dport, icmp_type: None };
+    let packet = |src, dst, sport, dport| Packet { src, dst, proto: f0.proto, sport, dport, icmp_type: None, quote: None };
     // The first tuple of each IP version first, so that the first examples show both.
     let (mut first, mut rest) = (Vec::new(), Vec::new());
     for v6 in [false, true] {
@@ -734,7 +734,7 @@ fn unprotected_tuples(o: &Policy, n: &Policy) -> Vec<Packet> {
     inside
         .into_iter()
         .filter(|a| !cidrs.iter().any(|c| c.contains_ip(*a)))
-        .map(|dst| Packet { src: any_source(dst), dst, proto: IPPROTO_UDP, sport: DEFAULT_SPORT, dport: 9, icmp_type: None })
+        .map(|dst| Packet { src: any_source(dst), dst, proto: IPPROTO_UDP, sport: DEFAULT_SPORT, dport: 9, icmp_type: None, quote: None })
         .collect()
 }
 
@@ -746,7 +746,7 @@ fn echo_tuples(o: &Policy, n: &Policy) -> Vec<Packet> {
         .filter(|a| cidrs.iter().any(|c| c.contains_ip(*a)))
         .map(|dst| {
             let proto = if dst.is_ipv6() { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
-            Packet { src: any_source(dst), dst, proto, sport: 0, dport: 0, icmp_type: None }
+            Packet { src: any_source(dst), dst, proto, sport: 0, dport: 0, icmp_type: None, quote: None }
         })
         .collect()
 }

@@ -181,7 +181,8 @@ struct Group {
 ///
 /// 1. traffic from interfaces the dataplane does not enforce on passes;
 /// 2. a destination outside the protected sets: unprotected (pass, or drop per site);
-/// 3. ICMP control (errors, neighbour discovery, echo per `icmp-echo`) passes;
+/// 3. ICMP control (errors, neighbour discovery, echo per `icmp-echo`) passes; errors are then
+///    judged after conntrack, in chain `icmp_errors` (only `related` ones pass);
 ///    any other protocol than TCP and UDP (other ICMP included) is dropped;
 /// 4. deny flows (drop), then allow flows (accept), in slot order;
 /// 5. the rest is dropped (`no_flow`).
@@ -342,6 +343,10 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     writeln!(w, "#  - NOT exported: replies to connections the protected server opens (the XDP reply")?;
     writeln!(w, "#    tracking, outbound flows); add e.g. `ct state established,related accept` in a")?;
     writeln!(w, "#    chain of your own if you need them. This is the policy `dataplane explain` answers.")?;
+    writeln!(w, "#  - ICMP errors pass the raw chain and are judged in chain icmp_errors, after conntrack")?;
+    writeln!(w, "#    (priority mangle): only errors conntrack relates to a connection pass, where XDP")?;
+    writeln!(w, "#    passes an error whose quoted packet is the reverse of an admitted flow or of a")?;
+    writeln!(w, "#    tracked connection (the same on traffic that made connections, stricter otherwise).")?;
     writeln!(w, "#  - deny flows come first, so the first matching rule holds the flow XDP credits; a rule")?;
     writeln!(w, "#    groups flows that differ only in destination ports (its comment lists their ids).")?;
     writeln!(w, "# Loading this file replaces the table atomically.")?;
@@ -374,6 +379,14 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     for r in &rules {
         writeln!(w, "\t\t{r}")?;
     }
+    writeln!(w, "\t}}")?;
+    writeln!(w)?;
+    writeln!(w, "\tchain icmp_errors {{")?;
+    writeln!(w, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
+    writeln!(w, "\t\t{}", rules[0])?;
+    let errors = |v6| (0..=u8::MAX).filter(|&t| dataplane_common::walk::icmp_error(v6, t)).map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    writeln!(w, "\t\tip daddr @protected_v4 icmp type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"", errors(false))?;
+    writeln!(w, "\t\tip6 daddr @protected_v6 icmpv6 type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"", errors(true))?;
     writeln!(w, "\t}}")?;
     writeln!(w, "}}")?;
     Ok(NftExport {

@@ -226,7 +226,7 @@ fn run_round(net: &Net, servers: &Servers, classifier: &classify::Classifier, ta
                     continue;
                 }
                 let sport = 40000 + (round as u16) * 600 + (si * 300 + ci * 30 + i) as u16;
-                let packet = classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None };
+                let packet = classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None, quote: None };
                 probes.push(Probe {
                     client,
                     role,
@@ -309,7 +309,7 @@ fn run_outbound(net: &Net, tables: &crate::tables::Tables, round: u32) -> Result
     let mut mismatches = 0;
     for (base, port, what) in OUTBOUND {
         let sport = base + round as u16;
-        let packet = classify::Packet { src: server, dst: dns, proto: 17, sport, dport: port, icmp_type: None };
+        let packet = classify::Packet { src: server, dst: dns, proto: 17, sport, dport: port, icmp_type: None, quote: None };
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
         let tracked = expect.as_ref().is_some_and(|d| d.allow);
         let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));

@@ -99,6 +99,7 @@ impl SshSession {
             sport: self.client_port,
             dport: self.server_port,
             icmp_type: None,
+            quote: None,
         }
     }
 }
@@ -292,6 +293,7 @@ fn probe(
                 sport,
                 dport,
                 icmp_type: None,
+                quote: None,
             };
             let d = c.classify(&p);
             // Admitted as management: a flow that serves users on the same port does not count.

@@ -106,7 +106,7 @@ pub struct Tuple {
 
 impl Tuple {
     fn packet(&self) -> Packet {
-        Packet { src: self.src, dst: self.dst, proto: self.proto, sport: self.sport, dport: self.dport, icmp_type: None }
+        Packet { src: self.src, dst: self.dst, proto: self.proto, sport: self.sport, dport: self.dport, icmp_type: None, quote: None }
     }
 }
 
@@ -878,7 +878,7 @@ fn example_text(v: &Value) -> String {
         _ => IPPROTO_UDP,
     };
     match (ip("src"), ip("dst")) {
-        (Some(src), Some(dst)) => render_packet(&Packet { src, dst, proto, sport: port("sport"), dport: port("dport"), icmp_type: None }),
+        (Some(src), Some(dst)) => render_packet(&Packet { src, dst, proto, sport: port("sport"), dport: port("dport"), icmp_type: None, quote: None }),
         _ => v.to_string(),
     }
 }

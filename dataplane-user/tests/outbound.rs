@@ -29,6 +29,7 @@ fn pkt(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Packet {
         sport,
         dport,
         icmp_type: None,
+        quote: None,
     }
 }
 
@@ -267,6 +268,7 @@ fn real_sites_outbound() {
                     sport: f.sport[0].0,
                     dport: f.dport[0].0,
                     icmp_type: None,
+                    quote: None,
                 };
                 let d = cls.classify_outbound(&packet);
                 assert_eq!(d, reference_outbound(&p, &packet), "{packet:?}");
@@ -311,6 +313,7 @@ fn synthetic_site_outbound_matches_reference() {
                     sport,
                     dport,
                     icmp_type: None,
+                    quote: None,
                 };
                 assert_eq!(
                     cls.classify_outbound(&packet),

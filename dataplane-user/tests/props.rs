@@ -262,6 +262,7 @@ fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec)
         sport: ps.sport,
         dport: ps.dport,
         icmp_type: ps.icmp,
+        quote: None,
     })
 }
 
@@ -286,6 +287,7 @@ proptest! {
                 sport: ps.sport,
                 dport: ps.dport,
                 icmp_type: ps.icmp,
+                quote: None,
             };
             let p = if ps.aim { aimed(&policy, ps).unwrap_or(p) } else { p };
             let d = cls.classify(&p);
@@ -326,6 +328,7 @@ proptest! {
                 sport: ps.sport,
                 dport: ps.dport,
                 icmp_type: ps.icmp,
+                quote: None,
             };
             let p = if ps.aim { aimed_at(&policy, &policy.out_flows, ps).unwrap_or(p) } else { p };
             let d = classify_outbound(&tables, &p);

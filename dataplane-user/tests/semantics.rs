@@ -300,7 +300,8 @@ const CASES: &[Case] = &[
     // ICMP (icmp-echo: allow in this site).
     icmp("8.8.8.8", SERVER, 1, None, PassIcmp),
     icmp("8.8.8.8", SERVER, 1, Some(0), PassIcmp),
-    icmp("8.8.8.8", SERVER, 1, Some(3), PassIcmp),
+    // An error that quotes nothing (see `icmp_errors_follow_the_quoted_flow`).
+    icmp("8.8.8.8", SERVER, 1, Some(3), DropIcmpUnrelated),
     icmp("8.8.8.8", SERVER, 1, Some(5), DropIcmp),
     icmp("fd00::1", "2001:db8::10", 58, Some(135), PassIcmp),
     icmp("fd00::1", "2001:db8::10", 58, Some(200), DropIcmp),
@@ -320,6 +321,7 @@ fn cases() {
             sport: k.sport,
             dport: k.dport,
             icmp_type: k.icmp,
+            quote: None,
         };
         for (how, d) in [
             ("tables", cls.classify(&p)),
@@ -335,6 +337,54 @@ fn cases() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// An ICMP error passes, on the flow, when it quotes the server's answer to a packet some flow
+/// admits; it is `icmp_unrelated` when the quoted packet comes from another address, is of
+/// another protocol, or answers a packet no flow admits.
+#[test]
+fn icmp_errors_follow_the_quoted_flow() {
+    use dataplane::classify::Quote;
+    let policy = common::test_policy();
+    let tables = compile(&policy).expect("compiles");
+    let cls = Classifier::new(&tables);
+    let mut checked = 0;
+    for k in CASES.iter().filter(|k| k.proto == 6 || k.proto == 17) {
+        let (src, dst): (std::net::IpAddr, std::net::IpAddr) = (k.src.parse().unwrap(), k.dst.parse().unwrap());
+        let router = if dst.is_ipv6() { "2001:db8:ffff::1" } else { "203.0.113.254" }.parse().unwrap();
+        let answer = Quote { src: dst, dst: src, proto: k.proto, sport: k.dport, dport: k.sport };
+        let error = |quote: Quote, ty: u8| Packet {
+            src: router,
+            dst,
+            proto: if dst.is_ipv6() { 58 } else { 1 },
+            sport: 0,
+            dport: 0,
+            icmp_type: Some(ty),
+            quote: Some(quote),
+        };
+        let ty = if dst.is_ipv6() { 2 } else { 3 };
+        let related = k.reason == PassFlow;
+        let want = match k.reason {
+            PassFlow => (PassIcmp, k.want),
+            PassUnprotected => (PassUnprotected, None),
+            _ => (DropIcmpUnrelated, None),
+        };
+        let spoofed = Quote { src: router, ..answer };
+        let other_proto = Quote { proto: 132, ..answer };
+        let unrelated = if k.reason == PassUnprotected { want } else { (DropIcmpUnrelated, None) };
+        for (what, p, want) in [
+            ("answer", error(answer, ty), want),
+            ("quoted from another address", error(spoofed, ty), unrelated),
+            ("quoted sctp", error(other_proto, ty), unrelated),
+        ] {
+            for (how, d) in [("tables", cls.classify(&p)), ("reference", reference(&policy, &p))] {
+                let got = (d.reason, d.flow.map(|s| tables.flows[s].id.as_str()));
+                assert_eq!(got, want, "{how}, {what}: {p:?}");
+            }
+        }
+        checked += related as usize;
+    }
+    assert!(checked >= 3, "the cases hold few admitted flows: {checked}");
 }
 
 #[test]
@@ -377,6 +427,7 @@ fn config_flags_from_options() {
         sport: 1,
         dport: 1,
         icmp_type: None,
+        quote: None,
     };
     let d = Classifier::new(&tables).classify(&p);
     assert_eq!((d.allow, d.reason), (false, DropUnprotected));
@@ -455,6 +506,7 @@ fn synthetic_site_matches_reference() {
             sport,
             dport,
             icmp_type: None,
+            quote: None,
         };
         let d = cls.classify(&p);
         assert_eq!(d, reference(&policy, &p), "{p:?}");

@@ -68,6 +68,22 @@ impl Pkt {
         Self::new(src, dst, proto, vec![ty, 0, 0, 0, 0, 0, 0, 0])
     }
 
+    /// An ICMP error of type `ty` quoting the first `keep` bytes of `quoted`'s IP packet (a
+    /// router quotes its IP header and at least 8 transport bytes).
+    pub fn icmp_quoting(src: IpAddr, dst: IpAddr, ty: u8, quoted: &Pkt, keep: usize) -> Self {
+        let mut l4 = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+        let ip = &quoted.build()[14 + 4 * quoted.vlans.len()..];
+        l4.extend_from_slice(&ip[..keep.min(ip.len())]);
+        let proto = if dst.is_ipv6() { 58 } else { 1 };
+        Self::new(src, dst, proto, l4)
+    }
+
+    /// The quoted packet's IP header and 8 transport bytes: what an ICMPv4 error carries.
+    pub fn quoted_len(quoted: &Pkt) -> usize {
+        let ip = if quoted.dst.is_ipv6() { 40 + quoted.v6_ext.len() * 8 } else { 20 + 4 * quoted.v4_options as usize };
+        ip + 8
+    }
+
     pub fn raw(src: IpAddr, dst: IpAddr, proto: u8, l4: Vec<u8>) -> Self {
         Self::new(src, dst, proto, l4)
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use dataplane::tables::Tables;
 use dataplane_common::parse::{parse, Addr, Bytes, Packet};
-use dataplane_common::walk::{self, State, NO_SLOT};
+use dataplane_common::walk::{self, Key, State, NO_SLOT};
 use dataplane_common::Config;
 
 use crate::{Observed, XDP_DROP, XDP_PASS};
@@ -35,6 +35,9 @@ impl State for Frags {
         self.0.insert((p.src, p.dst, p.frag_id, p.proto), slot);
     }
     fn reply(&mut self, _: &Packet, _: u16, _: u16, _: u8) -> Option<u32> {
+        None
+    }
+    fn related(&mut self, _: &Key, _: &Addr) -> Option<u32> {
         None
     }
 }

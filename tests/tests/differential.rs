@@ -12,10 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Instant;
 
-use dataplane::classify::{Classifier, Decision, Packet};
+use dataplane::classify::{Classifier, Decision, Packet, Quote};
 use dataplane::policy::Cidr;
 use dataplane::tables::{PortValue, Tables};
-use dataplane_common::Reason;
+use dataplane_common::{walk, Reason};
 use dataplane_tests::{
     rng::Rng,
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
@@ -207,6 +207,7 @@ impl Site {
             sport,
             dport: port_near(rng, &t.starts, i),
             icmp_type: None,
+            quote: None,
             payload: vec![0; 8],
         })
     }
@@ -273,6 +274,10 @@ impl Site {
     fn case(&self, rng: &mut Rng, v6: bool, only_ports: bool) -> Case {
         if rng.chance(50) {
             if let Some(c) = self.directed(rng, v6) {
+                // An ICMP error about the server's answer to a (probably) documented packet.
+                if !only_ports && rng.chance(15) {
+                    return c.error_about_reply(rng);
+                }
                 return c;
             }
         }
@@ -315,6 +320,14 @@ impl Site {
                 rng.next() as u8
             }
         });
+        // Most errors quote a packet: from the server or not, TCP, UDP or another protocol.
+        let quote = icmp_type.filter(|&t| walk::icmp_error(v6, t) && rng.chance(70)).map(|_| Quote {
+            src: if rng.chance(85) { dst } else { self.address(rng, v6, true) },
+            dst: self.address(rng, v6, false),
+            proto: *rng.pick(&[6, 6, 17, 17, 1, 58, 132]),
+            sport: self.port(rng, &self.dports),
+            dport: self.port(rng, &self.sports),
+        });
         Case {
             src,
             dst,
@@ -322,6 +335,7 @@ impl Site {
             sport: self.port(rng, &self.sports),
             dport: self.port(rng, &self.dports),
             icmp_type,
+            quote,
             payload: (0..8).map(|_| rng.next() as u8).collect(),
         }
     }
@@ -346,6 +360,8 @@ struct Case {
     sport: u16,
     dport: u16,
     icmp_type: Option<u8>,
+    /// The packet an ICMP error quotes.
+    quote: Option<Quote>,
     /// Body of "other protocol" packets.
     payload: Vec<u8>,
 }
@@ -359,13 +375,34 @@ impl Case {
             sport: self.sport,
             dport: self.dport,
             icmp_type: self.icmp_type,
+            // The classifier reads a quote as the parser does: only a TCP or UDP one.
+            quote: self.quote.filter(|q| matches!(q.proto, 6 | 17)),
         }
+    }
+
+    /// An ICMP error (unreachable, packet too big) from a router to this case's destination,
+    /// quoting the server's answer to this case's packet.
+    fn error_about_reply(self, rng: &mut Rng) -> Case {
+        let v6 = self.dst.is_ipv6();
+        let quote = Quote { src: self.dst, dst: self.src, proto: self.proto, sport: self.dport, dport: self.sport };
+        let router = if v6 { "2001:db8:ffff::1".parse().unwrap() } else { "203.0.113.254".parse().unwrap() };
+        let icmp_type = Some(if v6 { *rng.pick(&[1u8, 2]) } else { *rng.pick(&[3u8, 11]) });
+        Case { src: router, proto: if v6 { 58 } else { 1 }, sport: 0, dport: 0, icmp_type, quote: Some(quote), ..self }
     }
 
     fn pkt(&self) -> Pkt {
         match (self.proto, self.icmp_type) {
             (6, _) => Pkt::tcp(self.src, self.dst, self.sport, self.dport),
             (17, _) => Pkt::udp(self.src, self.dst, self.sport, self.dport),
+            (_, Some(ty)) if self.quote.is_some() => {
+                let q = self.quote.unwrap();
+                let inner = match q.proto {
+                    6 => Pkt::tcp(q.src, q.dst, q.sport, q.dport),
+                    17 => Pkt::udp(q.src, q.dst, q.sport, q.dport),
+                    p => Pkt::raw(q.src, q.dst, p, vec![0; 8]),
+                };
+                Pkt::icmp_quoting(self.src, self.dst, ty, &inner, Pkt::quoted_len(&inner))
+            }
             (_, Some(ty)) => Pkt::icmp(self.src, self.dst, ty),
             (p, None) => Pkt::raw(self.src, self.dst, p, self.payload.clone()),
         }

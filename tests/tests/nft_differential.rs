@@ -137,7 +137,7 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
                 let dport = if i % 7 == 6 { *rng.pick(&common) } else { *rng.pick(&dports) };
                 // Mostly the flow's protocol; sometimes the other one.
                 let proto = if i % 8 == 7 { 6 + 17 - f.proto } else { f.proto };
-                out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type: None });
+                out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type: None, quote: None });
             }
         }
     }
@@ -169,7 +169,7 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
         let sport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
         let dport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
         let (sport, dport) = if proto == 6 || proto == 17 { (sport, dport) } else { (0, 0) };
-        out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type });
+        out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type, quote: None });
     }
     out.retain(|p| usable(p.src) && usable(p.dst));
     out

@@ -364,7 +364,7 @@ fn find_allowed(
     let to_ip = |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
     flows.iter().filter(|f| !f.deny && (!sport_only || f.sport != [(0, u16::MAX)])).find_map(|f| {
         let (src, dst) = (to_ip(first(f.from)?), to_ip(first(f.to)?));
-        let p = classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None };
+        let p = classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
         judge(c, &p).allow.then_some(p)
     })
 }
