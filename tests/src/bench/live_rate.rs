@@ -306,6 +306,7 @@ fn check_floods(c: &classify::Classifier) -> Result<()> {
         sport,
         dport: DPORT,
         icmp_type: None,
+        quote: None,
     };
     let sport = |r: u64| (r as u16) | 1024;
     for _ in 0..2000 {
