@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod image;
+mod layout;
 pub mod parse;
 pub mod walk;
 

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
@@ -318,25 +318,34 @@ pub struct ConntrackStats {
     pub refused: u64,
     /// Entries the full table dropped to make room (inserts - removals - entries).
     pub evictions: u64,
+    /// The table of each IP version (`FLOW_V4`, `FLOW_V6`): entries now and its capacity (the
+    /// map's size: `conntrack-size`, rounded by the kernel to a multiple of the CPUs).
+    pub ipv4: crate::fill::TableFill,
+    pub ipv6: crate::fill::TableFill,
+    /// The fuller table's fill ratio (0 to 1).
+    pub fill: f64,
 }
 
 impl ConntrackStats {
     /// From the maps a running program pinned (see `state`).
     pub fn read_pinned() -> Result<Self> {
+        use crate::fill::TableFill;
         use aya::maps::Map;
-        use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
-        let pinned = |name: &str| {
-            let path = crate::state::pin_path(name);
-            MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
-        };
-        let v4: HashMap<_, CacheKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V4)?))?;
-        let v6: HashMap<_, CacheKeyV6, FlowEntry> = HashMap::try_from(Map::LruHashMap(pinned(MAP_FLOW_V6)?))?;
-        let entries = (v4.keys().filter_map(Result::ok).count() + v6.keys().filter_map(Result::ok).count()) as u64;
-        let events: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(pinned(MAP_CT_STATS)?))?;
+        use dataplane_common::{CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
+        let (ipv4, ipv6) = (TableFill::read_pinned(MAP_FLOW_V4)?, TableFill::read_pinned(MAP_FLOW_V6)?);
+        let path = crate::state::pin_path(MAP_CT_STATS);
+        let pinned = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let events: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(pinned))?;
         let sum = |i: u32| -> Result<u64> { Ok(events.get(&i, 0)?.iter().sum()) };
         let (inserts, removals, refused) = (sum(CT_STAT_INSERTS)?, sum(CT_STAT_REMOVALS)?, sum(CT_STAT_REFUSED)?);
+        Ok(Self::new(ipv4, ipv6, inserts, removals, refused))
+    }
+
+    /// From the tables' fills and the event counts; entries and evictions are derived.
+    pub fn new(ipv4: crate::fill::TableFill, ipv6: crate::fill::TableFill, inserts: u64, removals: u64, refused: u64) -> Self {
+        let entries = ipv4.entries + ipv6.entries;
         let evictions = inserts.saturating_sub(removals).saturating_sub(entries);
-        Ok(Self { entries, inserts, removals, refused, evictions })
+        Self { entries, inserts, removals, refused, evictions, ipv4, ipv6, fill: ipv4.fill.max(ipv6.fill) }
     }
 }
 

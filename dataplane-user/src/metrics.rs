@@ -117,24 +117,7 @@ impl MetricsInfo {
     }
 }
 
-/// A stable hash of compiled tables: 16 hex digits of FNV-1a over them, without the generation
-/// number and the monitor flag (the same tables hash the same on every reload, in either mode).
-/// Of `Enforcer::tables` it covers what is loaded, stable slot numbering included; of the
-/// tables `compile_site` returns, the policy alone.
-pub fn policy_hash(tables: &Tables) -> String {
-    let mut t = tables.clone();
-    for c in std::iter::once(&mut t.config).chain(t.outbound.as_deref_mut().map(|o| &mut o.config)) {
-        c.generation = 0;
-        c.flags &= !CONFIG_MONITOR;
-    }
-    let text = format!("{t:?}");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
+pub use crate::hash::policy_hash;
 
 /// Reads the pinned maps and renders every metric (what `GET /metrics` returns).
 pub fn scrape(info: &MetricsInfo) -> Result<String> {
@@ -220,6 +203,32 @@ pub fn render(stats: &Stats, info: &MetricsInfo, policy: &PolicyInfo) -> String 
         ct.refused,
     );
 
+    let mut capacity = Family::new(
+        "dataplane_conntrack_capacity",
+        "gauge",
+        "Entries the connection-tracking table of each IP version can hold (site option conntrack-size).",
+    );
+    let mut fill = Ratios::new(
+        "dataplane_conntrack_fill_ratio",
+        "Tracked connections over capacity, per IP version (0 to 1); when full, the least recently used are evicted.",
+    );
+    for (family, t) in [("ipv4", &ct.ipv4), ("ipv6", &ct.ipv6)] {
+        let l = labels(&[("family", family)]);
+        capacity.add(&l, t.capacity);
+        fill.add(&l, t.fill);
+    }
+    capacity.write(&mut out);
+    fill.write(&mut out);
+    let frags = &stats.fragments;
+    single(&mut out, "dataplane_fragments_entries", "gauge", "Datagrams in the fragment table (their first fragment passed).", frags.entries);
+    single(&mut out, "dataplane_fragments_capacity", "gauge", "Datagrams the fragment table can hold.", frags.capacity);
+    let mut fill = Ratios::new(
+        "dataplane_fragments_fill_ratio",
+        "Fragment table entries over capacity (0 to 1); when full, the oldest datagrams are forgotten.",
+    );
+    fill.add("", frags.fill);
+    fill.write(&mut out);
+
     single(&mut out, "dataplane_reloads_total", "counter", "Successful policy reloads.", info.reloads.load(Ordering::Relaxed));
     single(
         &mut out,
@@ -273,6 +282,32 @@ impl Family {
         let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(&self.help));
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
         for (labels, value) in &self.samples {
+            let _ = writeln!(out, "{}{labels} {value}", self.name);
+        }
+    }
+}
+
+/// A gauge family of ratios (floating point values).
+struct Ratios {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Ratios {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Self { name, help, samples: vec![] }
+    }
+
+    fn add(&mut self, labels: &str, value: f64) {
+        self.samples.push((labels.to_string(), value));
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
+        let _ = writeln!(out, "# TYPE {} gauge", self.name);
+        for (labels, value) in &self.samples {
+            // Rust's shortest round-trip form (`0.5`, `0`, `1`) is valid in the text format.
             let _ = writeln!(out, "{}{labels} {value}", self.name);
         }
     }
@@ -478,7 +513,7 @@ async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{load::ConntrackStats, stats::{FlowStats, OutboundStats, ReasonStats}};
+    use crate::{fill::TableFill, load::ConntrackStats, stats::{FlowStats, OutboundStats, ReasonStats}};
 
     fn flow(id: &str, proto: &str) -> FlowInfo {
         FlowInfo {
@@ -513,7 +548,8 @@ mod tests {
             ],
             outbound: vec![OutboundStats { flow: flow("dns", "udp"), packets: 4, bytes: 40, reply_packets: 5, reply_bytes: 50 }],
             reasons: vec![ReasonStats { verdict: "drop", reason: "no_flow", packets: 7, bytes: 70 }],
-            conntrack: ConntrackStats { entries: 1, inserts: 2, removals: 1, refused: 0, evictions: 0 },
+            conntrack: ConntrackStats::new(TableFill::new(1, 1024), TableFill::new(0, 1024), 2, 1, 0),
+            fragments: TableFill::new(2048, 8192),
             forward: None,
         };
         let policy = PolicyInfo { site: "s.yaml".into(), generation: 3, hash: "abc".into(), monitor: true, ..Default::default() };
@@ -530,6 +566,14 @@ mod tests {
         assert!(text.contains("dataplane_policy_generation 3\n"));
         assert!(text.contains("dataplane_policy_info{site=\"s.yaml\",hash=\"abc\"} 1\n"));
         assert!(text.contains("dataplane_monitor_mode 1\n"));
+        assert!(text.contains("dataplane_conntrack_entries 1\n"));
+        assert!(text.contains("dataplane_conntrack_capacity{family=\"ipv4\"} 1024\n"));
+        assert!(text.contains("dataplane_conntrack_capacity{family=\"ipv6\"} 1024\n"));
+        assert!(text.contains("dataplane_conntrack_fill_ratio{family=\"ipv4\"} 0.0009765625\n"), "{text}");
+        assert!(text.contains("dataplane_conntrack_fill_ratio{family=\"ipv6\"} 0\n"));
+        assert!(text.contains("dataplane_fragments_entries 2048\n"));
+        assert!(text.contains("dataplane_fragments_capacity 8192\n"));
+        assert!(text.contains("dataplane_fragments_fill_ratio 0.25\n"));
         assert!(text.contains("dataplane_interface_info{interface=\"eth0\",xdp_mode=\"native\"} 1\n"));
         // One HELP and one TYPE per family, every sample after its TYPE.
         let mut seen = std::collections::HashSet::new();

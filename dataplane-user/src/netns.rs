@@ -288,6 +288,16 @@ pub fn udp_send_from(ns: &str, local: SocketAddr, dst: SocketAddr, count: usize)
         for i in 0..count {
             sock.send_to(format!("datagram {i}").as_bytes(), dst)?;
         }
+        // Take the echoes before closing: a closed port would answer them with ICMP port
+        // unreachable, which the server's XDP program counts on the flow (a related error).
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(50)))?;
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        let mut buf = [0u8; 64];
+        for _ in 0..count {
+            if std::time::Instant::now() > until || sock.recv_from(&mut buf).is_err() {
+                break;
+            }
+        }
         Ok(())
     })?
 }

@@ -557,6 +557,7 @@ fn serve(
                 }
                 _ = tick.tick() => {
                     enforcer.watch_interfaces();
+                    crate::fill::watch(&enforcer.ebpf);
                     let now = fingerprint(site);
                     if now != seen {
                         seen = now;

@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData};
 use dataplane_common::{Counter, Reason};
 use serde::Serialize;
 
-use crate::{load, state, tables::FlowInfo};
+use crate::{fill::TableFill, load, state, tables::FlowInfo};
 
 #[derive(clap::Args, Default)]
 pub struct StatsArgs {
@@ -24,6 +24,8 @@ pub struct Stats {
     pub outbound: Vec<OutboundStats>,
     pub reasons: Vec<ReasonStats>,
     pub conntrack: load::ConntrackStats,
+    /// The fragment table (`FRAGS`): datagrams whose first fragment passed.
+    pub fragments: TableFill,
     /// `run --forward`: allowed packets forwarded in XDP, and those passed to the stack, by
     /// why (absent when there were none).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +99,7 @@ impl Stats {
                 })
                 .collect(),
             conntrack: load::ConntrackStats::read_pinned()?,
+            fragments: TableFill::read_pinned(crate::fill::MAP_FRAGS)?,
             forward: crate::forward::read_pinned().filter(|f| f.iter().any(|(_, n)| *n > 0)).map(|f| f.into_iter().collect()),
         })
     }
@@ -127,8 +130,15 @@ impl Stats {
         }
         let ct = &self.conntrack;
         out.push_str(&format!(
-            "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n\n",
+            "\ntracked connections: {} (inserted {}, removed {}, evicted {}, refused replies {})\n",
             ct.entries, ct.inserts, ct.removals, ct.evictions, ct.refused
+        ));
+        let pct = |f: &TableFill| format!("{} of {} ({:.1}%)", f.entries, f.capacity, f.fill * 100.0);
+        out.push_str(&format!(
+            "table fill: connections IPv4 {}, IPv6 {}; fragments {}\n\n",
+            pct(&ct.ipv4),
+            pct(&ct.ipv6),
+            pct(&self.fragments)
         ));
         if let Some(f) = &self.forward {
             let n = |k: &str| f.get(k).copied().unwrap_or(0);

@@ -2,6 +2,7 @@
 //! network namespaces joined by a veth pair for real traffic.
 
 pub mod daemon;
+pub mod flood;
 pub mod fuzz;
 pub mod packet;
 pub mod rng;
@@ -35,6 +36,16 @@ impl Harness {
         opts.data_in = Some(frame);
         let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         Ok(r.return_value)
+    }
+
+    /// Runs one frame `repeat` times through the program in one BPF_PROG_TEST_RUN (on the
+    /// calling thread's CPU); returns the XDP action of the last run.
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<u32> {
+        let prog = load::program(&mut self.ebpf)?;
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN")?.return_value)
     }
 
     /// Runs one frame through the tc egress program (what a protected server sends); returns

@@ -4,7 +4,7 @@
 //! listing P itself), so a longest-prefix match on an address yields every role containing it:
 //! a broader role is never hidden by a more specific one.
 
-use std::collections::HashMap;
+use crate::compile::FastMap;
 
 use crate::policy::Cidr;
 
@@ -12,14 +12,14 @@ use crate::policy::Cidr;
 #[derive(Debug)]
 pub struct Sets {
     pub sets: Vec<Vec<u32>>,
-    index: HashMap<Vec<u32>, u32>,
+    index: FastMap<Vec<u32>, u32>,
 }
 
 impl Default for Sets {
     fn default() -> Self {
         Sets {
             sets: vec![Vec::new()],
-            index: HashMap::from([(Vec::new(), 0)]),
+            index: FastMap::from_iter([(Vec::new(), 0)]),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! port it always wins; otherwise the candidates up to (and including) the first one taking any
 //! source port form a source-port table.
 
-use std::collections::{BTreeSet, HashMap};
+use crate::compile::FastMap;
 
 use crate::policy::Flow;
 use crate::tables::{PortTable, PortValue};
@@ -16,9 +16,9 @@ use crate::tables::{PortTable, PortValue};
 #[derive(Default)]
 pub struct PortTables {
     pub tables: Vec<PortTable>,
-    index: HashMap<PortTable, u32>,
+    index: FastMap<PortTable, u32>,
     /// Source-port tables by their candidate list.
-    sport_tables: HashMap<Vec<u32>, u32>,
+    sport_tables: FastMap<Vec<u32>, u32>,
 }
 
 impl PortTables {
@@ -48,7 +48,7 @@ fn flow_value(flows: &[Flow], slot: u32) -> PortValue {
 
 /// Sweeps `ranges[k]` (per candidate k): for every maximal interval with a constant non-empty
 /// candidate set, calls `f(first, last, active)` with the active candidates in ascending order.
-fn sweep(ranges: &[&[(u16, u16)]], mut f: impl FnMut(u16, u16, &BTreeSet<usize>)) {
+fn sweep(ranges: &[&[(u16, u16)]], mut f: impl FnMut(u16, u16, &[usize])) {
     // (position, is_start, candidate); ends are at last + 1.
     let mut events: Vec<(u32, bool, usize)> = Vec::new();
     for (k, rs) in ranges.iter().enumerate() {
@@ -58,16 +58,20 @@ fn sweep(ranges: &[&[(u16, u16)]], mut f: impl FnMut(u16, u16, &BTreeSet<usize>)
         }
     }
     events.sort_unstable();
-    let mut active = BTreeSet::new();
+    // Sorted; a few candidates at a time, so a vector beats a tree.
+    let mut active: Vec<usize> = Vec::new();
     let mut i = 0;
     while i < events.len() {
         let pos = events[i].0;
         while i < events.len() && events[i].0 == pos {
             let (_, start, k) = events[i];
-            if start {
-                active.insert(k);
-            } else {
-                active.remove(&k);
+            match (active.binary_search(&k), start) {
+                (Err(at), true) => active.insert(at, k),
+                (Ok(at), false) => {
+                    active.remove(at);
+                }
+                // A candidate's own ranges are disjoint: never started twice or ended unstarted.
+                _ => {}
             }
             i += 1;
         }

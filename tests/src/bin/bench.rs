@@ -7,7 +7,8 @@
 //!
 //! Arguments: `--quick` (synthetic sites up to 100,000 flows, 3 samples per figure, no plots
 //! unless `--plots` is given); `--plots DIR` writes `bench-cost.svg` and `bench-scale.svg` into
-//! DIR (without `--quick` they go to `docs/` by default); `--no-xdp-filter` skips xdp-filter.
+//! DIR (without `--quick` they go to `docs/` by default); `--no-xdp-filter` skips xdp-filter;
+//! `--flood` measures only the cost of a flood of new allowed tuples (see [`flood_cost`]).
 
 use std::{
     net::IpAddr,
@@ -70,6 +71,9 @@ fn main() -> Result<()> {
     println!("packets and bytes in a per-CPU array: both timed on the same frame right after the program, in the same run.");
     println!("Every packet takes the whole classification: there is no verdict cache (the first packet of a flow and the");
     println!("millionth cost the same), and denied packets insert nothing.");
+    if argv.iter().any(|a| a == "--flood") {
+        return flood_cost(&root, &args);
+    }
     println!("{:<28} {:<24} {:>8} {:>7} {:>7} {:>8} {:>8}", "policy", "packet", "program", "empty", "floor", "/empty", "/floor");
     let mut figures: Vec<Figure> = vec![];
     let mut memory = vec![];
@@ -143,6 +147,8 @@ fn main() -> Result<()> {
         println!("  {label:<28} {entries:>10} words {:>10.1} KiB", *bytes as f64 / 1024.0);
     }
 
+    flood_cost(&root, &args)?;
+
     let xdpf = if args.xdp_filter {
         match xdp_filter(&root, &args) {
             Ok(r) => Some(r),
@@ -162,6 +168,79 @@ fn main() -> Result<()> {
     }
     println!("\nbench finished in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Distinct tuples of the flood figure: 16 sources x 4096 source ports.
+const FLOOD_TUPLES: u32 = 65_536;
+
+/// Issue 14: what a flood of new allowed 5-tuples costs per packet. The site is the flood
+/// tests' (tests/sites/floods.yaml): SIP over UDP from `any-ip` (10.203.0.0/24), any source port
+/// from 1024, to the Expressway's 5060. Without a verdict cache a tuple never seen and the same
+/// tuple repeated take the same walk and should cost the same. Each tuple is one
+/// BPF_PROG_TEST_RUN of one run, so the kernel's timer (a clock read per run) is in each figure
+/// alike; the runs of the new tuples, of the repeated tuple and of the floor program on it are
+/// interleaved, so that a slow phase of the machine weighs on all alike. The same frame is also
+/// timed as the other figures are (REPEAT runs per call), with the empty and the floor program.
+fn flood_cost(root: &Path, args: &Args) -> Result<()> {
+    let site = root.join("tests/sites/floods.yaml");
+    let policy = dataplane::policy::load_site(&site).context("loading tests/sites/floods.yaml")?;
+    let tables = compile::compile(&policy)?;
+    let mut ebpf = load::load(&tables)?;
+    for p in [load::BASELINE, load::FLOOR] {
+        load::program_named(&mut ebpf, p)?.load()?;
+    }
+    // Single runs: the program must stay in the XDP dispatcher (see hold_in_dispatcher).
+    let _idle = dataplane_tests::flood::hold_in_dispatcher(load::program(&mut ebpf)?, &format!("dpflood{}", std::process::id()))?;
+    let server: IpAddr = "10.203.0.1".parse()?;
+    let frame = |i: u32| Pkt::udp(IpAddr::from([10, 203, 0, 16 + (i / 4096) as u8]), server, 1024 + (i % 4096) as u16, 5060).build();
+    // The repeated tuple is one the flood never sends, from one of its sources.
+    let repeated = Pkt::udp(IpAddr::from([10, 203, 0, 16]), server, 40000, 5060).build();
+    fill_floor(&mut ebpf, &repeated)?;
+    let (mut fresh, mut same, mut floor) = (vec![], vec![], vec![]);
+    for i in 0..FLOOD_TUPLES {
+        let new = frame(i);
+        let mut runs = [(&new, &mut fresh, load::PROGRAM), (&repeated, &mut same, load::PROGRAM), (&repeated, &mut floor, load::FLOOR)];
+        // Each kind first in turn: the first run after the system call's own work is no cheaper.
+        runs.rotate_left(i as usize % 3);
+        for (frame, out, program) in runs {
+            let (verdict, ns) = single_run(&mut ebpf, program, frame)?;
+            if program == load::PROGRAM && verdict != dataplane_tests::XDP_PASS {
+                bail!("the flood's packet {i} was not passed (XDP action {verdict}): tests/sites/floods.yaml changed?");
+            }
+            out.push(ns);
+        }
+    }
+    let [prog, base, floor_many] = medians(&mut ebpf, [load::PROGRAM, load::BASELINE, load::FLOOR], &repeated, args.samples)?;
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() * 9 / 10])
+    };
+    let ((fresh_med, fresh_p90), (same_med, same_p90), (floor_med, floor_p90)) = (stat(&mut fresh), stat(&mut same), stat(&mut floor));
+    println!("\nA flood of new allowed tuples (tests/sites/floods.yaml, SIP 5060/udp from any-ip; CPU: {}):", cpu_model());
+    println!("  one run per BPF_PROG_TEST_RUN, {FLOOD_TUPLES} of each, interleaved (ns per packet, the kernel's clock read included):");
+    println!("  {:<44} {:>8} {:>8}", "", "median", "90th pc");
+    println!("  {:<44} {:>8.0} {:>8.0}", format!("allowed, {FLOOD_TUPLES} tuples never seen"), fresh_med, fresh_p90);
+    println!("  {:<44} {:>8.0} {:>8.0}", format!("allowed, the same tuple {FLOOD_TUPLES} times"), same_med, same_p90);
+    println!("  {:<44} {:>8.0} {:>8.0}", "floor program, the same tuple", floor_med, floor_p90);
+    println!(
+        "  new / repeated: {:.2}x (median), {:.2}x (90th percentile); no verdict cache: both take the whole walk",
+        fresh_med / same_med,
+        fresh_p90 / same_p90
+    );
+    println!(
+        "  the same tuple, {REPEAT} runs per call (median of {}): program {prog:.1}, empty {base:.1}, floor {floor_many:.1} ns ({:.2}x the floor)",
+        args.samples,
+        prog / floor_many
+    );
+    Ok(())
+}
+
+/// One run of `program` on `frame`: its XDP action and the ns the kernel timed.
+fn single_run(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, f64)> {
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(frame);
+    let r = load::program_named(ebpf, program)?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
 /// Words of the policy image, and bytes of the image and the flow counters (one CPU).
