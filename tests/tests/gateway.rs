@@ -236,6 +236,17 @@ fn gateway_forwards_allowed_packets_in_xdp() {
     assert_eq!(drain(&sip), 0, "a datagram with TTL 1 is not forwarded");
     let after = stats();
     assert_eq!(forward_stat(&after, "stack_ineligible") - forward_stat(&before, "stack_ineligible"), 1);
+
+    // Larger than the inside link's MTU: the FIB says so, and the stack does what a router does
+    // (fragments it, or with DF answers "fragmentation needed"); nothing is forwarded in XDP.
+    dataplane::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1280"]).unwrap();
+    let before = stats();
+    in_netns(&gw.client, || std::net::UdpSocket::bind("10.203.1.2:0").unwrap().send_to(&[0u8; 1400], "10.203.2.10:5060").unwrap()).unwrap();
+    drain(&sip);
+    let after = stats();
+    assert_eq!(forward_stat(&after, "stack_fib") - forward_stat(&before, "stack_fib"), 1, "MTU exceeded: to the stack");
+    assert_eq!(forward_stat(&after, "forwarded"), forward_stat(&before, "forwarded"));
+    dataplane::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1500"]).unwrap();
     drop(sip);
 
     // The server's own connections: its packets take the stack's path (not protected
