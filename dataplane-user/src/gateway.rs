@@ -140,8 +140,8 @@ const LAB_ADDRS: crate::lab::Addrs = crate::lab::Addrs {
 
 /// The gateway lab: the three namespaces, `tables` enforced on the gateway's outside interface,
 /// the lab's traffic from the outside client to the inside server and from the server out.
-pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32) -> Result<()> {
-    use crate::run::{Enforcer, Mode};
+pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32, forward: bool) -> Result<()> {
+    use crate::run::{Enforcer, Mode, StartOptions};
     println!("lab: creating namespaces dp-gw-c (outside client), dp-gw-g (gateway, forwarding) and dp-gw-s (inside server)");
     let client: Vec<String> = LAB_ADDRS
         .clients
@@ -155,12 +155,24 @@ pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32) -
     let plan = Plan { client: &client, outside: &["10.200.1.1/24", "fd00:200:1::1/64"], inside: &["10.200.2.1/24", "fd00:200:2::1/64"], server: &server };
     let gw = Gateway::new("dp-gw", &plan)?;
     println!("lab: {OUTSIDE_IF} (10.200.1.1) faces the clients, {INSIDE_IF} (10.200.2.1) the server 10.200.2.10; the gateway routes between them");
-    let (enforcer, modes) = Enforcer::start(site, tables, &[OUTSIDE_IF.to_string()], Mode::Auto, Some(&gw.gateway), Default::default())?;
+    let mut ifaces = vec![OUTSIDE_IF.to_string()];
+    if forward {
+        // The veths as a NIC would be: the server's end takes redirected frames (GRO), the
+        // client's sockets send complete checksums.
+        set_gro(&gw.server, SERVER_IF)?;
+        disable_tx_checksum(&gw.client, CLIENT_IF)?;
+        ifaces.push(INSIDE_IF.to_string());
+    }
+    let opts = StartOptions { forward, ..Default::default() };
+    let (enforcer, modes) = Enforcer::start(site, tables, &ifaces, Mode::Auto, Some(&gw.gateway), opts)?;
     println!(
         "lab: XDP attached to {OUTSIDE_IF} in dp-gw-g ({} mode), tc egress too: what reaches the server is judged as it enters the gateway, \
          the server's own connections are recorded as they leave it",
         modes[0]
     );
+    if forward {
+        println!("lab: and to {INSIDE_IF}, forwarding the allowed packets to the server in XDP (run --forward)");
+    }
     let forwarded_before = forwarded(&gw.gateway);
     let net = crate::lab::Net { client: &gw.client, server: &gw.server, addrs: &LAB_ADDRS };
     let mismatches = crate::lab::traffic(&net, &enforcer.tables, rounds)?;

@@ -37,11 +37,15 @@ pub struct LabArgs {
     /// gateway (default site: policies/sites/lab-gateway.yaml).
     #[arg(long)]
     pub gateway: bool,
+    /// With --gateway: the program on both gateway interfaces, forwarding the allowed packets in
+    /// XDP (`run --forward`).
+    #[arg(long, requires = "gateway")]
+    pub forward: bool,
 }
 
 impl Default for LabArgs {
     fn default() -> Self {
-        Self { site: None, rounds: 3, gateway: false }
+        Self { site: None, rounds: 3, gateway: false, forward: false }
     }
 }
 
@@ -116,7 +120,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
     println!("lab: compiling {}", site.display());
     let tables = compile_site(&site)?;
     if a.gateway {
-        return crate::gateway::lab(&site, tables, a.rounds);
+        return crate::gateway::lab(&site, tables, a.rounds, a.forward);
     }
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
