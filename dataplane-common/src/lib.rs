@@ -4,6 +4,7 @@
 //! connection-tracking table, fragments, drop events).
 #![no_std]
 
+pub mod forward;
 pub mod image;
 mod layout;
 pub mod parse;
@@ -46,7 +47,7 @@ pub struct Config {
 pub struct RunConfig {
     /// 0: `POLICY_A` is in force; 1: `POLICY_B`.
     pub active: u32,
-    /// `CONFIG_MONITOR` or nothing.
+    /// `CONFIG_MONITOR`, `CONFIG_FORWARD`, or nothing.
     pub flags: u32,
     /// See `Config::hz`.
     pub hz: u32,
@@ -96,6 +97,9 @@ pub const CONFIG_DROP_UNPROTECTED: u32 = 1 << 0;
 pub const CONFIG_ALLOW_ECHO: u32 = 1 << 1;
 /// Monitor mode: count every verdict as usual, but pass what would be dropped.
 pub const CONFIG_MONITOR: u32 = 1 << 3;
+/// Forward allowed packets to protected servers in XDP when the FIB allows (`run --forward`,
+/// see `dataplane-ebpf/src/forward.rs`).
+pub const CONFIG_FORWARD: u32 = 1 << 4;
 
 /// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives. Addresses as numbers (see
 /// `parse::Addr`), protocol widened to 32 bits so that the key has no padding to clear.

@@ -4,9 +4,11 @@
 #![no_main]
 
 mod bench;
+mod bench_forward;
 mod classify;
 mod events;
 mod flowtable;
+mod forward;
 mod frame;
 
 use aya_ebpf::{
@@ -19,7 +21,7 @@ use aya_log_ebpf::debug;
 use dataplane_common::{
     parse::{self, Frame},
     walk::{ports, NO_SLOT, REPLY_SLOT},
-    CacheKeyV4, CacheKeyV6, Counter, Reason, CONFIG_MONITOR, REASON_COUNT,
+    CacheKeyV4, CacheKeyV6, Counter, Reason, CONFIG_FORWARD, CONFIG_MONITOR, REASON_COUNT,
 };
 
 /// Packets and bytes per `Reason`.
@@ -61,6 +63,9 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
     }
     if v.reason.is_drop() && config.flags & CONFIG_MONITOR == 0 {
         xdp_action::XDP_DROP
+    } else if config.flags & CONFIG_FORWARD != 0 && matches!(v.reason, Reason::PassFlow | Reason::PassReply) {
+        // Counted above, once, whichever way it leaves.
+        forward::forward(&ctx)
     } else {
         xdp_action::XDP_PASS
     }

@@ -4,6 +4,10 @@
 //! predicts, next to the live counters; the protected server also queries a DNS server itself, and
 //! only the documented query gets its answer back. Everything is torn down at the end, on Ctrl-C
 //! too.
+//!
+//! `dataplane lab --gateway`: the same, with the protected server behind a gateway (three
+//! namespaces, see `gateway`): `dataplane` enforces on the gateway's outside interface, for an
+//! address that is not the gateway's own.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -29,12 +33,37 @@ pub struct LabArgs {
     /// Rounds of traffic, with the counters printed after each.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// The server behind a gateway: client, gateway and server namespaces, enforcing on the
+    /// gateway (default site: policies/sites/lab-gateway.yaml).
+    #[arg(long)]
+    pub gateway: bool,
+    /// With --gateway: the program on both gateway interfaces, forwarding the allowed packets in
+    /// XDP (`run --forward`).
+    #[arg(long, requires = "gateway")]
+    pub forward: bool,
 }
 
 impl Default for LabArgs {
     fn default() -> Self {
-        Self { site: None, rounds: 3 }
+        Self { site: None, rounds: 3, gateway: false, forward: false }
     }
+}
+
+/// The addresses of one lab: the protected server (IPv4, IPv6), the clients with their roles,
+/// and the DNS server the protected server queries (a client-side address).
+pub struct Addrs {
+    pub server: [&'static str; 2],
+    pub clients: [(&'static str, &'static str); 6],
+    pub dns: &'static str,
+}
+
+const DIRECT: Addrs = Addrs { server: SERVER, clients: CLIENTS, dns: DNS_SERVER };
+
+/// Where a lab's traffic runs: the client's and the protected server's namespaces.
+pub struct Net<'a> {
+    pub client: &'a str,
+    pub server: &'a str,
+    pub addrs: &'a Addrs,
 }
 
 const SERVER: [&str; 2] = ["10.200.0.1", "fd00:200::1"];
@@ -73,12 +102,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-fn default_site() -> PathBuf {
-    let local = PathBuf::from("policies/sites/lab.yaml");
+fn default_site(name: &str) -> PathBuf {
+    let local = PathBuf::from("policies/sites").join(name);
     if local.exists() {
         return local;
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/sites/lab.yaml"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/sites")).join(name)
 }
 
 pub fn lab(a: LabArgs) -> Result<()> {
@@ -86,13 +115,13 @@ pub fn lab(a: LabArgs) -> Result<()> {
         bail!("the lab creates network namespaces and loads an XDP program: run it as root");
     }
     // Ctrl-C and SIGTERM stop the traffic; the namespaces are then removed on the way out.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let site = a.site.unwrap_or_else(default_site);
+    stop_on_signals();
+    let site = a.site.unwrap_or_else(|| default_site(if a.gateway { "lab-gateway.yaml" } else { "lab.yaml" }));
     println!("lab: compiling {}", site.display());
     let tables = compile_site(&site)?;
+    if a.gateway {
+        return crate::gateway::lab(&site, tables, a.rounds, a.forward);
+    }
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
     let server_addrs = [format!("{}/24", SERVER[0]), format!("{}/64", SERVER[1])];
@@ -113,27 +142,15 @@ pub fn lab(a: LabArgs) -> Result<()> {
         tables.flows.len(),
         tables.dir.dst_v4.len() + tables.dir.dst_v6.len()
     );
-    let servers = start_servers(&lab.server)?;
-    let dns: IpAddr = DNS_SERVER.parse()?;
-    let peers = Servers::start(&lab.client, &[], &OUTBOUND.map(|(_, port, _)| SocketAddr::new(dns, port)))?;
-    let classifier = classify::Classifier::new(&tables);
-
-    let mut mismatches = 0;
-    for round in 0..a.rounds {
-        if STOP.load(Ordering::Relaxed) {
-            println!("lab: interrupted");
-            break;
-        }
-        println!("\nlab: round {} of {}", round + 1, a.rounds);
-        mismatches += run_round(&lab, &servers, &classifier, &tables, round)?;
-        mismatches += run_outbound(&lab, &tables, round)?;
-        let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
-        print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
-    }
-    drop((servers, peers));
+    let mismatches = traffic(&Net { client: &lab.client, server: &lab.server, addrs: &DIRECT }, tables, a.rounds)?;
     drop(enforcer);
     println!("\nlab: tearing down namespaces");
     drop(lab);
+    verdict(mismatches)
+}
+
+/// The end of a lab: every probe as explain predicted, or an error saying how many were not.
+pub fn verdict(mismatches: usize) -> Result<()> {
     if mismatches > 0 {
         bail!("{mismatches} probes did not get the verdict explain predicted");
     }
@@ -141,17 +158,49 @@ pub fn lab(a: LabArgs) -> Result<()> {
     Ok(())
 }
 
-fn start_servers(ns: &str) -> Result<Servers> {
+/// Installs signal handlers that stop `traffic` between rounds (Ctrl-C, SIGTERM).
+pub fn stop_on_signals() {
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// The lab's rounds of traffic against the enforcing `tables`, the counters after each; returns
+/// the probes that did not get the verdict explain predicted.
+pub fn traffic(net: &Net, tables: &crate::tables::Tables, rounds: u32) -> Result<usize> {
+    let servers = start_servers(net)?;
+    let dns: IpAddr = net.addrs.dns.parse()?;
+    let peers = Servers::start(net.client, &[], &OUTBOUND.map(|(_, port, _)| SocketAddr::new(dns, port)))?;
+    let classifier = classify::Classifier::new(tables);
+
+    let mut mismatches = 0;
+    for round in 0..rounds {
+        if STOP.load(Ordering::Relaxed) {
+            println!("lab: interrupted");
+            break;
+        }
+        println!("\nlab: round {} of {}", round + 1, rounds);
+        mismatches += run_round(net, &servers, &classifier, tables, round)?;
+        mismatches += run_outbound(net, tables, round)?;
+        let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
+        print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
+    }
+    drop((servers, peers));
+    Ok(mismatches)
+}
+
+fn start_servers(net: &Net) -> Result<Servers> {
     let mut tcp = vec![];
     let mut udp = vec![];
-    for server in SERVER {
+    for server in net.addrs.server {
         let ip: IpAddr = server.parse()?;
         for (proto, port) in PROBES {
             let list = if proto == 6 { &mut tcp } else { &mut udp };
             list.push(SocketAddr::new(ip, port));
         }
     }
-    Servers::start(ns, &tcp, &udp)
+    Servers::start(net.server, &tcp, &udp)
 }
 
 struct Probe {
@@ -165,17 +214,17 @@ struct Probe {
 }
 
 /// Sends every probe at once (threads), then compares the outcome with the prediction.
-fn run_round(lab: &Lab, servers: &Servers, classifier: &classify::Classifier, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
+fn run_round(net: &Net, servers: &Servers, classifier: &classify::Classifier, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
     let mut probes = vec![];
     let mut udp_index = 0;
-    for (si, server) in SERVER.iter().enumerate() {
+    for (si, server) in net.addrs.server.iter().enumerate() {
         let server: IpAddr = server.parse()?;
         for (i, (proto, port)) in PROBES.iter().copied().enumerate() {
             let this_udp = (proto == 17).then(|| {
                 udp_index += 1;
                 udp_index - 1
             });
-            for (ci, (client, role)) in CLIENTS.iter().enumerate() {
+            for (ci, (client, role)) in net.addrs.clients.iter().enumerate() {
                 let client: IpAddr = client.parse()?;
                 if client.is_ipv4() != server.is_ipv4() {
                     continue;
@@ -201,12 +250,12 @@ fn run_round(lab: &Lab, servers: &Servers, classifier: &classify::Classifier, ta
             .filter(|p| p.proto == 6)
             .map(|p| {
                 s.spawn(|| {
-                    netns::tcp_exchange_from(&lab.client, SocketAddr::new(p.client, p.sport), p.dst, Duration::from_millis(800))
+                    netns::tcp_exchange_from(net.client, SocketAddr::new(p.client, p.sport), p.dst, Duration::from_millis(800))
                 })
             })
             .collect();
         for p in probes.iter().filter(|p| p.proto == 17) {
-            let _ = netns::udp_send_from(&lab.client, SocketAddr::new(p.client, p.sport), p.dst, UDP_BURST);
+            let _ = netns::udp_send_from(net.client, SocketAddr::new(p.client, p.sport), p.dst, UDP_BURST);
         }
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(false))).collect()
     });
@@ -258,9 +307,9 @@ fn run_round(lab: &Lab, servers: &Servers, classifier: &classify::Classifier, ta
 
 /// The protected server queries the lab's DNS server itself: the documented query's answer
 /// comes back (a tracked connection), the undocumented one's is dropped.
-fn run_outbound(lab: &Lab, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
+fn run_outbound(net: &Net, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
     let outbound = classify::Classifier::new_outbound(tables);
-    let (server, dns): (IpAddr, IpAddr) = (SERVER[0].parse()?, DNS_SERVER.parse()?);
+    let (server, dns): (IpAddr, IpAddr) = (net.addrs.server[0].parse()?, net.addrs.dns.parse()?);
     let mut mismatches = 0;
     for (base, port, what) in OUTBOUND {
         let sport = base + round as u16;
@@ -268,7 +317,7 @@ fn run_outbound(lab: &Lab, tables: &crate::tables::Tables, round: u32) -> Result
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
         let tracked = expect.as_ref().is_some_and(|d| d.allow);
         let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
-        let answered = netns::udp_query(&lab.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
+        let answered = netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
         if answered != tracked {
             mismatches += 1;
         }

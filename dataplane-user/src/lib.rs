@@ -8,6 +8,8 @@ pub mod diff;
 pub mod events;
 pub mod export;
 pub mod fill;
+pub mod forward;
+pub mod gateway;
 pub mod hash;
 pub mod judge;
 pub mod lab;

@@ -268,7 +268,7 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
 /// Sets what belongs to the run (monitor mode, the generation, the kernel's clock rate) in a
 /// freshly loaded program, with `POLICY_A` in force. The site's own settings are in the image.
 pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
-    let run = RunConfig { active: 0, flags: c.flags & CONFIG_MONITOR, hz: clock_hz(ebpf)?, generation: c.generation };
+    let run = RunConfig { active: 0, flags: c.flags & (CONFIG_MONITOR | dataplane_common::CONFIG_FORWARD), hz: clock_hz(ebpf)?, generation: c.generation };
     let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
     config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }

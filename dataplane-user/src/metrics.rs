@@ -550,6 +550,7 @@ mod tests {
             reasons: vec![ReasonStats { verdict: "drop", reason: "no_flow", packets: 7, bytes: 70 }],
             conntrack: ConntrackStats::new(TableFill::new(1, 1024), TableFill::new(0, 1024), 2, 1, 0),
             fragments: TableFill::new(2048, 8192),
+            forward: None,
         };
         let policy = PolicyInfo { site: "s.yaml".into(), generation: 3, hash: "abc".into(), monitor: true, ..Default::default() };
         let info = MetricsInfo::new(&["eth0".into()], &["native"], policy.clone());

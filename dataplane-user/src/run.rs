@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, XdpMode};
 use log::{info, warn};
 
-use dataplane_common::CONFIG_MONITOR;
+use dataplane_common::{CONFIG_FORWARD, CONFIG_MONITOR};
 
 use crate::{load, metrics, persist, slots::StableSlots, sources::{Loaded, Sources}, state, tables::Tables};
 
@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// (SIGINT, SIGTERM) detaches; a crash or SIGKILL never does: the last policy stays.
     #[arg(long)]
     pub persist: bool,
+    /// Gateway: forward the allowed packets to protected servers in XDP when the kernel's FIB
+    /// and neighbour table route them out of another --iface interface; the rest takes the
+    /// kernel's path as without it (docs/operations.md, "Gateway").
+    #[arg(long)]
+    pub forward: bool,
 }
 
 /// How `Enforcer::start` runs the policy.
@@ -44,6 +49,8 @@ pub struct RunArgs {
 pub struct StartOptions {
     pub monitor: bool,
     pub persist: bool,
+    /// XDP forwarding of allowed packets (`run --forward`).
+    pub forward: bool,
     /// What the tables were compiled from, for the state (`diff`); None: read the site again.
     pub sources: Option<Sources>,
 }
@@ -136,7 +143,7 @@ impl Enforcer {
             None => StableSlots::default(),
         };
         slots.apply(&mut tables);
-        let flags = if opts.monitor { CONFIG_MONITOR } else { 0 };
+        let flags = if opts.monitor { CONFIG_MONITOR } else { 0 } | if opts.forward { CONFIG_FORWARD } else { 0 };
         tables.config.flags |= flags;
         let out_slots = tables.outbound.as_ref().map_or(0, |o| o.flows.len());
         let mut capacity = (capacity(tables.flows.len()), capacity(out_slots));
@@ -166,6 +173,9 @@ impl Enforcer {
                 ifindex.push(if_index(iface));
                 Ok(())
             })?;
+        }
+        if opts.forward {
+            in_ns(&mut || crate::forward::fill(&mut ebpf, &ifindex))?;
         }
         for gone in state::remove_other_links(ifaces) {
             info!("detached {gone}, which a previous run left enforcing on an interface this run does not name");
@@ -268,6 +278,7 @@ impl Enforcer {
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
+        self.in_netns(|e| e.fill_forward_ports())??;
         self.swapped = None;
         fault_point("reload:switched");
         Ok(())
@@ -344,8 +355,18 @@ impl Enforcer {
             let (link, mode) = persist::xdp(load::program(&mut e.ebpf)?, &e.ifaces[i], e.mode)?;
             e.links[i] = Some(link);
             e.egress_links[i] = Some(persist::tc(load::egress(&mut e.ebpf)?, &e.ifaces[i])?);
+            e.fill_forward_ports()?;
             Ok(mode)
         })?
+    }
+
+    /// With `--forward`: the interfaces present now, as forwarding targets (in their namespace).
+    fn fill_forward_ports(&mut self) -> Result<()> {
+        if self.flags & CONFIG_FORWARD == 0 {
+            return Ok(());
+        }
+        let now: Vec<u32> = self.ifaces.iter().map(|i| if_index(i)).collect();
+        crate::forward::fill(&mut self.ebpf, &now)
     }
 
     /// Runs `f` in the interfaces' network namespace.
@@ -422,6 +443,9 @@ pub fn run(a: RunArgs) -> Result<()> {
             bail!("no interface named {iface} in this network namespace (see `ip link`)");
         }
     }
+    if a.forward && a.ifaces.len() < 2 {
+        warn!("--forward: frames are forwarded in XDP only out of another --iface interface; with one, every allowed packet takes the kernel's path (name the inside interface too)");
+    }
     // Before compiling: an edit made while starting is then seen as a change, and reloaded.
     let seen = fingerprint(&a.site);
     // Monitor mode drops nothing, so it cannot lock anyone out.
@@ -429,15 +453,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     let (tables, sources) = compile_guarded(&a.site, guard)?;
     // Bound before loading, so that a port in use fails before anything is attached.
     let server = a.metrics.map(metrics::Server::bind).transpose()?;
-    let opts = StartOptions { monitor: a.monitor, persist: a.persist, sources: Some(sources) };
+    let opts = StartOptions { monitor: a.monitor, persist: a.persist, forward: a.forward, sources: Some(sources) };
     let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, opts)?;
     enforcer.guard = guard;
     let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
     let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
     let persist = if a.persist { ", persisted: keeps enforcing after exit (dataplane detach removes it)" } else { "" };
+    let forward = if a.forward { ", forwarding allowed packets in XDP" } else { "" };
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
-            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}{persist}; counters: dataplane stats",
+            "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}{persist}{forward}; counters: dataplane stats",
             a.site.display(),
             enforcer.tables.flows.len(),
             enforcer.tables.dir.dst_v4.len() + enforcer.tables.dir.dst_v6.len()

@@ -26,6 +26,10 @@ pub struct Stats {
     pub conntrack: load::ConntrackStats,
     /// The fragment table (`FRAGS`): datagrams whose first fragment passed.
     pub fragments: TableFill,
+    /// `run --forward`: allowed packets forwarded in XDP, and those passed to the stack, by
+    /// why (absent when there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +100,7 @@ impl Stats {
                 .collect(),
             conntrack: load::ConntrackStats::read_pinned()?,
             fragments: TableFill::read_pinned(crate::fill::MAP_FRAGS)?,
+            forward: crate::forward::read_pinned().filter(|f| f.iter().any(|(_, n)| *n > 0)).map(|f| f.into_iter().collect()),
         })
     }
 
@@ -135,6 +140,16 @@ impl Stats {
             pct(&ct.ipv6),
             pct(&self.fragments)
         ));
+        if let Some(f) = &self.forward {
+            let n = |k: &str| f.get(k).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "forwarded in XDP: {} (to the stack: no FIB answer {}, not eligible {}, other interface {})\n\n",
+                n("forwarded"),
+                n("stack_fib"),
+                n("stack_ineligible"),
+                n("stack_other_interface")
+            ));
+        }
         out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", "VERDICT", "REASON", "PACKETS", "BYTES"));
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
             out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", r.verdict, r.reason, r.packets, r.bytes));

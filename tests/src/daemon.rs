@@ -39,21 +39,34 @@ impl Daemon {
 
     /// `dataplane run --site SITE --iface veth-s ARGS...` in namespace `ns`, once it enforces.
     pub fn start_with(ns: &str, site: &Path, args: &[&str]) -> Self {
-        let d = Self::spawn(ns, site, args, &[]);
-        let status = d.status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
-        let attached = status.contains("native mode") || status.contains("adopted mode");
-        assert!(status.starts_with(&format!("{SERVER_IF}: enforcing")) && attached, "status line: {status}");
+        Self::start_on(ns, site, &[SERVER_IF], args)
+    }
+
+    /// `dataplane run --site SITE --iface I... ARGS...` in namespace `ns`, once it enforces on
+    /// every interface (one status line each).
+    pub fn start_on(ns: &str, site: &Path, ifaces: &[&str], args: &[&str]) -> Self {
+        let d = Self::spawn_on(ns, site, ifaces, args, &[]);
+        for iface in ifaces {
+            let status = d.status.recv_timeout(Duration::from_secs(20)).expect("no status line from dataplane run");
+            let attached = status.contains("native mode") || status.contains("adopted mode");
+            assert!(status.starts_with(&format!("{iface}: enforcing")) && attached, "status line: {status}");
+        }
         d
     }
 
     /// `dataplane run` with extra environment variables, not waiting for anything.
     pub fn spawn(ns: &str, site: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(ns, site, &[SERVER_IF], args, env)
+    }
+
+    /// As `spawn`, on the interfaces named.
+    pub fn spawn_on(ns: &str, site: &Path, ifaces: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{ns}"))
             .arg(dataplane_bin())
             .args(["run", "--site"])
             .arg(site)
-            .args(["--iface", SERVER_IF])
+            .args(ifaces.iter().flat_map(|i| ["--iface", i]))
             .args(args)
             .env("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"))
             .env("RUST_LOG", "debug")

@@ -73,7 +73,7 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf()?;
             // The packet-rate bench asks the release binary for the nftables export.
             cargo(&["build", "--release", "-p", "dataplane-user"])?;
-            for bin in ["bench", "rate"] {
+            for bin in ["bench", "rate", "forward"] {
                 let mut args = vec!["run", "--release", "-q", "-p", "dataplane-tests", "--bin", bin, "--"];
                 if quick {
                     args.push("--quick");
