@@ -281,7 +281,7 @@ fn report(figures: &[Figure], (alone, floor_alone): (f64, f64)) {
     println!("\nRatios (this run, medians of the Mpps column):");
     let goal = |r: f64, g: f64| if r >= g { "met" } else { "not met" };
     if let (Some(x), Some(f)) = (get("this program", DENIED), get("count-and-drop", DENIED)) {
-        println!("  denied flood, this program / count-and-drop = {:.2}x (goal >= 0.7x: {})", x / f, goal(x / f, 0.7));
+        println!("  denied flood, this program / count-and-drop = {:.3}x (goal >= 0.7x: {})", x / f, goal(x / f, 0.7));
         let (nx, nf) = (1e3 / x, 1e3 / f);
         println!("    per frame: {nx:.1} ns against {nf:.1} ns: the program adds {:.1} ns to what the injector, the veth and a counter cost;", nx - nf);
         println!("    alone (plain BPF_PROG_TEST_RUN of the same frame): this program {alone:.1} ns, count-and-drop {floor_alone:.1} ns");
