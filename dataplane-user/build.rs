@@ -6,9 +6,9 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=DATAPLANE_EBPF_OBJECT");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let object = std::env::var_os("DATAPLANE_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../dataplane-ebpf/target/bpfel-unknown-none/release/dataplane")
-    });
+    let object = std::env::var_os("DATAPLANE_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../dataplane-ebpf/target/bpfel-unknown-none/release/dataplane"));
     println!("cargo:rerun-if-changed={}", object.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("dataplane.bpf.o");
     let bytes = std::fs::read(&object).unwrap_or_default();

@@ -14,4 +14,5 @@ pub const FWD_STAT_NOT_OURS: u32 = 3;
 pub const FWD_STAT_COUNT: u32 = 4;
 
 /// Names of the outcomes, by index, for `stats`.
-pub const FWD_STAT_NAMES: [&str; FWD_STAT_COUNT as usize] = ["forwarded", "stack_fib", "stack_ineligible", "stack_other_interface"];
+pub const FWD_STAT_NAMES: [&str; FWD_STAT_COUNT as usize] =
+    ["forwarded", "stack_fib", "stack_ineligible", "stack_other_interface"];

@@ -198,7 +198,8 @@ impl Parsed {
     #[inline(always)]
     const fn not_ip(outcome: Outcome) -> Self {
         let zero = Addr { hi: 0, lo: 0 };
-        let packet = Packet { v6: false, src: zero, dst: zero, proto: 0, frag: Frag::Whole, frag_id: 0, l4: L4::NONE, quoted: zero };
+        let packet =
+            Packet { v6: false, src: zero, dst: zero, proto: 0, frag: Frag::Whole, frag_id: 0, l4: L4::NONE, quoted: zero };
         Parsed { outcome, packet }
     }
 

@@ -16,8 +16,8 @@
 //! for a tracked connection (the protected server's own), and only while its port has one.
 
 use crate::image::*;
-pub use crate::parse::Addr;
 pub use crate::parse::icmp_error;
+pub use crate::parse::Addr;
 use crate::parse::{Frag, Outcome, Packet, Parsed, Transport, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::{Config, Reason, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 

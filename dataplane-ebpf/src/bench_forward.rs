@@ -7,7 +7,13 @@
 //! So this injector writes the template's Ethernet and IPv4 headers (`BENCH_FWD`, 16-bit words)
 //! into every frame before it redirects it, as `bench_inject` does for the fields it rewrites.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, macros::{map, xdp}, maps::Array, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_redirect,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
 
 /// Ethernet and IPv4 headers without options: 34 bytes, 17 words.
 const HEAD_WORDS: usize = 17;

@@ -99,14 +99,12 @@ impl State for Kernel<'_> {
     fn related(&mut self, k: &Key, server: &Addr) -> Option<u32> {
         flowtable::related(k, server, self.config)
     }
-
 }
 
 #[inline(always)]
 fn frag_key(p: &Packet) -> FragKey {
     FragKey { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], id: p.frag_id, proto: p.proto as u32 }
 }
-
 
 /// One parsed packet per CPU, to pass it through memory the verifier does not follow.
 #[map]

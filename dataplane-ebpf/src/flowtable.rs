@@ -115,7 +115,13 @@ impl Tuple {
 
     #[inline(always)]
     fn key4(&self) -> CacheKeyV4 {
-        CacheKeyV4 { src: self.peer.v4(), dst: self.server.v4(), sport: self.peer_port, dport: self.server_port, proto: self.proto as u32 }
+        CacheKeyV4 {
+            src: self.peer.v4(),
+            dst: self.server.v4(),
+            sport: self.peer_port,
+            dport: self.server_port,
+            proto: self.proto as u32,
+        }
     }
 
     #[inline(always)]

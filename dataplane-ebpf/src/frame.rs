@@ -11,10 +11,7 @@ impl Frame for Xdp<'_> {
     fn bounds(&self) -> (usize, usize) {
         // Safety: reading two fields of the context the kernel handed us.
         unsafe {
-            (
-                core::ptr::read_volatile(&(*self.0.ctx).data) as usize,
-                core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize,
-            )
+            (core::ptr::read_volatile(&(*self.0.ctx).data) as usize, core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize)
         }
     }
 }

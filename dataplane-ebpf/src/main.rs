@@ -131,7 +131,11 @@ pub fn floor(ctx: XdpContext) -> u32 {
         }
     };
     count(&REASONS, hit.unwrap_or(0) & 7, bytes);
-    if hit.is_some() { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+    if hit.is_some() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 #[inline(always)]

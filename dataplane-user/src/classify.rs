@@ -62,7 +62,16 @@ impl Packet {
             }
             _ => L4::NONE,
         };
-        parse::Packet { v6, src: addr(self.src), dst: addr(self.dst), proto: self.proto, frag: Frag::Whole, frag_id: 0, l4, quoted }
+        parse::Packet {
+            v6,
+            src: addr(self.src),
+            dst: addr(self.dst),
+            proto: self.proto,
+            frag: Frag::Whole,
+            frag_id: 0,
+            l4,
+            quoted,
+        }
     }
 
     /// The quote, when the parser would read it as one an error can be related by: a TCP or
@@ -193,17 +202,9 @@ pub fn reference_outbound(policy: &Policy, p: &Packet) -> Decision {
 /// matches protocol and ports; the first matching deny flow wins, else the first allow flow.
 pub fn reference(policy: &Policy, p: &Packet) -> Decision {
     let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
-    let protected = policy
-        .roles
-        .iter()
-        .enumerate()
-        .any(|(i, r)| r.protected && has(i, p.dst));
+    let protected = policy.roles.iter().enumerate().any(|(i, r)| r.protected && has(i, p.dst));
     if !protected {
-        let r = if policy.drop_unprotected {
-            Reason::DropUnprotected
-        } else {
-            Reason::PassUnprotected
-        };
+        let r = if policy.drop_unprotected { Reason::DropUnprotected } else { Reason::PassUnprotected };
         return Decision::new(r, None);
     }
     let v6 = p.dst.is_ipv6();
@@ -211,10 +212,14 @@ pub fn reference(policy: &Policy, p: &Packet) -> Decision {
         let ty = p.icmp_type.unwrap_or(if v6 { 128 } else { 8 });
         if let (true, Some(q)) = (parse::icmp_error(v6, ty), p.relatable_quote()) {
             // The peer's packet the quoted one answers: an error about it is related.
-            let answer = Packet { src: q.dst, dst: p.dst, proto: q.proto, sport: q.dport, dport: q.sport, icmp_type: None, quote: None };
+            let answer =
+                Packet { src: q.dst, dst: p.dst, proto: q.proto, sport: q.dport, dport: q.sport, icmp_type: None, quote: None };
             let d = first_match(policy, &policy.flows, &answer);
             let admitted = d.reason == Reason::PassFlow;
-            return Decision::new(if admitted { Reason::PassIcmp } else { Reason::DropIcmpUnrelated }, d.flow.filter(|_| admitted));
+            return Decision::new(
+                if admitted { Reason::PassIcmp } else { Reason::DropIcmpUnrelated },
+                d.flow.filter(|_| admitted),
+            );
         }
         let flags = if policy.allow_echo { dataplane_common::CONFIG_ALLOW_ECHO } else { 0 };
         return Decision::new(walk::icmp(v6, ty, flags), None);
@@ -238,11 +243,7 @@ fn first_match(policy: &Policy, flows: &[Flow], p: &Packet) -> Decision {
     });
     let (mut first_allow, mut first_deny) = (None, None);
     for (slot, f) in matching {
-        let first = if f.deny {
-            &mut first_deny
-        } else {
-            &mut first_allow
-        };
+        let first = if f.deny { &mut first_deny } else { &mut first_allow };
         first.get_or_insert(slot);
     }
     match (first_deny, first_allow) {

@@ -8,9 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::classify::{
-    Classifier, Decision, Packet, Quote, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use crate::classify::{Classifier, Decision, Packet, Quote, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::compile::{compile_with_summary, Summary};
 use crate::policy::ports::format_ranges;
 use crate::policy::{self, catalog_dir, load_all_catalogs, Catalog, Policy};
@@ -149,19 +147,9 @@ pub fn catalogs(a: CatalogsArgs) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     let w = cats.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
-    println!(
-        "{:w$}  {:>5}  {:>5}  {:30}  TITLE",
-        "NAME", "ROLES", "FLOWS", "DOCUMENT"
-    );
+    println!("{:w$}  {:>5}  {:>5}  {:30}  TITLE", "NAME", "ROLES", "FLOWS", "DOCUMENT");
     for c in &cats {
-        println!(
-            "{:w$}  {:>5}  {:>5}  {:30}  {}",
-            c.name,
-            c.roles.len(),
-            c.flows.len(),
-            c.document,
-            c.title
-        );
+        println!("{:w$}  {:>5}  {:>5}  {:30}  {}", c.name, c.roles.len(), c.flows.len(), c.document, c.title);
     }
     Ok(())
 }
@@ -209,13 +197,7 @@ pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
     let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
     println!("{:w$}  ANY  CATALOGS / ALIASES", "ID");
     for r in &rows {
-        println!(
-            "{:w$}  {:3}  {} / {}",
-            r.id,
-            if r.any { "yes" } else { "" },
-            r.catalogs.join(","),
-            r.aliases.join("; ")
-        );
+        println!("{:w$}  {:3}  {} / {}", r.id, if r.any { "yes" } else { "" }, r.catalogs.join(","), r.aliases.join("; "));
     }
     Ok(())
 }
@@ -227,17 +209,9 @@ pub fn flows(a: FlowsArgs) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    println!(
-        "{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  ACTION",
-        "ID", "FROM", "TO", "PROTO", "SPORT", "DPORT"
-    );
+    println!("{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  ACTION", "ID", "FROM", "TO", "PROTO", "SPORT", "DPORT");
     for r in &rows {
-        let proto = r["protocols"].as_array().map(|p| {
-            p.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("+")
-        });
+        let proto = r["protocols"].as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("+"));
         let mut action = s(r, "action");
         if !r["included"].as_bool().unwrap_or(true) {
             action.push_str(" (when)");
@@ -300,11 +274,7 @@ pub fn compile(a: CompileArgs) -> anyhow::Result<()> {
 }
 
 fn synthetic_policy(spec: &str) -> anyhow::Result<Policy> {
-    let n: Vec<u64> = spec
-        .split(':')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("--synthetic FLOWS:CIDRS[:SEED]")?;
+    let n: Vec<u64> = spec.split(':').map(str::parse).collect::<Result<_, _>>().context("--synthetic FLOWS:CIDRS[:SEED]")?;
     match n[..] {
         [f, c] => Ok(crate::synth::synthetic_site(f as usize, c as usize, 1)),
         [f, c, seed] => Ok(crate::synth::synthetic_site(f as usize, c as usize, seed)),
@@ -314,17 +284,9 @@ fn synthetic_policy(spec: &str) -> anyhow::Result<Policy> {
 
 fn print_summary(p: &Policy, s: &Summary) {
     let cats: Vec<&str> = p.catalogs.iter().map(|c| c.name.as_str()).collect();
-    println!(
-        "site {} ({}): catalogs {}",
-        p.name,
-        p.path.display(),
-        cats.join(", ")
-    );
+    println!("site {} ({}): catalogs {}", p.name, p.path.display(), cats.join(", "));
     println!("roles: {} ({} protected)", s.roles, s.protected_roles);
-    println!(
-        "flows: {} catalog flows enforced, {} counter slots",
-        s.catalog_flows, s.slots
-    );
+    println!("flows: {} catalog flows enforced, {} counter slots", s.catalog_flows, s.slots);
     println!("{}", counts_line("", &s.counts));
     match &s.outbound {
         Some(o) => {
@@ -336,17 +298,10 @@ fn print_summary(p: &Policy, s: &Summary) {
         }
         None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),
     }
-    println!(
-        "connection tracking: {} entries per IP version",
-        s.conntrack_size
-    );
+    println!("connection tracking: {} entries per IP version", s.conntrack_size);
     println!("{:20} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
     for m in &s.maps {
-        let note = if m.kind == "percpu_array" {
-            " per CPU"
-        } else {
-            ""
-        };
+        let note = if m.kind == "percpu_array" { " per CPU" } else { "" };
         println!("{:20} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
     }
     println!("compiled in {:.1} ms", s.elapsed.as_secs_f64() * 1000.0);
@@ -400,11 +355,7 @@ struct Explainer<'a> {
 
 impl<'a> Explainer<'a> {
     fn new(tables: &'a Tables) -> Self {
-        Explainer {
-            tables,
-            inbound: Classifier::new(tables),
-            outbound: Classifier::new_outbound(tables),
-        }
+        Explainer { tables, inbound: Classifier::new(tables), outbound: Classifier::new_outbound(tables) }
     }
 
     fn answer(&self, p: &Packet, dir: Direction) -> Answer<'a> {
@@ -413,11 +364,7 @@ impl<'a> Explainer<'a> {
             Direction::Out => {
                 let d = match &self.outbound {
                     Some(c) => c.classify_outbound(p),
-                    None => Decision {
-                        allow: false,
-                        flow: None,
-                        reason: Reason::DropNoFlow,
-                    },
+                    None => Decision { allow: false, flow: None, reason: Reason::DropNoFlow },
                 };
                 let out = self.tables.outbound.as_deref().unwrap_or(self.tables);
                 let mut a = answer(out, &d);
@@ -437,14 +384,7 @@ pub fn explain(a: ExplainArgs) -> anyhow::Result<()> {
     let ex = Explainer::new(&tables);
     if let (Some(src), Some(dst), Some(proto)) = (a.src, a.dst, &a.proto) {
         let proto = proto_number(&Value::from(proto.as_str()), dst)?;
-        let mut p = packet(
-            src,
-            dst,
-            proto,
-            a.sport.map(u32::from),
-            a.dport.map(u32::from),
-            a.icmp_type.map(u32::from),
-        )?;
+        let mut p = packet(src, dst, proto, a.sport.map(u32::from), a.dport.map(u32::from), a.icmp_type.map(u32::from))?;
         p.quote = a.quoted.as_deref().map(|t| parse_quote_tuple(t, dst)).transpose().context("--quoted")?;
         let dir = a.direction.unwrap_or_default();
         println!("{}", serde_json::to_string(&ex.answer(&p, dir))?);
@@ -505,9 +445,7 @@ fn packet(
     if src.is_ipv4() != dst.is_ipv4() {
         anyhow::bail!("fields \"src\" and \"dst\" must be the same IP version");
     }
-    let port = |name: &str, v: u32| {
-        u16::try_from(v).map_err(|_| anyhow::anyhow!("field \"{name}\": {v} is above 65535"))
-    };
+    let port = |name: &str, v: u32| u16::try_from(v).map_err(|_| anyhow::anyhow!("field \"{name}\": {v} is above 65535"));
     let ported = proto == IPPROTO_TCP || proto == IPPROTO_UDP;
     let dport = match dport {
         Some(d) => port("dport", d)?,
@@ -515,20 +453,9 @@ fn packet(
         None => 0,
     };
     let sport = port("sport", sport.unwrap_or(DEFAULT_SPORT as u32))?;
-    let icmp_type = icmp
-        .map(|t| {
-            u8::try_from(t).map_err(|_| anyhow::anyhow!("field \"icmp_type\": {t} is above 255"))
-        })
-        .transpose()?;
-    Ok(Packet {
-        src,
-        dst,
-        proto,
-        sport,
-        dport,
-        icmp_type,
-        quote: None,
-    })
+    let icmp_type =
+        icmp.map(|t| u8::try_from(t).map_err(|_| anyhow::anyhow!("field \"icmp_type\": {t} is above 255"))).transpose()?;
+    Ok(Packet { src, dst, proto, sport, dport, icmp_type, quote: None })
 }
 
 /// `--quoted`: `PROTO SRC:PORT -> DST:PORT` (IPv6 in brackets); the quoted packet's protocol
@@ -599,14 +526,9 @@ pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
         anyhow::bail!("expected a JSON object");
     }
     let ip = |k: &str| -> anyhow::Result<IpAddr> {
-        let s = v
-            .get(k)
-            .ok_or_else(|| anyhow::anyhow!("field \"{k}\" is missing"))?;
-        let s = s
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("field \"{k}\" must be a string"))?;
-        s.parse()
-            .map_err(|_| anyhow::anyhow!("field \"{k}\": `{s}` is not an IP address"))
+        let s = v.get(k).ok_or_else(|| anyhow::anyhow!("field \"{k}\" is missing"))?;
+        let s = s.as_str().ok_or_else(|| anyhow::anyhow!("field \"{k}\" must be a string"))?;
+        s.parse().map_err(|_| anyhow::anyhow!("field \"{k}\": `{s}` is not an IP address"))
     };
     let num = |k: &str| -> anyhow::Result<Option<u32>> {
         match v.get(k) {
@@ -619,19 +541,8 @@ pub fn parse_line(line: &str) -> anyhow::Result<Packet> {
         }
     };
     let (src, dst) = (ip("src")?, ip("dst")?);
-    let proto = proto_number(
-        v.get("proto")
-            .ok_or_else(|| anyhow::anyhow!("field \"proto\" is missing"))?,
-        dst,
-    )?;
-    let mut p = packet(
-        src,
-        dst,
-        proto,
-        num("sport")?,
-        num("dport")?,
-        num("icmp_type")?,
-    )?;
+    let proto = proto_number(v.get("proto").ok_or_else(|| anyhow::anyhow!("field \"proto\" is missing"))?, dst)?;
+    let mut p = packet(src, dst, proto, num("sport")?, num("dport")?, num("icmp_type")?)?;
     if let Some(q) = v.get("quoted").filter(|q| !q.is_null()) {
         if !q.is_object() {
             anyhow::bail!("field \"quoted\" must be an object");

@@ -111,12 +111,21 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
         let (dir, c) = compile_direction(&out, "outbound ")?;
         let flows = out.flows.iter().map(|f| f.info.clone()).collect();
         t.outbound = Some(Box::new(Tables { flows, dir, config: t.config, outbound: None, conntrack_size: t.conntrack_size }));
-        outbound = Some(OutboundSummary { peer_roles: out.protected().count(), catalog_flows: out.catalog_flows, slots: out.flows.len(), counts: c });
+        outbound = Some(OutboundSummary {
+            peer_roles: out.protected().count(),
+            catalog_flows: out.catalog_flows,
+            slots: out.flows.len(),
+            counts: c,
+        });
     }
     let maps = map_sizes(&t);
     let words: usize = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
     if words > limits::MAX_IMAGE_WORDS {
-        anyhow::bail!("the policy image would take {words} words ({} MiB), above the limit of {} words", words >> 17, limits::MAX_IMAGE_WORDS);
+        anyhow::bail!(
+            "the policy image would take {words} words ({} MiB), above the limit of {} words",
+            words >> 17,
+            limits::MAX_IMAGE_WORDS
+        );
     }
     let summary = Summary {
         roles: p.roles.len(),
@@ -213,7 +222,8 @@ fn source_policies(p: &Policy, flows: &[u32], policies: &mut Sets) -> Prefixes {
         .sets
         .iter()
         .map(|roles| {
-            let list: Vec<u32> = flows.iter().copied().filter(|&s| roles.binary_search(&(p.flows[s as usize].from as u32)).is_ok()).collect();
+            let list: Vec<u32> =
+                flows.iter().copied().filter(|&s| roles.binary_search(&(p.flows[s as usize].from as u32)).is_ok()).collect();
             if list.is_empty() {
                 0
             } else {

@@ -298,11 +298,7 @@ pub fn compute(old: &Loaded, new: &Loaded, examples: Option<usize>) -> Result<Di
 }
 
 fn site_ref(l: &Loaded) -> SiteRef {
-    SiteRef {
-        site: l.site.path.clone(),
-        name: l.site.name.clone(),
-        catalogs: l.site.catalogs.clone(),
-    }
+    SiteRef { site: l.site.path.clone(), name: l.site.name.clone(), catalogs: l.site.catalogs.clone() }
 }
 
 /// Whether the flows both lists hold come in another order.
@@ -329,9 +325,11 @@ fn catalog_change(old: &Policy, new: &Policy) -> CatalogChange {
 
 /// The value of option `name` on one side: that of the first selected catalog declaring it.
 fn option_value(l: &Loaded, name: &str) -> Option<Value> {
-    l.policy.catalogs.iter().find(|c| c.options.iter().any(|(n, _)| n == name)).and_then(|c| {
-        OptionValues::resolve(&c.options, &l.site.options.0).get(name).map(|v| v.to_json())
-    })
+    l.policy
+        .catalogs
+        .iter()
+        .find(|c| c.options.iter().any(|(n, _)| n == name))
+        .and_then(|c| OptionValues::resolve(&c.options, &l.site.options.0).get(name).map(|v| v.to_json()))
 }
 
 fn option_changes(old: &Loaded, new: &Loaded) -> Vec<OptionChange> {
@@ -397,9 +395,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn dir_diff(&self, dir: Dir) -> DirDiff {
         let (of, nf) = (dir.flows(&self.old.policy), dir.flows(&self.new.policy));
-        let index = |v: &[Flow]| -> HashMap<Key, usize> {
-            v.iter().enumerate().map(|(i, f)| (key(&f.info), i)).collect()
-        };
+        let index = |v: &[Flow]| -> HashMap<Key, usize> { v.iter().enumerate().map(|(i, f)| (key(&f.info), i)).collect() };
         let (oi, ni) = (index(of), index(nf));
         let mut d = DirDiff::default();
         for f in nf {
@@ -734,7 +730,15 @@ fn unprotected_tuples(o: &Policy, n: &Policy) -> Vec<Packet> {
     inside
         .into_iter()
         .filter(|a| !cidrs.iter().any(|c| c.contains_ip(*a)))
-        .map(|dst| Packet { src: any_source(dst), dst, proto: IPPROTO_UDP, sport: DEFAULT_SPORT, dport: 9, icmp_type: None, quote: None })
+        .map(|dst| Packet {
+            src: any_source(dst),
+            dst,
+            proto: IPPROTO_UDP,
+            sport: DEFAULT_SPORT,
+            dport: 9,
+            icmp_type: None,
+            quote: None,
+        })
         .collect()
 }
 
@@ -759,7 +763,8 @@ impl Diff {
         }
         let counts = |d: &DirDiff| format!("+{} -{} ~{}", d.added.len(), d.removed.len(), d.changed.len());
         let mut s = format!("inbound {} flows, outbound {}", counts(&self.inbound), counts(&self.outbound));
-        let mut why: Vec<String> = self.options.iter().map(|o| format!("{} {} -> {}", o.option, show(&o.old), show(&o.new))).collect();
+        let mut why: Vec<String> =
+            self.options.iter().map(|o| format!("{} {} -> {}", o.option, show(&o.old), show(&o.new))).collect();
         why.extend(self.catalogs.added.iter().map(|c| format!("catalog {c} selected")));
         why.extend(self.catalogs.removed.iter().map(|c| format!("catalog {c} no longer selected")));
         why.extend(self.roles.iter().map(|r| format!("role {}", r.role)));
@@ -811,7 +816,9 @@ impl Diff {
             s.push_str(&render_dir(dir, d));
         }
         if self.order_changed {
-            s.push_str("precedence: the same flows in another order (an overlapping allow flow may count what another counted)\n");
+            s.push_str(
+                "precedence: the same flows in another order (an overlapping allow flow may count what another counted)\n",
+            );
         }
         match self.same {
             true => s.push_str("same enforced behaviour\n"),
@@ -830,13 +837,7 @@ fn render_dir(dir: Dir, d: &DirDiff) -> String {
     if d.is_empty() {
         return format!("{}: no flow differs\n", dir.name());
     }
-    let mut s = format!(
-        "{}: {} added, {} removed, {} changed\n",
-        dir.name(),
-        d.added.len(),
-        d.removed.len(),
-        d.changed.len()
-    );
+    let mut s = format!("{}: {} added, {} removed, {} changed\n", dir.name(), d.added.len(), d.removed.len(), d.changed.len());
     for (mark, list) in [('+', &d.added), ('-', &d.removed), ('~', &d.changed)] {
         for f in list {
             let deny = if f.action == "deny" { " deny" } else { "" };

@@ -111,7 +111,14 @@ impl Event {
     fn render(&self) -> String {
         let mut line = format!(
             "{:.3} {} {} {}:{} -> {}:{} dropped: {}",
-            self.time, self.interface, proto_name(self.proto), self.src, self.sport, self.dst, self.dport, self.reason
+            self.time,
+            self.interface,
+            proto_name(self.proto),
+            self.src,
+            self.sport,
+            self.dst,
+            self.dport,
+            self.reason
         );
         if let Some(f) = &self.flow {
             line.push_str(&format!(" by {f}"));

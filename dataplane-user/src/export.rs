@@ -52,10 +52,7 @@ pub struct NftOptions {
 
 impl Default for NftOptions {
     fn default() -> Self {
-        NftOptions {
-            table: "dataplane".into(),
-            interfaces: Vec::new(),
-        }
+        NftOptions { table: "dataplane".into(), interfaces: Vec::new() }
     }
 }
 
@@ -80,13 +77,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     crate::compile::compile(&p)?;
     match a.format {
         Format::Nft => {
-            let out = render(
-                &p,
-                &NftOptions {
-                    table: a.table,
-                    interfaces: a.interfaces,
-                },
-            )?;
+            let out = render(&p, &NftOptions { table: a.table, interfaces: a.interfaces })?;
             print!("{}", out.text);
         }
     }
@@ -146,9 +137,7 @@ fn elements(cidrs: &[Cidr]) -> String {
 
 /// nft identifiers: letters, digits, `_`; role ids also have `-` and `.`.
 fn ident(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 fn quote(s: &str) -> String {
@@ -304,10 +293,7 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
         rules.push("iif \"lo\" accept comment \"local traffic never crosses XDP\"".into());
     } else {
         let ifs: Vec<String> = o.interfaces.iter().map(|i| format!("\"{i}\"")).collect();
-        rules.push(format!(
-            "iifname != {{ {} }} accept comment \"not an enforced interface\"",
-            ifs.join(", ")
-        ));
+        rules.push(format!("iifname != {{ {} }} accept comment \"not an enforced interface\"", ifs.join(", ")));
     }
     let unprot = if p.drop_unprotected { "drop" } else { "accept" };
     rules.push(format!("ip daddr != @protected_v4 counter {unprot} comment \"unprotected\""));
@@ -315,12 +301,8 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     let types = |v6| dataplane_common::walk::icmp_types(v6, p.allow_echo).map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
     rules.push(format!("meta nfproto ipv4 icmp type {{ {} }} counter accept comment \"icmp_control\"", types(false)));
     rules.push(format!("meta nfproto ipv6 icmpv6 type {{ {} }} counter accept comment \"icmp_control\"", types(true)));
-    rules.push(
-        "meta l4proto { icmp, ipv6-icmp } counter drop comment \"icmp: other types\"".into(),
-    );
-    rules.push(
-        "meta l4proto != { tcp, udp } counter drop comment \"no_flow: other protocols\"".into(),
-    );
+    rules.push("meta l4proto { icmp, ipv6-icmp } counter drop comment \"icmp: other types\"".into());
+    rules.push("meta l4proto != { tcp, udp } counter drop comment \"no_flow: other protocols\"".into());
     rules.extend(flow_lines);
     rules.push("counter drop comment \"no_flow\"".into());
 
@@ -337,8 +319,11 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     writeln!(w, "#    is used in the netns), so later fragments share their datagram's verdict as XDP's")?;
     writeln!(w, "#    fragment tracking gives them. Without defragmentation, later fragments to a")?;
     writeln!(w, "#    protected address carry no ports and are dropped (no_flow).")?;
-    writeln!(w, "#  - only traffic arriving on the enforced interfaces is filtered ({}).",
-        if o.interfaces.is_empty() { "all but lo".to_string() } else { o.interfaces.join(", ") })?;
+    writeln!(
+        w,
+        "#  - only traffic arriving on the enforced interfaces is filtered ({}).",
+        if o.interfaces.is_empty() { "all but lo".to_string() } else { o.interfaces.join(", ") }
+    )?;
     writeln!(w, "#  - non-IP traffic (ARP, ...) never reaches an inet chain: it passes, as in XDP.")?;
     writeln!(w, "#  - NOT exported: replies to connections the protected server opens (the XDP reply")?;
     writeln!(w, "#    tracking, outbound flows); add e.g. `ct state established,related accept` in a")?;
@@ -384,16 +369,20 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
     writeln!(w, "\tchain icmp_errors {{")?;
     writeln!(w, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
     writeln!(w, "\t\t{}", rules[0])?;
-    let errors = |v6| (0..=u8::MAX).filter(|&t| dataplane_common::walk::icmp_error(v6, t)).map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-    writeln!(w, "\t\tip daddr @protected_v4 icmp type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"", errors(false))?;
-    writeln!(w, "\t\tip6 daddr @protected_v6 icmpv6 type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"", errors(true))?;
+    let errors = |v6| {
+        (0..=u8::MAX).filter(|&t| dataplane_common::walk::icmp_error(v6, t)).map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    writeln!(
+        w,
+        "\t\tip daddr @protected_v4 icmp type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"",
+        errors(false)
+    )?;
+    writeln!(
+        w,
+        "\t\tip6 daddr @protected_v6 icmpv6 type {{ {} }} ct state != related counter drop comment \"icmp_unrelated\"",
+        errors(true)
+    )?;
     writeln!(w, "\t}}")?;
     writeln!(w, "}}")?;
-    Ok(NftExport {
-        text: s,
-        rules: rules.len(),
-        flow_rules,
-        sets,
-        flows_covered,
-    })
+    Ok(NftExport { text: s, rules: rules.len(), flow_rules, sets, flows_covered })
 }

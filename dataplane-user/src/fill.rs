@@ -253,7 +253,10 @@ mod tests {
         assert!(w.check(&at(950, 0)).is_empty());
         let lines = w.check(&at(799, 8000));
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0], (log::Level::Info, "connection-tracking table (IPv4) is back under 80%: 799 of 1000 entries".into()));
+        assert_eq!(
+            lines[0],
+            (log::Level::Info, "connection-tracking table (IPv4) is back under 80%: 799 of 1000 entries".into())
+        );
         assert_eq!(lines[1].0, log::Level::Warn);
         assert!(lines[1].1.starts_with("fragment table is 98% full: 8000 of 8192 entries;"), "{}", lines[1].1);
         // A table that cannot be read keeps its state.

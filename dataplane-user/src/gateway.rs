@@ -78,7 +78,8 @@ impl Gateway {
     /// Waits until every end is operationally up with no tentative address, within `limit`.
     fn wait_ready(&self, ends: &[(String, &str)], limit: Duration) -> Result<()> {
         let start = std::time::Instant::now();
-        let show = |args: &[&str]| Command::new("ip").args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let show =
+            |args: &[&str]| Command::new("ip").args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         loop {
             let ready = ends.iter().all(|(ns, ifname)| {
                 let link = show(&["-n", ns, "link", "show", ifname]).unwrap_or_default();
@@ -151,8 +152,14 @@ pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32, f
         .map(|a| format!("{a}/{}", if a.contains(':') { 64 } else { 24 }))
         .collect();
     let server = [format!("{}/24", LAB_ADDRS.server[0]), format!("{}/64", LAB_ADDRS.server[1])];
-    let (client, server): (Vec<&str>, Vec<&str>) = (client.iter().map(String::as_str).collect(), server.iter().map(String::as_str).collect());
-    let plan = Plan { client: &client, outside: &["10.200.1.1/24", "fd00:200:1::1/64"], inside: &["10.200.2.1/24", "fd00:200:2::1/64"], server: &server };
+    let (client, server): (Vec<&str>, Vec<&str>) =
+        (client.iter().map(String::as_str).collect(), server.iter().map(String::as_str).collect());
+    let plan = Plan {
+        client: &client,
+        outside: &["10.200.1.1/24", "fd00:200:1::1/64"],
+        inside: &["10.200.2.1/24", "fd00:200:2::1/64"],
+        server: &server,
+    };
     let gw = Gateway::new("dp-gw", &plan)?;
     println!("lab: {OUTSIDE_IF} (10.200.1.1) faces the clients, {INSIDE_IF} (10.200.2.1) the server 10.200.2.10; the gateway routes between them");
     let mut ifaces = vec![OUTSIDE_IF.to_string()];
@@ -176,7 +183,10 @@ pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32, f
     let forwarded_before = forwarded(&gw.gateway);
     let net = crate::lab::Net { client: &gw.client, server: &gw.server, addrs: &LAB_ADDRS };
     let mismatches = crate::lab::traffic(&net, &enforcer.tables, rounds)?;
-    println!("\nlab: the gateway's kernel forwarded {} packets (Ip ForwDatagrams)", forwarded(&gw.gateway).saturating_sub(forwarded_before));
+    println!(
+        "\nlab: the gateway's kernel forwarded {} packets (Ip ForwDatagrams)",
+        forwarded(&gw.gateway).saturating_sub(forwarded_before)
+    );
     drop(enforcer);
     println!("lab: tearing down namespaces");
     drop(gw);
@@ -186,10 +196,16 @@ pub fn lab(site: &std::path::Path, tables: crate::tables::Tables, rounds: u32, f
 /// The IPv4 datagrams the kernel of namespace `ns` forwarded (`Ip: ForwDatagrams`; this
 /// thread's namespace, not the process's: `/proc/thread-self`).
 pub fn forwarded(ns: &str) -> u64 {
-    let snmp = in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp")).ok().and_then(Result::ok).unwrap_or_default();
+    let snmp =
+        in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp")).ok().and_then(Result::ok).unwrap_or_default();
     let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
     let (Some(names), Some(values)) = (ip.next(), ip.next()) else { return 0 };
-    names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "ForwDatagrams").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ForwDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Switches GRO on for `ifname` in namespace `ns` (ethtool -K gro on): a veth receives frames

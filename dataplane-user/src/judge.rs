@@ -73,11 +73,7 @@ impl Verdict {
 impl Judge {
     pub fn new(p: &Policy) -> Result<Judge> {
         let tables = crate::compile::compile(p)?;
-        Ok(Judge {
-            inbound: Classifier::new(&tables),
-            outbound: Classifier::new_outbound(&tables),
-            tables,
-        })
+        Ok(Judge { inbound: Classifier::new(&tables), outbound: Classifier::new_outbound(&tables), tables })
     }
 
     pub fn decide(&self, dir: Dir, p: &Packet) -> Decision {

@@ -77,18 +77,8 @@ const CLIENTS: [(&str, &str); 6] = [
     ("fd00:200::9", "no named role"),
 ];
 /// Documented and undocumented ports the clients try.
-const PROBES: [(u8, u16); 10] = [
-    (6, 22),
-    (6, 443),
-    (6, 5061),
-    (6, 7001),
-    (6, 8080),
-    (17, 161),
-    (17, 5060),
-    (17, 3478),
-    (17, 36000),
-    (17, 9999),
-];
+const PROBES: [(u8, u16); 10] =
+    [(6, 22), (6, 443), (6, 5061), (6, 7001), (6, 8080), (17, 161), (17, 5060), (17, 3478), (17, 36000), (17, 9999)];
 const UDP_BURST: usize = 5;
 /// The lab's DNS server, in the client namespace: the Expressway queries it itself.
 const DNS_SERVER: &str = "10.200.0.5";
@@ -134,7 +124,8 @@ pub fn lab(a: LabArgs) -> Result<()> {
         &client_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
 
-    let (enforcer, modes) = Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
+    let (enforcer, modes) =
+        Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
     let tables = &enforcer.tables;
     println!(
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
@@ -214,7 +205,13 @@ struct Probe {
 }
 
 /// Sends every probe at once (threads), then compares the outcome with the prediction.
-fn run_round(net: &Net, servers: &Servers, classifier: &classify::Classifier, tables: &crate::tables::Tables, round: u32) -> Result<usize> {
+fn run_round(
+    net: &Net,
+    servers: &Servers,
+    classifier: &classify::Classifier,
+    tables: &crate::tables::Tables,
+    round: u32,
+) -> Result<usize> {
     let mut probes = vec![];
     let mut udp_index = 0;
     for (si, server) in net.addrs.server.iter().enumerate() {
@@ -230,7 +227,8 @@ fn run_round(net: &Net, servers: &Servers, classifier: &classify::Classifier, ta
                     continue;
                 }
                 let sport = 40000 + (round as u16) * 600 + (si * 300 + ci * 30 + i) as u16;
-                let packet = classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None, quote: None };
+                let packet =
+                    classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None, quote: None };
                 probes.push(Probe {
                     client,
                     role,
@@ -282,7 +280,12 @@ fn run_round(net: &Net, servers: &Servers, classifier: &classify::Classifier, ta
         if !ok {
             mismatches += 1;
             if let Some(i) = p.udp_index {
-                println!("    udp {}: the server socket received {} datagrams, {} expected", p.dst, servers.udp_received[i].load(Ordering::Relaxed) - before[i], expected_udp[i]);
+                println!(
+                    "    udp {}: the server socket received {} datagrams, {} expected",
+                    p.dst,
+                    servers.udp_received[i].load(Ordering::Relaxed) - before[i],
+                    expected_udp[i]
+                );
             }
         }
         let flow = p.expect.flow.map(|s| tables.flows[s].id.as_str()).unwrap_or("-");
@@ -317,7 +320,8 @@ fn run_outbound(net: &Net, tables: &crate::tables::Tables, round: u32) -> Result
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
         let tracked = expect.as_ref().is_some_and(|d| d.allow);
         let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
-        let answered = netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
+        let answered =
+            netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
         if answered != tracked {
             mismatches += 1;
         }

@@ -151,7 +151,7 @@ pub fn write_image(ebpf: &mut Ebpf, map: &str, image: &[u64]) -> Result<()> {
 /// Pages a loaded `POLICY_*` map holds.
 fn policy_pages(ebpf: &mut Ebpf, map: &str) -> Result<usize> {
     let aya::maps::Map::Array(data) = map_mut(ebpf, map)? else { bail!("{map} is not an array map") };
-    Ok(data.info().map(|i| i.max_entries() as usize).with_context(|| format!("reading {map}'s size"))?)
+    data.info().map(|i| i.max_entries() as usize).with_context(|| format!("reading {map}'s size"))
 }
 
 /// A shared mapping of the first `len` bytes of an mmapable array map, unmapped on drop.
@@ -268,7 +268,12 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
 /// Sets what belongs to the run (monitor mode, the generation, the kernel's clock rate) in a
 /// freshly loaded program, with `POLICY_A` in force. The site's own settings are in the image.
 pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
-    let run = RunConfig { active: 0, flags: c.flags & (CONFIG_MONITOR | dataplane_common::CONFIG_FORWARD), hz: clock_hz(ebpf)?, generation: c.generation };
+    let run = RunConfig {
+        active: 0,
+        flags: c.flags & (CONFIG_MONITOR | dataplane_common::CONFIG_FORWARD),
+        hz: clock_hz(ebpf)?,
+        generation: c.generation,
+    };
     let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
     config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
@@ -284,8 +289,7 @@ fn clock_hz(ebpf: &mut Ebpf) -> Result<u32> {
     prog.load().context("loading the clock program")?;
     let tick = || -> Result<(u32, std::time::Instant)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(&[0u8; 64]);
+        let opts = TestRunOptions { data_in: Some(&[0u8; 64]), ..Default::default() };
         Ok((prog.test_run(opts).context("running the clock program")?.return_value, std::time::Instant::now()))
     };
     let (t0, at0) = tick()?;
@@ -354,10 +358,11 @@ pub fn read_counters(map: &PerCpuArray<impl std::borrow::Borrow<MapData>, Counte
     let mut out = Vec::with_capacity(map.len() as usize);
     for values in map.iter() {
         let values = values.context("reading a per-CPU counter")?;
-        out.push(values.iter().fold(Counter::default(), |acc, c| Counter {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        }));
+        out.push(
+            values
+                .iter()
+                .fold(Counter::default(), |acc, c| Counter { packets: acc.packets + c.packets, bytes: acc.bytes + c.bytes }),
+        );
     }
     Ok(out)
 }
@@ -374,7 +379,7 @@ pub struct Counters {
 impl Counters {
     /// From a program loaded by this process.
     pub fn read(ebpf: &Ebpf) -> Result<Self> {
-        Self::read_with(|name| ebpf.map(name).with_context(|| format!("map {name} missing")).map(|m| read_array(m))?)
+        Self::read_with(|name| ebpf.map(name).with_context(|| format!("map {name} missing")).map(read_array)?)
     }
 
     /// From maps found by name (`read_array` on a loaded or a pinned map).

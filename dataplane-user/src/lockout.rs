@@ -82,12 +82,7 @@ impl SshSession {
         if client.is_ipv4() != server.is_ipv4() {
             return None;
         }
-        Some(SshSession {
-            client,
-            client_port: cport.parse().ok()?,
-            server,
-            server_port: sport.parse().ok()?,
-        })
+        Some(SshSession { client, client_port: cport.parse().ok()?, server, server_port: sport.parse().ok()? })
     }
 
     /// The packet the client sends to the server: what the XDP program sees of the session.
@@ -113,21 +108,14 @@ fn sockaddr(ip: IpAddr, port: u16) -> String {
 
 impl fmt::Display for SshSession {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "{} -> {} tcp",
-            sockaddr(self.client, self.client_port),
-            sockaddr(self.server, self.server_port)
-        )
+        write!(f, "{} -> {} tcp", sockaddr(self.client, self.client_port), sockaddr(self.server, self.server_port))
     }
 }
 
 /// The SSH session this process runs over, from `SSH_CONNECTION`; None outside SSH or when the
 /// variable is malformed.
 pub fn ssh_session_from_env() -> Option<SshSession> {
-    std::env::var("SSH_CONNECTION")
-        .ok()
-        .and_then(|s| SshSession::parse(&s))
+    std::env::var("SSH_CONNECTION").ok().and_then(|s| SshSession::parse(&s))
 }
 
 /// One reason to refuse.
@@ -154,22 +142,12 @@ pub enum Lockout {
 impl fmt::Display for Lockout {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Lockout::SshSession {
-                session,
-                protected,
-                reason,
-                deny_flow,
-            } => {
-                write!(
-                    f,
-                    "the SSH session this runs over ({session}, from SSH_CONNECTION) would be dropped: "
-                )?;
+            Lockout::SshSession { session, protected, reason, deny_flow } => {
+                write!(f, "the SSH session this runs over ({session}, from SSH_CONNECTION) would be dropped: ")?;
                 match (reason, deny_flow, protected) {
-                    (Reason::DropDenyFlow, Some(id), _) => write!(
-                        f,
-                        "{} is protected and deny flow `{id}` forbids it",
-                        session.server
-                    ),
+                    (Reason::DropDenyFlow, Some(id), _) => {
+                        write!(f, "{} is protected and deny flow `{id}` forbids it", session.server)
+                    }
                     (Reason::DropNoFlow, _, true) => write!(
                         f,
                         "{} is protected and no flow of the site allows tcp port {} from {}",
@@ -183,11 +161,7 @@ impl fmt::Display for Lockout {
                     (r, _, _) => write!(f, "verdict {}", r.name()),
                 }
             }
-            Lockout::Unmanaged {
-                role,
-                prefixes,
-                hints,
-            } => {
+            Lockout::Unmanaged { role, prefixes, hints } => {
                 let p: Vec<String> = prefixes.iter().map(Cidr::to_string).collect();
                 write!(
                     f,
@@ -197,10 +171,7 @@ impl fmt::Display for Lockout {
                     p.join(", ")
                 )?;
                 if hints.is_empty() {
-                    write!(
-                        f,
-                        "; its catalogs document no administration access to it from `{MANAGEMENT_ROLE}`"
-                    )?;
+                    write!(f, "; its catalogs document no administration access to it from `{MANAGEMENT_ROLE}`")?;
                 }
                 for h in hints {
                     write!(f, "\n      {h}")?;
@@ -220,11 +191,7 @@ pub struct LockoutError {
 
 impl fmt::Display for LockoutError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        writeln!(
-            f,
-            "refusing to enforce site `{}`: it would lock the administrators out",
-            self.site
-        )?;
+        writeln!(f, "refusing to enforce site `{}`: it would lock the administrators out", self.site)?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -241,9 +208,7 @@ impl std::error::Error for LockoutError {}
 /// Whether `f` is a management flow (see the module documentation): allow, TCP, and from
 /// [`MANAGEMENT_ROLE`] or to port 22.
 pub fn is_management(policy: &Policy, f: &Flow) -> bool {
-    !f.deny
-        && f.proto == IPPROTO_TCP
-        && (policy.roles[f.from].id == MANAGEMENT_ROLE || in_ranges(&f.dport, SSH_PORT))
+    !f.deny && f.proto == IPPROTO_TCP && (policy.roles[f.from].id == MANAGEMENT_ROLE || in_ranges(&f.dport, SSH_PORT))
 }
 
 fn in_ranges(r: &[(u16, u16)], x: u16) -> bool {
@@ -252,11 +217,7 @@ fn in_ranges(r: &[(u16, u16)], x: u16) -> bool {
 
 /// A port of `r`: the first of `preferred` it contains, else its first port.
 fn pick(r: &[(u16, u16)], preferred: &[u16]) -> Option<u16> {
-    preferred
-        .iter()
-        .copied()
-        .find(|&p| in_ranges(r, p))
-        .or_else(|| r.first().map(|&(a, _)| a))
+    preferred.iter().copied().find(|&p| in_ranges(r, p)).or_else(|| r.first().map(|&(a, _)| a))
 }
 
 fn first_addr(c: &Cidr) -> IpAddr {
@@ -275,12 +236,7 @@ fn slot_name(tables: &Tables, slot: Option<usize>) -> Option<String> {
 
 /// The probes of management flow `f` towards `role`: the first one admitted and credited to a
 /// management flow, else the decision of the last one tried (None: nothing to probe, e.g. `from` has no address of the family).
-fn probe(
-    policy: &Policy,
-    c: &Classifier,
-    f: &Flow,
-    role: usize,
-) -> Option<Result<Packet, Decision>> {
+fn probe(policy: &Policy, c: &Classifier, f: &Flow, role: usize) -> Option<Result<Packet, Decision>> {
     let dport = pick(&f.dport, &PROBE_DPORTS)?;
     let sport = pick(&f.sport, &[PROBE_SPORT])?;
     let mut last = None;
@@ -297,10 +253,7 @@ fn probe(
             };
             let d = c.classify(&p);
             // Admitted as management: a flow that serves users on the same port does not count.
-            if d.allow
-                && d.flow
-                    .is_some_and(|s| is_management(policy, &policy.flows[s]))
-            {
+            if d.allow && d.flow.is_some_and(|s| is_management(policy, &policy.flows[s])) {
                 return Some(Ok(p));
             }
             last = Some(Err(d));
@@ -315,13 +268,7 @@ fn covering_roles(policy: &Policy, role: usize) -> Vec<&str> {
     policy
         .roles
         .iter()
-        .filter(|r| {
-            !r.any
-                && !prefixes.is_empty()
-                && prefixes
-                    .iter()
-                    .all(|p| r.cidrs.iter().any(|c| c.contains(p)))
-        })
+        .filter(|r| !r.any && !prefixes.is_empty() && prefixes.iter().all(|p| r.cidrs.iter().any(|c| c.contains(p))))
         .map(|r| r.id.as_str())
         .chain(std::iter::once(policy.roles[role].id.as_str()))
         .collect()
@@ -341,17 +288,11 @@ fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<S
             {
                 continue;
             }
-            let resolved = policy
-                .flows
-                .iter()
-                .find(|f| f.info.id == fd.id && f.proto == IPPROTO_TCP);
+            let resolved = policy.flows.iter().find(|f| f.info.id == fd.id && f.proto == IPPROTO_TCP);
             let management = match resolved {
                 Some(f) => is_management(policy, f),
                 // Off: judged on its catalog's default option values (the port of a `by` spec).
-                None => {
-                    fd.from == MANAGEMENT_ROLE
-                        || in_ranges(&fd.dport().resolve(&cat.default_values()), SSH_PORT)
-                }
+                None => fd.from == MANAGEMENT_ROLE || in_ranges(&fd.dport().resolve(&cat.default_values()), SSH_PORT),
             };
             if !management || !seen.insert(fd.id.clone()) {
                 continue;
@@ -363,13 +304,7 @@ fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<S
                     .iter()
                     .map(|(name, vals)| match vals.as_slice() {
                         [one] => format!("{name}: {one}"),
-                        many => format!(
-                            "{name}: [{}]",
-                            many.iter()
-                                .map(|v| v.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                        many => format!("{name}: [{}]", many.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")),
                     })
                     .collect();
                 out.push(format!(
@@ -405,10 +340,7 @@ fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<S
                         }
                         _ => format!("the compiled tables drop it ({})", d.reason.name()),
                     };
-                    out.push(format!(
-                        "`{}` ({}, {} -> {}) is on, but {why}",
-                        fd.id, cat.name, fd.from, fd.to
-                    ));
+                    out.push(format!("`{}` ({}, {} -> {}) is on, but {why}", fd.id, cat.name, fd.from, fd.to));
                 }
                 Some(Ok(_)) => {}
             }
@@ -424,32 +356,23 @@ pub fn management_path(policy: &Policy, tables: &Tables, role: usize) -> Option<
 }
 
 fn management_path_with(policy: &Policy, c: &Classifier, role: usize) -> Option<(usize, Packet)> {
-    policy
-        .flows
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| is_management(policy, f))
-        .find_map(|(slot, f)| match probe(policy, c, f, role) {
+    policy.flows.iter().enumerate().filter(|(_, f)| is_management(policy, f)).find_map(|(slot, f)| {
+        match probe(policy, c, f, role) {
             Some(Ok(p)) => Some((slot, p)),
             _ => None,
-        })
+        }
+    })
 }
 
 /// The guard: `Ok` when the site keeps the SSH session `ssh` (if any) and a management flow to
 /// every protected role; else every problem found. `tables` must be compiled from `policy`.
-pub fn check(
-    policy: &Policy,
-    tables: &Tables,
-    ssh: Option<&SshSession>,
-) -> Result<(), LockoutError> {
+pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Result<(), LockoutError> {
     let c = Classifier::new(tables);
     let mut problems = Vec::new();
     if let Some(s) = ssh {
         let d = c.classify(&s.packet());
         if !d.allow {
-            let protected = policy
-                .protected()
-                .any(|r| r.cidrs.iter().any(|p| p.contains_ip(s.server)));
+            let protected = policy.protected().any(|r| r.cidrs.iter().any(|p| p.contains_ip(s.server)));
             problems.push(Lockout::SshSession {
                 session: *s,
                 protected,
@@ -470,21 +393,13 @@ pub fn check(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(LockoutError {
-            site: policy.name.clone(),
-            problems,
-        })
+        Err(LockoutError { site: policy.name.clone(), problems })
     }
 }
 
 /// [`check`] as `run` uses it: with `force`, every problem is logged as a warning and `Ok` is
 /// returned; without, the [`LockoutError`] (its message names each role or tuple and `--force`).
-pub fn guard(
-    policy: &Policy,
-    tables: &Tables,
-    ssh: Option<&SshSession>,
-    force: bool,
-) -> anyhow::Result<()> {
+pub fn guard(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>, force: bool) -> anyhow::Result<()> {
     match check(policy, tables, ssh) {
         Ok(()) => Ok(()),
         Err(e) if force => {

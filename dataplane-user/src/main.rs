@@ -48,9 +48,7 @@ enum Command {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_secs()
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_secs().init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Lab(lab::LabArgs::default())) {
         Command::Catalogs(a) => cli_policy::catalogs(a),

@@ -185,9 +185,21 @@ pub fn render(stats: &Stats, info: &MetricsInfo, policy: &PolicyInfo) -> String 
     bytes.write(&mut out);
 
     let ct = &stats.conntrack;
-    single(&mut out, "dataplane_conntrack_entries", "gauge", "Connections tracked now (opened by protected servers).", ct.entries);
+    single(
+        &mut out,
+        "dataplane_conntrack_entries",
+        "gauge",
+        "Connections tracked now (opened by protected servers).",
+        ct.entries,
+    );
     single(&mut out, "dataplane_conntrack_inserts_total", "counter", "Connections entered into the tracking table.", ct.inserts);
-    single(&mut out, "dataplane_conntrack_removals_total", "counter", "Tracked connections removed (closed or expired).", ct.removals);
+    single(
+        &mut out,
+        "dataplane_conntrack_removals_total",
+        "counter",
+        "Tracked connections removed (closed or expired).",
+        ct.removals,
+    );
     single(
         &mut out,
         "dataplane_conntrack_evictions_total",
@@ -220,7 +232,13 @@ pub fn render(stats: &Stats, info: &MetricsInfo, policy: &PolicyInfo) -> String 
     capacity.write(&mut out);
     fill.write(&mut out);
     let frags = &stats.fragments;
-    single(&mut out, "dataplane_fragments_entries", "gauge", "Datagrams in the fragment table (their first fragment passed).", frags.entries);
+    single(
+        &mut out,
+        "dataplane_fragments_entries",
+        "gauge",
+        "Datagrams in the fragment table (their first fragment passed).",
+        frags.entries,
+    );
     single(&mut out, "dataplane_fragments_capacity", "gauge", "Datagrams the fragment table can hold.", frags.capacity);
     let mut fill = Ratios::new(
         "dataplane_fragments_fill_ratio",
@@ -241,8 +259,15 @@ pub fn render(stats: &Stats, info: &MetricsInfo, policy: &PolicyInfo) -> String 
     let mut f = Family::new("dataplane_policy_info", "gauge", "The policy in force: site file and hash of the compiled policy.");
     f.add(&labels(&[("site", &policy.site), ("hash", &policy.hash)]), 1);
     f.write(&mut out);
-    single(&mut out, "dataplane_monitor_mode", "gauge", "1 when drops are only counted (monitor mode), 0 when enforced.", u64::from(policy.monitor));
-    let mut f = Family::new("dataplane_interface_info", "gauge", "Interfaces the program is attached to, with the XDP mode used.");
+    single(
+        &mut out,
+        "dataplane_monitor_mode",
+        "gauge",
+        "1 when drops are only counted (monitor mode), 0 when enforced.",
+        u64::from(policy.monitor),
+    );
+    let mut f =
+        Family::new("dataplane_interface_info", "gauge", "Interfaces the program is attached to, with the XDP mode used.");
     for (name, mode) in &info.interfaces {
         f.add(&labels(&[("interface", name), ("xdp_mode", mode)]), 1);
     }
@@ -429,10 +454,19 @@ async fn handle(mut stream: tokio::net::TcpStream, info: MetricsInfo) -> Result<
     let path = target.split(['?', '#']).next().unwrap_or("");
     let head_only = method == "HEAD";
     if path != "/metrics" {
-        return respond(&mut stream, "404 Not Found", "text/plain", b"not found: the metrics are at /metrics\n", head_only, &[]).await;
+        return respond(&mut stream, "404 Not Found", "text/plain", b"not found: the metrics are at /metrics\n", head_only, &[])
+            .await;
     }
     if method != "GET" && !head_only {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"method not allowed\n", false, &["Allow: GET, HEAD"]).await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"method not allowed\n",
+            false,
+            &["Allow: GET, HEAD"],
+        )
+        .await;
     }
     // Reading the maps is a series of system calls (and a walk over the connection table):
     // off the runtime's thread, so that signals and the program's log are not held up.
@@ -484,7 +518,8 @@ async fn respond(
     head_only: bool,
     extra: &[&str],
 ) -> Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head =
+        format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for h in extra {
         head.push_str(h);
         head.push_str("\r\n");
@@ -513,7 +548,11 @@ async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{fill::TableFill, load::ConntrackStats, stats::{FlowStats, OutboundStats, ReasonStats}};
+    use crate::{
+        fill::TableFill,
+        load::ConntrackStats,
+        stats::{FlowStats, OutboundStats, ReasonStats},
+    };
 
     fn flow(id: &str, proto: &str) -> FlowInfo {
         FlowInfo {

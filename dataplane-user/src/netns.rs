@@ -82,7 +82,8 @@ impl Lab {
     fn wait_ready(&self, limit: Duration) -> Result<()> {
         let start = std::time::Instant::now();
         let ready = |ns: &str, ifname: &str| {
-            let show = |args: &[&str]| Command::new("ip").args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let show =
+                |args: &[&str]| Command::new("ip").args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
             let link = show(&["-n", ns, "link", "show", ifname]).unwrap_or_default();
             let tentative = show(&["-n", ns, "-6", "addr", "show", "tentative"]).unwrap_or_else(|_| "?".into());
             link.contains("state UP") && tentative.is_empty()

@@ -9,7 +9,13 @@ use log::{info, warn};
 
 use dataplane_common::{CONFIG_FORWARD, CONFIG_MONITOR};
 
-use crate::{load, metrics, persist, slots::StableSlots, sources::{Loaded, Sources}, state, tables::Tables};
+use crate::{
+    load, metrics, persist,
+    slots::StableSlots,
+    sources::{Loaded, Sources},
+    state,
+    tables::Tables,
+};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -131,7 +137,9 @@ impl Enforcer {
         fault_point("start:prepared");
         let adopted = match adopted {
             Some(old) if !fits(&old, &tables) => {
-                warn!("the policy has more flows than the counter maps the previous run left: new maps, counters start from zero");
+                warn!(
+                    "the policy has more flows than the counter maps the previous run left: new maps, counters start from zero"
+                );
                 state::remove_maps();
                 None
             }
@@ -409,8 +417,7 @@ pub(crate) fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<S
         Ok(link) => Ok(link),
         Err(_) => {
             let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            prog.attach(iface, TcAttachType::Egress)
-                .with_context(|| format!("attaching the egress program to {iface}"))
+            prog.attach(iface, TcAttachType::Egress).with_context(|| format!("attaching the egress program to {iface}"))
         }
     }
 }
@@ -488,7 +495,13 @@ fn fingerprint(site: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
         files.extend(dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")));
     }
     files.sort();
-    files.into_iter().map(|p| { let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok(); (p, m) }).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        })
+        .collect()
 }
 
 /// Reloads and logs the outcome; the running policy stays on any error.
@@ -610,7 +623,8 @@ type ProgramLog = tokio::io::unix::AsyncFd<aya_log::EbpfLogger<&'static dyn log:
 
 /// What the program logs (RUST_LOG=debug), to this process's log; each loaded program has its own.
 fn program_log(enforcer: &mut Enforcer) -> Result<Option<ProgramLog>> {
-    let Ok(logger) = aya_log::EbpfLogger::init(&mut enforcer.ebpf).map_err(|e| warn!("the program's log is not available: {e}")) else {
+    let Ok(logger) = aya_log::EbpfLogger::init(&mut enforcer.ebpf).map_err(|e| warn!("the program's log is not available: {e}"))
+    else {
         return Ok(None);
     };
     // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.

@@ -41,8 +41,7 @@ impl Loaded {
     /// finds them, [`catalog_dir`]). Errors name file:line:column and field.
     pub fn read(site: &Path, dir: Option<&Path>) -> Result<Loaded> {
         let dir = catalog_dir(dir, Some(site));
-        let text = std::fs::read_to_string(site)
-            .with_context(|| format!("reading site {}", site.display()))?;
+        let text = std::fs::read_to_string(site).with_context(|| format!("reading site {}", site.display()))?;
         let available = catalog_files(&dir)?;
         let mut read = Vec::new();
         let (parsed, catalogs) = parse_site(site, &text, &available, |paths| {
@@ -63,16 +62,10 @@ impl Loaded {
 impl Sources {
     /// The site and policy these texts make, as when they were read.
     pub fn load(&self) -> Result<Loaded> {
-        let available: Vec<(String, PathBuf)> = self
-            .catalogs
-            .iter()
-            .map(|f| (stem(&f.path), f.path.clone()))
-            .collect();
+        let available: Vec<(String, PathBuf)> = self.catalogs.iter().map(|f| (stem(&f.path), f.path.clone())).collect();
         let (site, catalogs) = parse_site(&self.site.path, &self.site.text, &available, |paths| {
-            let files: Vec<SourceFile> = paths
-                .iter()
-                .filter_map(|p| self.catalogs.iter().find(|f| &f.path == p).cloned())
-                .collect();
+            let files: Vec<SourceFile> =
+                paths.iter().filter_map(|p| self.catalogs.iter().find(|f| &f.path == p).cloned()).collect();
             parse_catalogs(&files)
         })?;
         let policy = Policy::resolve(&site, catalogs)?;
@@ -85,8 +78,7 @@ fn stem(p: &Path) -> String {
 }
 
 fn read_file(p: &Path, what: &str) -> Result<SourceFile> {
-    let text =
-        std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
     Ok(SourceFile { path: p.to_owned(), text })
 }
 
@@ -139,8 +131,7 @@ impl Enforced {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())
         })?;
-        let st: State = serde_json::from_str(&text)
-            .with_context(|| format!("{} is unreadable", path.display()))?;
+        let st: State = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
         let running = Path::new(&format!("/proc/{}", st.pid)).exists();
         let (loaded, recorded) = match &st.sources {
             Some(s) => (s.load().context("the policy recorded in the state")?, true),

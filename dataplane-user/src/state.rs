@@ -107,7 +107,15 @@ impl Pins {
 
     /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
     /// already) and records the state for `stats` and for a later adoption.
-    pub fn record(&self, ebpf: &Ebpf, site: &Path, tables: &Tables, interfaces: &[String], capacity: (u32, u32), sources: Option<&crate::sources::Sources>) -> Result<()> {
+    pub fn record(
+        &self,
+        ebpf: &Ebpf,
+        site: &Path,
+        tables: &Tables,
+        interfaces: &[String],
+        capacity: (u32, u32),
+        sources: Option<&crate::sources::Sources>,
+    ) -> Result<()> {
         // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
         let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !crate::load::SHARED_MAPS.contains(name));
         for (name, map) in own {

@@ -110,7 +110,10 @@ impl Stats {
         if self.monitor {
             out.push_str("MONITOR MODE: the drops below are counted, not enforced\n\n");
         }
-        out.push_str(&format!("{:<40} {:<5} {:<6} {:<24} {:>10} {:>12}\n", "FLOW", "PROTO", "ACTION", "FROM -> TO", "PACKETS", "BYTES"));
+        out.push_str(&format!(
+            "{:<40} {:<5} {:<6} {:<24} {:>10} {:>12}\n",
+            "FLOW", "PROTO", "ACTION", "FROM -> TO", "PACKETS", "BYTES"
+        ));
         for f in self.flows.iter().filter(|f| f.packets > 0) {
             let roles = format!("{} -> {}", f.flow.from, f.flow.to);
             out.push_str(&format!(
@@ -122,10 +125,16 @@ impl Stats {
         out.push_str(&format!("({idle} flows without traffic not shown)\n"));
         let active: Vec<_> = self.outbound.iter().filter(|f| f.packets + f.reply_packets > 0).collect();
         if !active.is_empty() {
-            out.push_str(&format!("\n{:<40} {:<5} {:<24} {:>10} {:>10}\n", "OUTBOUND FLOW", "PROTO", "FROM -> TO", "OUT", "REPLIES"));
+            out.push_str(&format!(
+                "\n{:<40} {:<5} {:<24} {:>10} {:>10}\n",
+                "OUTBOUND FLOW", "PROTO", "FROM -> TO", "OUT", "REPLIES"
+            ));
             for f in active {
                 let roles = format!("{} -> {}", f.flow.from, f.flow.to);
-                out.push_str(&format!("{:<40} {:<5} {:<24} {:>10} {:>10}\n", f.flow.id, f.flow.protocol, roles, f.packets, f.reply_packets));
+                out.push_str(&format!(
+                    "{:<40} {:<5} {:<24} {:>10} {:>10}\n",
+                    f.flow.id, f.flow.protocol, roles, f.packets, f.reply_packets
+                ));
             }
         }
         let ct = &self.conntrack;

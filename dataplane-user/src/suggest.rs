@@ -106,7 +106,15 @@ pub struct Tuple {
 
 impl Tuple {
     fn packet(&self) -> Packet {
-        Packet { src: self.src, dst: self.dst, proto: self.proto, sport: self.sport, dport: self.dport, icmp_type: None, quote: None }
+        Packet {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            icmp_type: None,
+            quote: None,
+        }
     }
 }
 
@@ -161,7 +169,8 @@ impl Drops {
             (e.column(), format!("not valid JSON: {msg}"))
         })?;
         let at = |k: &str| line.find(&format!("\"{k}\"")).map_or(1, |i| i + 1);
-        let field = |k: &str| v.get(k).filter(|x| !x.is_null()).ok_or_else(|| (at(k).max(1), format!("field \"{k}\" is missing")));
+        let field =
+            |k: &str| v.get(k).filter(|x| !x.is_null()).ok_or_else(|| (at(k).max(1), format!("field \"{k}\" is missing")));
         let ip = |k: &str| -> std::result::Result<IpAddr, (usize, String)> {
             let x = field(k)?;
             x.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| (at(k), format!("field \"{k}\": {x} is not an IP address")))
@@ -173,7 +182,8 @@ impl Drops {
         let (src, dst) = (ip("src")?, ip("dst")?);
         let proto = num("proto", 255)? as u8;
         let (sport, dport) = (num("sport", 65535)? as u16, num("dport", 65535)? as u16);
-        let reason = field("reason")?.as_str().ok_or_else(|| (at("reason"), "field \"reason\" must be a string".to_string()))?.to_owned();
+        let reason =
+            field("reason")?.as_str().ok_or_else(|| (at("reason"), "field \"reason\" must be a string".to_string()))?.to_owned();
         let suppressed = v.get("suppressed").and_then(Value::as_u64).unwrap_or(0);
         self.add(Tuple { src, dst, proto, sport, dport }, &reason, suppressed);
         Ok(())
@@ -437,7 +447,9 @@ fn in_force(p: &Policy, proto: u8, port: u16) -> Vec<String> {
         .flows
         .iter()
         .filter(|f| !f.deny && f.proto == proto && f.dport.iter().any(|&(a, b)| (a..=b).contains(&port)))
-        .map(|f| format!("{} (from {}, source ports {})", f.info.id, p.roles[f.from].id, crate::policy::ports::format_ranges(&f.sport)))
+        .map(|f| {
+            format!("{} (from {}, source ports {})", f.info.id, p.roles[f.from].id, crate::policy::ports::format_ranges(&f.sport))
+        })
         .collect();
     out.dedup();
     out.truncate(3);
@@ -556,11 +568,7 @@ fn differs(a: &Policy, fa: &crate::policy::Flow, b: &Policy, fb: &crate::policy:
 /// Keys of the flows of direction `d` both policies have, with other ports or addresses.
 fn changed_flows(d: Dir, a: &Policy, b: &Policy) -> Vec<Key> {
     let old: HashMap<Key, &crate::policy::Flow> = d.flows(a).iter().map(|f| (key(&f.info), f)).collect();
-    d.flows(b)
-        .iter()
-        .filter(|f| old.get(&key(&f.info)).is_some_and(|o| differs(a, o, b, f)))
-        .map(|f| key(&f.info))
-        .collect()
+    d.flows(b).iter().filter(|f| old.get(&key(&f.info)).is_some_and(|o| differs(a, o, b, f))).map(|f| key(&f.info)).collect()
 }
 
 /// The tuples each single option change admits.
@@ -750,7 +758,9 @@ fn lines(base: &Loaded, fix: &Fix, bind: &[Cidr]) -> String {
 fn yaml_value(v: &OptValue) -> String {
     match v {
         // Enum values that YAML would read as numbers or booleans stay strings.
-        OptValue::Str(s) if s.parse::<f64>().is_ok() || ["true", "false", "yes", "no"].contains(&s.as_str()) => format!("\"{s}\""),
+        OptValue::Str(s) if s.parse::<f64>().is_ok() || ["true", "false", "yes", "no"].contains(&s.as_str()) => {
+            format!("\"{s}\"")
+        }
         v => v.to_string(),
     }
 }
@@ -849,7 +859,11 @@ fn render_suggestions(s: &mut String, title: &str, v: &[Suggestion]) {
         s.push_str("      add to the site:\n");
         for l in x.lines.lines() {
             match x.bind.values().next() {
-                Some(c) if c.len() > SHOWN && l.contains(&c[SHOWN]) => s.push_str(&format!("        {}, ...] ({} new CIDRs: --json has them)\n", l.split(&c[SHOWN]).next().unwrap_or(l).trim_end_matches([',', ' ']), c.len())),
+                Some(c) if c.len() > SHOWN && l.contains(&c[SHOWN]) => s.push_str(&format!(
+                    "        {}, ...] ({} new CIDRs: --json has them)\n",
+                    l.split(&c[SHOWN]).next().unwrap_or(l).trim_end_matches([',', ' ']),
+                    c.len()
+                )),
                 _ => s.push_str(&format!("        {l}\n")),
             }
         }
@@ -878,7 +892,9 @@ fn example_text(v: &Value) -> String {
         _ => IPPROTO_UDP,
     };
     match (ip("src"), ip("dst")) {
-        (Some(src), Some(dst)) => render_packet(&Packet { src, dst, proto, sport: port("sport"), dport: port("dport"), icmp_type: None, quote: None }),
+        (Some(src), Some(dst)) => {
+            render_packet(&Packet { src, dst, proto, sport: port("sport"), dport: port("dport"), icmp_type: None, quote: None })
+        }
         _ => v.to_string(),
     }
 }

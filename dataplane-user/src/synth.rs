@@ -50,46 +50,24 @@ pub fn synthetic(flows: usize, cidrs: usize, seed: u64) -> Synthetic {
     let cidrs = cidrs.max(8);
     let nroles = (cidrs / 4).max(2);
     let nprotect = (nroles / 10).max(1);
-    let mut roles = vec![RoleDecl {
-        id: "any-ip".into(),
-        aliases: vec![],
-        description: String::new(),
-        any: true,
-    }];
+    let mut roles = vec![RoleDecl { id: "any-ip".into(), aliases: vec![], description: String::new(), any: true }];
     let mut bindings = Vec::new();
     for i in 0..nroles {
         let id = format!("role-{i}");
-        roles.push(RoleDecl {
-            id: id.clone(),
-            aliases: vec![],
-            description: String::new(),
-            any: false,
-        });
+        roles.push(RoleDecl { id: id.clone(), aliases: vec![], description: String::new(), any: false });
         bindings.push((id, Vec::new()));
     }
     for k in 0..cidrs {
         let c = random_cidr(&mut rng);
         bindings[k % nroles].1.push(c);
     }
-    let protect: Vec<String> = bindings
-        .iter()
-        .take(nprotect)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let protect: Vec<String> = bindings.iter().take(nprotect).map(|(id, _)| id.clone()).collect();
     // Flows come in services, as in vendor tables: about 20 flows per (from, to) role pair.
     let services: Vec<(String, String)> = (0..(flows / 20).max(1))
         .map(|_| {
             let any = rng.chance(1);
-            let to = if any {
-                rng.below(nprotect.min(5) as u64)
-            } else {
-                rng.below(nprotect as u64)
-            };
-            let from = if any {
-                "any-ip".to_string()
-            } else {
-                format!("role-{}", rng.below(nroles as u64))
-            };
+            let to = if any { rng.below(nprotect.min(5) as u64) } else { rng.below(nprotect as u64) };
+            let from = if any { "any-ip".to_string() } else { format!("role-{}", rng.below(nroles as u64)) };
             (from, format!("role-{to}"))
         })
         .collect();
@@ -111,10 +89,7 @@ pub fn synthetic(flows: usize, cidrs: usize, seed: u64) -> Synthetic {
         name: "synthetic".into(),
         path: "synthetic-site.yaml".into(),
         catalogs: vec!["synthetic".into()],
-        roles: bindings
-            .into_iter()
-            .filter(|(_, c)| !c.is_empty())
-            .collect(),
+        roles: bindings.into_iter().filter(|(_, c)| !c.is_empty()).collect(),
         protect,
         options: SiteOptions::default(),
     };
@@ -140,18 +115,11 @@ fn random_cidr(rng: &mut Rng) -> Cidr {
     let w = if v6 { 128 } else { 32 };
     // 256 /16s (or /32s of fd00::/16) in all, so that prefixes nest.
     let addr = if v6 {
-        (0xfd00u128 << 112)
-            | ((rng.below(256) as u128) << 96)
-            | ((rng.next() as u128) << 32)
-            | rng.next() as u128 & 0xffff_ffff
+        (0xfd00u128 << 112) | ((rng.below(256) as u128) << 96) | ((rng.next() as u128) << 32) | rng.next() as u128 & 0xffff_ffff
     } else {
         (10u128 << 24) | ((rng.below(256) as u128) << 16) | (rng.next() as u128 & 0xffff)
     };
-    Cidr {
-        v6,
-        addr: addr & crate::policy::cidr::mask(len, w),
-        len,
-    }
+    Cidr { v6, addr: addr & crate::policy::cidr::mask(len, w), len }
 }
 
 fn random_flow(rng: &mut Rng, i: usize, from: String, to: String) -> FlowDecl {
@@ -190,11 +158,7 @@ fn random_flow(rng: &mut Rng, i: usize, from: String, to: String) -> FlowDecl {
         dport: DportSpec(dport),
         table: "synthetic".into(),
         when: When::default(),
-        action: if rng.chance(2) {
-            Action::Deny
-        } else {
-            Action::Allow
-        },
+        action: if rng.chance(2) { Action::Deny } else { Action::Allow },
         note: None,
     }
 }
@@ -204,31 +168,18 @@ fn spec_yaml(s: &PortSpec) -> String {
         PortSpec::Any => "any".into(),
         PortSpec::Range(a, b) if a == b => a.to_string(),
         PortSpec::Range(a, b) => format!("{a}-{b}"),
-        PortSpec::List(v) => format!(
-            "[{}]",
-            v.iter().map(spec_yaml).collect::<Vec<_>>().join(", ")
-        ),
+        PortSpec::List(v) => format!("[{}]", v.iter().map(spec_yaml).collect::<Vec<_>>().join(", ")),
         PortSpec::By { .. } | PortSpec::Count { .. } => unreachable!("synthetic specs are plain"),
     }
 }
 
 /// Writes the synthetic site as `DIR/catalog/synthetic.yaml` and `DIR/sites/synthetic.yaml`
 /// (for timing `dataplane compile --site` on it); returns the site path.
-pub fn write_synthetic(
-    dir: &Path,
-    flows: usize,
-    cidrs: usize,
-    seed: u64,
-) -> anyhow::Result<std::path::PathBuf> {
+pub fn write_synthetic(dir: &Path, flows: usize, cidrs: usize, seed: u64) -> anyhow::Result<std::path::PathBuf> {
     let s = synthetic(flows, cidrs, seed);
     let mut c = String::from("name: synthetic\ndocument: synthetic\ntitle: synthetic\nroles:\n");
     for r in &s.catalog.roles {
-        let _ = writeln!(
-            c,
-            "  - id: {}{}",
-            r.id,
-            if r.any { "\n    any: true" } else { "" }
-        );
+        let _ = writeln!(c, "  - id: {}{}", r.id, if r.any { "\n    any: true" } else { "" });
     }
     c.push_str("flows:\n");
     for f in &s.catalog.flows {

@@ -17,12 +17,7 @@ fn run(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs dataplane");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("writes stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writes stdin");
     child.wait_with_output().expect("waits")
 }
 
@@ -37,10 +32,7 @@ fn explain_failing(site: &str, cat: &str, input: &str) -> (String, String, Vec<V
 
 fn dirs() -> (String, String) {
     let d = common::data();
-    (
-        d.join("catalog").display().to_string(),
-        d.join("sites/test.yaml").display().to_string(),
-    )
+    (d.join("catalog").display().to_string(), d.join("sites/test.yaml").display().to_string())
 }
 
 #[test]
@@ -72,17 +64,10 @@ fn explain_lines_and_bad_lines() {
     assert_eq!(answers[2]["flow"], Value::Null);
     assert_eq!(answers[3]["reason"], "no_flow");
     assert_eq!(answers[4]["flow"], "alpha-lan-dns");
-    for (line, what) in [
-        (2, "not valid JSON"),
-        (3, "\"src\""),
-        (6, "\"dport\" is required"),
-        (8, "\"proto\""),
-        (10, "\"dport\": 70000"),
-    ] {
-        assert!(
-            stderr.contains(&format!("stdin:{line}: ")),
-            "line {line} in: {stderr}"
-        );
+    for (line, what) in
+        [(2, "not valid JSON"), (3, "\"src\""), (6, "\"dport\" is required"), (8, "\"proto\""), (10, "\"dport\": 70000")]
+    {
+        assert!(stderr.contains(&format!("stdin:{line}: ")), "line {line} in: {stderr}");
         assert!(stderr.contains(what), "{what} in: {stderr}");
     }
 }
@@ -106,18 +91,10 @@ fn explain_one_packet() {
         "7002",
     ];
     let out = run(&args, "");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
-        (
-            v["verdict"].as_str(),
-            v["flow"].as_str(),
-            v["reason"].as_str()
-        ),
+        (v["verdict"].as_str(), v["flow"].as_str(), v["reason"].as_str()),
         (Some("allow"), Some("alpha-zones"), Some("flow"))
     );
 }
@@ -129,79 +106,35 @@ fn listings() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v[0]["name"], "alpha");
     assert_eq!(v[0]["document"], "alpha.txt");
-    assert!(v[0]["path"]
-        .as_str()
-        .is_some_and(|p| p.ends_with("alpha.yaml")));
+    assert!(v[0]["path"].as_str().is_some_and(|p| p.ends_with("alpha.yaml")));
 
-    let out = run(
-        &[
-            "roles",
-            "--json",
-            "--catalog-dir",
-            &cat,
-            "--catalog",
-            "beta",
-        ],
-        "",
-    );
+    let out = run(&["roles", "--json", "--catalog-dir", &cat, "--catalog", "beta"], "");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let ids: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|r| r["id"].as_str())
-        .collect();
+    let ids: Vec<&str> = v.as_array().expect("array").iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, ["server", "lan", "db"]);
     assert_eq!(v[0]["any"], false);
     assert!(v[0]["aliases"].is_array());
 
     let out = run(&["flows", "--json", "--catalog-dir", &cat], "");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let media = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|f| f["id"] == "alpha-media")
-        .expect("alpha-media");
+    let media = v.as_array().expect("array").iter().find(|f| f["id"] == "alpha-media").expect("alpha-media");
     // Options at their defaults: release new.
     assert_eq!(media["dport"], "30000-35999");
     assert_eq!(media["sport"], "any");
-    assert_eq!(
-        (media["from"].as_str(), media["to"].as_str()),
-        (Some("internet"), Some("server"))
-    );
+    assert_eq!((media["from"].as_str(), media["to"].as_str()), (Some("internet"), Some("server")));
     assert_eq!(media["protocol"], "udp");
     assert_eq!(media["document"], "alpha.txt");
     assert_eq!(media["table"], "Media");
-    let dns = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|f| f["id"] == "alpha-lan-dns")
-        .expect("dns");
+    let dns = v.as_array().expect("array").iter().find(|f| f["id"] == "alpha-lan-dns").expect("dns");
     assert_eq!(dns["protocol"], serde_json::json!(["tcp", "udp"]));
-    let zones = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|f| f["id"] == "alpha-zones")
-        .expect("zones");
+    let zones = v.as_array().expect("array").iter().find(|f| f["id"] == "alpha-zones").expect("zones");
     assert_eq!(zones["dport"], "7001");
 
-    let out = run(
-        &["compile", "--site", &site, "--catalog-dir", &cat, "--json"],
-        "",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&["compile", "--site", &site, "--catalog-dir", &cat, "--json"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["summary"]["slots"], 14);
-    assert!(v["summary"]["maps"]
-        .as_array()
-        .is_some_and(|m| m.iter().any(|m| m["name"] == "POLICY:port_tables")));
+    assert!(v["summary"]["maps"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == "POLICY:port_tables")));
 }
 
 #[test]
@@ -213,18 +146,12 @@ fn compile_error_exit() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     // The catalog directory is found next to the site (`sites/../catalog`).
-    assert!(
-        err.contains("s.yaml:3:11: protect[0]: unknown role `nobody`"),
-        "{err}"
-    );
+    assert!(err.contains("s.yaml:3:11: protect[0]: unknown role `nobody`"), "{err}");
 }
 
 fn outbound_dirs() -> (String, String) {
     let d = common::data().join("outbound");
-    (
-        d.join("catalog").display().to_string(),
-        d.join("sites/outbound.yaml").display().to_string(),
-    )
+    (d.join("catalog").display().to_string(), d.join("sites/outbound.yaml").display().to_string())
 }
 
 #[test]
@@ -252,36 +179,18 @@ fn explain_outbound() {
         )
     };
     let s = |x: &str| Some(x.to_owned());
-    assert_eq!(
-        brief(&a[0]),
-        (s("allow"), s("dir-dns"), s("outbound"), Some(0))
-    );
-    assert_eq!(
-        brief(&a[1]),
-        (s("allow"), s("dir-ldap"), s("outbound"), Some(1))
-    );
+    assert_eq!(brief(&a[0]), (s("allow"), s("dir-dns"), s("outbound"), Some(0)));
+    assert_eq!(brief(&a[1]), (s("allow"), s("dir-ldap"), s("outbound"), Some(1)));
     assert_eq!(brief(&a[2]), (s("deny"), None, s("no_flow"), None));
-    assert_eq!(
-        brief(&a[3]),
-        (s("deny"), s("dir-no-smtp"), s("deny_flow"), Some(3))
-    );
+    assert_eq!(brief(&a[3]), (s("deny"), s("dir-no-smtp"), s("deny_flow"), Some(3)));
     assert_eq!(a[0]["direction"], "out");
     assert_eq!(a[0]["catalog"], "directory");
     // Inbound answers are unchanged (no "direction" key).
-    assert_eq!(
-        brief(&a[4]),
-        (s("allow"), s("dir-clients-https"), s("flow"), Some(0))
-    );
+    assert_eq!(brief(&a[4]), (s("allow"), s("dir-clients-https"), s("flow"), Some(0)));
     assert!(a[4].get("direction").is_none());
     assert_eq!(brief(&a[5]), (s("deny"), None, s("no_flow"), None));
-    for (line, what) in [
-        (7, "\"direction\": `sideways` is not in or out"),
-        (8, "\"direction\" must be a string"),
-    ] {
-        assert!(
-            stderr.contains(&format!("stdin:{line}: ")) && stderr.contains(what),
-            "line {line}: {what} in: {stderr}"
-        );
+    for (line, what) in [(7, "\"direction\": `sideways` is not in or out"), (8, "\"direction\" must be a string")] {
+        assert!(stderr.contains(&format!("stdin:{line}: ")) && stderr.contains(what), "line {line}: {what} in: {stderr}");
     }
 }
 
@@ -305,30 +214,19 @@ fn explain_outbound_one_packet() {
     ];
     let json = |args: &[&str]| -> Value {
         let out = run(args, "");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("JSON")
     };
     let v = json(&[&base[..], &["--direction", "out"]].concat());
     assert_eq!(
-        (
-            v["verdict"].as_str(),
-            v["flow"].as_str(),
-            v["reason"].as_str()
-        ),
+        (v["verdict"].as_str(), v["flow"].as_str(), v["reason"].as_str()),
         (Some("allow"), Some("dir-dns"), Some("outbound"))
     );
     // The same packet inbound: the peer is not a protected address.
     let v = json(&base);
     assert_eq!(v["reason"], "unprotected");
     let v = json(&[&base[..], &["--direction", "out", "--sport", "53"]].concat());
-    assert_eq!(
-        (v["verdict"].as_str(), v["reason"].as_str()),
-        (Some("deny"), Some("no_flow"))
-    );
+    assert_eq!((v["verdict"].as_str(), v["reason"].as_str()), (Some("deny"), Some("no_flow")));
     let out = run(&[&base[..], &["--direction", "up"]].concat(), "");
     assert!(!out.status.success());
 }

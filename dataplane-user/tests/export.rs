@@ -27,12 +27,7 @@ fn sites() -> Vec<PathBuf> {
 
 fn chain(text: &str) -> Vec<&str> {
     let start = text.find("chain inbound {").expect("chain");
-    text[start..]
-        .lines()
-        .skip(2)
-        .map(str::trim)
-        .take_while(|l| *l != "}")
-        .collect()
+    text[start..].lines().skip(2).map(str::trim).take_while(|l| *l != "}").collect()
 }
 
 /// `nft -c -f FILE`; None when nft is not installed.
@@ -42,11 +37,7 @@ fn nft_check(text: &str, name: &str) -> Option<Result<(), String>> {
     std::fs::write(&file, text).unwrap();
     let out = Command::new("nft").args(["-c", "-f"]).arg(&file).output().unwrap();
     let _ = std::fs::remove_file(&file);
-    Some(if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    })
+    Some(if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) })
 }
 
 #[test]

@@ -15,11 +15,8 @@ fn data() -> PathBuf {
 }
 
 fn site(name: &str) -> (Policy, Tables) {
-    let p = load_site_from(
-        &data().join(format!("sites/{name}.yaml")),
-        &data().join("catalog"),
-    )
-    .unwrap_or_else(|e| panic!("site {name}: {e:#}"));
+    let p = load_site_from(&data().join(format!("sites/{name}.yaml")), &data().join("catalog"))
+        .unwrap_or_else(|e| panic!("site {name}: {e:#}"));
     let t = compile(&p).expect("compiles");
     (p, t)
 }
@@ -54,16 +51,10 @@ fn parses_ssh_connection() {
     assert_eq!(s.server, "10.1.0.10".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(s.to_string(), "10.9.0.7:50123 -> 10.1.0.10:22 tcp");
     let p = s.packet();
-    assert_eq!(
-        (p.proto, p.sport, p.dport, p.icmp_type),
-        (6, 50123, 22, None)
-    );
+    assert_eq!((p.proto, p.sport, p.dport, p.icmp_type), (6, 50123, 22, None));
 
     let v6 = ssh("2001:db8:9::7 40000 2001:db8:1::10 2222\n");
-    assert_eq!(
-        v6.to_string(),
-        "[2001:db8:9::7]:40000 -> [2001:db8:1::10]:2222 tcp"
-    );
+    assert_eq!(v6.to_string(), "[2001:db8:9::7]:40000 -> [2001:db8:1::10]:2222 tcp");
     // A zone and IPv4-mapped addresses (a dual-stack sshd socket).
     let z = ssh("fe80::1%eth0 40000 fe80::2%eth0 22");
     assert_eq!(z.server, "fe80::2".parse::<std::net::IpAddr>().unwrap());
@@ -87,10 +78,7 @@ fn parses_ssh_connection() {
 fn ssh_session_from_environment() {
     // The only test that touches the variable.
     std::env::set_var("SSH_CONNECTION", "10.9.0.7 50123 10.1.0.10 22");
-    assert_eq!(
-        lockout::ssh_session_from_env(),
-        Some(ssh("10.9.0.7 50123 10.1.0.10 22"))
-    );
+    assert_eq!(lockout::ssh_session_from_env(), Some(ssh("10.9.0.7 50123 10.1.0.10 22")));
     std::env::set_var("SSH_CONNECTION", "garbage");
     assert_eq!(lockout::ssh_session_from_env(), None);
     std::env::remove_var("SSH_CONNECTION");
@@ -128,20 +116,12 @@ fn dropped_ssh_session_is_refused() {
         let e = check(&p, &t, Some(&ssh(s))).expect_err(s);
         assert_eq!(
             e.problems,
-            vec![Lockout::SshSession {
-                session: ssh(s),
-                protected: true,
-                reason: Reason::DropNoFlow,
-                deny_flow: None,
-            }],
+            vec![Lockout::SshSession { session: ssh(s), protected: true, reason: Reason::DropNoFlow, deny_flow: None }],
             "{s}"
         );
         let msg = e.to_string();
         assert!(msg.contains(&ssh(s).to_string()), "{msg}");
-        assert!(
-            msg.contains("is protected and no flow of the site allows"),
-            "{msg}"
-        );
+        assert!(msg.contains("is protected and no flow of the site allows"), "{msg}");
         assert!(msg.contains("--force"), "{msg}");
         assert!(msg.contains("lockout-ok"), "{msg}");
     }
@@ -161,14 +141,9 @@ fn ssh_session_denied_by_a_deny_flow_is_refused() {
             deny_flow: Some("lk-no-ssh-from-quarantine (lockout)".into()),
         }]
     );
-    assert!(e
-        .to_string()
-        .contains("deny flow `lk-no-ssh-from-quarantine (lockout)` forbids it"));
+    assert!(e.to_string().contains("deny flow `lk-no-ssh-from-quarantine (lockout)` forbids it"));
     // https from the same PC is not denied.
-    assert_eq!(
-        check(&p, &t, Some(&ssh("10.9.0.70 50123 10.1.0.10 443"))),
-        Ok(())
-    );
+    assert_eq!(check(&p, &t, Some(&ssh("10.9.0.70 50123 10.1.0.10 443"))), Ok(()));
 }
 
 #[test]
@@ -183,20 +158,12 @@ fn unprotected_destination_is_ok() {
 #[test]
 fn unprotected_destination_is_refused_when_the_site_drops_it() {
     let (p, t) = site("drop-unprotected");
-    assert_eq!(
-        check(&p, &t, Some(&ssh("10.9.0.7 50123 10.1.0.10 22"))),
-        Ok(())
-    );
+    assert_eq!(check(&p, &t, Some(&ssh("10.9.0.7 50123 10.1.0.10 22"))), Ok(()));
     let s = ssh("10.9.0.7 50123 10.1.0.99 22");
     let e = check(&p, &t, Some(&s)).expect_err("unprotected: drop");
     assert_eq!(
         e.problems,
-        vec![Lockout::SshSession {
-            session: s,
-            protected: false,
-            reason: Reason::DropUnprotected,
-            deny_flow: None,
-        }]
+        vec![Lockout::SshSession { session: s, protected: false, reason: Reason::DropUnprotected, deny_flow: None }]
     );
     assert!(e.to_string().contains("unprotected: drop"));
 }
@@ -213,11 +180,7 @@ fn every_protected_role_managed() {
     let (slot, pkt) = lockout::management_path(&p, &t, web).expect("web is managed");
     assert_eq!(p.flows[slot].info.id, "lk-web-admin");
     assert_eq!(pkt.dport, 8443);
-    let primary = p
-        .roles
-        .iter()
-        .position(|r| r.id == "server-primary")
-        .unwrap();
+    let primary = p.roles.iter().position(|r| r.id == "server-primary").unwrap();
     let (slot, pkt) = lockout::management_path(&p, &t, primary).expect("primary is managed");
     assert_eq!(p.flows[slot].info.id, "lk-admin-ssh");
     assert_eq!((pkt.dport, pkt.dst.to_string().as_str()), (22, "10.1.0.10"));
@@ -228,31 +191,14 @@ fn protected_role_without_management_flow_is_refused() {
     let (p, t) = site("db-unmanaged");
     let e = check(&p, &t, None).expect_err("db has no management flow");
     assert_eq!(unmanaged(&e.problems), ["db"]);
-    let Lockout::Unmanaged {
-        prefixes, hints, ..
-    } = &e.problems[0]
-    else {
-        unreachable!()
-    };
-    assert_eq!(
-        prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        ["10.1.0.30/32"]
-    );
+    let Lockout::Unmanaged { prefixes, hints, .. } = &e.problems[0] else { unreachable!() };
+    assert_eq!(prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.1.0.30/32"]);
     // The port-22 flow from the jump host is documented but off.
     assert_eq!(hints.len(), 1, "{hints:?}");
-    assert!(
-        hints[0].contains("`lk-db-jump-ssh`") && hints[0].contains("jump-ssh: true"),
-        "{hints:?}"
-    );
+    assert!(hints[0].contains("`lk-db-jump-ssh`") && hints[0].contains("jump-ssh: true"), "{hints:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("protected role `db` (10.1.0.30/32) has no management flow"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("`management-pc`") && msg.contains("ssh port 22"),
-        "{msg}"
-    );
+    assert!(msg.contains("protected role `db` (10.1.0.30/32) has no management flow"), "{msg}");
+    assert!(msg.contains("`management-pc`") && msg.contains("ssh port 22"), "{msg}");
     assert!(msg.contains("--force"), "{msg}");
 
     // A database flow from the server (tcp 5432) is not management; the SSH session is fine,
@@ -272,9 +218,7 @@ fn management_turned_off_by_options_is_refused() {
     let (p, t) = site("options-off");
     let e = check(&p, &t, None).expect_err("options off");
     assert_eq!(unmanaged(&e.problems), ["server"]);
-    let Lockout::Unmanaged { hints, .. } = &e.problems[0] else {
-        unreachable!()
-    };
+    let Lockout::Unmanaged { hints, .. } = &e.problems[0] else { unreachable!() };
     assert_eq!(hints.len(), 2, "{hints:?}");
     assert!(hints[0].contains("`lk-admin-ssh`") && hints[0].contains("management-ssh: true"));
     assert!(hints[1].contains("`lk-admin-https`") && hints[1].contains("web-admin: true"));
@@ -286,10 +230,7 @@ fn unbound_management_role_is_refused() {
     let e = check(&p, &t, None).expect_err("management-pc unbound");
     assert_eq!(unmanaged(&e.problems), ["server"]);
     let msg = e.to_string();
-    assert!(
-        msg.contains("role `management-pc` has no addresses in the site"),
-        "{msg}"
-    );
+    assert!(msg.contains("role `management-pc` has no addresses in the site"), "{msg}");
 }
 
 #[test]
@@ -298,14 +239,8 @@ fn management_shadowed_by_a_deny_flow_is_refused() {
     let e = check(&p, &t, None).expect_err("shadowed");
     assert_eq!(unmanaged(&e.problems), ["server"]);
     let msg = e.to_string();
-    assert!(
-        msg.contains("deny flow `lk-no-ssh-from-quarantine (lockout)` shadows it"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("`lk-admin-https`") && msg.contains("is off"),
-        "{msg}"
-    );
+    assert!(msg.contains("deny flow `lk-no-ssh-from-quarantine (lockout)` shadows it"), "{msg}");
+    assert!(msg.contains("`lk-admin-https`") && msg.contains("is off"), "{msg}");
 }
 
 #[test]
@@ -368,28 +303,12 @@ fn real_sites() {
     // The lab: the management PC's ssh is kept, an SSH session from "the Internet" is not.
     let p = load_site(&dir.join("lab.yaml")).unwrap();
     let t = compile(&p).unwrap();
-    assert_eq!(
-        check(&p, &t, Some(&ssh("10.200.0.2 40000 10.200.0.1 22"))),
-        Ok(())
-    );
-    assert_eq!(
-        check(&p, &t, Some(&ssh("fd00:200::2 40000 fd00:200::1 22"))),
-        Ok(())
-    );
+    assert_eq!(check(&p, &t, Some(&ssh("10.200.0.2 40000 10.200.0.1 22"))), Ok(()));
+    assert_eq!(check(&p, &t, Some(&ssh("fd00:200::2 40000 fd00:200::1 22"))), Ok(()));
     let e = check(&p, &t, Some(&ssh("10.200.0.9 40000 10.200.0.1 22"))).expect_err("internet");
-    assert!(matches!(
-        e.problems[..],
-        [Lockout::SshSession {
-            reason: Reason::DropNoFlow,
-            protected: true,
-            ..
-        }]
-    ));
+    assert!(matches!(e.problems[..], [Lockout::SshSession { reason: Reason::DropNoFlow, protected: true, .. }]));
     // An SSH session to the VCS Control (not protected by the lab; unprotected: pass) is kept.
-    assert_eq!(
-        check(&p, &t, Some(&ssh("10.200.0.9 40000 10.200.0.3 22"))),
-        Ok(())
-    );
+    assert_eq!(check(&p, &t, Some(&ssh("10.200.0.9 40000 10.200.0.3 22"))), Ok(()));
 }
 
 #[test]
@@ -398,10 +317,7 @@ fn user_web_access_is_not_management() {
     let e = check(&p, &t, None).expect_err("web unmanaged");
     assert_eq!(unmanaged(&e.problems), ["web"]);
     let msg = e.to_string();
-    assert!(
-        msg.contains("`lk-web-admin`") && msg.contains("web-8443: true"),
-        "{msg}"
-    );
+    assert!(msg.contains("`lk-web-admin`") && msg.contains("web-8443: true"), "{msg}");
     // The management PCs reach web's 443 all the same, credited to the users' flow.
     let d = dataplane::classify::classify(&t, &ssh("10.9.0.7 50123 10.1.0.20 443").packet());
     assert!(d.allow);

@@ -7,9 +7,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use dataplane::classify::{
-    classify_outbound, reference, reference_outbound, Classifier, Decision, Packet,
-};
+use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Decision, Packet};
 use dataplane::compile::{compile, compile_with_summary};
 use dataplane::policy::{load_site_from, ConntrackOptions, Policy};
 use dataplane_common::Reason::{self, *};
@@ -37,20 +35,10 @@ fn pkt(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Packet {
 fn outbound_flows_and_slots() {
     let p = common::outbound_policy();
     let ids = |f: &[dataplane::policy::Flow]| -> Vec<String> {
-        f.iter()
-            .map(|f| format!("{}/{}", f.info.id, f.info.protocol))
-            .collect()
+        f.iter().map(|f| format!("{}/{}", f.info.id, f.info.protocol)).collect()
     };
     assert_eq!(ids(&p.flows), ["dir-clients-https/tcp"]);
-    assert_eq!(
-        ids(&p.out_flows),
-        [
-            "dir-dns/udp",
-            "dir-ldap/tcp",
-            "dir-smtp-relay/tcp",
-            "dir-no-smtp/tcp"
-        ]
-    );
+    assert_eq!(ids(&p.out_flows), ["dir-dns/udp", "dir-ldap/tcp", "dir-smtp-relay/tcp", "dir-no-smtp/tcp"]);
     assert_eq!((p.catalog_flows, p.out_catalog_flows), (1, 4));
     let t = compile(&p).expect("compiles");
     let out = t.outbound.as_deref().expect("outbound tables");
@@ -58,22 +46,12 @@ fn outbound_flows_and_slots() {
     assert_eq!(out.flows, want);
     assert_eq!(out.config, t.config);
     // The options: udp and size set by the site, the TCP timeouts at their defaults.
-    assert_eq!(
-        (
-            t.config.ct_tcp_established,
-            t.config.ct_tcp_transitory,
-            t.config.ct_udp
-        ),
-        (3600, 60, 30)
-    );
+    assert_eq!((t.config.ct_tcp_established, t.config.ct_tcp_transitory, t.config.ct_udp), (3600, 60, 30));
     assert_eq!(t.conntrack_size, 2048);
     // The derived policy: the peers are its protected roles, nothing else changes.
     let d = p.outbound_policy();
     let peers: Vec<&str> = d.protected().map(|r| r.id.as_str()).collect();
-    assert_eq!(
-        peers,
-        ["dns-server", "ldap-server", "mail-relay", "internet"]
-    );
+    assert_eq!(peers, ["dns-server", "ldap-server", "mail-relay", "internet"]);
     assert!(d.out_flows.is_empty());
 }
 
@@ -91,11 +69,7 @@ fn classify_outbound_packets() {
         // The prohibition wins over the relay flow (the relay is in the `any` role too).
         (pkt(SERVER, RELAY, 6, 40000, 25), Some(3), DropDenyFlow),
         (pkt(SERVER, "8.8.8.8", 6, 40000, 25), Some(3), DropDenyFlow),
-        (
-            pkt(SERVER6, "2001:db8::99", 6, 40000, 25),
-            Some(3),
-            DropDenyFlow,
-        ),
+        (pkt(SERVER6, "2001:db8::99", 6, 40000, 25), Some(3), DropDenyFlow),
         // Wrong port (the peer's), wrong source port (the server's), wrong protocol.
         (pkt(SERVER, DNS, 17, 40000, 54), None, DropNoFlow),
         (pkt(SERVER, DNS, 17, 1023, 53), None, DropNoFlow),
@@ -106,11 +80,7 @@ fn classify_outbound_packets() {
         (pkt(SERVER, DNS, 6, 40000, 389), None, DropNoFlow),
         (pkt(SERVER, LDAP, 17, 40000, 53), None, DropNoFlow),
         (pkt(SERVER, "203.0.113.1", 17, 40000, 53), None, DropNoFlow),
-        (
-            pkt(SERVER6, "2001:db8:53::54", 17, 40000, 53),
-            None,
-            DropNoFlow,
-        ),
+        (pkt(SERVER6, "2001:db8:53::54", 17, 40000, 53), None, DropNoFlow),
         // Not from the protected server: a client, or the peer itself.
         (pkt("10.0.0.5", DNS, 17, 40000, 53), None, DropNoFlow),
         (pkt(DNS, SERVER, 17, 53, 40000), None, DropNoFlow),
@@ -121,18 +91,10 @@ fn classify_outbound_packets() {
         (pkt(SERVER, DNS, 47, 0, 0), None, DropNoFlow),
     ];
     for (packet, slot, reason) in cases {
-        let want = Decision {
-            allow: *reason == PassFlow,
-            flow: *slot,
-            reason: *reason,
-        };
+        let want = Decision { allow: *reason == PassFlow, flow: *slot, reason: *reason };
         assert_eq!(cls.classify_outbound(packet), want, "tables: {packet:?}");
         assert_eq!(classify_outbound(&t, packet), want, "tables: {packet:?}");
-        assert_eq!(
-            reference_outbound(&p, packet),
-            want,
-            "reference: {packet:?}"
-        );
+        assert_eq!(reference_outbound(&p, packet), want, "reference: {packet:?}");
     }
     let out = t.outbound.as_deref().expect("outbound");
     assert_eq!(out.flows[0].id, "dir-dns");
@@ -153,21 +115,14 @@ fn inbound_unchanged_by_outbound_flows() {
     assert_eq!(cls.classify(&reply).reason, DropNoFlow);
     assert_eq!(reference(&p, &reply).reason, DropNoFlow);
     // Peers are not protected addresses inbound.
-    assert_eq!(
-        cls.classify(&pkt(SERVER, DNS, 17, 40000, 53)).reason,
-        PassUnprotected
-    );
+    assert_eq!(cls.classify(&pkt(SERVER, DNS, 17, 40000, 53)).reason, PassUnprotected);
 }
 
 #[test]
 fn no_outbound_flows_no_outbound_tables() {
     let dir = common::scratch();
     let site = dir.join("sites/s.yaml");
-    std::fs::write(
-        &site,
-        "name: s\ncatalogs: [alpha]\nroles:\n  server: 10.0.0.1\nprotect: [server]\n",
-    )
-    .expect("write");
+    std::fs::write(&site, "name: s\ncatalogs: [alpha]\nroles:\n  server: 10.0.0.1\nprotect: [server]\n").expect("write");
     let p = load_site_from(&site, &dir.join("catalog")).expect("loads");
     assert!(p.out_flows.is_empty());
     let (t, s) = compile_with_summary(&p).expect("compiles");
@@ -182,14 +137,7 @@ fn no_outbound_flows_no_outbound_tables() {
     // Defaults of every conntrack option.
     assert_eq!(p.conntrack, ConntrackOptions::default());
     assert_eq!(t.conntrack_size, 65536);
-    assert_eq!(
-        (
-            t.config.ct_tcp_established,
-            t.config.ct_tcp_transitory,
-            t.config.ct_udp
-        ),
-        (3600, 60, 60)
-    );
+    assert_eq!((t.config.ct_tcp_established, t.config.ct_tcp_transitory, t.config.ct_udp), (3600, 60, 60));
 }
 
 /// The test site's `beta-db` flow goes from `server` to `db`, both protected: it is inbound
@@ -261,15 +209,8 @@ fn real_sites_outbound() {
                 let Some((src, dst)) = first_addrs(&p, f.from, f.to, v6) else {
                     continue;
                 };
-                let packet = Packet {
-                    src,
-                    dst,
-                    proto: f.proto,
-                    sport: f.sport[0].0,
-                    dport: f.dport[0].0,
-                    icmp_type: None,
-                    quote: None,
-                };
+                let packet =
+                    Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
                 let d = cls.classify_outbound(&packet);
                 assert_eq!(d, reference_outbound(&p, &packet), "{packet:?}");
                 assert_ne!(d.reason, DropNoFlow, "{packet:?} matches {}", f.info.id);
@@ -306,20 +247,8 @@ fn synthetic_site_outbound_matches_reference() {
                 (f.sport[0].1, f.dport[0].1),
                 (f.sport[0].0.wrapping_sub(1), f.dport[0].1.wrapping_add(1)),
             ] {
-                let packet = Packet {
-                    src,
-                    dst,
-                    proto: f.proto,
-                    sport,
-                    dport,
-                    icmp_type: None,
-                    quote: None,
-                };
-                assert_eq!(
-                    cls.classify_outbound(&packet),
-                    reference_outbound(&p, &packet),
-                    "{packet:?}"
-                );
+                let packet = Packet { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
+                assert_eq!(cls.classify_outbound(&packet), reference_outbound(&p, &packet), "{packet:?}");
                 checked += 1;
             }
         }

@@ -10,15 +10,11 @@ use dataplane::classify::{classify_outbound, reference, reference_outbound, Clas
 use dataplane::compile::compile;
 use dataplane::policy::options::When;
 use dataplane::policy::ports::{DportSpec, PortSpec, SportSpec};
-use dataplane::policy::{
-    Action, Catalog, Cidr, FlowDecl, OptValue, Policy, Proto, RoleDecl, Site, SiteOptions,
-};
+use dataplane::policy::{Action, Catalog, Cidr, FlowDecl, OptValue, Policy, Proto, RoleDecl, Site, SiteOptions};
 use proptest::prelude::*;
 
 /// Ports around which flows and packets cluster.
-const PORTS: [u16; 14] = [
-    1, 2, 3, 22, 23, 80, 443, 1023, 1024, 1025, 5060, 5061, 65534, 65535,
-];
+const PORTS: [u16; 14] = [1, 2, 3, 22, 23, 80, 443, 1023, 1024, 1025, 5060, 5061, 65534, 65535];
 
 #[derive(Clone, Debug)]
 struct RoleSpec {
@@ -48,16 +44,8 @@ fn range() -> impl Strategy<Value = (u16, u16)> {
 
 fn role() -> impl Strategy<Value = RoleSpec> {
     let cidr = (any::<bool>(), 0u8..16, 0u8..7);
-    (
-        prop::bool::weighted(0.2),
-        prop::option::weighted(0.8, prop::collection::vec(cidr, 0..4)),
-        prop::bool::weighted(0.6),
-    )
-        .prop_map(|(any, cidrs, protect)| RoleSpec {
-            any,
-            cidrs,
-            protect,
-        })
+    (prop::bool::weighted(0.2), prop::option::weighted(0.8, prop::collection::vec(cidr, 0..4)), prop::bool::weighted(0.6))
+        .prop_map(|(any, cidrs, protect)| RoleSpec { any, cidrs, protect })
 }
 
 fn flow() -> impl Strategy<Value = FlowSpec> {
@@ -69,14 +57,7 @@ fn flow() -> impl Strategy<Value = FlowSpec> {
         prop::option::weighted(0.4, prop::collection::vec(range(), 1..3)),
         prop::bool::weighted(0.2),
     )
-        .prop_map(|(from, to, protos, dport, sport, deny)| FlowSpec {
-            from,
-            to,
-            protos,
-            dport,
-            sport,
-            deny,
-        })
+        .prop_map(|(from, to, protos, dport, sport, deny)| FlowSpec { from, to, protos, dport, sport, deny })
 }
 
 fn cidr((v6, host, len): (bool, u8, u8)) -> Cidr {
@@ -88,11 +69,7 @@ fn cidr((v6, host, len): (bool, u8, u8)) -> Cidr {
         n => w - (n - 2),
     };
     let base: u128 = if v6 { 0xfd00u128 << 112 } else { 10u128 << 24 };
-    Cidr {
-        v6,
-        addr: (base | host as u128) & dataplane::policy::cidr::mask(len, w),
-        len,
-    }
+    Cidr { v6, addr: (base | host as u128) & dataplane::policy::cidr::mask(len, w), len }
 }
 
 fn spec(ranges: &[(u16, u16)]) -> PortSpec {
@@ -104,12 +81,7 @@ fn build(roles: &[RoleSpec], flows: &[FlowSpec], drop: bool, echo: bool) -> Poli
     let decls = roles
         .iter()
         .enumerate()
-        .map(|(i, r)| RoleDecl {
-            id: format!("r{i}"),
-            aliases: vec![],
-            description: String::new(),
-            any: r.any,
-        })
+        .map(|(i, r)| RoleDecl { id: format!("r{i}"), aliases: vec![], description: String::new(), any: r.any })
         .collect();
     let flows = flows
         .iter()
@@ -144,33 +116,20 @@ fn build(roles: &[RoleSpec], flows: &[FlowSpec], drop: bool, echo: bool) -> Poli
     let bindings: Vec<(String, Vec<Cidr>)> = roles
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| {
-            r.cidrs
-                .as_ref()
-                .map(|c| (format!("r{i}"), c.iter().copied().map(cidr).collect()))
-        })
+        .filter_map(|(i, r)| r.cidrs.as_ref().map(|c| (format!("r{i}"), c.iter().copied().map(cidr).collect())))
         .collect();
     let has_addresses = |i: usize| match &roles[i].cidrs {
         Some(c) => !c.is_empty(),
         None => roles[i].any,
     };
-    let protect = (0..n)
-        .filter(|&i| roles[i].protect && has_addresses(i))
-        .map(|i| format!("r{i}"))
-        .collect();
+    let protect = (0..n).filter(|&i| roles[i].protect && has_addresses(i)).map(|i| format!("r{i}")).collect();
     let s = |v: &str| OptValue::Str(v.into());
     let options = SiteOptions(vec![
         ("unprotected".into(), s(if drop { "drop" } else { "pass" })),
         ("icmp-echo".into(), s(if echo { "allow" } else { "deny" })),
     ]);
-    let site = Site {
-        name: "prop".into(),
-        path: "prop.yaml".into(),
-        catalogs: vec!["prop".into()],
-        roles: bindings,
-        protect,
-        options,
-    };
+    let site =
+        Site { name: "prop".into(), path: "prop.yaml".into(), catalogs: vec!["prop".into()], roles: bindings, protect, options };
     Policy::resolve(&site, vec![catalog]).expect("generated sites are consistent")
 }
 
@@ -200,7 +159,16 @@ fn packet() -> impl Strategy<Value = PacketSpec> {
         prop::option::of(prop::sample::select(vec![0u8, 1, 3, 8, 11, 128, 129, 133, 135, 200])),
         prop::bool::weighted(0.7),
     )
-        .prop_map(|(v6, src, dst, proto, sport, dport, icmp, aim)| PacketSpec { v6, src, dst, proto, sport, dport, icmp, aim })
+        .prop_map(|(v6, src, dst, proto, sport, dport, icmp, aim)| PacketSpec {
+            v6,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            icmp,
+            aim,
+        })
 }
 
 /// Hosts 0..16 of the pool, 16..20 elsewhere (inside /8 or outside everything).
@@ -229,36 +197,19 @@ fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec)
     let f = flows.get(ps.src as usize % flows.len().max(1))?;
     // The spec's family if both roles have it, else the other one.
     let has = |role: usize, v6: bool| policy.roles[role].cidrs.iter().any(|c| c.v6 == v6);
-    let v6 = if has(f.from, ps.v6) && has(f.to, ps.v6) {
-        ps.v6
-    } else {
-        !ps.v6
-    };
+    let v6 = if has(f.from, ps.v6) && has(f.to, ps.v6) { ps.v6 } else { !ps.v6 };
     let pick = |role: usize, k: u8| {
-        let c: Vec<&Cidr> = policy.roles[role]
-            .cidrs
-            .iter()
-            .filter(|c| c.v6 == v6)
-            .collect();
+        let c: Vec<&Cidr> = policy.roles[role].cidrs.iter().filter(|c| c.v6 == v6).collect();
         let c = c.get(k as usize % c.len().max(1))?;
         let w = c.width();
-        let bits = (k as u128 * 0x0101_0101_0101_0101_0101_0101_0101_0101)
-            & !dataplane::policy::cidr::mask(c.len, w);
+        let bits = (k as u128 * 0x0101_0101_0101_0101_0101_0101_0101_0101) & !dataplane::policy::cidr::mask(c.len, w);
         let a = c.addr | (bits & if w == 32 { 0xffff_ffff } else { u128::MAX });
-        Some(if c.v6 {
-            IpAddr::V6(a.into())
-        } else {
-            IpAddr::V4((a as u32).into())
-        })
+        Some(if c.v6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) })
     };
     Some(Packet {
         src: pick(f.from, ps.dst)?,
         dst: pick(f.to, ps.dst / 2)?,
-        proto: if ps.proto == 6 || ps.proto == 17 {
-            f.proto
-        } else {
-            ps.proto
-        },
+        proto: if ps.proto == 6 || ps.proto == 17 { f.proto } else { ps.proto },
         sport: ps.sport,
         dport: ps.dport,
         icmp_type: ps.icmp,

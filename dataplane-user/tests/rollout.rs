@@ -136,7 +136,10 @@ fn diff_exit_status_json_and_causes() {
     assert_eq!(x["new"]["flow"], "alpha-turn");
     assert_eq!(x["packet"]["dport"], 3478);
     assert_eq!(d["options"], json!([{"option": "turn", "catalogs": ["alpha"], "old": false, "new": true}]));
-    assert_eq!(d["flips"]["deny_to_allow"].as_u64().unwrap() + d["flips"]["allow_to_deny"].as_u64().unwrap(), flips(&d).len() as u64);
+    assert_eq!(
+        d["flips"]["deny_to_allow"].as_u64().unwrap() + d["flips"]["allow_to_deny"].as_u64().unwrap(),
+        flips(&d).len() as u64
+    );
     assert!(flips_agree_with_explain(&d, &p[0], &p[2], &cat) >= 2);
 
     // The text form: the same facts, one flow per line.
@@ -181,13 +184,20 @@ fn diff_changes_addresses_ports_protection_and_settings() {
     }
     // Both ways: allow -> deny (198.51.100.200 left the partner role, db unprotected then
     // dropped) and deny -> allow.
-    assert!(d["flips"]["allow_to_deny"].as_u64().unwrap() > 0 && d["flips"]["deny_to_allow"].as_u64().unwrap() > 0, "{}", d["flips"]);
+    assert!(
+        d["flips"]["allow_to_deny"].as_u64().unwrap() > 0 && d["flips"]["deny_to_allow"].as_u64().unwrap() > 0,
+        "{}",
+        d["flips"]
+    );
     flips_agree_with_explain(&d, &p[0], &p[1], &cat);
 }
 
 #[test]
 fn diff_catalog_selection_and_order() {
-    let alpha_only = BASE.replace("catalogs: [alpha, beta]", "catalogs: [alpha]").replace("  db: [192.0.2.20]\n", "").replace("[server, db]", "[server]");
+    let alpha_only = BASE
+        .replace("catalogs: [alpha, beta]", "catalogs: [alpha]")
+        .replace("  db: [192.0.2.20]\n", "")
+        .replace("[server, db]", "[server]");
     let swapped = BASE.replace("catalogs: [alpha, beta]", "catalogs: [beta, alpha]");
     let (dir, p) = sites(&[("base", BASE), ("alpha", &alpha_only), ("swapped", &swapped)]);
     let cat = dir.join("catalog").display().to_string();
@@ -334,14 +344,32 @@ fn diff_and_suggest_on_every_example_site() {
             assert_eq!(out.status.code(), Some(if d["same"] == true { 0 } else { 1 }), "{variant}");
             flips_agree_with_explain(&d, &s, &variant, &cat);
             // A tuple this option admits through a flow: a drop event for `suggest`.
-            let admitted = entries(&d, "inbound", "added").into_iter().chain(entries(&d, "inbound", "changed")).flat_map(|f| {
-                f["flips"].as_array().unwrap().iter().filter(|x| x["old"]["reason"] == "no_flow" && x["new"]["reason"] == "flow").take(1).cloned().collect::<Vec<_>>()
-            }).next();
+            let admitted = entries(&d, "inbound", "added")
+                .into_iter()
+                .chain(entries(&d, "inbound", "changed"))
+                .flat_map(|f| {
+                    f["flips"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|x| x["old"]["reason"] == "no_flow" && x["new"]["reason"] == "flow")
+                        .take(1)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .next();
             if let Some(x) = admitted {
                 let p = &x["packet"];
                 let proto = if p["proto"] == "tcp" { 6 } else { 17 };
                 let port = |k: &str| p[k].as_u64().unwrap() as u16;
-                events.push_str(&event(p["src"].as_str().unwrap(), p["dst"].as_str().unwrap(), proto, port("sport"), port("dport"), "no_flow"));
+                events.push_str(&event(
+                    p["src"].as_str().unwrap(),
+                    p["dst"].as_str().unwrap(),
+                    proto,
+                    port("sport"),
+                    port("dport"),
+                    "no_flow",
+                ));
                 events.push('\n');
                 expected.push((name.clone(), value.to_json()));
             }
@@ -356,7 +384,9 @@ fn diff_and_suggest_on_every_example_site() {
         named += expected.len();
         for (name, value) in expected {
             // An integer: the smallest value that reaches the port may be below the one tried.
-            let named = |x: &&Value| x[&name] == value || (value.is_i64() && x[&name].as_i64() <= value.as_i64() && x.as_object().unwrap().len() == 1);
+            let named = |x: &&Value| {
+                x[&name] == value || (value.is_i64() && x[&name].as_i64() <= value.as_i64() && x.as_object().unwrap().len() == 1)
+            };
             assert!(sets.iter().any(named), "{s}: suggest names {name}: {value}: {sets:?}");
         }
     }
@@ -401,7 +431,10 @@ fn suggest_groups_dropped_traffic() {
     let off = r["switched_off"].as_array().unwrap();
     let turn = off.iter().find(|x| x["set"] == json!({"turn": true})).expect("set turn: true");
     assert_eq!((turn["packets"].as_u64(), turn["sources"].as_u64()), (Some(4), Some(2)));
-    assert_eq!(turn["flows"], json!([{"id": "alpha-turn", "protocol": "udp", "catalog": "alpha", "table": "Media", "description": "turn"}]));
+    assert_eq!(
+        turn["flows"],
+        json!([{"id": "alpha-turn", "protocol": "udp", "catalog": "alpha", "table": "Media", "description": "turn"}])
+    );
     assert_eq!(turn["lines"], "options:\n  turn: true\n");
     // turn: true also drops alpha-turn-off (when turn: false): the engineer is told.
     assert_eq!(turn["also_removes"], 1);
@@ -436,7 +469,9 @@ fn suggest_groups_dropped_traffic() {
         }
         if let Some((role, cidrs)) = x["bind"].as_object().unwrap().iter().next() {
             let old = format!("  {role}: [198.51.100.0/24]");
-            let list: Vec<String> = std::iter::once("198.51.100.0/24".to_string()).chain(cidrs.as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned())).collect();
+            let list: Vec<String> = std::iter::once("198.51.100.0/24".to_string())
+                .chain(cidrs.as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()))
+                .collect();
             site = site.replace(&old, &format!("  {role}: [{}]", list.join(", ")));
         }
         let changed = dir.join("sites/changed.yaml");
@@ -496,7 +531,12 @@ fn suggest_bounds_memory_and_reports_bad_lines() {
     let out = run(&["suggest", "--events", &f, "--site", &p[0], "--catalog-dir", &cat, "--json", "--max-tuples", "2"], "");
     assert!(!out.status.success(), "bad lines fail the run");
     let err = text(&out.stderr);
-    for needle in ["events.jsonl:6:66: field \"dport\": 70000 is not an integer 0-65535", "events.jsonl:7:2: not valid JSON: expected ident\n", "events.jsonl:8:2: field \"src\"", "3 bad event line(s)"] {
+    for needle in [
+        "events.jsonl:6:66: field \"dport\": 70000 is not an integer 0-65535",
+        "events.jsonl:7:2: not valid JSON: expected ident\n",
+        "events.jsonl:8:2: field \"src\"",
+        "3 bad event line(s)",
+    ] {
         assert!(err.contains(needle), "{needle:?} in {err}");
     }
     let r: Value = serde_json::from_slice(&out.stdout).expect("the report is still printed");

@@ -28,35 +28,11 @@ const fn c(
     want: Option<&'static str>,
     reason: Reason,
 ) -> Case {
-    Case {
-        src,
-        dst,
-        proto,
-        sport,
-        dport,
-        icmp: None,
-        want,
-        reason,
-    }
+    Case { src, dst, proto, sport, dport, icmp: None, want, reason }
 }
 
-const fn icmp(
-    src: &'static str,
-    dst: &'static str,
-    proto: u8,
-    t: Option<u8>,
-    reason: Reason,
-) -> Case {
-    Case {
-        src,
-        dst,
-        proto,
-        sport: 0,
-        dport: 0,
-        icmp: t,
-        want: None,
-        reason,
-    }
+const fn icmp(src: &'static str, dst: &'static str, proto: u8, t: Option<u8>, reason: Reason) -> Case {
+    Case { src, dst, proto, sport: 0, dport: 0, icmp: t, want: None, reason }
 }
 
 const SERVER: &str = "192.0.2.10";
@@ -65,235 +41,51 @@ use Reason::*;
 
 const CASES: &[Case] = &[
     // admin-pc 10.0.0.5 is in admin-pc (/32), lan (/8) and internet (any): all their flows apply.
-    c(
-        "10.0.0.5",
-        SERVER,
-        6,
-        40000,
-        443,
-        Some("alpha-admin-https"),
-        PassFlow,
-    ),
-    c(
-        "10.0.0.5",
-        SERVER,
-        6,
-        1000,
-        443,
-        Some("beta-lan-https"),
-        PassFlow,
-    ),
-    c(
-        "10.0.0.6",
-        SERVER,
-        6,
-        40000,
-        443,
-        Some("beta-lan-https"),
-        PassFlow,
-    ),
+    c("10.0.0.5", SERVER, 6, 40000, 443, Some("alpha-admin-https"), PassFlow),
+    c("10.0.0.5", SERVER, 6, 1000, 443, Some("beta-lan-https"), PassFlow),
+    c("10.0.0.6", SERVER, 6, 40000, 443, Some("beta-lan-https"), PassFlow),
     c("8.8.8.8", SERVER, 6, 40000, 443, None, DropNoFlow),
     // The prohibition wins over the lan's 20-25 allow (lan hosts are in the any role too).
-    c(
-        "10.0.0.6",
-        SERVER,
-        6,
-        40000,
-        23,
-        Some("alpha-no-telnet"),
-        DropDenyFlow,
-    ),
-    c(
-        "10.0.0.5",
-        SERVER,
-        6,
-        40000,
-        23,
-        Some("alpha-no-telnet"),
-        DropDenyFlow,
-    ),
-    c(
-        "10.0.0.6",
-        SERVER,
-        6,
-        40000,
-        22,
-        Some("alpha-lan-telnet"),
-        PassFlow,
-    ),
-    c(
-        "10.0.0.6",
-        SERVER,
-        6,
-        40000,
-        24,
-        Some("alpha-lan-telnet"),
-        PassFlow,
-    ),
+    c("10.0.0.6", SERVER, 6, 40000, 23, Some("alpha-no-telnet"), DropDenyFlow),
+    c("10.0.0.5", SERVER, 6, 40000, 23, Some("alpha-no-telnet"), DropDenyFlow),
+    c("10.0.0.6", SERVER, 6, 40000, 22, Some("alpha-lan-telnet"), PassFlow),
+    c("10.0.0.6", SERVER, 6, 40000, 24, Some("alpha-lan-telnet"), PassFlow),
     c("10.0.0.6", SERVER, 6, 40000, 26, None, DropNoFlow),
     // by: release upgraded -> 40000-49999.
-    c(
-        "8.8.8.8",
-        SERVER,
-        17,
-        1,
-        40000,
-        Some("alpha-media"),
-        PassFlow,
-    ),
-    c(
-        "8.8.8.8",
-        SERVER,
-        17,
-        1,
-        49999,
-        Some("alpha-media"),
-        PassFlow,
-    ),
+    c("8.8.8.8", SERVER, 17, 1, 40000, Some("alpha-media"), PassFlow),
+    c("8.8.8.8", SERVER, 17, 1, 49999, Some("alpha-media"), PassFlow),
     c("8.8.8.8", SERVER, 17, 1, 50000, None, DropNoFlow),
     c("8.8.8.8", SERVER, 17, 1, 30000, None, DropNoFlow),
     // count: zones 3 -> 7001-7003.
-    c(
-        "198.51.100.7",
-        SERVER,
-        6,
-        40000,
-        7001,
-        Some("alpha-zones"),
-        PassFlow,
-    ),
-    c(
-        "198.51.100.7",
-        SERVER,
-        6,
-        40000,
-        7003,
-        Some("alpha-zones"),
-        PassFlow,
-    ),
+    c("198.51.100.7", SERVER, 6, 40000, 7001, Some("alpha-zones"), PassFlow),
+    c("198.51.100.7", SERVER, 6, 40000, 7003, Some("alpha-zones"), PassFlow),
     c("198.51.100.7", SERVER, 6, 40000, 7004, None, DropNoFlow),
     // when: turn is off; turn-off flow needs turn false and release upgraded.
     c("8.8.8.8", SERVER, 17, 40000, 3478, None, DropNoFlow),
-    c(
-        "198.51.100.7",
-        SERVER,
-        17,
-        40000,
-        3479,
-        Some("alpha-turn-off"),
-        PassFlow,
-    ),
+    c("198.51.100.7", SERVER, 17, 40000, 3479, Some("alpha-turn-off"), PassFlow),
     // Source ports: the earlier any-sport flow is credited; the partner's 5060-only flow after.
-    c(
-        "198.51.100.7",
-        SERVER,
-        17,
-        5060,
-        5060,
-        Some("alpha-internet-sip"),
-        PassFlow,
-    ),
-    c(
-        "198.51.100.7",
-        SERVER,
-        17,
-        5060,
-        5000,
-        Some("alpha-partner-sip-5060"),
-        PassFlow,
-    ),
+    c("198.51.100.7", SERVER, 17, 5060, 5060, Some("alpha-internet-sip"), PassFlow),
+    c("198.51.100.7", SERVER, 17, 5060, 5000, Some("alpha-partner-sip-5060"), PassFlow),
     c("198.51.100.7", SERVER, 17, 5061, 5000, None, DropNoFlow),
     // sport 1024-65535 boundary.
-    c(
-        "10.0.0.5",
-        SERVER,
-        6,
-        1024,
-        443,
-        Some("alpha-admin-https"),
-        PassFlow,
-    ),
-    c(
-        "10.0.0.5",
-        SERVER,
-        6,
-        1023,
-        443,
-        Some("beta-lan-https"),
-        PassFlow,
-    ),
+    c("10.0.0.5", SERVER, 6, 1024, 443, Some("alpha-admin-https"), PassFlow),
+    c("10.0.0.5", SERVER, 6, 1023, 443, Some("beta-lan-https"), PassFlow),
     // beta's own option value (release is set to upgraded for every catalog declaring it).
-    c(
-        "10.0.0.6",
-        SERVER,
-        17,
-        40000,
-        2500,
-        Some("beta-lan-media"),
-        PassFlow,
-    ),
+    c("10.0.0.6", SERVER, 17, 40000, 2500, Some("beta-lan-media"), PassFlow),
     c("10.0.0.6", SERVER, 17, 40000, 3500, None, DropNoFlow),
     // Both protocols of a [tcp, udp] flow.
-    c(
-        "10.0.0.6",
-        SERVER,
-        6,
-        40000,
-        53,
-        Some("alpha-lan-dns"),
-        PassFlow,
-    ),
-    c(
-        "10.0.0.6",
-        SERVER,
-        17,
-        40000,
-        53,
-        Some("alpha-lan-dns"),
-        PassFlow,
-    ),
+    c("10.0.0.6", SERVER, 6, 40000, 53, Some("alpha-lan-dns"), PassFlow),
+    c("10.0.0.6", SERVER, 17, 40000, 53, Some("alpha-lan-dns"), PassFlow),
     // Second protected role.
     c(SERVER, DB, 6, 40000, 5432, Some("beta-db"), PassFlow),
     c("10.0.0.6", DB, 6, 40000, 5432, None, DropNoFlow),
     // IPv6.
-    c(
-        "fd00::1",
-        "2001:db8::10",
-        6,
-        40000,
-        443,
-        Some("beta-lan-https"),
-        PassFlow,
-    ),
-    c(
-        "2001:db8:ffff::1",
-        "2001:db8::10",
-        17,
-        40000,
-        5061,
-        Some("alpha-internet-sip"),
-        PassFlow,
-    ),
-    c(
-        "2001:db8:ffff::1",
-        "2001:db8::10",
-        6,
-        40000,
-        443,
-        None,
-        DropNoFlow,
-    ),
+    c("fd00::1", "2001:db8::10", 6, 40000, 443, Some("beta-lan-https"), PassFlow),
+    c("2001:db8:ffff::1", "2001:db8::10", 17, 40000, 5061, Some("alpha-internet-sip"), PassFlow),
+    c("2001:db8:ffff::1", "2001:db8::10", 6, 40000, 443, None, DropNoFlow),
     // Not protected.
     c("8.8.8.8", "192.0.2.99", 6, 40000, 80, None, PassUnprotected),
-    c(
-        "8.8.8.8",
-        "2001:db8::11",
-        6,
-        40000,
-        80,
-        None,
-        PassUnprotected,
-    ),
+    c("8.8.8.8", "2001:db8::11", 6, 40000, 80, None, PassUnprotected),
     // Other protocols to a protected address.
     c("10.0.0.6", SERVER, 47, 0, 0, None, DropNoFlow),
     c("10.0.0.6", SERVER, 58, 0, 0, None, DropNoFlow),
@@ -323,16 +115,10 @@ fn cases() {
             icmp_type: k.icmp,
             quote: None,
         };
-        for (how, d) in [
-            ("tables", cls.classify(&p)),
-            ("reference", reference(&policy, &p)),
-        ] {
+        for (how, d) in [("tables", cls.classify(&p)), ("reference", reference(&policy, &p))] {
             let got = d.flow.map(|s| tables.flows[s].id.as_str());
             if got != k.want || d.reason != k.reason || d.allow == k.reason.is_drop() {
-                bad.push(format!(
-                    "{how}: {p:?}: want {:?} {:?}, got {got:?} {:?}",
-                    k.want, k.reason, d.reason
-                ));
+                bad.push(format!("{how}: {p:?}: want {:?} {:?}, got {got:?} {:?}", k.want, k.reason, d.reason));
             }
         }
     }
@@ -390,34 +176,21 @@ fn icmp_errors_follow_the_quoted_flow() {
 #[test]
 fn slots_follow_catalog_order_and_split_protocols() {
     let policy = common::test_policy();
-    let ids: Vec<(&str, &str)> = policy
-        .flows
-        .iter()
-        .map(|f| (f.info.id.as_str(), f.info.protocol.as_str()))
-        .collect();
+    let ids: Vec<(&str, &str)> = policy.flows.iter().map(|f| (f.info.id.as_str(), f.info.protocol.as_str())).collect();
     assert_eq!(ids[0], ("alpha-admin-https", "tcp"));
     assert_eq!(ids[1], ("alpha-lan-dns", "tcp"));
     assert_eq!(ids[2], ("alpha-lan-dns", "udp"));
     // `when` excluded alpha-turn; beta's flows come after alpha's.
     assert!(!ids.iter().any(|(id, _)| *id == "alpha-turn"));
-    let first_beta = ids
-        .iter()
-        .position(|(id, _)| id.starts_with("beta-"))
-        .expect("beta flows");
-    assert!(ids[first_beta..]
-        .iter()
-        .all(|(id, _)| id.starts_with("beta-")));
+    let first_beta = ids.iter().position(|(id, _)| id.starts_with("beta-")).expect("beta flows");
+    assert!(ids[first_beta..].iter().all(|(id, _)| id.starts_with("beta-")));
 }
 
 #[test]
 fn config_flags_from_options() {
     let dir = common::scratch();
     let site = dir.join("sites/s.yaml");
-    std::fs::write(
-        &site,
-        format!("{}options:\n  unprotected: drop\n", common::GOOD_SITE),
-    )
-    .expect("write");
+    std::fs::write(&site, format!("{}options:\n  unprotected: drop\n", common::GOOD_SITE)).expect("write");
     let policy = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
     let tables = compile(&policy).expect("compiles");
     let p = Packet {
@@ -432,11 +205,7 @@ fn config_flags_from_options() {
     let d = Classifier::new(&tables).classify(&p);
     assert_eq!((d.allow, d.reason), (false, DropUnprotected));
     // Echo is denied by default.
-    let p = Packet {
-        dst: "10.0.0.1".parse().unwrap(),
-        proto: 1,
-        ..p
-    };
+    let p = Packet { dst: "10.0.0.1".parse().unwrap(), proto: 1, ..p };
     assert_eq!(Classifier::new(&tables).classify(&p).reason, DropIcmp);
 }
 
@@ -449,17 +218,13 @@ fn synthetic_site_matches_reference() {
     let cls = Classifier::new(&tables);
     let mut x: u64 = 99;
     let mut next = move || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         x >> 17
     };
     // A random host of `c`.
     let host = |c: &Cidr, m: u64| {
         let w = c.width();
-        let bits = (m as u128 | ((m as u128) << 64))
-            & !mask(c.len, w)
-            & if w == 32 { 0xffff_ffff } else { u128::MAX };
+        let bits = (m as u128 | ((m as u128) << 64)) & !mask(c.len, w) & if w == 32 { 0xffff_ffff } else { u128::MAX };
         let a = c.addr | bits;
         if c.v6 {
             std::net::IpAddr::V6(a.into())
@@ -467,12 +232,7 @@ fn synthetic_site_matches_reference() {
             std::net::IpAddr::V4((a as u32).into())
         }
     };
-    let all: Vec<Cidr> = policy
-        .roles
-        .iter()
-        .flat_map(|r| r.cidrs.iter().copied())
-        .filter(|c| c.len > 0)
-        .collect();
+    let all: Vec<Cidr> = policy.roles.iter().flat_map(|r| r.cidrs.iter().copied()).filter(|c| c.len > 0).collect();
     let mut seen = std::collections::HashMap::new();
     for _ in 0..10000 {
         let f = &policy.flows[(next() % policy.flows.len() as u64) as usize];
@@ -490,24 +250,9 @@ fn synthetic_site_matches_reference() {
             continue;
         }
         let (src, dst) = (host(&sc, next()), host(&dc, next()));
-        let dport = f.dport[(next() % f.dport.len() as u64) as usize]
-            .0
-            .wrapping_add((next() % 3) as u16)
-            .wrapping_sub(1);
-        let sport = if next() % 2 == 0 {
-            1023 + (next() % 3) as u16
-        } else {
-            next() as u16
-        };
-        let p = Packet {
-            src,
-            dst,
-            proto: f.proto,
-            sport,
-            dport,
-            icmp_type: None,
-            quote: None,
-        };
+        let dport = f.dport[(next() % f.dport.len() as u64) as usize].0.wrapping_add((next() % 3) as u16).wrapping_sub(1);
+        let sport = if next() % 2 == 0 { 1023 + (next() % 3) as u16 } else { next() as u16 };
+        let p = Packet { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
         let d = cls.classify(&p);
         assert_eq!(d, reference(&policy, &p), "{p:?}");
         *seen.entry(d.reason.name()).or_insert(0) += 1;
@@ -524,10 +269,7 @@ fn synthetic_yaml_round_trip() {
     let from_yaml = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
     let direct = dataplane::synth::synthetic_site(500, 200, 3);
     assert_eq!(from_yaml.flows.len(), direct.flows.len());
-    let (a, b) = (
-        compile(&from_yaml).expect("compiles"),
-        compile(&direct).expect("compiles"),
-    );
+    let (a, b) = (compile(&from_yaml).expect("compiles"), compile(&direct).expect("compiles"));
     assert_eq!(a.image(), b.image());
 }
 

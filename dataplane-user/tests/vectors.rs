@@ -11,11 +11,7 @@ use dataplane::policy::{catalog_dir, load_site_from};
 fn vector_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/vectors");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -61,23 +57,12 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
         Err(e) => return fail(format!("{e:#}")),
     };
     let cls = Classifier::new(&tables);
-    let cases = doc
-        .get("cases")
-        .and_then(|c| c.as_sequence())
-        .cloned()
-        .unwrap_or_default();
+    let cases = doc.get("cases").and_then(|c| c.as_sequence()).cloned().unwrap_or_default();
     let lines = case_lines(&text);
     let mut bad = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let at = format!("{}:{}", path.display(), lines.get(i).copied().unwrap_or(0));
-        let s = |k: &str| {
-            case.get(k).map(|v| {
-                serde_yaml::to_string(v)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            })
-        };
+        let s = |k: &str| case.get(k).map(|v| serde_yaml::to_string(v).unwrap_or_default().trim().to_owned());
         let why = s("why").unwrap_or_default();
         let json = serde_json::to_string(case).unwrap_or_default();
         let packet = match parse_line(&json) {
@@ -128,10 +113,5 @@ fn vectors() {
         total += n;
         bad.extend(b);
     }
-    assert!(
-        bad.is_empty(),
-        "{} of {total} vector cases fail:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{} of {total} vector cases fail:\n{}", bad.len(), bad.join("\n"));
 }

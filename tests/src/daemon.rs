@@ -145,7 +145,14 @@ pub fn send_raw_ipv4(ns: &str, packet: &[u8], dst: std::net::Ipv4Addr) {
             sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
             sin_zero: [0; 8],
         };
-        let n = libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let n = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
         assert_eq!(n, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
         libc::close(fd);
     })
@@ -173,4 +180,3 @@ pub fn reason_packets(s: &Value, verdict: &str, reason: &str) -> u64 {
         .as_u64()
         .unwrap()
 }
-

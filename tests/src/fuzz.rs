@@ -19,7 +19,11 @@ use dataplane::policy::{
     Policy,
 };
 
-use crate::{simple_tables, twin::{Twin, MAX_TRACKED_DATAGRAMS}, Harness};
+use crate::{
+    simple_tables,
+    twin::{Twin, MAX_TRACKED_DATAGRAMS},
+    Harness,
+};
 
 /// The name fuzzed texts go by in errors.
 const SITE_NAME: &str = "fuzzed-site.yaml";

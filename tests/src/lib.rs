@@ -32,8 +32,7 @@ impl Harness {
     /// Runs one frame through the program; returns the XDP action.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         let prog = load::program(&mut self.ebpf)?;
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
         let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         Ok(r.return_value)
     }
@@ -42,9 +41,7 @@ impl Harness {
     /// calling thread's CPU); returns the XDP action of the last run.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<u32> {
         let prog = load::program(&mut self.ebpf)?;
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
         Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN")?.return_value)
     }
 
@@ -52,8 +49,7 @@ impl Harness {
     /// the tc action.
     pub fn run_egress(&mut self, frame: &[u8]) -> Result<u32> {
         let prog = load::egress(&mut self.ebpf)?;
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
         Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN (egress)")?.return_value)
     }
 
@@ -69,10 +65,7 @@ impl Harness {
         let moved = |a: &[Counter], b: &[Counter]| -> Vec<usize> {
             a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i).collect()
         };
-        let reasons = moved(&before.reasons, &after.reasons)
-            .into_iter()
-            .map(|i| Reason::ALL[i])
-            .collect();
+        let reasons = moved(&before.reasons, &after.reasons).into_iter().map(|i| Reason::ALL[i]).collect();
         Ok(Observed {
             action,
             reasons,

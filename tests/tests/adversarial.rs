@@ -369,7 +369,14 @@ fn adversarial_frames_over_veth_are_counted_as_the_twin_predicts() {
         }
     }
 
-    let watched = [Reason::DropMalformed, Reason::DropUnparsed, Reason::DropFragment, Reason::DropNoFlow, Reason::PassFlow, Reason::PassFragment];
+    let watched = [
+        Reason::DropMalformed,
+        Reason::DropUnparsed,
+        Reason::DropFragment,
+        Reason::DropNoFlow,
+        Reason::PassFlow,
+        Reason::PassFragment,
+    ];
     let mut want = [0u64; Reason::ALL.len()];
     let mut want_flows = [0u64; 2];
     for f in &frames {

@@ -63,16 +63,9 @@ impl Rig {
     /// returns whether it enforced, and its log.
     fn enforces(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         use std::io::{BufRead, BufReader, Read};
-        let mut child = self
-            .command(wrapper, args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let enforcing = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains(": enforcing"));
+        let mut child = self.command(wrapper, args, env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let enforcing =
+            BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).any(|l| l.contains(": enforcing"));
         // `timeout` passes the signal on to the daemon.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let mut err = String::new();

@@ -17,15 +17,11 @@ use dataplane::policy::Cidr;
 use dataplane::tables::{PortValue, Tables};
 use dataplane_common::{walk, Reason};
 use dataplane_tests::{
-    rng::Rng,
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
+    rng::Rng,
     Harness, Observed, XDP_DROP, XDP_PASS,
 };
 
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness.
-
-/// xorshift64*: small, fast and reproducible from its seed.
 // ---------------------------------------------------------------------------------------------
 // Sites and what their compiled tables say about interesting addresses and ports.
 
@@ -171,7 +167,8 @@ impl Site {
             return None;
         }
         let class = rng.below(d.classes.len() as u64) as u32 + 1;
-        let dsts: Vec<Prefix> = d.dst_v4.iter().chain(&d.dst_v6).filter(|(c, v)| *v == class && c.v6 == v6).map(|(c, _)| prefix(c)).collect();
+        let dsts: Vec<Prefix> =
+            d.dst_v4.iter().chain(&d.dst_v6).filter(|(c, v)| *v == class && c.v6 == v6).map(|(c, _)| prefix(c)).collect();
         if dsts.is_empty() {
             return None;
         }
@@ -185,7 +182,13 @@ impl Site {
         let w = if v6 { 128 } else { 32 };
         let [tcp, udp] = d.policies[policy as usize - 1];
         let (proto, table) = match (tcp, udp) {
-            (Some(t), Some(u)) => if rng.chance(50) { (6, t) } else { (17, u) },
+            (Some(t), Some(u)) => {
+                if rng.chance(50) {
+                    (6, t)
+                } else {
+                    (17, u)
+                }
+            }
             (Some(t), None) => (6, t),
             (None, Some(u)) => (17, u),
             (None, None) => return None,
@@ -213,43 +216,32 @@ impl Site {
     }
 
     fn file(name: &str) -> Self {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../policies/sites")
-            .join(format!("{name}.yaml"));
-        let tables = dataplane::run::compile_site(&path)
-            .unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/sites").join(format!("{name}.yaml"));
+        let tables = dataplane::run::compile_site(&path).unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
         Site::new(name, tables)
     }
 
     /// A synthetic site (overlapping CIDRs in 10/8 and fd00::/16), with the site-wide switches set.
-    fn synthetic(
-        flows: usize,
-        cidrs: usize,
-        seed: u64,
-        drop_unprotected: bool,
-        allow_echo: bool,
-    ) -> Self {
+    fn synthetic(flows: usize, cidrs: usize, seed: u64, drop_unprotected: bool, allow_echo: bool) -> Self {
         let mut policy = dataplane::synth::synthetic_site(flows, cidrs, seed);
         policy.drop_unprotected = drop_unprotected;
         policy.allow_echo = allow_echo;
         let tables = dataplane::compile::compile(&policy).expect("compiling a synthetic site");
-        Site::new(&format!("synthetic({flows}, {cidrs}, {seed}, drop_unprotected={drop_unprotected}, allow_echo={allow_echo})"), tables)
+        Site::new(
+            &format!("synthetic({flows}, {cidrs}, {seed}, drop_unprotected={drop_unprotected}, allow_echo={allow_echo})"),
+            tables,
+        )
     }
 
     fn harness(&self) -> Harness {
-        Harness::new(&self.tables)
-            .unwrap_or_else(|e| panic!("{}: loading the XDP program: {e:#}", self.name))
+        Harness::new(&self.tables).unwrap_or_else(|e| panic!("{}: loading the XDP program: {e:#}", self.name))
     }
 
     /// An address of family `v6`: mostly near a prefix of the destination (or source) table,
     /// sometimes near one of the other table's, sometimes anywhere.
     fn address(&self, rng: &mut Rng, v6: bool, dst_side: bool) -> IpAddr {
         let w = if v6 { 128 } else { 32 };
-        let (src, dst) = if v6 {
-            (&self.src_v6, &self.dst_v6)
-        } else {
-            (&self.src_v4, &self.dst_v4)
-        };
+        let (src, dst) = if v6 { (&self.src_v6, &self.dst_v6) } else { (&self.src_v4, &self.dst_v4) };
         let (mine, other) = if dst_side { (dst, src) } else { (src, dst) };
         let r = rng.below(100);
         let a = if r < 75 && !mine.is_empty() {
@@ -309,10 +301,7 @@ impl Site {
         let icmp_type = (proto == icmp).then(|| {
             if rng.chance(85) {
                 if v6 {
-                    *rng.pick(&[
-                        0, 1, 2, 3, 4, 5, 127, 128, 129, 130, 132, 133, 134, 135, 136, 137, 138,
-                        143, 255,
-                    ])
+                    *rng.pick(&[0, 1, 2, 3, 4, 5, 127, 128, 129, 130, 132, 133, 134, 135, 136, 137, 138, 143, 255])
                 } else {
                     *rng.pick(&[0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 17, 30, 255])
                 }
@@ -463,11 +452,7 @@ fn expected(d: &Decision) -> Observed {
 }
 
 fn observed(reason: Reason, flow: Option<usize>) -> Observed {
-    expected(&Decision {
-        allow: !reason.is_drop(),
-        flow,
-        reason,
-    })
+    expected(&Decision { allow: !reason.is_drop(), flow, reason })
 }
 
 /// Runs frames through the kernel and collects mismatches (all of them are reported at the end,
@@ -483,13 +468,7 @@ struct Checker {
 
 impl Checker {
     fn new(site: &Site, seed: u64) -> Self {
-        Checker {
-            site: site.name.clone(),
-            seed,
-            sent: 0,
-            by_reason: [0; Reason::ALL.len()],
-            failures: vec![],
-        }
+        Checker { site: site.name.clone(), seed, sent: 0, by_reason: [0; Reason::ALL.len()], failures: vec![] }
     }
 
     fn check(&mut self, h: &mut Harness, what: &str, pkt: &Pkt, want: &Observed) -> Observed {
@@ -513,11 +492,7 @@ impl Checker {
     }
 
     fn finish(self) -> Checked {
-        Checked {
-            sent: self.sent,
-            by_reason: self.by_reason,
-            failures: self.failures,
-        }
+        Checked { sent: self.sent, by_reason: self.by_reason, failures: self.failures }
     }
 }
 
@@ -531,34 +506,19 @@ fn report(test: &str, started: Instant, results: Vec<Checked>, min_packets: usiz
     let sent: usize = results.iter().map(|r| r.sent).sum();
     let by_reason: Vec<String> = Reason::ALL
         .iter()
-        .map(|&r| {
-            (
-                r,
-                results
-                    .iter()
-                    .map(|c| c.by_reason[r as usize])
-                    .sum::<usize>(),
-            )
-        })
+        .map(|&r| (r, results.iter().map(|c| c.by_reason[r as usize]).sum::<usize>()))
         .filter(|&(_, n)| n > 0)
         .map(|(r, n)| format!("{r:?} {n}"))
         .collect();
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.failures).collect();
-    println!(
-        "{test}: {sent} packets through the kernel in {:.2?}, {} mismatches",
-        started.elapsed(),
-        failures.len()
-    );
+    println!("{test}: {sent} packets through the kernel in {:.2?}, {} mismatches", started.elapsed(), failures.len());
     println!("{test}: expected verdicts: {}", by_reason.join(", "));
     assert!(sent >= min_packets, "{test}: only {sent} packets sent");
     if !failures.is_empty() {
         for f in failures.iter().take(20) {
             eprintln!("{f}\n");
         }
-        panic!(
-            "{test}: {} of {sent} packets differ between the kernel and explain (first 20 above)",
-            failures.len()
-        );
+        panic!("{test}: {} of {sent} packets differ between the kernel and explain (first 20 above)", failures.len());
     }
 }
 
@@ -625,22 +585,9 @@ fn wrappers_do_not_change_the_decision() {
                     ("hop-by-hop", case.pkt().v6_ext(&[0])),
                     ("destination options", case.pkt().v6_ext(&[60])),
                     ("routing", case.pkt().v6_ext(&[43])),
-                    (
-                        "hop-by-hop, routing, destination options",
-                        case.pkt().v6_ext(&[0, 43, 60]),
-                    ),
-                    (
-                        "six extension headers",
-                        case.pkt().v6_ext(&[0, 60, 43, 60, 43, 60]),
-                    ),
-                    (
-                        "atomic fragment",
-                        case.pkt().v6_ext(&[0]).frag(FragSpec {
-                            offset8: 0,
-                            more: false,
-                            id: n as u32,
-                        }),
-                    ),
+                    ("hop-by-hop, routing, destination options", case.pkt().v6_ext(&[0, 43, 60])),
+                    ("six extension headers", case.pkt().v6_ext(&[0, 60, 43, 60, 43, 60])),
+                    ("atomic fragment", case.pkt().v6_ext(&[0]).frag(FragSpec { offset8: 0, more: false, id: n as u32 })),
                 ]
             } else {
                 vec![
@@ -648,14 +595,7 @@ fn wrappers_do_not_change_the_decision() {
                     ("1 word of options", case.pkt().v4_options(1)),
                     ("3 words of options", case.pkt().v4_options(3)),
                     ("10 words of options", case.pkt().v4_options(10)),
-                    (
-                        "unfragmented with an id",
-                        case.pkt().frag(FragSpec {
-                            offset8: 0,
-                            more: false,
-                            id: n as u32,
-                        }),
-                    ),
+                    ("unfragmented with an id", case.pkt().frag(FragSpec { offset8: 0, more: false, id: n as u32 })),
                 ]
             };
             for tags in Tags::ALL {
@@ -667,12 +607,7 @@ fn wrappers_do_not_change_the_decision() {
         }
         results.push(c.finish());
     }
-    report(
-        "wrappers_do_not_change_the_decision",
-        started,
-        results,
-        2000,
-    );
+    report("wrappers_do_not_change_the_decision", started, results, 2000);
 }
 
 /// Fragments: a first fragment gets the verdict of the whole packet; a later fragment of an
@@ -704,10 +639,7 @@ fn fragments_follow_their_first_fragment() {
             let only_ports = rng.chance(80);
             let case = site.case(&mut rng, v6, only_ports);
             let whole = site.cls.classify(&case.packet());
-            let unprotected = matches!(
-                whole.reason,
-                Reason::PassUnprotected | Reason::DropUnprotected
-            );
+            let unprotected = matches!(whole.reason, Reason::PassUnprotected | Reason::DropUnprotected);
             let (id, stranger) = (fresh(), fresh());
             let tags = Tags::random(&mut rng);
             let extras = |rng: &mut Rng, p: Pkt| random_l3_extras(rng, p.vlans(tags.tpids()), 4);
@@ -731,12 +663,7 @@ fn fragments_follow_their_first_fragment() {
             // A later fragment before any first fragment of its datagram.
             let more = rng.chance(50);
             let p = extras(&mut rng, case.pkt().frag(frag(later_off, more, id)));
-            c.check(
-                &mut h,
-                "later fragment before its first",
-                &p,
-                &later_want(None, later_off),
-            );
+            c.check(&mut h, "later fragment before its first", &p, &later_want(None, later_off));
 
             // The first fragment: the verdict of the whole packet.
             let p = extras(&mut rng, case.pkt().frag(frag(0, true, id)));
@@ -745,11 +672,7 @@ fn fragments_follow_their_first_fragment() {
 
             // Later fragments of the same datagram (the last one, and one in the middle).
             for more in [true, false] {
-                let off = if more {
-                    3 + rng.below(100) as u16
-                } else {
-                    later_off
-                };
+                let off = if more { 3 + rng.below(100) as u16 } else { later_off };
                 let p = extras(&mut rng, case.pkt().frag(frag(off, more, id)));
                 c.check(&mut h, "later fragment", &p, &later_want(recorded, off));
             }
@@ -757,28 +680,13 @@ fn fragments_follow_their_first_fragment() {
             if case.proto == 6 {
                 let off = 1 + rng.below(2) as u16;
                 let p = extras(&mut rng, case.pkt().frag(frag(off, true, id)));
-                c.check(
-                    &mut h,
-                    "overlapping TCP fragment",
-                    &p,
-                    &later_want(recorded, off),
-                );
+                c.check(&mut h, "overlapping TCP fragment", &p, &later_want(recorded, off));
             }
             // A later fragment of a datagram whose first fragment never came.
             let p = extras(&mut rng, case.pkt().frag(frag(later_off, false, stranger)));
-            c.check(
-                &mut h,
-                "later fragment with an unseen id",
-                &p,
-                &later_want(None, later_off),
-            );
+            c.check(&mut h, "later fragment with an unseen id", &p, &later_want(None, later_off));
         }
         results.push(c.finish());
     }
-    report(
-        "fragments_follow_their_first_fragment",
-        started,
-        results,
-        2000,
-    );
+    report("fragments_follow_their_first_fragment", started, results, 2000);
 }

@@ -106,7 +106,10 @@ fn run_enforces_and_stats_counts_real_traffic() {
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 2, "two drop events: {events:?}");
     for e in &events {
-        assert_eq!((e["src"].as_str(), e["dst"].as_str(), e["dport"].as_u64()), (Some("10.201.0.9"), Some("10.201.0.1"), Some(5060)));
+        assert_eq!(
+            (e["src"].as_str(), e["dst"].as_str(), e["dport"].as_u64()),
+            (Some("10.201.0.9"), Some("10.201.0.1"), Some(5060))
+        );
         assert_eq!((e["reason"].as_str(), e["nearest"].as_str()), (Some("no_flow"), Some("vcs-sip-public-in-udp")));
     }
 
@@ -146,7 +149,10 @@ fn connections_the_server_opens_get_their_replies() {
     assert!(!tcp_exchange_from(&lab.server, sa("10.201.0.1:40500"), sa("10.201.0.4:5061"), Duration::from_millis(700)).unwrap());
 
     let s = stats();
-    let replies: u64 = s["outbound"].as_array().unwrap().iter()
+    let replies: u64 = s["outbound"]
+        .as_array()
+        .unwrap()
+        .iter()
         .filter(|f| f["id"] == "vcs-dns" || f["id"] == "vcs-sip-public-out-tcp")
         .map(|f| f["reply_packets"].as_u64().unwrap())
         .sum();

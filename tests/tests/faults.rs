@@ -106,7 +106,8 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 fn killed(d: &mut Daemon, stage: &str) {
-    let status = d.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("{stage}: the daemon did not reach its fault point"));
+    let status =
+        d.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("{stage}: the daemon did not reach its fault point"));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{stage}: killed, not exited ({status})");
     assert!(d.wait_log(&format!("DATAPLANE_FAULT: killed at {stage}")), "{stage}: the fault point was reached");
 }
@@ -135,11 +136,7 @@ fn killed_at_every_stage_of_start_up() {
 fn killed_at_every_stage_of_a_reload() {
     let rig = Rig::new("dpt-fr");
     // A reload writes the new image into the image map not in force, then switches to it.
-    let stages = [
-        ("reload:compiled", Enforcing::Old),
-        ("reload:written", Enforcing::Old),
-        ("reload:switched", Enforcing::New),
-    ];
+    let stages = [("reload:compiled", Enforcing::Old), ("reload:written", Enforcing::Old), ("reload:switched", Enforcing::New)];
     for (stage, want) in stages {
         rig.write(false);
         let mut d = rig.spawn_faulty(stage);

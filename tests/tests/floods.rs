@@ -62,9 +62,17 @@ fn connect_from(local: SocketAddrV4, dst: SocketAddrV4) -> std::io::Result<TcpSt
         let stream = TcpStream::from_raw_fd(fd);
         // connect(2) gives up after the send timeout.
         let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
         let (l, d) = (sin(local), sin(dst));
-        if libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) != 0 || libc::connect(fd, (&d as *const libc::sockaddr_in).cast(), len) != 0 {
+        if libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::connect(fd, (&d as *const libc::sockaddr_in).cast(), len) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(stream)
@@ -136,9 +144,10 @@ fn a_flood_of_allowed_tuples_over_veth_evicts_no_connection_the_server_opened() 
     assert_eq!((&buf[..n], from), (&b"answer"[..], sa("10.203.0.5:53")));
     // The server's SIP connection over TCP from its outbound range (vcs-sip-public-out-tcp),
     // established and used once: tracked.
-    let mut call = in_netns(&lab.server, || connect_from("10.203.0.1:25500".parse().unwrap(), "10.203.0.4:5061".parse().unwrap()))
-        .unwrap()
-        .expect("the server's TCP connection to the SIP peer");
+    let mut call =
+        in_netns(&lab.server, || connect_from("10.203.0.1:25500".parse().unwrap(), "10.203.0.4:5061".parse().unwrap()))
+            .unwrap()
+            .expect("the server's TCP connection to the SIP peer");
     call.set_read_timeout(Some(wait)).unwrap();
     let (mut peer, _) = sip.accept().unwrap();
     peer.set_read_timeout(Some(wait)).unwrap();
@@ -171,7 +180,10 @@ fn a_flood_of_allowed_tuples_over_veth_evicts_no_connection_the_server_opened() 
         std::thread::sleep(Duration::from_millis(200));
         let pass_after = judged_per_cpu(Reason::PassFlow);
         let here: Vec<u64> = pass_after.iter().zip(&pass_before).map(|(a, b)| a - b).collect();
-        println!("flood from CPU {cpu}: {n} frames sent in {took:.2?} ({:.0} per second); allowed packets judged per CPU: {here:?}", n as f64 / took.as_secs_f64());
+        println!(
+            "flood from CPU {cpu}: {n} frames sent in {took:.2?} ({:.0} per second); allowed packets judged per CPU: {here:?}",
+            n as f64 / took.as_secs_f64()
+        );
         sent += n;
         judged.push((cpu, here));
     }
@@ -209,8 +221,14 @@ fn a_flood_of_allowed_tuples_over_veth_evicts_no_connection_the_server_opened() 
     assert_eq!(conntrack(&end, "entries"), 2, "the same two connections, nothing else");
     assert_eq!(conntrack(&end, "inserts"), conntrack(&before, "inserts"), "the flood inserted nothing");
     assert_eq!(conntrack(&end, "evictions"), 0);
-    assert!(reply_packets(&end, "vcs-dns") >= reply_packets(&before, "vcs-dns") + 2, "the late and the second answer, as replies");
-    assert!(reply_packets(&end, "vcs-sip-public-out-tcp") > reply_packets(&before, "vcs-sip-public-out-tcp"), "the peer's message, as a reply");
+    assert!(
+        reply_packets(&end, "vcs-dns") >= reply_packets(&before, "vcs-dns") + 2,
+        "the late and the second answer, as replies"
+    );
+    assert!(
+        reply_packets(&end, "vcs-sip-public-out-tcp") > reply_packets(&before, "vcs-sip-public-out-tcp"),
+        "the peer's message, as a reply"
+    );
     drop((call, peer));
     assert!(daemon.stop().success());
 }
@@ -245,7 +263,12 @@ fn run_logs_once_when_the_connection_table_passes_90_percent() {
     let line = daemon.wait_log_line("connection-tracking table (IPv4) is").expect("the 90% line in run's log");
     println!("{line}");
     // Checked every second: it may have seen the table while the last exchanges were opened.
-    let at: u64 = line.split("% full: ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let at: u64 = line
+        .split("% full: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
     assert!(at * 10 >= SIZE * 9 && at <= opened && line.contains(&format!(" of {SIZE} entries; ")), "{line}");
     let s = stats();
     println!("conntrack {}, fragments {}", s["conntrack"], s["fragments"]);
@@ -254,7 +277,10 @@ fn run_logs_once_when_the_connection_table_passes_90_percent() {
     assert_eq!(s["fragments"]["capacity"].as_u64(), Some(8192));
     let text = Command::new(dataplane_bin()).arg("stats").output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    let want = format!("table fill: connections IPv4 {opened} of {SIZE} ({:.1}%), IPv6 0 of {SIZE} (0.0%); fragments 0 of 8192 (0.0%)", opened as f64 * 100.0 / SIZE as f64);
+    let want = format!(
+        "table fill: connections IPv4 {opened} of {SIZE} ({:.1}%), IPv6 0 of {SIZE} (0.0%); fragments 0 of 8192 (0.0%)",
+        opened as f64 * 100.0 / SIZE as f64
+    );
     assert!(text.contains(&want), "{want} in\n{text}");
     // Once: a few more exchanges and seconds later, nothing more.
     in_netns(&lab.server, || UdpSocket::bind("10.203.0.1:29999").unwrap().send_to(b"query", "10.203.0.5:53").unwrap()).unwrap();

@@ -88,7 +88,9 @@ fn gateway_enforces(tag: &str, ifaces: &[&str], args: &[&str]) {
 
     // TCP through the gateway, as explain predicts: ssh and https from the management PC
     // complete, ssh from another any-ip address does not.
-    assert!(explain_in(MGMT, SERVER, "tcp", 22) && explain_in(MGMT6, SERVER6, "tcp", 443) && !explain_in(OTHER, SERVER, "tcp", 22));
+    assert!(
+        explain_in(MGMT, SERVER, "tcp", 22) && explain_in(MGMT6, SERVER6, "tcp", 443) && !explain_in(OTHER, SERVER, "tcp", 22)
+    );
     assert!(tcp_exchange(&gw.client, ip(MGMT), sa("10.203.2.10:22"), wait).unwrap(), "ssh from the management PC");
     assert!(tcp_exchange(&gw.client, ip(MGMT6), sa("[fd00:203:2::10]:443"), wait).unwrap(), "https over IPv6");
     assert!(!tcp_exchange(&gw.client, ip(OTHER), sa("10.203.2.10:22"), Duration::from_millis(700)).unwrap(), "ssh from any-ip");
@@ -131,10 +133,14 @@ fn gateway_enforces(tag: &str, ifaces: &[&str], args: &[&str]) {
     assert!(!tcp_exchange_from(&gw.server, sa("10.203.2.10:40500"), sa("10.203.1.4:5061"), Duration::from_millis(700)).unwrap());
     let after = stats();
     assert_eq!(victim.udp_received[0].load(Ordering::Relaxed), 0, "an unsolicited datagram from port 53");
-    let (dns_out, dns_replies) = (outbound(&after, "vcs-dns").0 - outbound(&before, "vcs-dns").0, outbound(&after, "vcs-dns").1 - outbound(&before, "vcs-dns").1);
+    let (dns_out, dns_replies) = (
+        outbound(&after, "vcs-dns").0 - outbound(&before, "vcs-dns").0,
+        outbound(&after, "vcs-dns").1 - outbound(&before, "vcs-dns").1,
+    );
     assert_eq!((dns_out, dns_replies), (1, 1), "the query seen once on the way out, its answer once on the way back");
     let trunk = out(25500, SIP_PEER, "tcp", 5061).1;
-    let (sip_out, sip_replies) = (outbound(&after, &trunk).0 - outbound(&before, &trunk).0, outbound(&after, &trunk).1 - outbound(&before, &trunk).1);
+    let (sip_out, sip_replies) =
+        (outbound(&after, &trunk).0 - outbound(&before, &trunk).0, outbound(&after, &trunk).1 - outbound(&before, &trunk).1);
     assert!(sip_out >= 3 && sip_replies >= 2, "{trunk}: {sip_out} out, {sip_replies} replies");
     assert!(after["conntrack"]["entries"].as_u64().unwrap() >= 2, "tracked connections: {}", after["conntrack"]);
     drop((victim, peers));
@@ -241,7 +247,10 @@ fn gateway_forwards_allowed_packets_in_xdp() {
     // (fragments it, or with DF answers "fragmentation needed"); nothing is forwarded in XDP.
     dataplane::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1280"]).unwrap();
     let before = stats();
-    in_netns(&gw.client, || std::net::UdpSocket::bind("10.203.1.2:0").unwrap().send_to(&[0u8; 1400], "10.203.2.10:5060").unwrap()).unwrap();
+    in_netns(&gw.client, || {
+        std::net::UdpSocket::bind("10.203.1.2:0").unwrap().send_to(&[0u8; 1400], "10.203.2.10:5060").unwrap()
+    })
+    .unwrap();
     drain(&sip);
     let after = stats();
     assert_eq!(forward_stat(&after, "stack_fib") - forward_stat(&before, "stack_fib"), 1, "MTU exceeded: to the stack");

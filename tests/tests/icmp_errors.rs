@@ -113,12 +113,17 @@ fn quotes_that_cannot_be_related_are_dropped() {
             unrelated(&mut h, &f.error(ty, &answer.clone().v6_ext(&[60])), "quoted extension header");
         }
         // The other family's packet quoted.
-        let other = if f.server.is_ipv6() { Pkt::tcp(ip("10.0.0.1"), ip("198.51.100.7"), 80, 40000) } else { Pkt::tcp(ip("fd00::1"), ip("2001:db8:5::7"), 80, 40000) };
+        let other = if f.server.is_ipv6() {
+            Pkt::tcp(ip("10.0.0.1"), ip("198.51.100.7"), 80, 40000)
+        } else {
+            Pkt::tcp(ip("fd00::1"), ip("2001:db8:5::7"), 80, 40000)
+        };
         unrelated(&mut h, &Pkt::icmp_quoting(f.router, f.server, ty, &other, Pkt::quoted_len(&other)).build(), "other family");
     }
     // Errors to an unprotected address are the unprotected policy's; neighbour discovery and
     // non-error types are unchanged.
-    let to_other = Pkt::icmp_quoting(ip("203.0.113.254"), ip("10.0.0.2"), 3, &Pkt::tcp(ip("10.0.0.2"), ip("198.51.100.7"), 1, 2), 28);
+    let to_other =
+        Pkt::icmp_quoting(ip("203.0.113.254"), ip("10.0.0.2"), 3, &Pkt::tcp(ip("10.0.0.2"), ip("198.51.100.7"), 1, 2), 28);
     assert_eq!(observe(&mut h, &to_other.build()).reasons, vec![Reason::PassUnprotected]);
     assert_eq!(observe(&mut h, &Pkt::icmp(ip("fe80::1"), ip("fd00::1"), 135).build()).reasons, vec![Reason::PassIcmp]);
     assert_eq!(observe(&mut h, &Pkt::icmp(ip("198.51.100.7"), ip("10.0.0.1"), 8).build()).reasons, vec![Reason::DropIcmp]);

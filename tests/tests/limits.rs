@@ -195,7 +195,9 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
     for i in 0..512u32 * 256 {
         let src = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i / 256));
         let sport = 1024 + (i % 256) as u16;
-        allowed.push(if i % 2 == 0 { Pkt::udp(src, s4, sport, 5000 + (i / 2 % 2) as u16) } else { Pkt::tcp(src, s4, sport, 80) }.build());
+        allowed.push(
+            if i % 2 == 0 { Pkt::udp(src, s4, sport, 5000 + (i / 2 % 2) as u16) } else { Pkt::tcp(src, s4, sport, 80) }.build(),
+        );
     }
     for i in 0..128u32 * 256 {
         let src = IpAddr::V6(Ipv6Addr::from(u128::from("2001:db8:f100::".parse::<Ipv6Addr>().unwrap()) + u128::from(i / 256)));
@@ -250,7 +252,11 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
     for &cpu in &cpus {
         pin_to_cpu(cpu);
         for (frame, slot) in &replies {
-            assert_eq!(h.observe(frame).unwrap(), observed(Reason::PassReply, None, Some(*slot)), "a reply after the flood, CPU {cpu}");
+            assert_eq!(
+                h.observe(frame).unwrap(),
+                observed(Reason::PassReply, None, Some(*slot)),
+                "a reply after the flood, CPU {cpu}"
+            );
         }
     }
     // The tables hold exactly the tracked connections: nothing inserted, nothing evicted.
@@ -260,7 +266,10 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
     assert_eq!(keys4, HashSet::from([key4(dns4, 53, 40053, 17), key4(ldap, 389, 41000, 6)]));
     let v6 = HashMap::<_, CacheKeyV6, FlowEntry>::try_from(h.ebpf.map(load::MAP_FLOW_V6).unwrap()).unwrap();
     let keys6: HashSet<CacheKeyV6> = v6.keys().map(Result::unwrap).collect();
-    assert_eq!(keys6, HashSet::from([CacheKeyV6 { src: v6_key(dns6), dst: v6_key(server6), sport: 53, dport: 40054, proto: 17 }]));
+    assert_eq!(
+        keys6,
+        HashSet::from([CacheKeyV6 { src: v6_key(dns6), dst: v6_key(server6), sport: 53, dport: 40054, proto: 17 }])
+    );
     let (inserts, removals, refused) = ct_events(&h);
     let fill = [load::MAP_FLOW_V4, load::MAP_FLOW_V6].map(|m| TableFill::read_loaded(&h.ebpf, m).unwrap());
     println!("after the flood: inserted {inserts}, removed {removals}, refused {refused}; tables {fill:?}");

@@ -113,7 +113,8 @@ fn metrics_endpoint_counts_real_traffic() {
     std::env::set_var("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"));
     let lab = Lab::new("dpt-metrics", &["10.201.0.1/24"], &["10.201.0.2/24", "10.201.0.5/24", "10.201.0.9/24"]).unwrap();
     let compiled = compile_site(&site).unwrap();
-    let (enforcer, modes) = Enforcer::start(&site, compiled, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default()).unwrap();
+    let (enforcer, modes) =
+        Enforcer::start(&site, compiled, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default()).unwrap();
     // On their stable counter slots, as `dataplane stats` reads them.
     let tables = enforcer.tables.clone();
     let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
@@ -184,7 +185,10 @@ fn metrics_endpoint_counts_real_traffic() {
 
     // The same maps as `dataplane stats`: both read after the traffic, nothing sent in between.
     let stats_flow: u64 = pinned.flows.iter().filter(|f| f.flow.id == "vcs-sip-public-in-udp").map(|f| f.packets).sum();
-    assert_eq!(value(&after, "dataplane_flow_packets_total", &[("direction", "in"), ("flow", "vcs-sip-public-in-udp")]), stats_flow);
+    assert_eq!(
+        value(&after, "dataplane_flow_packets_total", &[("direction", "in"), ("flow", "vcs-sip-public-in-udp")]),
+        stats_flow
+    );
     let no_flow = pinned.reasons.iter().find(|r| r.reason == "no_flow").unwrap();
     assert_eq!(value(&after, "dataplane_packets_total", &[("reason", "no_flow")]), no_flow.packets);
     assert_eq!(value(&after, "dataplane_bytes_total", &[("reason", "no_flow")]), no_flow.bytes);
@@ -271,7 +275,10 @@ fn run_serves_metrics() {
     let sip = [("direction", "in"), ("flow", "vcs-sip-public-in-udp"), ("protocol", "udp")];
     assert_eq!(value(&m, "dataplane_flow_packets_total", &sip), 10);
     assert_eq!(flow_packets(&s, "vcs-sip-public-in-udp", "udp"), 10);
-    assert_eq!(value(&m, "dataplane_packets_total", &[("verdict", "drop"), ("reason", "no_flow")]), reason_packets(&s, "drop", "no_flow"));
+    assert_eq!(
+        value(&m, "dataplane_packets_total", &[("verdict", "drop"), ("reason", "no_flow")]),
+        reason_packets(&s, "drop", "no_flow")
+    );
     assert_eq!(value(&m, "dataplane_conntrack_inserts_total", &[]), s["conntrack"]["inserts"].as_u64().unwrap());
     assert_eq!(value(&m, "dataplane_policy_generation", &[]), 1);
     assert_eq!(value(&m, "dataplane_reloads_total", &[]), 0);

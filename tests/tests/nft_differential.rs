@@ -265,7 +265,8 @@ fn send_all(ns: &str, frames: &[Vec<u8>]) {
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = ifindex as i32;
-        let r = unsafe { libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+        let r =
+            unsafe { libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
         for (i, f) in frames.iter().enumerate() {
             let n = unsafe { libc::send(fd, f.as_ptr() as *const _, f.len(), 0) };
@@ -286,11 +287,7 @@ fn arrived(lab: &Lab, probes: &[Packet], frames: &[Vec<u8>], ids: &[u32]) -> Vec
     nft(&lab.server, &["flush", "set", "inet", "observe", "seen6"], None);
     send_all(&lab.client, frames);
     let (s4, s6) = (seen(&lab.server, "seen4"), seen(&lab.server, "seen6"));
-    probes
-        .iter()
-        .zip(ids)
-        .map(|(p, id)| if p.dst.is_ipv4() { s4.contains(id) } else { s6.contains(id) })
-        .collect()
+    probes.iter().zip(ids).map(|(p, id)| if p.dst.is_ipv4() { s4.contains(id) } else { s6.contains(id) }).collect()
 }
 
 fn describe(p: &Packet) -> String {
@@ -342,7 +339,9 @@ fn run_site(site: &Path, seed: u64) {
     nft(&lab.server, &["delete", "table", "inet", "dataplane"], None);
 
     // 2. The XDP program.
-    let (enforcer, modes) = Enforcer::start(site, tables.clone(), &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default()).unwrap();
+    let (enforcer, modes) =
+        Enforcer::start(site, tables.clone(), &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())
+            .unwrap();
     let by_xdp = arrived(&lab, &probes, &frames, &ids);
     drop(enforcer);
 

@@ -126,7 +126,13 @@ fn truncated_frames_to_a_protected_address_are_dropped() {
             assert_eq!(got.action, XDP_DROP, "truncated to {len} of {} bytes", full.len());
             assert_eq!(got.reasons, vec![Reason::DropMalformed], "truncated to {len} bytes");
         }
-        expect(&mut h, &full, XDP_PASS, Reason::PassFlow, Some(if full.len() > 70 && full[12] == 0x86 { 0 } else { full_flow(&full) }));
+        expect(
+            &mut h,
+            &full,
+            XDP_PASS,
+            Reason::PassFlow,
+            Some(if full.len() > 70 && full[12] == 0x86 { 0 } else { full_flow(&full) }),
+        );
     }
 }
 

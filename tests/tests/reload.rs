@@ -87,9 +87,10 @@ fn a_broken_site_leaves_the_running_policy_enforcing() {
     let lab = lab("dpt-rb");
     let daemon = Daemon::start(&lab.server, &site);
     let servers = Servers::start(&lab.server, &[], &[sa(ALLOWED), sa(FORBIDDEN)]).unwrap();
-    let burst = |n| udp_send(&lab.client, "10.201.0.2".parse().unwrap(), sa(ALLOWED), n).and_then(|_| {
-        udp_send(&lab.client, "10.201.0.2".parse().unwrap(), sa(FORBIDDEN), n)
-    });
+    let burst = |n| {
+        udp_send(&lab.client, "10.201.0.2".parse().unwrap(), sa(ALLOWED), n)
+            .and_then(|_| udp_send(&lab.client, "10.201.0.2".parse().unwrap(), sa(FORBIDDEN), n))
+    };
     let received = |i: usize| servers.udp_received[i].load(Ordering::Relaxed);
 
     // A protected role that does not exist: the reload fails, named by file, line and column.
@@ -120,7 +121,11 @@ fn monitor_mode_passes_what_it_counts_as_drops() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(servers.udp_received[1].load(Ordering::Relaxed), 8, "nothing is dropped in monitor mode");
     let after = stats();
-    assert_eq!(reason_packets(&after, "drop", "no_flow") - reason_packets(&before, "drop", "no_flow"), 8, "but the would-be drops are counted");
+    assert_eq!(
+        reason_packets(&after, "drop", "no_flow") - reason_packets(&before, "drop", "no_flow"),
+        8,
+        "but the would-be drops are counted"
+    );
     assert_eq!(after["monitor"], true, "stats says so");
     assert!(daemon.stop().success());
 }

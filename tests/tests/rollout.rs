@@ -63,7 +63,12 @@ fn turn_flows(site: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 fn ids(d: &Value, dir: &str, kind: &str) -> BTreeSet<String> {
-    d[dir][kind].as_array().unwrap().iter().map(|f| format!("{}/{}", f["id"].as_str().unwrap(), f["protocol"].as_str().unwrap())).collect()
+    d[dir][kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{}/{}", f["id"].as_str().unwrap(), f["protocol"].as_str().unwrap()))
+        .collect()
 }
 
 /// The `set turn: true` suggestion of a `suggest --json` report.

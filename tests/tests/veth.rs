@@ -41,7 +41,10 @@ fn real_tcp_and_udp_cross_the_attached_program() {
     udp_send(&lab.client, client6, sa("[fd00::1]:5001"), 30).unwrap();
     // Not allowed: TCP 22 times out, UDP 6000 never arrives.
     udp_send(&lab.client, client4, sa("10.0.0.1:6000"), 20).unwrap();
-    assert!(!tcp_exchange(&lab.client, client4, sa("10.0.0.1:22"), Duration::from_millis(700)).unwrap(), "TCP 22 must not connect");
+    assert!(
+        !tcp_exchange(&lab.client, client4, sa("10.0.0.1:22"), Duration::from_millis(700)).unwrap(),
+        "TCP 22 must not connect"
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     let after = h.counters().unwrap();

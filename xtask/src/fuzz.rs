@@ -74,10 +74,7 @@ pub fn run(root: &Path, ebpf_object: &Path, seconds: u64, targets: &[String]) ->
         std::fs::create_dir_all(&artifacts)?;
         say(&format!("fuzzing {t} for {seconds} s with {}", tc.description));
         let mut cmd = Command::new("cargo");
-        cmd.args(&tc.cargo_prefix)
-            .args(["fuzz", "run", "-O", "-s", tc.sanitizer, t])
-            .arg(&corpus)
-            .arg(root.join(seeds(t)));
+        cmd.args(&tc.cargo_prefix).args(["fuzz", "run", "-O", "-s", tc.sanitizer, t]).arg(&corpus).arg(root.join(seeds(t)));
         let regressions = root.join("fuzz/regressions").join(t);
         if regressions.is_dir() {
             cmd.arg(&regressions);

@@ -68,8 +68,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick } => {
             setup::check_kernel()?;
-            setup::apt_install(&["nftables", "iptables"], "nft and iptables-legacy, the nftables and iptables comparisons of the packet-rate bench")?;
-            setup::apt_install(&["xdp-tools", "bpftool"], "xdp-filter, the XDP peer the cost bench compares with, and bpftool, which times it")?;
+            setup::apt_install(
+                &["nftables", "iptables"],
+                "nft and iptables-legacy, the nftables and iptables comparisons of the packet-rate bench",
+            )?;
+            setup::apt_install(
+                &["xdp-tools", "bpftool"],
+                "xdp-filter, the XDP peer the cost bench compares with, and bpftool, which times it",
+            )?;
             build_ebpf()?;
             // The packet-rate bench asks the release binary for the nftables export.
             cargo(&["build", "--release", "-p", "dataplane-user"])?;
@@ -109,6 +115,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::apt_install(&["systemd", "python3-venv"], "systemd-analyze and a venv for kubernetes-validate, which check deploy/")?;
     build_ebpf()?;
     let started = Instant::now();
+    lint()?;
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
     unit.extend(args.iter().map(String::as_str));
     cargo(&unit)?;
@@ -122,6 +129,21 @@ fn test(args: &[String]) -> Result<()> {
     fuzz::run(&workspace(), &ebpf_object(), CI_FUZZ_SECONDS, &all_fuzz_targets())?;
     say(&format!("all tests passed in {:.0?}", started.elapsed()));
     Ok(())
+}
+
+/// Formatting of every crate (rustfmt.toml) and clippy with warnings as errors on the host
+/// crates. The eBPF crate gets no clippy: Debian's rustc-web, which builds it, has none.
+fn lint() -> Result<()> {
+    say("lint: cargo fmt --check (all crates), cargo clippy -D warnings (host crates)");
+    if !Command::new("cargo").args(["fmt", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        check(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]).status(), "rustup component add")?;
+    }
+    cargo(&["fmt", "--all", "--check"])?;
+    for dir in ["dataplane-ebpf", "fuzz"] {
+        let manifest = workspace().join(dir).join("Cargo.toml");
+        cargo(&["fmt", "--check", "--manifest-path", manifest.to_str().expect("a UTF-8 path")])?;
+    }
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
@@ -154,7 +176,8 @@ fn build_ebpf() -> Result<()> {
         .envs(toolchain.env.iter().map(|(k, v)| (k, v)));
     // bpf-linker may have just been installed into cargo's bin directory.
     if let Some(path) = std::env::var_os("PATH") {
-        let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        let home =
+            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
         let mut paths = vec![PathBuf::from(home).join("bin")];
         paths.extend(std::env::split_paths(&path));
         cmd.env("PATH", std::env::join_paths(paths)?);

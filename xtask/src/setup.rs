@@ -41,10 +41,7 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .map_or(true, |s| !s.ends_with("installed"))
-        })
+        .filter(|p| output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).is_none_or(|s| !s.ends_with("installed")))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -83,9 +80,7 @@ pub fn bpf_toolchain() -> Result<BpfToolchain> {
         }
     }
     let debian = PathBuf::from("/usr/bin/rustc");
-    let debian_ok = || {
-        output(Command::new(&debian).args(["--print", "sysroot"])).is_some_and(|s| has_core_source(&s))
-    };
+    let debian_ok = || output(Command::new(&debian).args(["--print", "sysroot"])).is_some_and(|s| has_core_source(&s));
     if !debian_ok() {
         apt_install(
             &["rustc-web", "rust-web-src"],
@@ -98,10 +93,7 @@ pub fn bpf_toolchain() -> Result<BpfToolchain> {
     let version = output(Command::new(&debian).arg("--version")).unwrap_or_default();
     Ok(BpfToolchain {
         cargo_prefix: vec![],
-        env: vec![
-            ("RUSTC".into(), debian.display().to_string()),
-            ("RUSTC_BOOTSTRAP".into(), "1".into()),
-        ],
+        env: vec![("RUSTC".into(), debian.display().to_string()), ("RUSTC_BOOTSTRAP".into(), "1".into())],
         description: format!("{version} (Debian rustc-web, RUSTC_BOOTSTRAP=1)"),
     })
 }
@@ -118,10 +110,7 @@ pub fn ensure_bpf_linker() -> Result<()> {
     if output(Command::new("bpf-linker").arg("--version")).is_some() || cargo_bin("bpf-linker").exists() {
         return Ok(());
     }
-    apt_install(
-        &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"],
-        "LLVM 22 to build bpf-linker against",
-    )?;
+    apt_install(&["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"], "LLVM 22 to build bpf-linker against")?;
     say("installing bpf-linker 0.13.0 from crates.io against LLVM 22 (links the BPF object; takes several minutes once)");
     let status = Command::new("cargo")
         .args(["install", "--locked", "bpf-linker", "--version", "0.13.0"])

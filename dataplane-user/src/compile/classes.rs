@@ -17,10 +17,7 @@ pub struct Sets {
 
 impl Default for Sets {
     fn default() -> Self {
-        Sets {
-            sets: vec![Vec::new()],
-            index: FastMap::from_iter([(Vec::new(), 0)]),
-        }
+        Sets { sets: vec![Vec::new()], index: FastMap::from_iter([(Vec::new(), 0)]) }
     }
 }
 
@@ -100,19 +97,10 @@ mod tests {
     fn overlapping_roles() {
         let mut sets = Sets::default();
         let l = label(
-            vec![
-                (c("10.0.0.0/8"), 1),
-                (c("10.1.2.3/32"), 2),
-                (c("10.1.0.0/16"), 3),
-                (c("11.0.0.0/8"), 2),
-                (c("10.0.0.0/8"), 4),
-            ],
+            vec![(c("10.0.0.0/8"), 1), (c("10.1.2.3/32"), 2), (c("10.1.0.0/16"), 3), (c("11.0.0.0/8"), 2), (c("10.0.0.0/8"), 4)],
             &mut sets,
         );
-        let got: Vec<(String, Vec<u32>)> = l
-            .iter()
-            .map(|x| (x.cidr.to_string(), sets.sets[x.set as usize].clone()))
-            .collect();
+        let got: Vec<(String, Vec<u32>)> = l.iter().map(|x| (x.cidr.to_string(), sets.sets[x.set as usize].clone())).collect();
         assert_eq!(
             got,
             vec![

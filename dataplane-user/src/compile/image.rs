@@ -36,10 +36,8 @@ pub fn build_with_breakdown(config: &Config, inbound: &Direction, outbound: Opti
     w.words[..SETTINGS_WORDS as usize].copy_from_slice(&settings(config));
     w.sizes.header = (IMAGE_MIN_WORDS - 2 * PORT_FILTER_WORDS) as usize;
     w.sizes.port_filters = 2 * PORT_FILTER_WORDS as usize;
-    let dirs: Vec<(u32, &Direction)> = [(INBOUND, Some(inbound)), (OUTBOUND, outbound)]
-        .into_iter()
-        .filter_map(|(dir, d)| d.map(|d| (dir, d)))
-        .collect();
+    let dirs: Vec<(u32, &Direction)> =
+        [(INBOUND, Some(inbound)), (OUTBOUND, outbound)].into_iter().filter_map(|(dir, d)| d.map(|d| (dir, d))).collect();
     // What every packet reads first, so that it lies in the first page (see `PAGE_WORDS`): the
     // records and the destination tries of both directions; then the source tries; then the
     // port tables, the bulk of a large policy.
@@ -237,10 +235,10 @@ impl Writer {
 
 /// Sets bits `a..=b` of a bitmap.
 fn set_bits(words: &mut [u64], a: usize, b: usize) {
-    for w in a / 64..=b / 64 {
+    for (w, word) in words.iter_mut().enumerate().take(b / 64 + 1).skip(a / 64) {
         let lo = if w == a / 64 { a % 64 } else { 0 };
         let hi = if w == b / 64 { b % 64 } else { 63 };
-        words[w] |= (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+        *word |= (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
     }
 }
 
@@ -320,7 +318,9 @@ mod tests {
                 // Half of them under an earlier prefix, so that prefixes nest and share bytes.
                 let base = out.get(parent % out.len().max(1)).filter(|_| parent > 0).map(|p| p.0);
                 let addr = match base {
-                    Some(b) if b.len < len => b.addr | (bits & !crate::policy::cidr::mask(b.len, w) & crate::policy::cidr::mask(w, w)),
+                    Some(b) if b.len < len => {
+                        b.addr | (bits & !crate::policy::cidr::mask(b.len, w) & crate::policy::cidr::mask(w, w))
+                    }
                     _ => bits & crate::policy::cidr::mask(w, w),
                 };
                 let c = Cidr { v6, addr: addr & crate::policy::cidr::mask(len, w), len };

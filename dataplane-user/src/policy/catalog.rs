@@ -131,11 +131,9 @@ struct CatalogFile {
 }
 
 fn catalog_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    StrWith("a catalog name", |s: &str| {
-        match catalog_ctx(|c| c.stem.clone()) {
-            Some(stem) if stem != s => Err(format!("name `{s}` must equal the file name `{stem}`")),
-            _ => Ok(s.to_owned()),
-        }
+    StrWith("a catalog name", |s: &str| match catalog_ctx(|c| c.stem.clone()) {
+        Some(stem) if stem != s => Err(format!("name `{s}` must equal the file name `{stem}`")),
+        _ => Ok(s.to_owned()),
     })
     .deserialize(d)
 }
@@ -177,10 +175,7 @@ fn role_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             }
             let mut known: Vec<&str> = c.roles.iter().map(String::as_str).collect();
             known.sort();
-            Err(format!(
-                "unknown role `{s}` (roles of this catalog: {})",
-                super::options::list_or_none(&known)
-            ))
+            Err(format!("unknown role `{s}` (roles of this catalog: {})", super::options::list_or_none(&known)))
         })
         .transpose()?;
         Ok(s.to_owned())
@@ -203,10 +198,7 @@ fn protocols<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Proto>, D::Error> {
             let mut out: Vec<Proto> = Vec::new();
             while let Some(p) = seq.next_element_seed(StrWith("tcp or udp", Proto::parse))? {
                 if out.contains(&p) {
-                    return Err(de::Error::custom(format!(
-                        "protocol {} is listed twice",
-                        p.name()
-                    )));
+                    return Err(de::Error::custom(format!("protocol {} is listed twice", p.name())));
                 }
                 out.push(p);
             }
@@ -228,8 +220,7 @@ impl Catalog {
 
 /// Catalog files in `dir`: name (file stem) -> path, sorted by name.
 pub fn catalog_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let rd = std::fs::read_dir(dir)
-        .with_context(|| format!("reading catalog directory {}", dir.display()))?;
+    let rd = std::fs::read_dir(dir).with_context(|| format!("reading catalog directory {}", dir.display()))?;
     let mut out = Vec::new();
     for e in rd {
         let p = e?.path();
@@ -245,8 +236,7 @@ pub fn catalog_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Loads one catalog; `prior_flows` (flow id -> catalog) are ids taken by catalogs loaded before.
 pub fn load_catalog(path: &Path, prior_flows: &HashMap<String, String>) -> anyhow::Result<Catalog> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading catalog {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?;
     parse_catalog(path, &text, prior_flows)
 }
 
@@ -291,34 +281,22 @@ struct FirstPass {
 
 /// Role ids and option kinds, read leniently so that the second pass can check references. Any
 /// error here (syntax, types) is left for the second pass, which reports it with its position.
-fn first_pass(
-    path: &Path,
-    text: &str,
-    prior: &HashMap<String, String>,
-) -> anyhow::Result<CatalogCtx> {
+fn first_pass(path: &Path, text: &str, prior: &HashMap<String, String>) -> anyhow::Result<CatalogCtx> {
     if text.trim().is_empty() {
         anyhow::bail!("{}:1:1: the file is empty", path.display());
     }
     let v: FirstPass = serde_yaml::from_str(text).unwrap_or_default();
     let mut ctx = CatalogCtx {
-        stem: path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned(),
+        stem: path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned(),
         prior_flows: prior.clone(),
         ..Default::default()
     };
     if let Some(roles) = v.roles.as_ref().and_then(|r| r.as_sequence()) {
-        ctx.roles = roles
-            .iter()
-            .filter_map(|r| r.get("id")?.as_str().map(str::to_owned))
-            .collect();
+        ctx.roles = roles.iter().filter_map(|r| r.get("id")?.as_str().map(str::to_owned)).collect();
     }
     if let Some(opts) = v.options.as_ref().and_then(|o| o.as_mapping()) {
         for (k, d) in opts {
-            if let (Some(k), Ok(d)) = (k.as_str(), serde_yaml::from_value::<OptionDecl>(d.clone()))
-            {
+            if let (Some(k), Ok(d)) = (k.as_str(), serde_yaml::from_value::<OptionDecl>(d.clone())) {
                 ctx.options.insert(k.to_owned(), d.kind);
             }
         }

@@ -30,11 +30,7 @@ pub const fn mask(len: u8, w: u8) -> u128 {
     if len == 0 {
         0
     } else {
-        let full = if w == 128 {
-            u128::MAX
-        } else {
-            (1u128 << w) - 1
-        };
+        let full = if w == 128 { u128::MAX } else { (1u128 << w) - 1 };
         (u128::MAX << (w - len)) & full
     }
 }
@@ -48,16 +44,8 @@ pub fn ip_bits(ip: IpAddr) -> (bool, u128) {
 }
 
 impl Cidr {
-    pub const ANY_V4: Cidr = Cidr {
-        v6: false,
-        addr: 0,
-        len: 0,
-    };
-    pub const ANY_V6: Cidr = Cidr {
-        v6: true,
-        addr: 0,
-        len: 0,
-    };
+    pub const ANY_V4: Cidr = Cidr { v6: false, addr: 0, len: 0 };
+    pub const ANY_V6: Cidr = Cidr { v6: true, addr: 0, len: 0 };
 
     pub fn width(&self) -> u8 {
         width(self.v6)
@@ -70,9 +58,7 @@ impl Cidr {
 
     /// Whether `other` lies inside this prefix.
     pub fn contains(&self, other: &Cidr) -> bool {
-        other.v6 == self.v6
-            && other.len >= self.len
-            && other.addr & mask(self.len, self.width()) == self.addr
+        other.v6 == self.v6 && other.len >= self.len && other.addr & mask(self.len, self.width()) == self.addr
     }
 
     /// `10.0.0.0/8`, `fd00::/16`, or a bare address (a host prefix). Host bits must be zero.
@@ -82,9 +68,7 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (t, None),
         };
-        let ip: IpAddr = a
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IPv4 or IPv6 address or CIDR"))?;
+        let ip: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an IPv4 or IPv6 address or CIDR"))?;
         let (v6, addr) = ip_bits(ip);
         let w = width(v6);
         let len = match len {
@@ -94,11 +78,7 @@ impl Cidr {
                 _ => return Err(format!("`{s}`: prefix length must be 0-{w}")),
             },
         };
-        let c = Cidr {
-            v6,
-            addr: addr & mask(len, w),
-            len,
-        };
+        let c = Cidr { v6, addr: addr & mask(len, w), len };
         if c.addr != addr {
             return Err(format!("`{s}` has host bits set (did you mean {c}?)"));
         }

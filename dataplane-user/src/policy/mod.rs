@@ -132,21 +132,11 @@ impl Policy {
                 Some(&i) => roles[i].any |= r.any,
                 None => {
                     index.insert(r.id.clone(), roles.len());
-                    roles.push(Role {
-                        id: r.id.clone(),
-                        any: r.any,
-                        cidrs: Vec::new(),
-                        protected: false,
-                    });
+                    roles.push(Role { id: r.id.clone(), any: r.any, cidrs: Vec::new(), protected: false });
                 }
             }
         }
-        let role_of = |id: &str| {
-            index
-                .get(id)
-                .copied()
-                .ok_or_else(|| anyhow::anyhow!("unknown role `{id}`"))
-        };
+        let role_of = |id: &str| index.get(id).copied().ok_or_else(|| anyhow::anyhow!("unknown role `{id}`"));
         for r in roles.iter_mut().filter(|r| r.any) {
             r.cidrs = vec![Cidr::ANY_V4, Cidr::ANY_V6];
         }
@@ -244,9 +234,7 @@ pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
     candidates
         .into_iter()
         .find(|d| d.is_dir())
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog"))
-        })
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/catalog")))
 }
 
 /// Loads and checks a site with its catalogs from the default catalog directory ([`catalog_dir`]).

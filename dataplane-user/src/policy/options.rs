@@ -9,14 +9,8 @@ use serde::Deserialize;
 use super::yaml::{catalog_ctx, checked_map, site_ctx, StrWith};
 
 /// Option names the dataplane itself reads from a site; catalogs may not declare them.
-pub const DATAPLANE_OPTIONS: [&str; 6] = [
-    "unprotected",
-    "icmp-echo",
-    "conntrack-size",
-    "conntrack-tcp-established",
-    "conntrack-tcp-transitory",
-    "conntrack-udp",
-];
+pub const DATAPLANE_OPTIONS: [&str; 6] =
+    ["unprotected", "icmp-echo", "conntrack-size", "conntrack-tcp-established", "conntrack-tcp-transitory", "conntrack-udp"];
 
 /// Connection tracking (replies to connections a protected server opens): the table size and
 /// the idle timeouts, from the site's `conntrack-*` options.
@@ -48,12 +42,7 @@ impl ConntrackOptions {
                 Some(OptValue::Int(n)) if (min..=max).contains(n) => *n as u32,
                 _ => default,
             });
-        ConntrackOptions {
-            size,
-            tcp_established,
-            tcp_transitory,
-            udp,
-        }
+        ConntrackOptions { size, tcp_established, tcp_transitory, udp }
     }
 }
 
@@ -107,20 +96,12 @@ impl OptionKind {
                 if vals.contains(&s) {
                     Ok(OptValue::Str(s))
                 } else {
-                    Err(format!(
-                        "`{s}` is not a value of this option ({})",
-                        self.describe()
-                    ))
+                    Err(format!("`{s}` is not a value of this option ({})", self.describe()))
                 }
             }
-            (OptionKind::Int { min, max }, OptValue::Int(n)) if (*min..=*max).contains(n) => {
-                Ok(v.clone())
-            }
+            (OptionKind::Int { min, max }, OptValue::Int(n)) if (*min..=*max).contains(n) => Ok(v.clone()),
             (OptionKind::Bool, OptValue::Bool(_)) => Ok(v.clone()),
-            _ => Err(format!(
-                "`{v}` is not a value of this option ({})",
-                self.describe()
-            )),
+            _ => Err(format!("`{v}` is not a value of this option ({})", self.describe())),
         }
     }
 
@@ -233,27 +214,15 @@ impl<'de> Deserialize<'de> for OptionDecl {
                     }
                     OptionKind::Enum(v)
                 }
-                (None, Some(IntRange { min, max }), None) if min <= max => {
-                    OptionKind::Int { min, max }
-                }
+                (None, Some(IntRange { min, max }), None) if min <= max => OptionKind::Int { min, max },
                 (None, Some(_), None) => return Err("`integer`: min is above max".into()),
                 (None, None, Some(true)) => OptionKind::Bool,
-                (None, None, Some(false)) => {
-                    return Err("`bool:` must be `true` (it marks a boolean option)".into())
-                }
-                _ => {
-                    return Err(
-                        "an option needs exactly one of `values`, `integer` or `bool`".into(),
-                    )
-                }
+                (None, None, Some(false)) => return Err("`bool:` must be `true` (it marks a boolean option)".into()),
+                _ => return Err("an option needs exactly one of `values`, `integer` or `bool`".into()),
             };
             let default = r.default.ok_or("missing field `default`")?;
             let default = kind.check(&default).map_err(|e| format!("default: {e}"))?;
-            Ok(OptionDecl {
-                description: r.description,
-                kind,
-                default,
-            })
+            Ok(OptionDecl { description: r.description, kind, default })
         })
     }
 }
@@ -264,9 +233,7 @@ pub struct When(pub Vec<(String, Vec<OptValue>)>);
 
 impl When {
     pub fn holds(&self, values: &OptionValues) -> bool {
-        self.0
-            .iter()
-            .all(|(name, accepted)| values.get(name).is_some_and(|v| accepted.contains(v)))
+        self.0.iter().all(|(name, accepted)| values.get(name).is_some_and(|v| accepted.contains(v)))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -287,9 +254,7 @@ impl When {
 
 /// A catalog option name (checked against the catalog being read): returns its kind.
 /// `seen`: names already listed in the same mapping (a repeat is an error).
-pub(crate) fn catalog_option(
-    seen: Vec<String>,
-) -> StrWith<impl FnOnce(&str) -> Result<NamedKind, String>> {
+pub(crate) fn catalog_option(seen: Vec<String>) -> StrWith<impl FnOnce(&str) -> Result<NamedKind, String>> {
     StrWith("an option name", move |s: &str| {
         if seen.iter().any(|n| n == s) {
             return Err(format!("option `{s}` is listed twice"));
@@ -307,10 +272,7 @@ pub(crate) fn check_catalog_option(s: &str) -> Result<NamedKind, String> {
         c.options.get(s).cloned().ok_or_else(|| {
             let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
             known.sort();
-            format!(
-                "`{s}` is not an option of this catalog (options: {})",
-                list_or_none(&known)
-            )
+            format!("`{s}` is not an option of this catalog (options: {})", list_or_none(&known))
         })
     })
     .transpose()?;
@@ -422,10 +384,7 @@ fn dataplane_kind(name: &str) -> Option<OptionKind> {
     match name {
         "unprotected" => Some(OptionKind::Enum(vec!["pass".into(), "drop".into()])),
         "icmp-echo" => Some(OptionKind::Enum(vec!["allow".into(), "deny".into()])),
-        _ => ConntrackOptions::LIMITS
-            .iter()
-            .find(|l| l.0 == name)
-            .map(|&(_, min, max, _)| OptionKind::Int { min, max }),
+        _ => ConntrackOptions::LIMITS.iter().find(|l| l.0 == name).map(|&(_, min, max, _)| OptionKind::Int { min, max }),
     }
 }
 
@@ -447,10 +406,7 @@ fn site_option_kinds(s: &str) -> Result<Vec<(String, OptionKind)>, String> {
             let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
             known.extend(DATAPLANE_OPTIONS);
             known.sort();
-            Err(format!(
-                "unknown option `{s}` (options of the selected catalogs and the dataplane: {})",
-                known.join(", ")
-            ))
+            Err(format!("unknown option `{s}` (options of the selected catalogs and the dataplane: {})", known.join(", ")))
         }
     })
     .unwrap_or(Ok(Vec::new()))

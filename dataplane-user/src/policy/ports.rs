@@ -82,24 +82,13 @@ pub fn format_ranges(r: &[(u16, u16)]) -> String {
     if r.is_empty() {
         return "none".into();
     }
-    r.iter()
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    r.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(",")
 }
 
 /// A port 1-65535.
 fn port(n: i64) -> Result<u16, String> {
     match n {
-        0 => Err(
-            "port 0 is not allowed (ports are 1-65535; a source port spec may say `any`)".into(),
-        ),
+        0 => Err("port 0 is not allowed (ports are 1-65535; a source port spec may say `any`)".into()),
         1..=65535 => Ok(n as u16),
         _ if n < 0 => Err(format!("port {n} is negative (ports are 1-65535)")),
         _ => Err(format!("port {n} is above 65535")),
@@ -118,11 +107,7 @@ fn parse_port_text(s: &str) -> Result<u16, String> {
 fn parse_port_str(s: &str, sport: bool) -> Result<PortSpec, String> {
     let t = s.trim();
     if t == "any" {
-        return if sport {
-            Ok(PortSpec::Any)
-        } else {
-            Err("`any` is only allowed for sport; dport must name ports".into())
-        };
+        return if sport { Ok(PortSpec::Any) } else { Err("`any` is only allowed for sport; dport must name ports".into()) };
     }
     match t.split_once('-') {
         Some((a, b)) => {
@@ -190,27 +175,13 @@ impl<'de> Visitor<'de> for SpecSeed {
         let mut count: Option<(String, Option<OptionKind>)> = None;
         while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count"]))? {
             match k {
-                "by" => {
-                    by =
-                        Some(map.next_value_seed(option_of(
-                            |k| k.values().is_some(),
-                            "an enum or bool",
-                        ))?)
-                }
+                "by" => by = Some(map.next_value_seed(option_of(|k| k.values().is_some(), "an enum or bool"))?),
                 "cases" => {
                     let kind = by.as_ref().and_then(|b| b.1.clone());
-                    cases = Some(map.next_value_seed(CasesSeed {
-                        sport: self.sport,
-                        kind,
-                    })?);
+                    cases = Some(map.next_value_seed(CasesSeed { sport: self.sport, kind })?);
                 }
                 "base" => base = Some(map.next_value_seed(PortSeed)?),
-                _ => {
-                    count = Some(map.next_value_seed(option_of(
-                        |k| matches!(k, OptionKind::Int { .. }),
-                        "an integer",
-                    ))?)
-                }
+                _ => count = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
             }
         }
         match (by, cases, base, count) {
@@ -221,24 +192,20 @@ impl<'de> Visitor<'de> for SpecSeed {
             (None, None, Some(base), Some((option, kind))) => {
                 if let Some(OptionKind::Int { max, .. }) = kind {
                     if base as i64 + max - 1 > 65535 {
-                        return Err(de::Error::custom(format!(
-                            "base {base} + {option} (up to {max}) - 1 goes above port 65535"
-                        )));
+                        return Err(de::Error::custom(format!("base {base} + {option} (up to {max}) - 1 goes above port 65535")));
                     }
                 }
                 Ok(PortSpec::Count { base, option })
             }
-            _ => Err(de::Error::custom("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`")),
+            _ => Err(de::Error::custom(
+                "a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`",
+            )),
         }
     }
 }
 
 /// Every value of the `by` option has exactly one case and every case is a value.
-fn check_cases(
-    option: &str,
-    kind: Option<&OptionKind>,
-    cases: &[(OptValue, PortSpec)],
-) -> Result<(), String> {
+fn check_cases(option: &str, kind: Option<&OptionKind>, cases: &[(OptValue, PortSpec)]) -> Result<(), String> {
     let Some(kind) = kind else { return Ok(()) };
     let mut canon = Vec::new();
     for (v, _) in cases {
@@ -249,18 +216,10 @@ fn check_cases(
             return Err(format!("cases: `{v}` is listed twice"));
         }
     }
-    let missing: Vec<String> = kind
-        .values()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|v| !canon.contains(v))
-        .map(|v| v.to_string())
-        .collect();
+    let missing: Vec<String> =
+        kind.values().unwrap_or_default().into_iter().filter(|v| !canon.contains(v)).map(|v| v.to_string()).collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "cases: every value of `{option}` needs a case; missing: {}",
-            missing.join(", ")
-        ));
+        return Err(format!("cases: every value of `{option}` needs a case; missing: {}", missing.join(", ")));
     }
     Ok(())
 }
@@ -379,29 +338,12 @@ mod tests {
     #[test]
     fn forms() {
         let v = OptionValues::default();
-        assert_eq!(
-            parse(false, "5060").unwrap().resolve(&v),
-            vec![(5060, 5060)]
-        );
-        assert_eq!(
-            parse(false, "\"36000-59999\"").unwrap().resolve(&v),
-            vec![(36000, 59999)]
-        );
-        assert_eq!(
-            parse(false, "36000-59999").unwrap().resolve(&v),
-            vec![(36000, 59999)]
-        );
-        assert_eq!(
-            parse(false, "[80, 443, 1024-65535, 81]")
-                .unwrap()
-                .resolve(&v),
-            vec![(80, 81), (443, 443), (1024, 65535)]
-        );
+        assert_eq!(parse(false, "5060").unwrap().resolve(&v), vec![(5060, 5060)]);
+        assert_eq!(parse(false, "\"36000-59999\"").unwrap().resolve(&v), vec![(36000, 59999)]);
+        assert_eq!(parse(false, "36000-59999").unwrap().resolve(&v), vec![(36000, 59999)]);
+        assert_eq!(parse(false, "[80, 443, 1024-65535, 81]").unwrap().resolve(&v), vec![(80, 81), (443, 443), (1024, 65535)]);
         assert_eq!(parse(true, "any").unwrap().resolve(&v), vec![(0, 65535)]);
-        assert_eq!(
-            parse(true, "[any, 5]").unwrap().resolve(&v),
-            vec![(0, 65535)]
-        );
+        assert_eq!(parse(true, "[any, 5]").unwrap().resolve(&v), vec![(0, 65535)]);
     }
 
     #[test]
@@ -430,16 +372,10 @@ mod tests {
             option: "release".into(),
             cases: vec![
                 (OptValue::Str("new".into()), PortSpec::Range(30000, 35999)),
-                (
-                    OptValue::Str("upgraded".into()),
-                    PortSpec::Range(40000, 49999),
-                ),
+                (OptValue::Str("upgraded".into()), PortSpec::Range(40000, 49999)),
             ],
         };
-        let count = PortSpec::Count {
-            base: 7001,
-            option: "zones".into(),
-        };
+        let count = PortSpec::Count { base: 7001, option: "zones".into() };
         let mut v = OptionValues::default();
         v.0.insert("release".into(), OptValue::Str("upgraded".into()));
         v.0.insert("zones".into(), OptValue::Int(3));

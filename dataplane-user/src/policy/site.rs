@@ -46,10 +46,7 @@ fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
             site_ctx(|c| {
                 if !c.available.iter().any(|a| a == s) {
                     let known: Vec<&str> = c.available.iter().map(String::as_str).collect();
-                    return Err(format!(
-                        "unknown catalog `{s}` (catalogs: {})",
-                        list_or_none(&known)
-                    ));
+                    return Err(format!("unknown catalog `{s}` (catalogs: {})", list_or_none(&known)));
                 }
                 if !c.seen_catalogs.insert(s.to_owned()) {
                     return Err(format!("catalog `{s}` is listed twice"));
@@ -65,10 +62,7 @@ fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 fn unknown_role(c: &SiteCtx, s: &str) -> String {
     let mut known: Vec<&str> = c.roles.keys().map(String::as_str).collect();
     known.sort();
-    format!(
-        "unknown role `{s}` (roles of the selected catalogs: {})",
-        list_or_none(&known)
-    )
+    format!("unknown role `{s}` (roles of the selected catalogs: {})", list_or_none(&known))
 }
 
 fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -83,9 +77,7 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
                 let Some(bound) = &c.bound else { return Ok(()) };
                 let has = bound.get(s).copied().unwrap_or(any);
                 if !has {
-                    return Err(format!(
-                        "protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"
-                    ));
+                    return Err(format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"));
                 }
                 Ok(())
             })
@@ -111,14 +103,7 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
             loop {
                 let out_ref = &out;
                 let key = StrWith("a role id", |s: &str| {
-                    site_ctx(|c| {
-                        if c.roles.contains_key(s) {
-                            Ok(())
-                        } else {
-                            Err(unknown_role(c, s))
-                        }
-                    })
-                    .transpose()?;
+                    site_ctx(|c| if c.roles.contains_key(s) { Ok(()) } else { Err(unknown_role(c, s)) }).transpose()?;
                     if out_ref.iter().any(|(r, _)| r == s) {
                         return Err(format!("role `{s}` is bound twice"));
                     }
@@ -164,8 +149,7 @@ impl<'de> Deserialize<'de> for CidrList {
 
 /// Loads a site and the catalogs it selects from `catalog_dir`.
 pub fn load_site_file(path: &Path, catalog_dir: &Path) -> anyhow::Result<(Site, Vec<Catalog>)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading site {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading site {}", path.display()))?;
     let available = catalog_files(catalog_dir)?;
     parse_site(path, &text, &available, load_catalogs)
 }
@@ -181,13 +165,7 @@ pub fn parse_site(
     let v = parse_value(path, text)?;
     // First pass: the catalogs it names (unknown ones are reported by the second pass).
     let mut wanted: Vec<PathBuf> = Vec::new();
-    for name in v
-        .get("catalogs")
-        .and_then(|c| c.as_sequence())
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n.as_str())
-    {
+    for name in v.get("catalogs").and_then(|c| c.as_sequence()).into_iter().flatten().filter_map(|n| n.as_str()) {
         if let Some((_, p)) = available.iter().find(|(n, _)| n == name) {
             if !wanted.contains(p) {
                 wanted.push(p.clone());
@@ -196,14 +174,9 @@ pub fn parse_site(
     }
     let catalogs = load(&wanted)?;
     let ctx = site_context(&v, available, &catalogs);
-    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(text))
-        .map_err(|e| yaml_error(path, e))?;
+    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(text)).map_err(|e| yaml_error(path, e))?;
     // Keep the catalogs in the site's order.
-    let catalogs = f
-        .catalogs
-        .iter()
-        .filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned())
-        .collect();
+    let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
     let site = Site {
         name: f.name,
         path: path.to_owned(),
@@ -215,24 +188,14 @@ pub fn parse_site(
     Ok((site, catalogs))
 }
 
-fn site_context(
-    v: &serde_yaml::Value,
-    available: &[(String, PathBuf)],
-    catalogs: &[Catalog],
-) -> SiteCtx {
-    let mut ctx = SiteCtx {
-        available: available.iter().map(|(n, _)| n.clone()).collect(),
-        ..Default::default()
-    };
+fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs: &[Catalog]) -> SiteCtx {
+    let mut ctx = SiteCtx { available: available.iter().map(|(n, _)| n.clone()).collect(), ..Default::default() };
     for c in catalogs {
         for r in &c.roles {
             *ctx.roles.entry(r.id.clone()).or_insert(false) |= r.any;
         }
         for (name, d) in &c.options {
-            ctx.options
-                .entry(name.clone())
-                .or_default()
-                .push((c.name.clone(), d.kind.clone()));
+            ctx.options.entry(name.clone()).or_default().push((c.name.clone(), d.kind.clone()));
         }
     }
     let roles = v.get("roles");

@@ -27,13 +27,7 @@ pub(crate) fn yaml_error(file: &Path, e: serde_yaml::Error) -> anyhow::Error {
                 Some(i) => format!("{}{}", &msg[..i], &msg[i + mark.len()..]),
                 None => msg,
             };
-            anyhow::anyhow!(
-                "{}:{}:{}: {}",
-                file.display(),
-                loc.line(),
-                loc.column(),
-                msg
-            )
+            anyhow::anyhow!("{}:{}:{}: {}", file.display(), loc.line(), loc.column(), msg)
         }
         None => anyhow::anyhow!("{}: {}", file.display(), msg),
     }
@@ -128,9 +122,7 @@ impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for StrWith<F> {
 }
 
 /// A map key that must be one of `names`: an unknown key is reported at the key itself.
-pub(crate) fn key_of(
-    names: &'static [&'static str],
-) -> StrWith<impl FnOnce(&str) -> Result<&'static str, String>> {
+pub(crate) fn key_of(names: &'static [&'static str]) -> StrWith<impl FnOnce(&str) -> Result<&'static str, String>> {
     StrWith("a key", move |s: &str| {
         names
             .iter()
@@ -142,10 +134,7 @@ pub(crate) fn key_of(
 
 /// Reads a mapping into `R` (usually a derived struct), then checks it inside the visitor so that
 /// the error is marked with the mapping's position.
-pub(crate) fn checked_map<'de, D, R, T>(
-    d: D,
-    check: impl FnOnce(R) -> Result<T, String>,
-) -> Result<T, D::Error>
+pub(crate) fn checked_map<'de, D, R, T>(d: D, check: impl FnOnce(R) -> Result<T, String>) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     R: Deserialize<'de>,
@@ -169,11 +158,7 @@ where
 }
 
 /// Reads a non-empty sequence of `T` (with a seed per element), checked inside the visitor.
-pub(crate) fn seq_with<'de, D, T, S>(
-    d: D,
-    what: &'static str,
-    mut seed: impl FnMut() -> S,
-) -> Result<Vec<T>, D::Error>
+pub(crate) fn seq_with<'de, D, T, S>(d: D, what: &'static str, mut seed: impl FnMut() -> S) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     S: DeserializeSeed<'de, Value = T>,
@@ -190,10 +175,7 @@ where
                 out.push(x);
             }
             if out.is_empty() {
-                return Err(de::Error::custom(format!(
-                    "must list at least one {}",
-                    self.0
-                )));
+                return Err(de::Error::custom(format!("must list at least one {}", self.0)));
             }
             Ok(out)
         }
@@ -204,16 +186,10 @@ where
 /// `kebab-case` ids: lowercase letters and digits in words joined by `-` (dots allowed in words).
 pub(crate) fn check_kebab(what: &str, s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
-        && s.split('-').all(|w| {
-            !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.')
-        });
+        && s.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.'));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} `{s}` is not kebab-case (lowercase words joined by `-`)"
-        ))
+        Err(format!("{what} `{s}` is not kebab-case (lowercase words joined by `-`)"))
     }
 }

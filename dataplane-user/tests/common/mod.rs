@@ -12,27 +12,18 @@ pub fn data() -> PathBuf {
 }
 
 pub fn test_policy() -> Policy {
-    load_site_from(&data().join("sites/test.yaml"), &data().join("catalog"))
-        .expect("test site loads")
+    load_site_from(&data().join("sites/test.yaml"), &data().join("catalog")).expect("test site loads")
 }
 
 /// A fresh directory with `catalog/` (a copy of the test catalogs) and `sites/`.
 pub fn scratch() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "dataplane-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = std::env::temp_dir().join(format!("dataplane-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("catalog")).expect("scratch dir");
     std::fs::create_dir_all(dir.join("sites")).expect("scratch dir");
     for c in ["alpha", "beta"] {
-        std::fs::copy(
-            data().join(format!("catalog/{c}.yaml")),
-            dir.join(format!("catalog/{c}.yaml")),
-        )
-        .expect("copy catalog");
+        std::fs::copy(data().join(format!("catalog/{c}.yaml")), dir.join(format!("catalog/{c}.yaml"))).expect("copy catalog");
     }
     dir
 }
@@ -56,8 +47,7 @@ pub fn site_error(dir: &Path, text: &str) -> String {
 }
 
 /// A valid site over the test catalogs.
-pub const GOOD_SITE: &str =
-    "name: s\ncatalogs: [alpha, beta]\nroles:\n  server: 10.0.0.1\nprotect: [server]\n";
+pub const GOOD_SITE: &str = "name: s\ncatalogs: [alpha, beta]\nroles:\n  server: 10.0.0.1\nprotect: [server]\n";
 
 /// The outbound test site (`tests/data/outbound`): a protected server reaching DNS, LDAP and a
 /// mail relay.

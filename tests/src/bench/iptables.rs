@@ -94,7 +94,8 @@ fn port_matches(dir: &str, r: &[(u16, u16)]) -> Vec<PortMatch> {
 
 /// `-m PROTO` with the simple port options, then the multiport matches.
 fn match_text(proto: &str, ms: [&PortMatch; 2]) -> String {
-    let simple: Vec<&str> = ms.iter().filter_map(|m| if let PortMatch::Simple(s) = m { Some(s.as_str()) } else { None }).collect();
+    let simple: Vec<&str> =
+        ms.iter().filter_map(|m| if let PortMatch::Simple(s) = m { Some(s.as_str()) } else { None }).collect();
     let mut t = String::new();
     if !simple.is_empty() {
         t = format!(" -m {proto} {}", simple.join(" "));
@@ -120,7 +121,14 @@ pub fn render(p: &Policy) -> Rules {
             Some(&g) => groups[g].dport.extend_from_slice(&f.dport),
             None => {
                 index.insert(key, groups.len());
-                groups.push(Group { from: f.from, to: f.to, proto: f.proto, sport: f.sport.clone(), deny: f.deny, dport: f.dport.clone() });
+                groups.push(Group {
+                    from: f.from,
+                    to: f.to,
+                    proto: f.proto,
+                    sport: f.sport.clone(),
+                    deny: f.deny,
+                    dport: f.dport.clone(),
+                });
             }
         }
     }
@@ -156,7 +164,11 @@ pub fn render(p: &Policy) -> Rules {
             if from.is_empty() || to.is_empty() {
                 continue;
             }
-            let srcs: Vec<String> = if from.iter().any(|c| c.len == 0) { vec![String::new()] } else { from.iter().map(|c| format!(" -s {c}")).collect() };
+            let srcs: Vec<String> = if from.iter().any(|c| c.len == 0) {
+                vec![String::new()]
+            } else {
+                from.iter().map(|c| format!(" -s {c}")).collect()
+            };
             let target = if g.deny { "DROP" } else { "ACCEPT" };
             for s in &srcs {
                 for d in &to {
@@ -171,7 +183,12 @@ pub fn render(p: &Policy) -> Rules {
             }
         }
         lines.push("-A dp_flows -j DROP".into());
-        let _ = writeln!(w, "# dataplane bench: site `{}` as {} rules (raw PREROUTING, plain rules, no ipset)", p.name, if v6 { "ip6tables" } else { "iptables" });
+        let _ = writeln!(
+            w,
+            "# dataplane bench: site `{}` as {} rules (raw PREROUTING, plain rules, no ipset)",
+            p.name,
+            if v6 { "ip6tables" } else { "iptables" }
+        );
         let _ = writeln!(w, "*raw");
         let _ = writeln!(w, ":PREROUTING ACCEPT [0:0]");
         let _ = writeln!(w, ":OUTPUT ACCEPT [0:0]");

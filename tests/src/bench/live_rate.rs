@@ -383,11 +383,10 @@ fn setup(
     let link = in_netns(&lab.server, || prog.attach(SERVER_IF, XdpMode::Driver))?
         .with_context(|| format!("attaching {program} natively to {SERVER_IF}"))?;
     let loaded = match sys.key {
-        "nftables" => super::load_nft(&lab.server, site).map(|ok| {
+        "nftables" => super::load_nft(&lab.server, site).inspect(|&ok| {
             if !ok && first {
                 println!("{:<16} (skipped: no `dataplane export --format nft` in this build)", sys.label);
             }
-            ok
         }),
         "iptables" => {
             let (v4, v6, backend) = ipt.context("iptables")?;

@@ -76,7 +76,8 @@ impl Daemon {
         let d = Self { child, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let left = deadline.checked_duration_since(Instant::now()).context("no status line from dataplane run within 30 s")?;
+            let left =
+                deadline.checked_duration_since(Instant::now()).context("no status line from dataplane run within 30 s")?;
             match status.recv_timeout(left) {
                 Ok((_, l)) if l.starts_with(&format!("{SERVER_IF}: enforcing")) => return Ok(d),
                 Ok(_) => {}
@@ -127,10 +128,13 @@ impl Site {
     /// The site's text with `{allowed}` where what admits the probe goes.
     fn template(self, root: &Path) -> Result<String> {
         Ok(match self {
-            Site::Lab => format!("{}\noptions:\n  turn: {{allowed}}\n", std::fs::read_to_string(root.join("tests/sites/e2e.yaml"))?),
+            Site::Lab => {
+                format!("{}\noptions:\n  turn: {{allowed}}\n", std::fs::read_to_string(root.join("tests/sites/e2e.yaml"))?)
+            }
             Site::FullCatalog => {
                 let text = std::fs::read_to_string(root.join("policies/sites/all-documents.yaml"))?;
-                let text = text.replace("vcs-expressway: [192.0.2.10/32, '2001:db8:1::10/128']", "vcs-expressway: [10.201.0.1/32]");
+                let text =
+                    text.replace("vcs-expressway: [192.0.2.10/32, '2001:db8:1::10/128']", "vcs-expressway: [10.201.0.1/32]");
                 let any = "any-ip: [0.0.0.0/0, '::/0']";
                 if !text.contains("vcs-expressway: [10.201.0.1/32]") || !text.contains(any) {
                     bail!("all-documents.yaml no longer has the bindings the reload bench rewrites");
@@ -292,7 +296,8 @@ fn measure(root: &Path, site: &Path, base: &str, reloads: usize, which: Site) ->
             drop(e);
             std::thread::sleep(Duration::from_millis(100));
         }
-        let probe_interval = if sent.len() > 1 { (sent[sent.len() - 1] - sent[0]) / (sent.len() as u32 - 1) } else { PROBE_EVERY };
+        let probe_interval =
+            if sent.len() > 1 { (sent[sent.len() - 1] - sent[0]) / (sent.len() as u32 - 1) } else { PROBE_EVERY };
         Ok(Timings { rows, probe_interval })
     })();
     stop.store(true, Ordering::Relaxed);
@@ -306,6 +311,12 @@ pub fn summary(v: &[Duration]) -> (f64, f64, f64) {
     let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let n = ms.len().max(1);
-    let median = if ms.is_empty() { 0.0 } else if n % 2 == 1 { ms[n / 2] } else { (ms[n / 2 - 1] + ms[n / 2]) / 2.0 };
+    let median = if ms.is_empty() {
+        0.0
+    } else if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
     (ms.iter().sum::<f64>() / n as f64, median, ms.last().copied().unwrap_or(0.0))
 }

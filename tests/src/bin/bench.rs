@@ -120,7 +120,9 @@ fn main() -> Result<()> {
         };
         let load_time = t2.elapsed();
         drop(ebpf);
-        eprintln!("(synthetic {flows} flows: resolved in {resolve:.1?}, compiled in {compile_time:.1?}, loaded in {load_time:.1?})");
+        eprintln!(
+            "(synthetic {flows} flows: resolved in {resolve:.1?}, compiled in {compile_time:.1?}, loaded in {load_time:.1?})"
+        );
         scale.push(Scale { flows, cidrs, compile: compile_time, load: load_time, entries, bytes });
         memory.push((format!("synthetic {flows} flows"), (entries, bytes)));
         measure_case(&format!("synthetic {flows} flows"), &policy, &tables, &args, &mut figures, false)?;
@@ -192,14 +194,16 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
     // Single runs: the program must stay in the XDP dispatcher (see hold_in_dispatcher).
     let _idle = dataplane_tests::flood::hold_in_dispatcher(load::program(&mut ebpf)?, &format!("dpflood{}", std::process::id()))?;
     let server: IpAddr = "10.203.0.1".parse()?;
-    let frame = |i: u32| Pkt::udp(IpAddr::from([10, 203, 0, 16 + (i / 4096) as u8]), server, 1024 + (i % 4096) as u16, 5060).build();
+    let frame =
+        |i: u32| Pkt::udp(IpAddr::from([10, 203, 0, 16 + (i / 4096) as u8]), server, 1024 + (i % 4096) as u16, 5060).build();
     // The repeated tuple is one the flood never sends, from one of its sources.
     let repeated = Pkt::udp(IpAddr::from([10, 203, 0, 16]), server, 40000, 5060).build();
     fill_floor(&mut ebpf, &repeated)?;
     let (mut fresh, mut same, mut floor) = (vec![], vec![], vec![]);
     for i in 0..FLOOD_TUPLES {
         let new = frame(i);
-        let mut runs = [(&new, &mut fresh, load::PROGRAM), (&repeated, &mut same, load::PROGRAM), (&repeated, &mut floor, load::FLOOR)];
+        let mut runs =
+            [(&new, &mut fresh, load::PROGRAM), (&repeated, &mut same, load::PROGRAM), (&repeated, &mut floor, load::FLOOR)];
         // Each kind first in turn: the first run after the system call's own work is no cheaper.
         runs.rotate_left(i as usize % 3);
         for (frame, out, program) in runs {
@@ -215,9 +219,12 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[v.len() * 9 / 10])
     };
-    let ((fresh_med, fresh_p90), (same_med, same_p90), (floor_med, floor_p90)) = (stat(&mut fresh), stat(&mut same), stat(&mut floor));
+    let ((fresh_med, fresh_p90), (same_med, same_p90), (floor_med, floor_p90)) =
+        (stat(&mut fresh), stat(&mut same), stat(&mut floor));
     println!("\nA flood of new allowed tuples (tests/sites/floods.yaml, SIP 5060/udp from any-ip; CPU: {}):", cpu_model());
-    println!("  one run per BPF_PROG_TEST_RUN, {FLOOD_TUPLES} of each, interleaved (ns per packet, the kernel's clock read included):");
+    println!(
+        "  one run per BPF_PROG_TEST_RUN, {FLOOD_TUPLES} of each, interleaved (ns per packet, the kernel's clock read included):"
+    );
     println!("  {:<44} {:>8} {:>8}", "", "median", "90th pc");
     println!("  {:<44} {:>8.0} {:>8.0}", format!("allowed, {FLOOD_TUPLES} tuples never seen"), fresh_med, fresh_p90);
     println!("  {:<44} {:>8.0} {:>8.0}", format!("allowed, the same tuple {FLOOD_TUPLES} times"), same_med, same_p90);
@@ -237,8 +244,7 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
 
 /// One run of `program` on `frame`: its XDP action and the ns the kernel timed.
 fn single_run(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, f64)> {
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     let r = load::program_named(ebpf, program)?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_nanos() as f64))
 }
@@ -250,7 +256,14 @@ fn map_memory(t: &Tables) -> (usize, usize) {
     (words, maps.iter().map(|m| m.bytes).sum())
 }
 
-fn measure_case(label: &str, policy: &Policy, tables: &Tables, args: &Args, figures: &mut Vec<Figure>, extras: bool) -> Result<()> {
+fn measure_case(
+    label: &str,
+    policy: &Policy,
+    tables: &Tables,
+    args: &Args,
+    figures: &mut Vec<Figure>,
+    extras: bool,
+) -> Result<()> {
     let mut ebpf = load::load(tables)?;
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;
@@ -284,11 +297,13 @@ fn fill_floor(ebpf: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
     let Some(p) = parsed.ip_packet() else { return Ok(()) };
     let Some((sport, dport, _)) = dataplane_common::walk::ports(p) else { return Ok(()) };
     if p.v6 {
-        let mut m: aya::maps::HashMap<_, CacheKeyV6, u32> = aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
+        let mut m: aya::maps::HashMap<_, CacheKeyV6, u32> =
+            aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
         m.insert(CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 }, 1, 0)?;
     } else {
         let key = CacheKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
-        let mut m: aya::maps::HashMap<_, CacheKeyV4, u32> = aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
+        let mut m: aya::maps::HashMap<_, CacheKeyV4, u32> =
+            aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
         m.insert(key, 1, 0)?;
     }
     Ok(())
@@ -313,9 +328,7 @@ fn median_ns(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8], n: usize) -> Res
     let prog = load::program_named(ebpf, program)?;
     let mut samples = vec![];
     for _ in 0..n {
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.repeat = REPEAT;
+        let opts = TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..Default::default() };
         let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         samples.push(r.duration.as_nanos() as f64);
     }
@@ -324,8 +337,7 @@ fn median_ns(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8], n: usize) -> Res
 }
 
 fn run_verdict(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<u32> {
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     Ok(load::program_named(ebpf, program)?.test_run(opts)?.return_value)
 }
 
@@ -357,13 +369,19 @@ fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(Stri
         let open_ports: Vec<(u8, u16)> = policy.flows.iter().filter(|f| !f.deny).map(|f| (f.proto, f.dport[0].0)).collect();
         // The wrong role: an address of another role of the site, to an open port of the server.
         let wrong = role_addrs(policy, v6).into_iter().find_map(|src| {
-            open_ports.iter().map(|&(proto, dport)| classify::Packet { src, proto, dport, sport: 40000, ..allow }).find(|p| denied(p) && c.classify(p).reason == Reason::DropNoFlow)
+            open_ports
+                .iter()
+                .map(|&(proto, dport)| classify::Packet { src, proto, dport, sport: 40000, ..allow })
+                .find(|p| denied(p) && c.classify(p).reason == Reason::DropNoFlow)
         });
         if let Some(w) = wrong {
             out.push((format!("deny {fam} wrong role"), build(&w)));
         }
         let stranger: IpAddr = if v6 { "2001:db8:ffff::77".parse()? } else { "198.18.77.77".parse()? };
-        let random = open_ports.iter().map(|&(proto, dport)| classify::Packet { src: stranger, proto, dport, sport: 40000, ..allow }).find(|p| denied(p));
+        let random = open_ports
+            .iter()
+            .map(|&(proto, dport)| classify::Packet { src: stranger, proto, dport, sport: 40000, ..allow })
+            .find(|p| denied(p));
         if let Some(r) = random {
             out.push((format!("deny {fam} random source"), build(&r)));
         }
@@ -389,7 +407,8 @@ fn closed_port(c: &classify::Classifier, p: &classify::Packet) -> Option<classif
 
 /// The first address of every bound role of the family, and one past it.
 fn role_addrs(policy: &Policy, v6: bool) -> Vec<IpAddr> {
-    let to_ip = |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
+    let to_ip =
+        |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
     policy.roles.iter().flat_map(|r| r.cidrs.iter()).filter(|c| c.v6 == v6 && c.len > 0).map(|c| to_ip(c.addr)).collect()
 }
 
@@ -419,8 +438,7 @@ fn reply_packets(ebpf: &mut aya::Ebpf, policy: &Policy, t: &Tables) -> Result<Ve
 }
 
 fn run_once(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<()> {
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     if program == load::EGRESS {
         load::egress(ebpf)?.test_run(opts)?;
     } else {
@@ -440,10 +458,12 @@ fn find_allowed(
     judge: impl Fn(&classify::Classifier, &classify::Packet) -> classify::Decision,
 ) -> Option<classify::Packet> {
     let first = |role: usize| policy.roles[role].cidrs.iter().find(|c| c.v6 == v6).map(|c| c.addr);
-    let to_ip = |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
+    let to_ip =
+        |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
     flows.iter().filter(|f| !f.deny && (!sport_only || f.sport != [(0, u16::MAX)])).find_map(|f| {
         let (src, dst) = (to_ip(first(f.from)?), to_ip(first(f.to)?));
-        let p = classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
+        let p =
+            classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
         judge(c, &p).allow.then_some(p)
     })
 }
@@ -502,12 +522,8 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;
     }
-    let (ext, prot, ext6, prot6): (IpAddr, IpAddr, IpAddr, IpAddr) = (
-        "10.200.0.9".parse()?,
-        "10.200.0.1".parse()?,
-        "fd00:200::9".parse()?,
-        "fd00:200::1".parse()?,
-    );
+    let (ext, prot, ext6, prot6): (IpAddr, IpAddr, IpAddr, IpAddr) =
+        ("10.200.0.9".parse()?, "10.200.0.1".parse()?, "fd00:200::9".parse()?, "fd00:200::1".parse()?);
     let (stranger, stranger6): (IpAddr, IpAddr) = ("198.18.77.77".parse()?, "2001:db8:ffff::77".parse()?);
     let frames = [
         ("allow v4 (udp 5060)", Pkt::udp(ext, prot, 5060, 5060).build(), 2),
@@ -522,18 +538,36 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let dir = std::env::temp_dir().join(&ns);
     std::fs::create_dir_all(&dir)?;
     println!("\nxdp-filter (xdp-tools {}) program {id}, loaded with the closest allowlist of the lab site:", xdpf_version());
-    println!("  deny policy; dst ports {}; src addresses {}.", XDPF_PORTS.map(|(p, n)| format!("{p} {n}")).join(", "), XDPF_SOURCES.join(", "));
+    println!(
+        "  deny policy; dst ports {}; src addresses {}.",
+        XDPF_PORTS.map(|(p, n)| format!("{p} {n}")).join(", "),
+        XDPF_SOURCES.join(", ")
+    );
     println!("  Not expressible: address+port combinations, source ports, the protected destination, ICMP types.");
     println!("  How: `bpftool prog run id {id} data_in FRAME repeat {REPEAT}` (mean per run), median of {} runs;", args.samples);
     println!("  the same frames through this program (lab site), the empty program and the floor program.");
-    println!("  {:<30} {:>7} {:>7} {:>8} {:>10} {:>11} {:>13}", "packet", "empty", "floor", "program", "xdp-filter", "xdpf/empty", "program/xdpf");
+    println!(
+        "  {:<30} {:>7} {:>7} {:>8} {:>10} {:>11} {:>13}",
+        "packet", "empty", "floor", "program", "xdp-filter", "xdpf/empty", "program/xdpf"
+    );
     let mut rows = vec![];
     for (kind, frame, want) in frames {
         let file = dir.join(format!("{}.bin", kind.replace([' ', '(', ')'], "-")));
         std::fs::write(&file, &frame)?;
         let mut xs = vec![];
         for _ in 0..args.samples {
-            let out = sh(&["bpftool", "-j", "prog", "run", "id", &id.to_string(), "data_in", file.to_str().unwrap(), "repeat", &REPEAT.to_string()])?;
+            let out = sh(&[
+                "bpftool",
+                "-j",
+                "prog",
+                "run",
+                "id",
+                &id.to_string(),
+                "data_in",
+                file.to_str().unwrap(),
+                "repeat",
+                &REPEAT.to_string(),
+            ])?;
             let v: serde_json::Value = serde_json::from_str(&out).context("bpftool prog run")?;
             if v["retval"].as_u64() != Some(want) {
                 bail!("xdp-filter returned {} for {kind}, expected {want}", v["retval"]);
@@ -548,7 +582,16 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
         }
         fill_floor(&mut ebpf, &frame)?;
         let [ours, base, floor] = medians(&mut ebpf, [load::PROGRAM, load::BASELINE, load::FLOOR], &frame, args.samples)?;
-        println!("  {:<30} {:>7.1} {:>7.1} {:>8.1} {:>10.1} {:>10.2}x {:>12.2}x", kind, base, floor, ours, xdpf, xdpf / base, ours / xdpf);
+        println!(
+            "  {:<30} {:>7.1} {:>7.1} {:>8.1} {:>10.1} {:>10.2}x {:>12.2}x",
+            kind,
+            base,
+            floor,
+            ours,
+            xdpf,
+            xdpf / base,
+            ours / xdpf
+        );
         rows.push(XdpfRow { kind: kind.to_string(), base, floor, ours, xdpf });
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -603,7 +646,9 @@ impl Drop for Netns {
 
 fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
     model.unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -624,18 +669,22 @@ fn report(figures: &[Figure], scale: &[Scale], xdpf: Option<&Xdpf>) {
     let mut worst: Option<(&Figure, f64)> = None;
     for f in figures {
         let r = f.prog / f.floor;
-        if f.kind.starts_with("allow") || f.kind.starts_with("deny") {
-            if worst.is_none_or(|(_, w)| r > w) {
-                worst = Some((f, r));
-            }
+        if (f.kind.starts_with("allow") || f.kind.starts_with("deny")) && worst.is_none_or(|(_, w)| r > w) {
+            worst = Some((f, r));
         }
     }
     for label in figures.iter().map(|f| f.label.as_str()).collect::<std::collections::BTreeSet<_>>() {
-        let row: Vec<String> = figures.iter().filter(|f| f.label == label).map(|f| format!("{} {:.2}x", f.kind, f.prog / f.floor)).collect();
+        let row: Vec<String> =
+            figures.iter().filter(|f| f.label == label).map(|f| format!("{} {:.2}x", f.kind, f.prog / f.floor)).collect();
         println!("  {label}: {}", row.join(", "));
     }
     if let Some((f, r)) = worst {
-        println!("  highest: {} / {} at {r:.2}x the floor ({})", f.label, f.kind, if r <= 1.5 { "within 1.5x" } else { "above 1.5x" });
+        println!(
+            "  highest: {} / {} at {r:.2}x the floor ({})",
+            f.label,
+            f.kind,
+            if r <= 1.5 { "within 1.5x" } else { "above 1.5x" }
+        );
     }
     println!("\nWhat each step costs (ns, differences between packets that stop after it; v4, same run):");
     let steps = [
@@ -665,11 +714,25 @@ fn report(figures: &[Figure], scale: &[Scale], xdpf: Option<&Xdpf>) {
     if let (Some(first), Some(last)) = (scale.first(), scale.last()) {
         println!("\nFrom {} to {} synthetic flows (goal: no path grows by more than 1.2x):", first.flows, last.flows);
         let label = |s: &Scale| format!("synthetic {} flows", s.flows);
-        for kind in ["allow v4", "allow v6", "allow v4 (source port)", "deny v4 closed port", "deny v4 wrong role", "deny v4 random source", "deny v6 closed port", "deny v6 wrong role", "deny v6 random source"] {
+        for kind in [
+            "allow v4",
+            "allow v6",
+            "allow v4 (source port)",
+            "deny v4 closed port",
+            "deny v4 wrong role",
+            "deny v4 random source",
+            "deny v6 closed port",
+            "deny v6 wrong role",
+            "deny v6 random source",
+        ] {
             let xs: Vec<f64> = scale.iter().filter_map(|s| find(&label(s), kind).map(|f| f.prog / f.floor)).collect();
             let Some(base) = find(&label(first), kind).map(|f| f.prog / f.floor) else { continue };
             let max = xs.iter().copied().fold(base, f64::max);
-            println!("  {kind}: {} (x floor); largest / smallest size's: {:.2}x", xs.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "), max / base);
+            println!(
+                "  {kind}: {} (x floor); largest / smallest size's: {:.2}x",
+                xs.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
+                max / base
+            );
         }
     }
     if let Some(x) = xdpf {
@@ -790,7 +853,11 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
         }
-        c.configure_series_labels().position(SeriesLabelPosition::UpperLeft).border_style(BLACK).background_style(WHITE.mix(0.85)).draw()?;
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .draw()?;
         let mmax = scale.iter().map(|s| s.bytes as f64 / (1 << 20) as f64).fold(1.0, f64::max) * 2.0;
         let mut c = ChartBuilder::on(&right)
             .caption("Policy map memory (estimate)", ("sans-serif", 18))

@@ -93,7 +93,19 @@ fn main() -> Result<()> {
     // The gateway knows the server's MAC from the start: no neighbour resolution in the run.
     let server_mac = mac(&gw.server, SERVER_IF)?;
     let lladdr = server_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    dataplane::netns::ip(&["-n", &gw.gateway, "neigh", "replace", "10.203.2.10", "lladdr", &lladdr, "dev", INSIDE_IF, "nud", "permanent"])?;
+    dataplane::netns::ip(&[
+        "-n",
+        &gw.gateway,
+        "neigh",
+        "replace",
+        "10.203.2.10",
+        "lladdr",
+        &lladdr,
+        "dev",
+        INSIDE_IF,
+        "nud",
+        "permanent",
+    ])?;
     let template = live::udp_template(CLIENT, SERVER, 40000, 5060, mac(&gw.gateway, OUTSIDE_IF)?, mac(&gw.client, CLIENT_IF)?);
 
     let tables = compile_site(&site)?;
@@ -133,7 +145,10 @@ fn main() -> Result<()> {
     }
     let _ = in_netns(&gw.server, || load::program_named(&mut ebpf, "bench_drop").and_then(|p| Ok(p.detach(counter_link)?)));
 
-    println!("  {:<20} {:>8} {:>9} {:>10} {:>10} {:>16} {:>16}", "WAY", "Mpps", "wall", "ns/frame", "crossed", "forwarded in XDP", "kernel forwarded");
+    println!(
+        "  {:<20} {:>8} {:>9} {:>10} {:>10} {:>16} {:>16}",
+        "WAY", "Mpps", "wall", "ns/frame", "crossed", "forwarded in XDP", "kernel forwarded"
+    );
     let mut mpps = vec![];
     for (i, way) in Way::ALL.into_iter().enumerate() {
         let m = median(rates[i].iter().map(Rate::mpps).collect());
@@ -153,11 +168,17 @@ fn main() -> Result<()> {
         );
         mpps.push(m);
     }
-    println!("  crossed: share of the injected frames counted behind the gateway; forwarded in XDP / kernel forwarded: share of the");
+    println!(
+        "  crossed: share of the injected frames counted behind the gateway; forwarded in XDP / kernel forwarded: share of the"
+    );
     println!("  frames injected (warm-ups included) that the program's FORWARD_STATS / the gateway's IpForwDatagrams counted");
     let ratio = mpps[0] / mpps[2].max(1e-9);
     println!("  xdp forward / nft + kernel = {ratio:.2}x (goal >= 3x: {})", if ratio >= 3.0 { "met" } else { "NOT met" });
-    println!("  xdp forward / xdp pass + kernel = {:.2}x; xdp pass + kernel / nft + kernel = {:.2}x", mpps[0] / mpps[1].max(1e-9), mpps[1] / mpps[2].max(1e-9));
+    println!(
+        "  xdp forward / xdp pass + kernel = {:.2}x; xdp pass + kernel / nft + kernel = {:.2}x",
+        mpps[0] / mpps[1].max(1e-9),
+        mpps[1] / mpps[2].max(1e-9)
+    );
     drop(gw);
     Ok(())
 }
@@ -188,7 +209,11 @@ fn setup(ebpf: &mut Ebpf, gw: &Gateway, way: Way, tables: &dataplane::tables::Ta
         Way::Nft => {
             let path = std::env::temp_dir().join("i18-forward.nft");
             std::fs::write(&path, nft)?;
-            let status = Command::new("nsenter").arg(format!("--net=/var/run/netns/{}", gw.gateway)).args(["nft", "-f"]).arg(&path).status()?;
+            let status = Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", gw.gateway))
+                .args(["nft", "-f"])
+                .arg(&path)
+                .status()?;
             if !status.success() {
                 bail!("nft -f {} failed", path.display());
             }
@@ -201,7 +226,10 @@ fn teardown(ebpf: &mut Ebpf, gw: &Gateway, way: Way, link: XdpLinkId) {
     let program = if way == Way::Nft { "bench_pass" } else { load::PROGRAM };
     let _ = in_netns(&gw.gateway, || load::program_named(ebpf, program).and_then(|p| Ok(p.detach(link)?)));
     if way == Way::Nft {
-        let _ = Command::new("nsenter").arg(format!("--net=/var/run/netns/{}", gw.gateway)).args(["nft", "delete", "table", "inet", "dataplane"]).status();
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", gw.gateway))
+            .args(["nft", "delete", "table", "inet", "dataplane"])
+            .status();
     }
 }
 
@@ -244,13 +272,19 @@ fn inject(ebpf: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, 
     for i in 0..17 {
         config[1 + i] = u32::from(u16::from_ne_bytes([template[2 * i], template[2 * i + 1]]));
     }
-    let mut map: aya::maps::Array<_, [u32; 18]> = aya::maps::Array::try_from(ebpf.map_mut("BENCH_FWD").context("BENCH_FWD map")?)?;
+    let mut map: aya::maps::Array<_, [u32; 18]> =
+        aya::maps::Array::try_from(ebpf.map_mut("BENCH_FWD").context("BENCH_FWD map")?)?;
     map.set(0, config, 0)?;
     let softirqd = ksoftirqd(cpu);
     let old = pin(cpu)?;
     let live = |ebpf: &mut Ebpf, n: u32| -> Result<Duration> {
         let prog = load::program_named(ebpf, INJECT)?;
-        let opts = TestRunOptions { data_in: Some(template), repeat: n, attrs: TestRunAttrs::new().xdp_live_frames(64), ..TestRunOptions::default() };
+        let opts = TestRunOptions {
+            data_in: Some(template),
+            repeat: n,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        };
         Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+)")?.duration * n)
     };
     let rate = (|| -> Result<Rate> {
@@ -323,7 +357,8 @@ fn counted(ebpf: &Ebpf) -> Result<u64> {
 }
 
 fn forwarded_in_xdp(ebpf: &Ebpf) -> Result<u64> {
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(dataplane::forward::MAP_FORWARD_STATS).context("FORWARD_STATS map")?)?;
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(dataplane::forward::MAP_FORWARD_STATS).context("FORWARD_STATS map")?)?;
     Ok(map.get(&FWD_STAT_REDIRECTED, 0)?.iter().sum())
 }
 

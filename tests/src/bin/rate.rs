@@ -63,13 +63,18 @@ fn main() -> Result<()> {
         let site = argv.get(i + 1).map_or_else(|| root.join("tests/sites/e2e.yaml"), std::path::PathBuf::from);
         let rules = iptables::render(&dataplane::policy::load_site(&site)?);
         print!("{}{}", rules.v4, rules.v6);
-        eprintln!("{} IPv4 rules ({} in the flow chain), {} IPv6 rules ({})", rules.rules_v4, rules.flow_rules_v4, rules.rules_v6, rules.flow_rules_v6);
+        eprintln!(
+            "{} IPv4 rules ({} in the flow chain), {} IPv6 rules ({})",
+            rules.rules_v4, rules.flow_rules_v4, rules.rules_v6, rules.flow_rules_v6
+        );
         return Ok(());
     }
     // `--reload-only` / `--rate-only` / `--live-only` / `--socket-only`: one part alone (for
     // iterating on it).
     let has = |flag: &str| argv.iter().any(|a| a == flag);
-    let value = |flag: &str| argv.iter().position(|a| a == flag).map(|i| argv.get(i + 1).with_context(|| format!("{flag} needs a value"))).transpose();
+    let value = |flag: &str| {
+        argv.iter().position(|a| a == flag).map(|i| argv.get(i + 1).with_context(|| format!("{flag} needs a value"))).transpose()
+    };
     let only = ["--reload-only", "--rate-only", "--live-only", "--socket-only"].into_iter().find(|f| has(f));
     let (live_part, socket_part, reload_part) = match only {
         Some("--reload-only") => (false, false, true),
@@ -78,7 +83,12 @@ fn main() -> Result<()> {
         Some("--socket-only") => (false, true, false),
         _ => (true, true, true),
     };
-    println!("CPU: {} ({} online); kernel {}", live::cpu_model(), std::thread::available_parallelism().map_or(1, |n| n.get()), kernel());
+    println!(
+        "CPU: {} ({} online); kernel {}",
+        live::cpu_model(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel()
+    );
     if live_part {
         let opts = live_rate::Opts {
             run: if quick { Duration::from_millis(300) } else { Duration::from_secs(1) },
@@ -155,7 +165,9 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
     let mixes = [("drop-heavy", 10u32), ("pass-heavy", 90u32)];
 
     println!("\nPacket rate through the socket path: over veth, AF_PACKET generator (sendmmsg, batches of {BATCH}), {run:?} per figure,");
-    println!("60-byte UDP frames; every frame is an skb the sender built, which veth turns back into an XDP buffer: the sender's");
+    println!(
+        "60-byte UDP frames; every frame is an skb the sender built, which veth turns back into an XDP buffer: the sender's"
+    );
     println!("cost dominates (the live-frames figures above measure the filter).");
     println!("{:<22} {:<11} {:>12} {:>14} {:>10}", "filter", "mix", "packets/s", "CPU ns/packet", "delivered");
     let mut results = vec![];
@@ -168,7 +180,17 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
     };
     for system in order.iter().map(String::as_str) {
         let guard = match system {
-            "xdp" => Some(Enforcer::start(&site, compile_site(&site)?, &[SERVER_IF.to_string()], Mode::Native, Some(&lab.server), Default::default())?.0),
+            "xdp" => Some(
+                Enforcer::start(
+                    &site,
+                    compile_site(&site)?,
+                    &[SERVER_IF.to_string()],
+                    Mode::Native,
+                    Some(&lab.server),
+                    Default::default(),
+                )?
+                .0,
+            ),
             _ => None,
         };
         if system == "nftables" && !load_nft(&lab.server, &site)? {
@@ -196,7 +218,8 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
         }
         drop(guard);
         if system == "nftables" {
-            let _ = Command::new("ip").args(["netns", "exec", &lab.server, "nft", "delete", "table", "inet", "dataplane"]).status();
+            let _ =
+                Command::new("ip").args(["netns", "exec", &lab.server, "nft", "delete", "table", "inet", "dataplane"]).status();
         }
         if let (true, Some((v4, v6, _))) = (system == "iptables", &ipt) {
             for restore in [v4, v6] {
@@ -238,7 +261,11 @@ fn iptables_backend() -> Option<(String, String, String)> {
     ] {
         if works(v4) && works(v6) {
             let name = if name.is_empty() {
-                let v = Command::new("iptables").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+                let v = Command::new("iptables")
+                    .arg("--version")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
                 format!("iptables-restore, {v}")
             } else {
                 name.to_string()
@@ -334,7 +361,8 @@ fn ipv4_checksum(h: &mut [u8]) {
 /// Busy and total CPU time of all CPUs, in clock ticks (/proc/stat).
 fn cpu_ticks() -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields: Vec<u64> = stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let fields: Vec<u64> =
+        stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     let total: u64 = fields.iter().take(8).sum();
     Ok((total - idle, total))
@@ -381,7 +409,10 @@ fn generate(frames: &[Vec<u8>], run: Duration) -> Result<u64> {
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
     addr.sll_ifindex = ifindex as i32;
-    if unsafe { libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) } != 0 {
+    if unsafe {
+        libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+    } != 0
+    {
         bail!("bind AF_PACKET: {}", std::io::Error::last_os_error());
     }
     let mut iov: Vec<libc::iovec> =
