@@ -59,8 +59,9 @@ const _: () = assert!(size_of::<EventBudget>() == 16 && align_of::<EventBudget>(
 const _: () = assert!(offset_of!(EventBudget, started) == 0 && offset_of!(EventBudget, sent) == 8);
 const _: () = assert!(offset_of!(EventBudget, suppressed) == 12);
 
-// DropEvent: records of the DROP_EVENTS ring buffer. 60 bytes of fields and 4 of tail padding
-// (align 8); user space checks each record is at least this long before reading one.
+// DropEvent: records of the DROP_EVENTS ring buffer, 64 bytes of fields and no padding (an
+// explicit zero `tail`), so nothing uninitialised leaves the program's stack; user space checks
+// each record is at least this long before reading one.
 const _: () = assert!(size_of::<DropEvent>() == 64 && align_of::<DropEvent>() == 8);
 const _: () = assert!(offset_of!(DropEvent, time_ns) == 0 && offset_of!(DropEvent, ifindex) == 8);
 const _: () = assert!(offset_of!(DropEvent, slot) == 12 && offset_of!(DropEvent, src) == 16);
@@ -68,6 +69,7 @@ const _: () = assert!(offset_of!(DropEvent, dst) == 32 && offset_of!(DropEvent, 
 const _: () = assert!(offset_of!(DropEvent, dport) == 50 && offset_of!(DropEvent, reason) == 52);
 const _: () = assert!(offset_of!(DropEvent, proto) == 53 && offset_of!(DropEvent, v6) == 54);
 const _: () = assert!(offset_of!(DropEvent, pad) == 55 && offset_of!(DropEvent, suppressed) == 56);
+const _: () = assert!(offset_of!(DropEvent, tail) == 60);
 
 // Reason: the index of the REASONS array; every reason has a slot, in the order of ALL.
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -79,6 +79,8 @@ pub struct DropEvent {
     pub pad: u8,
     /// Events this CPU suppressed (rate limit) since the previous one it sent.
     pub suppressed: u32,
+    /// Always 0: the record has no padding, so no byte of the program's stack leaves with it.
+    pub tail: u32,
 }
 
 /// Per-CPU state of the drop-event rate limiter (the `EVENT_BUDGET` array).

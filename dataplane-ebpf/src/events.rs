@@ -51,6 +51,7 @@ pub fn report(ctx: &XdpContext, parsed: &Parsed, reason: Reason, slot: u32, conf
         v6: p.v6 as u8,
         pad: 0,
         suppressed: budget.suppressed,
+        tail: 0,
     };
     if DROP_EVENTS.output::<DropEvent>(&event, 0).is_ok() {
         budget.sent += 1;
