@@ -44,6 +44,8 @@ use dataplane::{
 };
 use dataplane_common::{forward::FWD_STAT_REDIRECTED, CONFIG_FORWARD};
 
+use dataplane_tests::flood::mac;
+
 #[path = "../bench/live.rs"]
 mod live;
 
@@ -366,18 +368,6 @@ fn if_index(ifname: &str) -> u32 {
     let name = std::ffi::CString::new(ifname).unwrap();
     // Safety: a NUL-terminated name.
     unsafe { libc::if_nametoindex(name.as_ptr()) }
-}
-
-/// An interface's MAC address (from `ip`: /sys shows the namespace it was mounted in).
-fn mac(ns: &str, ifname: &str) -> Result<[u8; 6]> {
-    let out = Command::new("ip").args(["-n", ns, "link", "show", ifname]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ether = text.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).context("no link/ether")?;
-    let mut m = [0u8; 6];
-    for (i, part) in ether.split(':').enumerate().take(6) {
-        m[i] = u8::from_str_radix(part, 16)?;
-    }
-    Ok(m)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -43,6 +43,8 @@ use dataplane_tests::packet::Pkt;
 
 #[path = "../bench/iptables.rs"]
 mod iptables;
+use dataplane_tests::flood::mac;
+
 #[path = "../bench/live.rs"]
 mod live;
 #[path = "../bench/live_rate.rs"]
@@ -313,18 +315,6 @@ fn load_nft(ns: &str, site: &Path) -> Result<bool> {
         bail!("nft -f {} failed", path.display());
     }
     Ok(true)
-}
-
-/// An interface's MAC address (from `ip`: /sys shows the namespace it was mounted in).
-fn mac(ns: &str, ifname: &str) -> Result<[u8; 6]> {
-    let out = Command::new("ip").args(["-n", ns, "link", "show", ifname]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ether = text.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).context("no link/ether")?;
-    let mut m = [0u8; 6];
-    for (i, part) in ether.split(':').enumerate().take(6) {
-        m[i] = u8::from_str_radix(part, 16)?;
-    }
-    Ok(m)
 }
 
 /// A cycle of 100 frames: `allowed_pct` SIP datagrams from an any-ip address (allowed), the rest
