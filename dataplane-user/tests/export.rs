@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dataplane::export::{render, NftOptions};
+use dataplane::export::nft::{render, NftOptions};
 use dataplane::policy::{load_site, load_site_from};
 
 fn root() -> PathBuf {

@@ -1,13 +1,13 @@
-//! The lockout guard of `dataplane run` (`dataplane::lockout`): the SSH session's own tuple and
+//! The lockout guard of `dataplane run` (`dataplane::classify::lockout`): the SSH session's own tuple and
 //! a management flow to every protected role, on the sites under `tests/data/lockout` and on the
 //! real sites under `policies/sites`.
 
 use std::path::{Path, PathBuf};
 
+use dataplane::classify::lockout::{self, check, guard, Lockout, LockoutError, SshSession};
 use dataplane::compile::compile;
-use dataplane::lockout::{self, check, guard, Lockout, LockoutError, SshSession};
+use dataplane::compile::tables::Tables;
 use dataplane::policy::{load_site, load_site_from, Policy};
-use dataplane::tables::Tables;
 use dataplane_common::Reason;
 
 fn data() -> PathBuf {

@@ -232,7 +232,7 @@ fn first_addrs(p: &Policy, from: usize, to: usize, v6: bool) -> Option<(IpAddr, 
 /// with the reference at both ends of every outbound flow's ranges.
 #[test]
 fn synthetic_site_outbound_matches_reference() {
-    let p = dataplane::synth::synthetic_site(2000, 400, 7);
+    let p = dataplane::policy::synth::synthetic_site(2000, 400, 7);
     assert!(!p.out_flows.is_empty());
     let t = compile(&p).expect("compiles");
     let cls = Classifier::new_outbound(&t).expect("outbound tables");

@@ -1,9 +1,12 @@
 //! The policy hash is a function of what a site loads, over a defined encoding
-//! (`dataplane::hash`): a fixed site has a fixed hash, on every machine and build.
+//! (`dataplane::compile::hash`): a fixed site has a fixed hash, on every machine and build.
 
 use std::path::{Path, PathBuf};
 
-use dataplane::{compile::compile, hash::policy_hash, policy::load_site_from, tables::Tables};
+use dataplane::{
+    compile::{compile, hash::policy_hash, tables::Tables},
+    policy::load_site_from,
+};
 use dataplane_common::CONFIG_MONITOR;
 
 fn data() -> PathBuf {

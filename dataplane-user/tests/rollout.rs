@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use dataplane::policy::options::OptionKind;
+use dataplane::policy::sources::Loaded;
 use dataplane::policy::OptValue;
-use dataplane::sources::Loaded;
 use serde_json::{json, Value};
 
 fn run(args: &[&str], stdin: &str) -> Output {

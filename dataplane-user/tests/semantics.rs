@@ -176,7 +176,7 @@ fn icmp_errors_follow_the_quoted_flow() {
 #[test]
 fn slots_follow_catalog_order_and_split_protocols() {
     let policy = common::test_policy();
-    let ids: Vec<(&str, &str)> = policy.flows.iter().map(|f| (f.info.id.as_str(), f.info.protocol.as_str())).collect();
+    let ids: Vec<(&str, &str)> = policy.flows.iter().map(|f| (f.info.id.as_str(), f.info.protocol.name())).collect();
     assert_eq!(ids[0], ("alpha-admin-https", "tcp"));
     assert_eq!(ids[1], ("alpha-lan-dns", "tcp"));
     assert_eq!(ids[2], ("alpha-lan-dns", "udp"));
@@ -213,7 +213,7 @@ fn config_flags_from_options() {
 fn synthetic_site_matches_reference() {
     use dataplane::policy::cidr::mask;
     use dataplane::policy::Cidr;
-    let policy = dataplane::synth::synthetic_site(3000, 600, 7);
+    let policy = dataplane::policy::synth::synthetic_site(3000, 600, 7);
     let tables = compile(&policy).expect("compiles");
     let cls = Classifier::new(&tables);
     let mut x: u64 = 99;
@@ -265,9 +265,9 @@ fn synthetic_site_matches_reference() {
 #[test]
 fn synthetic_yaml_round_trip() {
     let dir = common::scratch();
-    let site = dataplane::synth::write_synthetic(&dir, 500, 200, 3).expect("writes");
+    let site = dataplane::policy::synth::write_synthetic(&dir, 500, 200, 3).expect("writes");
     let from_yaml = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
-    let direct = dataplane::synth::synthetic_site(500, 200, 3);
+    let direct = dataplane::policy::synth::synthetic_site(500, 200, 3);
     assert_eq!(from_yaml.flows.len(), direct.flows.len());
     let (a, b) = (compile(&from_yaml).expect("compiles"), compile(&direct).expect("compiles"));
     assert_eq!(a.image(), b.image());
@@ -279,7 +279,7 @@ fn synthetic_yaml_round_trip() {
 #[ignore]
 fn synthetic_benchmark_timing() {
     let dir = common::scratch();
-    let site = dataplane::synth::write_synthetic(&dir, 100_000, 10_000, 1).expect("writes");
+    let site = dataplane::policy::synth::write_synthetic(&dir, 100_000, 10_000, 1).expect("writes");
     let t = std::time::Instant::now();
     let policy = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
     let loaded = t.elapsed();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use dataplane::classify::Classifier;
-use dataplane::cli_policy::parse_line;
+use dataplane::cli::policy::parse_line;
 use dataplane::compile::compile;
 use dataplane::policy::{catalog_dir, load_site_from};
 

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{in_netns, SERVER_IF};
+use dataplane::lab::netns::{in_netns, SERVER_IF};
 use serde_json::Value;
 
 pub fn root() -> PathBuf {
@@ -18,7 +18,17 @@ pub fn root() -> PathBuf {
 
 /// The `dataplane` binary `cargo xtask test` built (DATAPLANE_BIN).
 pub fn dataplane_bin() -> PathBuf {
-    let bin = std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/debug/dataplane"));
+    built("DATAPLANE_BIN", "dataplane")
+}
+
+/// The same built with its fault points (`--features fault`, DATAPLANE_FAULT_BIN): only the fault
+/// tests run it.
+pub fn fault_bin() -> PathBuf {
+    built("DATAPLANE_FAULT_BIN", "dataplane-fault")
+}
+
+fn built(var: &str, name: &str) -> PathBuf {
+    let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| root().join("target/debug").join(name));
     assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
     bin
 }
@@ -61,9 +71,14 @@ impl Daemon {
 
     /// As `spawn`, on the interfaces named.
     pub fn spawn_on(ns: &str, site: &Path, ifaces: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_bin(&dataplane_bin(), ns, site, ifaces, args, env)
+    }
+
+    /// As `spawn_on`, running `bin` (`fault_bin()`).
+    pub fn spawn_bin(bin: &Path, ns: &str, site: &Path, ifaces: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{ns}"))
-            .arg(dataplane_bin())
+            .arg(bin)
             .args(["run", "--site"])
             .arg(site)
             .args(ifaces.iter().flat_map(|i| ["--iface", i]))

@@ -12,7 +12,7 @@ use aya::{
     maps::{Map, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
-use dataplane::netns::{in_netns, Lab, SERVER_IF};
+use dataplane::lab::netns::{in_netns, Lab, SERVER_IF};
 use dataplane_common::Counter;
 
 /// Keeps an XDP program in the kernel's XDP dispatcher while a test runs it many times.

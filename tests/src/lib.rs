@@ -13,7 +13,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use dataplane::{load, tables::Tables};
+use dataplane::{compile::tables::Tables, kernel::load, observe::counters::Counters};
 use dataplane_common::{Counter, Reason};
 
 pub const XDP_DROP: u32 = 1;
@@ -53,8 +53,8 @@ impl Harness {
         Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN (egress)")?.return_value)
     }
 
-    pub fn counters(&self) -> Result<load::Counters> {
-        load::Counters::read(&self.ebpf)
+    pub fn counters(&self) -> Result<Counters> {
+        Counters::read(&self.ebpf)
     }
 
     /// Runs a frame and returns the action and which reason and flow counters moved.
@@ -122,14 +122,14 @@ fn cidr(s: &str) -> dataplane::policy::Cidr {
     dataplane::policy::Cidr::parse(s).expect("a CIDR")
 }
 
-fn flow(id: &str, proto: &str, from: &str, to: &str) -> dataplane::tables::FlowInfo {
-    dataplane::tables::FlowInfo {
+fn flow(id: &str, proto: &str, from: &str, to: &str) -> dataplane::compile::tables::FlowInfo {
+    dataplane::compile::tables::FlowInfo {
         id: id.into(),
         catalog: "test".into(),
         from: from.into(),
         to: to.into(),
-        protocol: proto.into(),
-        action: "allow".into(),
+        protocol: dataplane::policy::Proto::parse(proto).expect("tcp or udp"),
+        action: dataplane::policy::Action::Allow,
         description: String::new(),
         document: String::new(),
         table: String::new(),
@@ -142,8 +142,8 @@ fn direction(
     dst: [dataplane::policy::Cidr; 2],
     src: [dataplane::policy::Cidr; 2],
     ports: [(u8, u16, u16, u32); 2],
-) -> dataplane::tables::Direction {
-    use dataplane::tables::{ClassRecord, Direction, PortTable, PortValue};
+) -> dataplane::compile::tables::Direction {
+    use dataplane::compile::tables::{ClassRecord, Direction, PortTable, PortValue};
     let table = |(_, a, b, slot): (u8, u16, u16, u32)| {
         let mut t = PortTable { starts: vec![0, a], values: vec![PortValue::NoFlow, PortValue::Flow { slot, deny: false }] };
         if b < u16::MAX {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use dataplane::tables::Tables;
+use dataplane::compile::tables::Tables;
 use dataplane_common::parse::{parse, Addr, Bytes, Packet};
 use dataplane_common::walk::{self, Key, State, NO_SLOT};
 use dataplane_common::Config;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use aya::programs::XdpMode;
 use dataplane::{
-    load,
-    netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
+    kernel::load,
+    lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
 };
 
 use dataplane_common::Reason;

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use dataplane::netns::Lab;
+use dataplane::lab::netns::Lab;
 use dataplane_tests::daemon::{dataplane_bin, root};
 
 struct Rig {

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use dataplane::classify::{Classifier, Decision, Packet, Quote};
+use dataplane::compile::tables::{PortValue, Tables};
 use dataplane::policy::Cidr;
-use dataplane::tables::{PortValue, Tables};
 use dataplane_common::{walk, Reason};
 use dataplane_tests::{
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
@@ -217,13 +217,13 @@ impl Site {
 
     fn file(name: &str) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/sites").join(format!("{name}.yaml"));
-        let tables = dataplane::run::compile_site(&path).unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
+        let tables = dataplane::daemon::compile_site(&path).unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
         Site::new(name, tables)
     }
 
     /// A synthetic site (overlapping CIDRs in 10/8 and fd00::/16), with the site-wide switches set.
     fn synthetic(flows: usize, cidrs: usize, seed: u64, drop_unprotected: bool, allow_echo: bool) -> Self {
-        let mut policy = dataplane::synth::synthetic_site(flows, cidrs, seed);
+        let mut policy = dataplane::policy::synth::synthetic_site(flows, cidrs, seed);
         policy.drop_unprotected = drop_unprotected;
         policy.allow_echo = allow_echo;
         let tables = dataplane::compile::compile(&policy).expect("compiling a synthetic site");

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Lab, Servers, SERVER_IF};
+use dataplane::lab::netns::{tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Lab, Servers, SERVER_IF};
 use dataplane_tests::{
     daemon::{flow_packets, reason_packets, root, send_raw_ipv4, stats, Daemon},
     packet::{FragSpec, Pkt},

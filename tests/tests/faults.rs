@@ -1,5 +1,5 @@
-//! Faults, with the real daemon over veth: `dataplane run` killed (SIGKILL, by its
-//! `DATAPLANE_FAULT` hook) at every stage of start-up and of a reload leaves the host with the old
+//! Faults, with the real daemon over veth: `dataplane run` killed (SIGKILL, by the
+//! `DATAPLANE_FAULT` hook of a binary built with `--features fault`) at every stage of start-up and of a reload leaves the host with the old
 //! policy or the new one enforcing, never with none or half of one, and the next run takes over
 //! without a gap. The interface going down and up, and being removed and created again, has a
 //! defined outcome too.
@@ -15,8 +15,9 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{ip, udp_send, Lab, Servers};
-use dataplane_tests::daemon::{root, Daemon};
+use dataplane::lab::netns::SERVER_IF;
+use dataplane::lab::netns::{ip, udp_send, Lab, Servers};
+use dataplane_tests::daemon::{fault_bin, root, Daemon};
 
 const SIP: &str = "10.202.0.1:5060";
 const SNMP: &str = "10.202.0.1:161";
@@ -79,7 +80,7 @@ impl Rig {
     }
 
     fn spawn_faulty(&self, stage: &str) -> Daemon {
-        Daemon::spawn(&self.lab.server, &self.site, &[], &[("DATAPLANE_FAULT", stage)])
+        Daemon::spawn_bin(&fault_bin(), &self.lab.server, &self.site, &[SERVER_IF], &[], &[("DATAPLANE_FAULT", stage)])
     }
 
     /// A clean run takes over what is enforcing and enforces `want`; SIGTERM then leaves nothing.
@@ -130,6 +131,16 @@ fn killed_at_every_stage_of_start_up() {
         assert_eq!(rig.enforcing(), want, "{stage}: after the kill");
         rig.restart_and_stop(Enforcing::Old, stage);
     }
+}
+
+#[test]
+fn the_production_binary_has_no_fault_points() {
+    let rig = Rig::new("dpt-fp");
+    let d = Daemon::spawn(&rig.lab.server, &rig.site, &[], &[("DATAPLANE_FAULT", "start:loaded")]);
+    let status = d.status.recv_timeout(Duration::from_secs(20)).expect("no status line: the hook killed the production run");
+    assert!(status.starts_with("veth-s: enforcing"), "{status}");
+    assert_eq!(rig.enforcing(), Enforcing::Old);
+    assert!(d.stop().success());
 }
 
 #[test]
@@ -216,7 +227,7 @@ fn a_reload_past_the_counter_maps_is_refused() {
     let rig = Rig::new("dpt-fc");
     // A catalog directory with the real VCS catalog and a synthetic one of 400 flows.
     let dir = rig.dir.join("big");
-    let synthetic_site = dataplane::synth::write_synthetic(&dir, 400, 50, 7).unwrap();
+    let synthetic_site = dataplane::policy::synth::write_synthetic(&dir, 400, 50, 7).unwrap();
     std::fs::copy(root().join("policies/catalog/vcs-x8.2.yaml"), dir.join("catalog/vcs-x8.2.yaml")).unwrap();
     // --force: the synthetic roles have no management flow for the lockout guard to find.
     let catalogs = dir.join("catalog");

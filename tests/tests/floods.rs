@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use dataplane::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF};
+use dataplane::lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF};
 use dataplane_common::Reason;
 use dataplane_tests::{
     daemon::{dataplane_bin, flow_packets, root, stats, Daemon},
@@ -81,7 +81,7 @@ fn connect_from(local: SocketAddrV4, dst: SocketAddrV4) -> std::io::Result<TcpSt
 
 /// Packets the running daemon's program judged `reason`, per CPU (its pinned counters).
 fn judged_per_cpu(reason: Reason) -> Vec<u64> {
-    let data = MapData::from_pin(dataplane::state::pin_path(dataplane::load::MAP_REASONS)).unwrap();
+    let data = MapData::from_pin(dataplane::kernel::pins::pin_path(dataplane::kernel::maps::MAP_REASONS)).unwrap();
     per_cpu_packets(&Map::PerCpuArray(data), reason as u32).unwrap()
 }
 

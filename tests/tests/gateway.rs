@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::{
+use dataplane::lab::{
     gateway::{disable_tx_checksum, forwarded, set_gro, Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
     netns::{in_netns, tcp_exchange, tcp_exchange_from, udp_query, udp_send, udp_send_from, Servers},
 };
@@ -245,7 +245,7 @@ fn gateway_forwards_allowed_packets_in_xdp() {
 
     // Larger than the inside link's MTU: the FIB says so, and the stack does what a router does
     // (fragments it, or with DF answers "fragmentation needed"); nothing is forwarded in XDP.
-    dataplane::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1280"]).unwrap();
+    dataplane::lab::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1280"]).unwrap();
     let before = stats();
     in_netns(&gw.client, || {
         std::net::UdpSocket::bind("10.203.1.2:0").unwrap().send_to(&[0u8; 1400], "10.203.2.10:5060").unwrap()
@@ -255,7 +255,7 @@ fn gateway_forwards_allowed_packets_in_xdp() {
     let after = stats();
     assert_eq!(forward_stat(&after, "stack_fib") - forward_stat(&before, "stack_fib"), 1, "MTU exceeded: to the stack");
     assert_eq!(forward_stat(&after, "forwarded"), forward_stat(&before, "forwarded"));
-    dataplane::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1500"]).unwrap();
+    dataplane::lab::netns::ip(&["-n", &gw.gateway, "link", "set", INSIDE_IF, "mtu", "1500"]).unwrap();
     drop(sip);
 
     // The server's own connections: its packets take the stack's path (not protected

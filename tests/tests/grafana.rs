@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::netns::{in_netns, Lab};
+use dataplane::lab::netns::{in_netns, Lab};
 use dataplane_tests::daemon::{root, Daemon};
 use serde_json::Value;
 

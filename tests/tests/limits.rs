@@ -10,7 +10,10 @@ use std::{
 };
 
 use aya::maps::{HashMap, PerCpuArray};
-use dataplane::{fill::TableFill, load};
+use dataplane::{
+    kernel::{load, maps},
+    observe::fill::TableFill,
+};
 use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry, Reason, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
 use dataplane_tests::{
     flood::{cpus, hold_in_dispatcher, per_cpu_packets, pin_to_cpu},
@@ -76,7 +79,7 @@ fn a_full_connection_table_forgets_the_servers_oldest_connections_and_judges_the
     // Each CPU has its own LRU list and its share of the entries (the kernel splits them
     // evenly): the connections a server opens on one CPU evict each other once that share is
     // full, while the table as a whole is not.
-    let fill = TableFill::read_loaded(&h.ebpf, load::MAP_FLOW_V4).unwrap();
+    let fill = TableFill::read_loaded(&h.ebpf, maps::MAP_FLOW_V4).unwrap();
     let (inserts, removals, _) = ct_events(&h);
     println!(
         "after {} connections opened on CPU 0: {} of {} entries, {} evicted",
@@ -128,7 +131,7 @@ fn a_full_fragment_table_drops_the_fragments_it_forgot() {
 
 /// Connection-tracking events of a loaded program: (inserts, removals, refused replies).
 fn ct_events(h: &Harness) -> (u64, u64, u64) {
-    let events = PerCpuArray::<_, u64>::try_from(h.ebpf.map(load::MAP_CT_STATS).unwrap()).unwrap();
+    let events = PerCpuArray::<_, u64>::try_from(h.ebpf.map(maps::MAP_CT_STATS).unwrap()).unwrap();
     let sum = |i: u32| events.get(&i, 0).unwrap().iter().sum::<u64>();
     (sum(CT_STAT_INSERTS), sum(CT_STAT_REMOVALS), sum(CT_STAT_REFUSED))
 }
@@ -214,7 +217,7 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
     let distinct: HashSet<&Vec<u8>> = allowed.iter().collect();
     assert_eq!(distinct.len(), allowed.len());
     assert!(allowed.len() >= 10 * 2 * SIZE as usize, "at least 10 times the tables' size in distinct tuples");
-    let pass_before = per_cpu_packets(h.ebpf.map(load::MAP_REASONS).unwrap(), Reason::PassFlow as u32).unwrap();
+    let pass_before = per_cpu_packets(h.ebpf.map(maps::MAP_REASONS).unwrap(), Reason::PassFlow as u32).unwrap();
     let started = Instant::now();
     for &cpu in &cpus {
         pin_to_cpu(cpu);
@@ -233,7 +236,7 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
         );
     }
     let elapsed = started.elapsed();
-    let pass_after = per_cpu_packets(h.ebpf.map(load::MAP_REASONS).unwrap(), Reason::PassFlow as u32).unwrap();
+    let pass_after = per_cpu_packets(h.ebpf.map(maps::MAP_REASONS).unwrap(), Reason::PassFlow as u32).unwrap();
     let packets = cpus.len() as u64 * (allowed.len() as u64 * u64::from(REPEAT) + forged.len() as u64);
     println!(
         "flood: {} distinct allowed tuples ({}x the table) x {REPEAT} + {} forged answers, on {} CPUs: {packets} packets in {elapsed:.2?} ({:.0} ns per packet, BPF_PROG_TEST_RUN)",
@@ -260,18 +263,18 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
         }
     }
     // The tables hold exactly the tracked connections: nothing inserted, nothing evicted.
-    let v4 = HashMap::<_, CacheKeyV4, FlowEntry>::try_from(h.ebpf.map(load::MAP_FLOW_V4).unwrap()).unwrap();
+    let v4 = HashMap::<_, CacheKeyV4, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V4).unwrap()).unwrap();
     let keys4: HashSet<CacheKeyV4> = v4.keys().map(Result::unwrap).collect();
     let key4 = |src: Ipv4Addr, sport, dport, proto| CacheKeyV4 { src: src.into(), dst: server4.into(), sport, dport, proto };
     assert_eq!(keys4, HashSet::from([key4(dns4, 53, 40053, 17), key4(ldap, 389, 41000, 6)]));
-    let v6 = HashMap::<_, CacheKeyV6, FlowEntry>::try_from(h.ebpf.map(load::MAP_FLOW_V6).unwrap()).unwrap();
+    let v6 = HashMap::<_, CacheKeyV6, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V6).unwrap()).unwrap();
     let keys6: HashSet<CacheKeyV6> = v6.keys().map(Result::unwrap).collect();
     assert_eq!(
         keys6,
         HashSet::from([CacheKeyV6 { src: v6_key(dns6), dst: v6_key(server6), sport: 53, dport: 40054, proto: 17 }])
     );
     let (inserts, removals, refused) = ct_events(&h);
-    let fill = [load::MAP_FLOW_V4, load::MAP_FLOW_V6].map(|m| TableFill::read_loaded(&h.ebpf, m).unwrap());
+    let fill = [maps::MAP_FLOW_V4, maps::MAP_FLOW_V6].map(|m| TableFill::read_loaded(&h.ebpf, m).unwrap());
     println!("after the flood: inserted {inserts}, removed {removals}, refused {refused}; tables {fill:?}");
     assert_eq!((inserts, removals), (3, 0), "only the server's three connections were ever inserted");
     assert_eq!((fill[0].entries, fill[0].capacity, fill[1].entries, fill[1].capacity), (2, u64::from(SIZE), 1, u64::from(SIZE)));

@@ -11,9 +11,10 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use aya::{maps::PerCpuArray, programs::XdpMode, Ebpf};
 use dataplane::{
-    load,
-    netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
-    run::compile_site,
+    daemon::compile_site,
+    kernel::load,
+    lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
+    observe::counters::Counters,
 };
 use dataplane_common::Reason;
 use live::{Injection, Rewrite};
@@ -99,7 +100,7 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
     for (rewrite, allow) in [(denied, false), (allowed, true)] {
         let mut passed = vec![];
         let r = live::inject(&mut ebpf, &inj(rewrite), &mut |e| {
-            let c = load::Counters::read(e)?;
+            let c = Counters::read(e)?;
             passed.push(Reason::ALL.iter().filter(|r| !r.is_drop()).map(|&r| c.reason(r).packets).sum::<u64>());
             Ok(c.reasons.iter().map(|r| r.packets).sum())
         })

@@ -14,10 +14,12 @@ use std::{
 };
 
 use dataplane::{
-    metrics::{MetricsInfo, PolicyInfo, Server},
-    netns::{udp_query, udp_send, Lab, Servers, SERVER_IF},
-    run::{compile_site, Enforcer, Mode},
-    stats::Stats,
+    daemon::{compile_site, Enforcer, Mode},
+    lab::netns::{udp_query, udp_send, Lab, Servers, SERVER_IF},
+    observe::{
+        metrics::{MetricsInfo, PolicyInfo, Server},
+        stats::Stats,
+    },
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -160,7 +162,8 @@ fn metrics_endpoint_counts_real_traffic() {
     // Flows: exact counts and bytes.
     assert_eq!(value(&after, "dataplane_flow_packets_total", &sip), 10);
     assert_eq!(value(&after, "dataplane_flow_bytes_total", &sip), 520);
-    let flow = tables.flows.iter().find(|f| f.id == "vcs-sip-public-in-udp" && f.protocol == "udp").unwrap();
+    let flow =
+        tables.flows.iter().find(|f| f.id == "vcs-sip-public-in-udp" && f.protocol == dataplane::policy::Proto::Udp).unwrap();
     let full = [
         ("direction", "in"),
         ("flow", flow.id.as_str()),
@@ -204,9 +207,9 @@ fn metrics_endpoint_counts_real_traffic() {
     assert_eq!(value(&after, "dataplane_reload_failures_total", &[]), 1);
     assert_eq!(value(&after, "dataplane_policy_generation", &[]), 1);
     assert_eq!(value(&after, "dataplane_monitor_mode", &[]), 0);
-    let hash = dataplane::metrics::policy_hash(&tables);
+    let hash = dataplane::observe::metrics::policy_hash(&tables);
     assert_eq!(value(&after, "dataplane_policy_info", &[("site", &site.display().to_string()), ("hash", &hash)]), 1);
-    assert_eq!(value(&after, "dataplane_interface_info", &[("interface", SERVER_IF), ("xdp_mode", modes[0])]), 1);
+    assert_eq!(value(&after, "dataplane_interface_info", &[("interface", SERVER_IF), ("xdp_mode", modes[0].as_str())]), 1);
     // A reload as run does it: the new policy shows at the next scrape.
     let mut next = PolicyInfo::new(&site, &tables);
     (next.generation, next.monitor) = (2, true);
@@ -253,7 +256,7 @@ fn metrics_endpoint_counts_real_traffic() {
 /// reload (SIGHUP) shows in the generation and the reload counter.
 #[test]
 fn run_serves_metrics() {
-    use dataplane::netns::in_netns;
+    use dataplane::lab::netns::in_netns;
     use dataplane_tests::daemon::{flow_packets, reason_packets, root, stats, Daemon};
 
     let lab = Lab::new("dpt-metrics", &["10.201.0.1/24"], &["10.201.0.2/24", "10.201.0.9/24"]).unwrap();

@@ -32,9 +32,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dataplane::classify::{Classifier, Packet};
-use dataplane::netns::{in_netns, ip, Lab, CLIENT_IF, SERVER_IF};
+use dataplane::daemon::{Enforcer, Mode};
+use dataplane::lab::netns::{in_netns, ip, Lab, CLIENT_IF, SERVER_IF};
 use dataplane::policy::{load_site_from, Cidr, Policy};
-use dataplane::run::{Enforcer, Mode};
 use dataplane_tests::{packet::Pkt, rng::Rng};
 
 const MARK_TTL: u8 = 61;
@@ -312,7 +312,7 @@ fn run_site(site: &Path, seed: u64) {
     let policy = load_site_from(site, &catalogs).unwrap();
     let tables = dataplane::compile::compile(&policy).unwrap();
     let cls = Classifier::new(&tables);
-    let export = dataplane::export::render(&policy, &Default::default()).unwrap();
+    let export = dataplane::export::nft::render(&policy, &Default::default()).unwrap();
 
     let probes = probes(&policy, seed, 4000);
     let (mut n4, mut n6) = (0u32, 0u32);

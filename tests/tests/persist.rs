@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::Path, process::Command, sync::atomic::Ordering, time::Duration};
 
-use dataplane::netns::{udp_send, Lab, Servers, SERVER_IF};
+use dataplane::lab::netns::{udp_send, Lab, Servers, SERVER_IF};
 use dataplane_tests::daemon::{dataplane_bin, flow_packets, root, stats, Daemon};
 
 fn sa(s: &str) -> SocketAddr {

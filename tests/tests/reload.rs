@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::netns::{in_netns, udp_send, Lab, Servers};
+use dataplane::lab::netns::{in_netns, udp_send, Lab, Servers};
 use dataplane_tests::daemon::{flow_packets, reason_packets, root, stats, Daemon};
 
 fn sa(s: &str) -> SocketAddr {

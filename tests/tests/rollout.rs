@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::netns::{udp_send, Lab, Servers};
+use dataplane::lab::netns::{udp_send, Lab, Servers};
 use dataplane::policy::{load_site_from, OptValue};
 use dataplane_tests::daemon::{dataplane_bin, root, Daemon};
 use serde_json::Value;

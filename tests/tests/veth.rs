@@ -6,8 +6,8 @@ use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use aya::programs::XdpMode;
 use dataplane::{
-    load,
-    netns::{in_netns, tcp_exchange, udp_send, Lab, Servers, SERVER_IF},
+    kernel::load,
+    lab::netns::{in_netns, tcp_exchange, udp_send, Lab, Servers, SERVER_IF},
 };
 use dataplane_common::Reason;
 use dataplane_tests::{simple_tables, Harness};

@@ -119,7 +119,12 @@ fn test(args: &[String]) -> Result<()> {
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
     unit.extend(args.iter().map(String::as_str));
     cargo(&unit)?;
-    // The end-to-end tests run the real binary.
+    // The end-to-end tests run the real binary; the fault tests one built with the fault points
+    // (`--features fault`), kept aside as dataplane-fault. The last build puts the production
+    // binary back at target/debug/dataplane (cargo keeps both builds, so it is only a copy).
+    cargo(&["build", "-p", "dataplane-user", "--features", "fault"])?;
+    let debug = workspace().join("target/debug");
+    std::fs::copy(debug.join("dataplane"), debug.join("dataplane-fault")).context("keeping the fault build aside")?;
     cargo(&["build", "-p", "dataplane-user"])?;
     // Kernel tests share interfaces and pinned paths: one at a time.
     let mut kernel = vec!["test", "-p", "dataplane-tests", "--", "--test-threads=1"];
@@ -196,6 +201,7 @@ fn cargo(args: &[&str]) -> Result<()> {
         .current_dir(workspace())
         .env("DATAPLANE_EBPF_OBJECT", ebpf_object())
         .env("DATAPLANE_BIN", workspace().join("target/debug/dataplane"))
+        .env("DATAPLANE_FAULT_BIN", workspace().join("target/debug/dataplane-fault"))
         .status();
     check(status, &format!("cargo {}", args.join(" ")))
 }

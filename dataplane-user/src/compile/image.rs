@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use dataplane_common::image::*;
 use dataplane_common::Config;
 
+use crate::compile::tables::{Direction, PortTable, PortValue, Prefixes};
 use crate::policy::Cidr;
-use crate::tables::{Direction, PortTable, PortValue, Prefixes};
 
 /// Words of each kind of structure in an image, for `compile`'s size report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

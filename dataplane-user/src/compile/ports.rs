@@ -9,8 +9,8 @@
 
 use crate::compile::FastMap;
 
+use crate::compile::tables::{PortTable, PortValue};
 use crate::policy::Flow;
-use crate::tables::{PortTable, PortValue};
 
 /// Port tables of one direction, deduplicated by content (policies often share them).
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl PortTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::FlowInfo;
+    use crate::compile::tables::FlowInfo;
 
     fn flow(deny: bool, sport: &[(u16, u16)], dport: &[(u16, u16)]) -> Flow {
         let info = FlowInfo {
@@ -169,8 +169,8 @@ mod tests {
             catalog: String::new(),
             from: String::new(),
             to: String::new(),
-            protocol: "tcp".into(),
-            action: String::new(),
+            protocol: crate::policy::Proto::Tcp,
+            action: crate::policy::Action::Allow,
             description: String::new(),
             document: String::new(),
             table: String::new(),

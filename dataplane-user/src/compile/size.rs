@@ -6,7 +6,7 @@ use std::mem::size_of;
 
 use dataplane_common::Counter;
 
-use crate::tables::Tables;
+use crate::compile::tables::Tables;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MapSize {

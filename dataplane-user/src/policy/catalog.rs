@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::options::{OptionDecl, OptionDecls, OptionValues, When};
 use super::ports::{DportSpec, PortSpec, SportSpec};
@@ -37,7 +37,8 @@ pub struct RoleDecl {
     pub any: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -56,7 +57,7 @@ impl Proto {
             Proto::Udp => "udp",
         }
     }
-    fn parse(s: &str) -> Result<Proto, String> {
+    pub fn parse(s: &str) -> Result<Proto, String> {
         match s {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
@@ -65,7 +66,7 @@ impl Proto {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[default]
@@ -79,6 +80,18 @@ impl Action {
             Action::Allow => "allow",
             Action::Deny => "deny",
         }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

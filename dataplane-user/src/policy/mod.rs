@@ -9,6 +9,8 @@ pub mod cidr;
 pub mod options;
 pub mod ports;
 pub mod site;
+pub mod sources;
+pub mod synth;
 mod yaml;
 
 use std::collections::HashMap;
@@ -16,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
-use crate::tables::FlowInfo;
 pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
 pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
@@ -199,14 +200,39 @@ impl Policy {
     }
 }
 
+/// One flow of a policy in force, as counters, the state and metrics name it; its position in
+/// `Tables::flows` is its counter slot in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowInfo {
+    pub id: String,
+    pub catalog: String,
+    pub from: String,
+    pub to: String,
+    /// A catalog flow with both protocols compiles to two slots with the same id.
+    pub protocol: Proto,
+    pub action: Action,
+    pub description: String,
+    pub document: String,
+    pub table: String,
+}
+
+/// A flow's identity across policies: its id and protocol (a counter slot's key).
+pub type FlowKey = (String, Proto);
+
+impl FlowInfo {
+    pub fn key(&self) -> FlowKey {
+        (self.id.clone(), self.protocol)
+    }
+}
+
 pub fn flow_info(c: &Catalog, f: &FlowDecl, p: Proto) -> FlowInfo {
     FlowInfo {
         id: f.id.clone(),
         catalog: c.name.clone(),
         from: f.from.clone(),
         to: f.to.clone(),
-        protocol: p.name().into(),
-        action: f.action.name().into(),
+        protocol: p,
+        action: f.action,
         description: f.description.clone(),
         document: c.document.clone(),
         table: f.table.clone(),

@@ -49,7 +49,7 @@ struct Group {
 /// Prefixes of one family with those inside another of the list removed, sorted (as the nft
 /// export writes them).
 fn family(cidrs: &[Cidr], v6: bool) -> Vec<Cidr> {
-    dataplane::export::family_cidrs(cidrs, v6)
+    dataplane::export::nft::family_cidrs(cidrs, v6)
 }
 
 /// `--dport`-style items: `a` or `a:b`; multiport lists hold at most 15 ports, a range two.

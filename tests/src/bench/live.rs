@@ -48,7 +48,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions},
     Ebpf,
 };
-use dataplane::{load, netns::in_netns};
+use dataplane::kernel::{load, netns::in_netns};
 use dataplane_tests::packet::{udp_header, Pkt};
 
 /// Frames per batch of the live test run (the kernel's default; at most 256).

@@ -32,9 +32,11 @@ use aya::{
     Ebpf,
 };
 use dataplane::{
-    classify, load,
-    netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
-    run::compile_site,
+    classify,
+    daemon::compile_site,
+    kernel::load,
+    lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
+    observe::counters::Counters,
 };
 use dataplane_tests::rng::Rng;
 
@@ -430,7 +432,7 @@ fn teardown(ebpf: &mut Ebpf, lab: &Lab, sys: &System, link: XdpLinkId, ipt: Opti
 /// Frames the system under test counted so far, and of those passed (this program only).
 fn counted(ebpf: &Ebpf, key: &str) -> Result<(u64, Option<u64>)> {
     if key == "xdp" {
-        let c = load::Counters::read(ebpf)?;
+        let c = Counters::read(ebpf)?;
         let all = c.reasons.iter().map(|r| r.packets).sum();
         let passed = dataplane_common::Reason::ALL.iter().filter(|r| !r.is_drop()).map(|&r| c.reason(r).packets).sum();
         return Ok((all, Some(passed)));

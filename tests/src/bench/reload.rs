@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use dataplane::netns::{in_netns, Lab, Servers, SERVER_IF};
+use dataplane::lab::netns::{in_netns, Lab, Servers, SERVER_IF};
 
 const PROBE_EVERY: Duration = Duration::from_micros(200);
 /// Longest wait for one reload's new verdict.

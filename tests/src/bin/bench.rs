@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::{classify, compile, load, policy::Policy, tables::Tables};
+use dataplane::{classify, compile, compile::tables::Tables, kernel::load, policy::Policy};
 use dataplane_common::{CacheKeyV4, CacheKeyV6, Reason};
 use dataplane_tests::packet::Pkt;
 
@@ -89,7 +89,7 @@ fn main() -> Result<()> {
     for &flows in sizes {
         let cidrs = flows / 10;
         let t0 = Instant::now();
-        let policy = dataplane::synth::synthetic_site(flows, cidrs, 7);
+        let policy = dataplane::policy::synth::synthetic_site(flows, cidrs, 7);
         let resolve = t0.elapsed();
         let t1 = Instant::now();
         let (tables, summary) = match compile::compile_with_summary(&policy) {
@@ -517,7 +517,7 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let v: serde_json::Value = serde_json::from_str(&out).context("bpftool net show")?;
     let id = v[0]["xdp"][0]["id"].as_u64().context("no XDP program on v0")?;
 
-    let lab = dataplane::run::compile_site(&root.join("policies/sites/lab.yaml"))?;
+    let lab = dataplane::daemon::compile_site(&root.join("policies/sites/lab.yaml"))?;
     let mut ebpf = load::load(&lab)?;
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;

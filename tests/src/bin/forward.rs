@@ -1,7 +1,7 @@
 //! `cargo xtask bench` part 3: gateway forwarding rate on one CPU, with live XDP frames
 //! (the injector of tests/src/bench/live.rs).
 //!
-//! The gateway topology of tests/tests/gateway.rs (dataplane::gateway): the injector redirects
+//! The gateway topology of tests/tests/gateway.rs (dataplane::lab::gateway): the injector redirects
 //! allowed SIP datagrams (10.203.1.2:40000 -> 10.203.2.10:5060, vcs-sip-public-in-udp of
 //! tests/sites/gateway.yaml) into the outside client's veth end; they arrive on the gateway's
 //! outside interface, cross the gateway, and leave by its inside interface to the server's veth
@@ -37,10 +37,9 @@ use aya::{
     Ebpf,
 };
 use dataplane::{
-    gateway::{Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
-    load,
-    netns::in_netns,
-    run::compile_site,
+    daemon::compile_site,
+    kernel::{load, netns::in_netns},
+    lab::gateway::{Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
 };
 use dataplane_common::{forward::FWD_STAT_REDIRECTED, CONFIG_FORWARD};
 
@@ -95,7 +94,7 @@ fn main() -> Result<()> {
     // The gateway knows the server's MAC from the start: no neighbour resolution in the run.
     let server_mac = mac(&gw.server, SERVER_IF)?;
     let lladdr = server_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    dataplane::netns::ip(&[
+    dataplane::lab::netns::ip(&[
         "-n",
         &gw.gateway,
         "neigh",
@@ -122,7 +121,7 @@ fn main() -> Result<()> {
     let client_if = in_netns(&gw.client, || if_index(CLIENT_IF))?;
     let inside = in_netns(&gw.gateway, || if_index(INSIDE_IF))?;
     let outside = in_netns(&gw.gateway, || if_index(OUTSIDE_IF))?;
-    in_netns(&gw.gateway, || dataplane::forward::fill(&mut ebpf, &[inside, outside]))??;
+    in_netns(&gw.gateway, || dataplane::kernel::forward::fill(&mut ebpf, &[inside, outside]))??;
 
     println!("gateway forwarding, live XDP frames on CPU {cpu} ({}):", live::cpu_model());
     println!("  allowed UDP {CLIENT}:40000 -> {SERVER}:5060, 64-byte frames, injected into {CLIENT_IF}, counted on {SERVER_IF} behind the gateway");
@@ -132,9 +131,9 @@ fn main() -> Result<()> {
     for _ in 0..samples {
         for (i, way) in Way::ALL.into_iter().enumerate() {
             let link = setup(&mut ebpf, &gw, way, &tables, &nft)?;
-            let (f0, k0) = (forwarded_in_xdp(&ebpf)?, dataplane::gateway::forwarded(&gw.gateway));
+            let (f0, k0) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
             let rate = inject(&mut ebpf, &gw.client, client_if, &template, cpu, run);
-            let (f1, k1) = (forwarded_in_xdp(&ebpf)?, dataplane::gateway::forwarded(&gw.gateway));
+            let (f1, k1) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
             teardown(&mut ebpf, &gw, way, link);
             let rate = rate?;
             if verbose {
@@ -190,7 +189,7 @@ fn main() -> Result<()> {
 fn nft_forward_ruleset(site: &Path) -> Result<String> {
     let dir = dataplane::policy::catalog_dir(None, Some(site));
     let policy = dataplane::policy::load_site_from(site, &dir)?;
-    let text = dataplane::export::render(&policy, &dataplane::export::NftOptions::default())?.text;
+    let text = dataplane::export::nft::render(&policy, &dataplane::export::nft::NftOptions::default())?.text;
     let hook = "type filter hook prerouting priority raw;";
     if !text.contains(hook) {
         bail!("the nftables export has no `{hook}` line to move to the forward hook");
@@ -198,7 +197,7 @@ fn nft_forward_ruleset(site: &Path) -> Result<String> {
     Ok(text.replace(hook, "type filter hook forward priority filter;"))
 }
 
-fn setup(ebpf: &mut Ebpf, gw: &Gateway, way: Way, tables: &dataplane::tables::Tables, nft: &str) -> Result<XdpLinkId> {
+fn setup(ebpf: &mut Ebpf, gw: &Gateway, way: Way, tables: &dataplane::compile::tables::Tables, nft: &str) -> Result<XdpLinkId> {
     match way {
         Way::XdpForward | Way::XdpPass => {
             let mut config = tables.config;
@@ -360,7 +359,7 @@ fn counted(ebpf: &Ebpf) -> Result<u64> {
 
 fn forwarded_in_xdp(ebpf: &Ebpf) -> Result<u64> {
     let map: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map(dataplane::forward::MAP_FORWARD_STATS).context("FORWARD_STATS map")?)?;
+        PerCpuArray::try_from(ebpf.map(dataplane::kernel::maps::MAP_FORWARD_STATS).context("FORWARD_STATS map")?)?;
     Ok(map.get(&FWD_STAT_REDIRECTED, 0)?.iter().sum())
 }
 

@@ -36,8 +36,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dataplane::{
-    netns::{in_netns, Lab, Servers, CLIENT_IF, SERVER_IF},
-    run::{compile_site, Enforcer, Mode},
+    daemon::{compile_site, Enforcer, Mode},
+    lab::netns::{in_netns, Lab, Servers, CLIENT_IF, SERVER_IF},
 };
 use dataplane_tests::packet::Pkt;
 

@@ -1,0 +1,413 @@
+//! The lockout guard of `dataplane run`: refuse to enforce a site that would cut the
+//! administrators off the servers it protects, unless `--force`.
+//!
+//! Two checks, both answered by the compiled [`Tables`] through the [`Classifier`] (so they
+//! predict what the kernel will do, overlapping roles and deny flows included):
+//!
+//! 1. **The SSH session this runs over.** When `SSH_CONNECTION` is set
+//!    ([`ssh_session_from_env`]), the session's own packet (client address and port -> server
+//!    address and port, TCP) must be allowed. A protected server address with no flow for it (or a
+//!    deny flow) is refused; so is an unprotected server address when the site drops unprotected
+//!    traffic (`unprotected: drop`).
+//! 2. **Every protected role keeps a management flow.** A *management flow* is an allow flow,
+//!    included by the site's options, that is TCP and either
+//!    - starts at the role `management-pc` ([`MANAGEMENT_ROLE`]: the administrator workstations
+//!      of every catalog: "Administrator PCs", "system administrators", ...), on any port (ssh 22,
+//!      telnet 23, web administration 80 / 443 / 7443 / 8443, RDP 3389, VNC 5900, ...), or
+//!    - has destination port 22 (ssh), from any role.
+//!
+//!    Web ports 80 / 443 from other roles do not count: they serve users (the Cisco Meeting
+//!    WebRTC App, subscriber web access), not administration. A protected role is *managed* when
+//!    some management flow admits a packet to it: for each management flow, each prefix of the
+//!    role and each prefix of the flow's `from` role of the same family, a packet from the
+//!    prefix's first address to the role prefix's first address, on the flow's port 22, else 443,
+//!    else 80, else its first destination port, from source port 50000 (else the flow's first
+//!    source port), is classified; one packet admitted *and credited to a management flow* is
+//!    enough (user web access to the same address and port does not make it managed). A role nothing admits is
+//!    refused, with hints: the catalog's management flows to it that the site's options turn off,
+//!    or whose `from` role has no addresses in the site, or that a deny flow shadows.
+//!
+//! `run` calls [`guard`] (or [`check`]) after compiling and before attaching; `--force`
+//! overrides.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dataplane_common::Reason;
+
+use crate::classify::{Classifier, Decision, Packet, IPPROTO_TCP};
+use crate::compile::tables::Tables;
+use crate::policy::{Cidr, Flow, Policy, Proto};
+
+/// The role id the catalogs give the administrators' workstations.
+pub const MANAGEMENT_ROLE: &str = "management-pc";
+/// A flow to this TCP port is a management flow whatever its `from` role.
+pub const SSH_PORT: u16 = 22;
+/// Destination ports tried first when probing a management flow: ssh, https, http.
+const PROBE_DPORTS: [u16; 3] = [22, 443, 80];
+/// Source port of the probes (an ephemeral port), when the flow's source ports allow it.
+const PROBE_SPORT: u16 = 50000;
+
+/// An SSH connection as `SSH_CONNECTION` describes it: "client_ip client_port server_ip
+/// server_port".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SshSession {
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub server: IpAddr,
+    pub server_port: u16,
+}
+
+/// An address as sshd writes it: IPv6 may carry a zone (`fe80::1%eth0`) or be IPv4-mapped.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    let s = s.split('%').next()?;
+    let s = s.trim_start_matches('[').trim_end_matches(']');
+    match s.parse::<IpAddr>().ok()? {
+        IpAddr::V6(a) => Some(match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(a),
+        }),
+        a => Some(a),
+    }
+}
+
+impl SshSession {
+    /// Parses the value of `SSH_CONNECTION`; None when it is not four fields of the right kinds.
+    pub fn parse(s: &str) -> Option<SshSession> {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        let [client, cport, server, sport] = f.as_slice() else {
+            return None;
+        };
+        let (client, server) = (parse_addr(client)?, parse_addr(server)?);
+        if client.is_ipv4() != server.is_ipv4() {
+            return None;
+        }
+        Some(SshSession { client, client_port: cport.parse().ok()?, server, server_port: sport.parse().ok()? })
+    }
+
+    /// The packet the client sends to the server: what the XDP program sees of the session.
+    pub fn packet(&self) -> Packet {
+        Packet {
+            src: self.client,
+            dst: self.server,
+            proto: IPPROTO_TCP,
+            sport: self.client_port,
+            dport: self.server_port,
+            icmp_type: None,
+            quote: None,
+        }
+    }
+}
+
+fn sockaddr(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+impl fmt::Display for SshSession {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} -> {} tcp", sockaddr(self.client, self.client_port), sockaddr(self.server, self.server_port))
+    }
+}
+
+/// The SSH session this process runs over, from `SSH_CONNECTION`; None outside SSH or when the
+/// variable is malformed.
+pub fn ssh_session_from_env() -> Option<SshSession> {
+    std::env::var("SSH_CONNECTION").ok().and_then(|s| SshSession::parse(&s))
+}
+
+/// One reason to refuse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lockout {
+    /// The compiled tables drop the SSH session's packets.
+    SshSession {
+        session: SshSession,
+        /// Whether the server address is protected by the site.
+        protected: bool,
+        reason: Reason,
+        /// The deny flow that forbids it (`reason` is `DropDenyFlow`): "id (catalog)".
+        deny_flow: Option<String>,
+    },
+    /// No management flow reaches a protected role.
+    Unmanaged {
+        role: String,
+        prefixes: Vec<Cidr>,
+        /// Why the catalog's management flows to the role do not help, one line each.
+        hints: Vec<String>,
+    },
+}
+
+impl fmt::Display for Lockout {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Lockout::SshSession { session, protected, reason, deny_flow } => {
+                write!(f, "the SSH session this runs over ({session}, from SSH_CONNECTION) would be dropped: ")?;
+                match (reason, deny_flow, protected) {
+                    (Reason::DropDenyFlow, Some(id), _) => {
+                        write!(f, "{} is protected and deny flow `{id}` forbids it", session.server)
+                    }
+                    (Reason::DropNoFlow, _, true) => write!(
+                        f,
+                        "{} is protected and no flow of the site allows tcp port {} from {}",
+                        session.server, session.server_port, session.client
+                    ),
+                    (Reason::DropUnprotected, _, _) => write!(
+                        f,
+                        "{} is not protected and the site drops unprotected traffic (unprotected: drop)",
+                        session.server
+                    ),
+                    (r, _, _) => write!(f, "verdict {}", r.name()),
+                }
+            }
+            Lockout::Unmanaged { role, prefixes, hints } => {
+                let p: Vec<String> = prefixes.iter().map(Cidr::to_string).collect();
+                write!(
+                    f,
+                    "protected role `{role}` ({}) has no management flow: no allowed TCP flow from \
+                     `{MANAGEMENT_ROLE}` (any port), nor to ssh port {SSH_PORT} (from any role), \
+                     reaches its addresses",
+                    p.join(", ")
+                )?;
+                if hints.is_empty() {
+                    write!(f, "; its catalogs document no administration access to it from `{MANAGEMENT_ROLE}`")?;
+                }
+                for h in hints {
+                    write!(f, "\n      {h}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why `run` refuses a site: every [`Lockout`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockoutError {
+    pub site: String,
+    pub problems: Vec<Lockout>,
+}
+
+impl fmt::Display for LockoutError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "refusing to enforce site `{}`: it would lock the administrators out", self.site)?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        write!(
+            f,
+            "fix the site (bind `{MANAGEMENT_ROLE}`, turn on a management option, allow the session), \
+             or pass --force to enforce it anyway"
+        )
+    }
+}
+
+impl std::error::Error for LockoutError {}
+
+/// Whether `f` is a management flow (see the module documentation): allow, TCP, and from
+/// [`MANAGEMENT_ROLE`] or to port 22.
+pub fn is_management(policy: &Policy, f: &Flow) -> bool {
+    !f.deny && f.proto == IPPROTO_TCP && (policy.roles[f.from].id == MANAGEMENT_ROLE || in_ranges(&f.dport, SSH_PORT))
+}
+
+fn in_ranges(r: &[(u16, u16)], x: u16) -> bool {
+    r.iter().any(|&(a, b)| (a..=b).contains(&x))
+}
+
+/// A port of `r`: the first of `preferred` it contains, else its first port.
+fn pick(r: &[(u16, u16)], preferred: &[u16]) -> Option<u16> {
+    preferred.iter().copied().find(|&p| in_ranges(r, p)).or_else(|| r.first().map(|&(a, _)| a))
+}
+
+fn first_addr(c: &Cidr) -> IpAddr {
+    if c.v6 {
+        IpAddr::V6(Ipv6Addr::from(c.addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(c.addr as u32))
+    }
+}
+
+/// "id (catalog)" of a slot of `tables.flows`.
+fn slot_name(tables: &Tables, slot: Option<usize>) -> Option<String> {
+    let f = tables.flows.get(slot?)?;
+    Some(format!("{} ({})", f.id, f.catalog))
+}
+
+/// The probes of management flow `f` towards `role`: the first one admitted and credited to a
+/// management flow, else the decision of the last one tried (None: nothing to probe, e.g. `from` has no address of the family).
+fn probe(policy: &Policy, c: &Classifier, f: &Flow, role: usize) -> Option<Result<Packet, Decision>> {
+    let dport = pick(&f.dport, &PROBE_DPORTS)?;
+    let sport = pick(&f.sport, &[PROBE_SPORT])?;
+    let mut last = None;
+    for dst in &policy.roles[role].cidrs {
+        for src in policy.roles[f.from].cidrs.iter().filter(|s| s.v6 == dst.v6) {
+            let p = Packet {
+                src: first_addr(src),
+                dst: first_addr(dst),
+                proto: IPPROTO_TCP,
+                sport,
+                dport,
+                icmp_type: None,
+                quote: None,
+            };
+            let d = c.classify(&p);
+            // Admitted as management: a flow that serves users on the same port does not count.
+            if d.allow && d.flow.is_some_and(|s| is_management(policy, &policy.flows[s])) {
+                return Some(Ok(p));
+            }
+            last = Some(Err(d));
+        }
+    }
+    last
+}
+
+/// The roles whose addresses cover every prefix of `role` (the role itself included).
+fn covering_roles(policy: &Policy, role: usize) -> Vec<&str> {
+    let prefixes = &policy.roles[role].cidrs;
+    policy
+        .roles
+        .iter()
+        .filter(|r| !r.any && !prefixes.is_empty() && prefixes.iter().all(|p| r.cidrs.iter().any(|c| c.contains(p))))
+        .map(|r| r.id.as_str())
+        .chain(std::iter::once(policy.roles[role].id.as_str()))
+        .collect()
+}
+
+/// Why no management flow reaches `role`: the catalogs' TCP allow management flows to it or to a
+/// role covering it, each with why it does not help.
+fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<String> {
+    let targets = covering_roles(policy, role);
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for cat in &policy.catalogs {
+        for fd in &cat.flows {
+            if fd.action != crate::policy::Action::Allow
+                || !fd.protocols.contains(&Proto::Tcp)
+                || !targets.contains(&fd.to.as_str())
+            {
+                continue;
+            }
+            let resolved = policy.flows.iter().find(|f| f.info.id == fd.id && f.proto == IPPROTO_TCP);
+            let management = match resolved {
+                Some(f) => is_management(policy, f),
+                // Off: judged on its catalog's default option values (the port of a `by` spec).
+                None => fd.from == MANAGEMENT_ROLE || in_ranges(&fd.dport().resolve(&cat.default_values()), SSH_PORT),
+            };
+            if !management || !seen.insert(fd.id.clone()) {
+                continue;
+            }
+            let Some(f) = resolved else {
+                let when: Vec<String> = fd
+                    .when
+                    .0
+                    .iter()
+                    .map(|(name, vals)| match vals.as_slice() {
+                        [one] => format!("{name}: {one}"),
+                        many => format!("{name}: [{}]", many.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")),
+                    })
+                    .collect();
+                out.push(format!(
+                    "`{}` ({}, {} -> {}) is off: the site's options do not meet its condition ({})",
+                    fd.id,
+                    cat.name,
+                    fd.from,
+                    fd.to,
+                    when.join(", ")
+                ));
+                continue;
+            };
+            let from = &policy.roles[f.from];
+            if from.cidrs.is_empty() {
+                out.push(format!(
+                    "`{}` ({}, {} -> {}) is on, but role `{}` has no addresses in the site: bind it under `roles:`",
+                    fd.id, cat.name, fd.from, fd.to, from.id
+                ));
+                continue;
+            }
+            match probe(policy, c, f, role) {
+                None => out.push(format!(
+                    "`{}` ({}, {} -> {}): role `{}` has no address of the same IP version as `{}`",
+                    fd.id, cat.name, fd.from, fd.to, from.id, policy.roles[role].id
+                )),
+                Some(Err(d)) => {
+                    let why = match slot_name(tables, d.flow) {
+                        Some(deny) if d.reason == Reason::DropDenyFlow => {
+                            format!("deny flow `{deny}` shadows it")
+                        }
+                        Some(other) if d.allow => {
+                            format!("its packets are credited to `{other}`, not a management flow")
+                        }
+                        _ => format!("the compiled tables drop it ({})", d.reason.name()),
+                    };
+                    out.push(format!("`{}` ({}, {} -> {}) is on, but {why}", fd.id, cat.name, fd.from, fd.to));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    out
+}
+
+/// The management flow (slot in `policy.flows`) and packet that reach protected role `role`.
+pub fn management_path(policy: &Policy, tables: &Tables, role: usize) -> Option<(usize, Packet)> {
+    let c = Classifier::new(tables);
+    management_path_with(policy, &c, role)
+}
+
+fn management_path_with(policy: &Policy, c: &Classifier, role: usize) -> Option<(usize, Packet)> {
+    policy.flows.iter().enumerate().filter(|(_, f)| is_management(policy, f)).find_map(|(slot, f)| {
+        match probe(policy, c, f, role) {
+            Some(Ok(p)) => Some((slot, p)),
+            _ => None,
+        }
+    })
+}
+
+/// The guard: `Ok` when the site keeps the SSH session `ssh` (if any) and a management flow to
+/// every protected role; else every problem found. `tables` must be compiled from `policy`.
+pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Result<(), LockoutError> {
+    let c = Classifier::new(tables);
+    let mut problems = Vec::new();
+    if let Some(s) = ssh {
+        let d = c.classify(&s.packet());
+        if !d.allow {
+            let protected = policy.protected().any(|r| r.cidrs.iter().any(|p| p.contains_ip(s.server)));
+            problems.push(Lockout::SshSession {
+                session: *s,
+                protected,
+                reason: d.reason,
+                deny_flow: slot_name(tables, d.flow).filter(|_| d.reason == Reason::DropDenyFlow),
+            });
+        }
+    }
+    for (i, r) in policy.roles.iter().enumerate().filter(|(_, r)| r.protected) {
+        if management_path_with(policy, &c, i).is_none() {
+            problems.push(Lockout::Unmanaged {
+                role: r.id.clone(),
+                prefixes: r.cidrs.clone(),
+                hints: hints(policy, tables, &c, i),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LockoutError { site: policy.name.clone(), problems })
+    }
+}
+
+/// [`check`] as `run` uses it: with `force`, every problem is logged as a warning and `Ok` is
+/// returned; without, the [`LockoutError`] (its message names each role or tuple and `--force`).
+pub fn guard(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>, force: bool) -> anyhow::Result<()> {
+    match check(policy, tables, ssh) {
+        Ok(()) => Ok(()),
+        Err(e) if force => {
+            for p in &e.problems {
+                log::warn!("--force: enforcing `{}` although {p}", e.site);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,122 @@
+//! Reloading: the site compiled again and put in force on every interface at once, with
+//! nothing verified again; on any error the running policy keeps enforcing.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use log::info;
+
+use super::{
+    enforcer::{self, compile_guarded, Enforcer},
+    fault,
+};
+use crate::{classify::diff, compile::tables::Tables, kernel::load, observe::metrics};
+
+impl Enforcer {
+    /// Compiles the site again and switches every interface to it at once. The running programs
+    /// stay: the new policy image is written into the image map not in force, then one store
+    /// switches the XDP and tc programs to it, so every packet is judged wholly by the old policy
+    /// or wholly by the new one, and nothing is verified again. Only a policy that outgrows the
+    /// image maps takes a new program with larger ones (`reload_program`). Counters, tracked
+    /// connections and fragments live in the shared maps and carry over. On any error nothing
+    /// changes: the running policy keeps enforcing.
+    pub fn reload(&mut self) -> Result<()> {
+        let (mut tables, sources) = compile_guarded(&self.site, self.guard)?;
+        fault::point("reload:compiled");
+        self.slots.apply(&mut tables);
+        if !self.capacity.fits(&tables) {
+            bail!(
+                "the new policy needs {} flow and {} outbound counter slots, more than the {} and {} this run made room for: restart dataplane run",
+                tables.flows.len(),
+                load::outbound_slots(&tables),
+                self.capacity.flows,
+                self.capacity.outbound
+            );
+        }
+        tables.config.flags |= self.flags;
+        tables.config.generation = self.generation + 1;
+        // The image about to be overwritten was in force until the last swap: leave packets
+        // that were walking it (they take microseconds) time to finish.
+        if let Some(at) = self.swapped {
+            std::thread::sleep(SWAP_SPACING.saturating_sub(at.elapsed()));
+        }
+        if let Some(swap) = load::write_inactive(&mut self.ebpf, &tables)? {
+            fault::point("reload:written");
+            swap.commit(&mut self.ebpf)?;
+            self.swapped = Some(std::time::Instant::now());
+            fault::point("reload:switched");
+        } else {
+            info!("the new policy image outgrows the image maps: loading the program with larger ones");
+            self.reload_program(&tables)?;
+        }
+        self.generation = tables.config.generation;
+        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
+        self.tables = tables;
+        self.sources = Some(sources);
+        Ok(())
+    }
+
+    /// A new program with larger policy maps replaces the old one behind each link
+    /// (BPF_LINK_UPDATE), XDP then tc.
+    fn reload_program(&mut self, tables: &Tables) -> Result<()> {
+        let mut new = load::load_with(tables, &enforcer::shared(self.capacity))?;
+        fault::point("reload:loaded");
+        // An interface removed since the last look has a link the kernel detached: updating it
+        // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
+        self.watch_interfaces();
+        for link in std::mem::take(&mut self.links) {
+            let switched = match link {
+                Some(l) => {
+                    let l = load::program(&mut self.ebpf)?.take_link(l)?;
+                    Some(load::program(&mut new)?.attach_to_link(l).context("switching an XDP link")?)
+                }
+                None => None,
+            };
+            self.links.push(switched);
+        }
+        fault::point("reload:switched-xdp");
+        for link in std::mem::take(&mut self.egress_links) {
+            let switched = match link {
+                Some(l) => {
+                    let l = load::egress(&mut self.ebpf)?.take_link(l)?;
+                    Some(load::egress(&mut new)?.attach_to_link(l).context("switching a tc link")?)
+                }
+                None => None,
+            };
+            self.egress_links.push(switched);
+        }
+        // The old program has no link left: dropping it detaches nothing.
+        self.ebpf = new;
+        self.in_netns(|e| e.fill_forward_ports())??;
+        self.swapped = None;
+        fault::point("reload:switched");
+        Ok(())
+    }
+}
+
+/// The least time between two image swaps: a packet walks an image for microseconds, and the
+/// image a swap leaves is the one the next swap overwrites.
+const SWAP_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Reloads and logs the outcome; the running policy stays on any error.
+pub(super) fn reload_logged(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why: &str) {
+    let started = std::time::Instant::now();
+    let before = enforcer.sources.clone();
+    match enforcer.reload() {
+        Ok(()) => {
+            info.set_policy(metrics::PolicyInfo::new(site, &enforcer.tables));
+            info.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(
+                "reloaded ({why}) in {:.1?}: generation {}, {} flows",
+                started.elapsed(),
+                enforcer.generation,
+                enforcer.tables.flows.len()
+            );
+            info!("{}", diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));
+        }
+        Err(e) => {
+            info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}")
+        }
+    }
+}

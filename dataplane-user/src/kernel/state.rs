@@ -1,0 +1,209 @@
+//! What a running `dataplane run` leaves for other processes: its maps pinned under
+//! `/sys/fs/bpf/dataplane/`, and `/run/dataplane/state.json` naming the flow of every counter slot.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::Ebpf;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    compile::tables::{FlowInfo, Tables},
+    kernel::{
+        load::CounterSlots,
+        maps::SHARED_MAPS,
+        pins::{self, pin_path, PIN_DIR},
+    },
+    policy::sources::{Loaded, Sources},
+};
+
+pub const STATE_FILE: &str = "/run/dataplane/state.json";
+/// Version of the state file and of the pinned maps' layout. A run adopts counters and tracked
+/// connections only from its own format; from any other it takes the links over with new maps.
+pub const STATE_FORMAT: u32 = 2;
+
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    /// [`STATE_FORMAT`] of the run that wrote it (0: before formats were numbered).
+    #[serde(default)]
+    pub format: u32,
+    pub pid: u32,
+    pub site: PathBuf,
+    pub interfaces: Vec<String>,
+    /// Flow of each counter slot.
+    pub flows: Vec<FlowInfo>,
+    /// Outbound flow of each slot of the outbound and reply counters.
+    #[serde(default)]
+    pub outbound: Vec<FlowInfo>,
+    /// `run --persist`: the programs keep enforcing after a clean exit too (they always do after
+    /// a crash).
+    #[serde(default)]
+    pub persist: bool,
+    /// Policy generation, and the counter slots the shared maps hold (for adoption).
+    #[serde(default)]
+    pub generation: u32,
+    #[serde(default)]
+    pub capacity: CounterSlots,
+    /// Monitor mode: drops are counted, not enforced.
+    #[serde(default)]
+    pub monitor: bool,
+    /// The texts the enforced policy was compiled from (`dataplane diff`, `suggest`); absent
+    /// from the states of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Sources>,
+}
+
+impl State {
+    pub fn read() -> Result<Self> {
+        let text = std::fs::read_to_string(STATE_FILE)
+            .with_context(|| format!("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)"))?;
+        serde_json::from_str(&text).with_context(|| format!("{STATE_FILE} is unreadable"))
+    }
+}
+
+/// The pins and state file of this process; removed on drop unless persisted.
+pub struct Pins {
+    pub persist: bool,
+}
+
+impl Pins {
+    /// Before loading: refuses when another live dataplane enforces. What a dead run left enforcing
+    /// (pinned links) is taken over; its counters and tracked connections are returned to be
+    /// adopted when its state is of this format. Everything else it left is removed, so that the
+    /// shared maps (`maps::SHARED_MAPS`, pinned at load) start empty.
+    pub fn prepare(persist: bool) -> Result<(Self, Option<State>)> {
+        pins::ensure_bpffs()?;
+        let text = std::fs::read_to_string(STATE_FILE).ok();
+        let value = text.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+        if let Some(pid) = value.as_ref().and_then(|v| v.get("pid")).and_then(|p| p.as_u64()) {
+            if Path::new(&format!("/proc/{pid}")).exists() && pid != u64::from(std::process::id()) {
+                let site = value.as_ref().and_then(|v| v.get("site")).and_then(|s| s.as_str()).unwrap_or("a site");
+                bail!("another dataplane (pid {pid}) is enforcing {site}; stop it first");
+            }
+        }
+        let links = pins::pinned_links();
+        let state = text.as_deref().and_then(|t| serde_json::from_str::<State>(t).ok());
+        let adopt = match state {
+            _ if links.is_empty() => None,
+            Some(old) if old.format == STATE_FORMAT => Some(old),
+            _ => {
+                log::warn!(
+                    "{STATE_FILE} is missing, unreadable or from another version: taking over the links a previous run left ({}) with new maps; counters start from zero",
+                    links.join(", ")
+                );
+                None
+            }
+        };
+        if adopt.is_none() {
+            remove_maps();
+        }
+        pins::create_links_dir()?;
+        Ok((Self { persist }, adopt))
+    }
+
+    /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
+    /// already) and records the state for `stats` and for a later adoption.
+    pub fn record(
+        &self,
+        ebpf: &Ebpf,
+        site: &Path,
+        tables: &Tables,
+        interfaces: &[String],
+        capacity: CounterSlots,
+        sources: Option<&Sources>,
+    ) -> Result<()> {
+        // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
+        let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !SHARED_MAPS.contains(name));
+        for (name, map) in own {
+            let path = pin_path(name);
+            let _ = std::fs::remove_file(&path);
+            map.pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
+        }
+        let state = State {
+            format: STATE_FORMAT,
+            pid: std::process::id(),
+            site: site.to_path_buf(),
+            interfaces: interfaces.to_vec(),
+            flows: tables.flows.clone(),
+            outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
+            persist: self.persist,
+            generation: tables.config.generation,
+            capacity,
+            monitor: tables.config.flags & dataplane_common::CONFIG_MONITOR != 0,
+            sources: sources.cloned(),
+        };
+        std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
+        // Written whole then renamed: a reader never sees half a file.
+        let tmp = format!("{STATE_FILE}.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, STATE_FILE).with_context(|| format!("writing {STATE_FILE}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        // Persisted: the pinned links keep the programs enforcing, and `stats` keeps working.
+        if !self.persist {
+            remove_all();
+        }
+    }
+}
+
+/// Detaches every pinned link and removes every pin and the state file.
+pub fn remove_all() {
+    pins::unpin_all_links();
+    let _ = std::fs::remove_dir_all(PIN_DIR);
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// Removes the pinned maps and the state file, and keeps the pinned links enforcing.
+pub fn remove_maps() {
+    for e in std::fs::read_dir(PIN_DIR).into_iter().flatten().flatten() {
+        if e.file_name() != "links" {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// The policy a dataplane enforces, from its state file.
+pub struct Enforced {
+    pub loaded: Loaded,
+    pub pid: u32,
+    /// The daemon that wrote the state still runs (else the policy was persisted, or the daemon
+    /// was killed: it enforces all the same).
+    pub running: bool,
+    /// The state recorded the sources; false: a daemon from before they were recorded, and the
+    /// site file as it is now stands in for them.
+    pub recorded: bool,
+    pub monitor: bool,
+}
+
+impl Enforced {
+    /// Reads `state` (default [`STATE_FILE`]).
+    pub fn read(state: Option<&Path>) -> Result<Enforced> {
+        let path = state.unwrap_or(Path::new(STATE_FILE));
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())
+        })?;
+        let st: State = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
+        let running = Path::new(&format!("/proc/{}", st.pid)).exists();
+        let (loaded, recorded) = match &st.sources {
+            Some(s) => (s.load().context("the policy recorded in the state")?, true),
+            None => (Loaded::read(&st.site, None)?, false),
+        };
+        Ok(Enforced { loaded, pid: st.pid, running, recorded, monitor: st.monitor })
+    }
+
+    /// "the policy pid 123 enforces" and the like, for headers.
+    pub fn describe(&self) -> String {
+        let who = match self.running {
+            true => format!("enforced by pid {}", self.pid),
+            false => format!("left enforcing by pid {}, which has exited", self.pid),
+        };
+        let mode = if self.monitor { ", monitor mode" } else { "" };
+        let disk = if self.recorded { "" } else { "; the state records no sources, so the file as it is now" };
+        format!("{} ({who}{mode}{disk})", self.loaded.site.path.display())
+    }
+}
