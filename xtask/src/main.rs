@@ -110,7 +110,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::check_kernel()?;
     setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
     setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test")?;
-    setup::apt_install(&["prometheus"], "promtool, which checks the metrics format in the metrics test")?;
+    setup::apt_install(&["prometheus"], "promtool for the metrics test, the Prometheus server the prometheus test runs")?;
     setup::apt_install(&["nftables"], "nft, for the export's differential test against the XDP program")?;
     setup::apt_install(&["systemd", "python3-venv"], "systemd-analyze and a venv for kubernetes-validate, which check deploy/")?;
     build_ebpf()?;
