@@ -82,12 +82,12 @@ impl State for Kernel<'_> {
     #[inline(always)]
     fn fragment(&mut self, p: &Packet) -> Option<u32> {
         // Safety: the value is a plain u32 copied out at once.
-        unsafe { FRAGS.get(&frag_key(p)) }.copied()
+        unsafe { FRAGS.get(frag_key(p)) }.copied()
     }
 
     #[inline(always)]
     fn first_fragment_passed(&mut self, p: &Packet, slot: u32) {
-        let _ = FRAGS.insert(&frag_key(p), &slot, 0);
+        let _ = FRAGS.insert(frag_key(p), slot, 0);
     }
 
     #[inline(always)]

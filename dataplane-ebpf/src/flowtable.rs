@@ -87,20 +87,20 @@ impl Tuple {
     #[inline(always)]
     fn get(&self) -> Option<*mut FlowEntry> {
         if self.v6 {
-            FLOW_V6.get_ptr_mut(&self.key6())
+            FLOW_V6.get_ptr_mut(self.key6())
         } else {
-            FLOW_V4.get_ptr_mut(&self.key4())
+            FLOW_V4.get_ptr_mut(self.key4())
         }
     }
 
     #[inline(always)]
     fn insert(&self, v: &FlowEntry) {
-        let _ = if self.v6 { FLOW_V6.insert(&self.key6(), v, 0) } else { FLOW_V4.insert(&self.key4(), v, 0) };
+        let _ = if self.v6 { FLOW_V6.insert(self.key6(), v, 0) } else { FLOW_V4.insert(self.key4(), v, 0) };
     }
 
     #[inline(always)]
     fn remove(&self) {
-        let _ = if self.v6 { FLOW_V6.remove(&self.key6()) } else { FLOW_V4.remove(&self.key4()) };
+        let _ = if self.v6 { FLOW_V6.remove(self.key6()) } else { FLOW_V4.remove(self.key4()) };
         stat(CT_STAT_REMOVALS);
     }
 

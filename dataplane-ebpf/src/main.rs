@@ -124,10 +124,10 @@ pub fn floor(ctx: XdpContext) -> u32 {
     let hit = unsafe {
         if p.v6 {
             let k = CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 };
-            FLOOR_V6.get(&k).copied()
+            FLOOR_V6.get(k).copied()
         } else {
             let k = CacheKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
-            FLOOR_V4.get(&k).copied()
+            FLOOR_V4.get(k).copied()
         }
     };
     count(&REASONS, hit.unwrap_or(0) & 7, bytes);

@@ -30,6 +30,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// rustfmt --check and clippy -D warnings on every crate (what `test` runs first).
+    Lint,
     /// Cost per packet through BPF_PROG_TEST_RUN against an empty XDP program (needs root).
     Bench {
         /// A shorter run: a smaller synthetic site.
@@ -61,6 +63,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Cmd::Lint => {
+            build_ebpf()?;
+            lint()
+        }
         Cmd::Build => {
             build_ebpf()?;
             cargo(&["build", "--release", "-p", "dataplane-user"])
@@ -136,10 +142,10 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Formatting of every crate (rustfmt.toml) and clippy with warnings as errors on the host
-/// crates. The eBPF crate gets no clippy: Debian's rustc-web, which builds it, has none.
+/// Formatting of every crate (rustfmt.toml) and clippy with warnings as errors on every crate:
+/// the host crates with the host toolchain, the eBPF crate with the compiler that builds it.
 fn lint() -> Result<()> {
-    say("lint: cargo fmt --check (all crates), cargo clippy -D warnings (host crates)");
+    say("lint: cargo fmt --check (all crates), cargo clippy -D warnings (host crates, then the eBPF crate)");
     if !Command::new("cargo").args(["fmt", "--version"]).output().is_ok_and(|o| o.status.success()) {
         check(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]).status(), "rustup component add")?;
     }
@@ -148,7 +154,18 @@ fn lint() -> Result<()> {
         let manifest = workspace().join(dir).join("Cargo.toml");
         cargo(&["fmt", "--check", "--manifest-path", manifest.to_str().expect("a UTF-8 path")])?;
     }
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    let toolchain = setup::bpf_toolchain()?;
+    match setup::bpf_clippy(&toolchain)? {
+        Some(mut cmd) => {
+            cmd.args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"]);
+            check(ebpf_cargo(cmd, &toolchain).status(), "clippy on the eBPF crate")
+        }
+        None => {
+            say("lint: the rustup nightly has no clippy component: the eBPF crate is not linted");
+            Ok(())
+        }
+    }
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
@@ -171,27 +188,29 @@ fn build_ebpf() -> Result<()> {
     let toolchain = setup::bpf_toolchain()?;
     setup::ensure_bpf_linker()?;
     say(&format!("building the eBPF object with {}", toolchain.description));
-    let dir = workspace().join("dataplane-ebpf");
     let mut cmd = Command::new("cargo");
-    cmd.args(&toolchain.cargo_prefix)
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .current_dir(&dir)
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO_TARGET_DIR")
-        .envs(toolchain.env.iter().map(|(k, v)| (k, v)));
-    // bpf-linker may have just been installed into cargo's bin directory.
-    if let Some(path) = std::env::var_os("PATH") {
-        let home =
-            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-        let mut paths = vec![PathBuf::from(home).join("bin")];
-        paths.extend(std::env::split_paths(&path));
-        cmd.env("PATH", std::env::join_paths(paths)?);
-    }
-    check(cmd.status(), "building the eBPF object")?;
+    cmd.args(&toolchain.cargo_prefix).args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+    check(ebpf_cargo(cmd, &toolchain).status(), "building the eBPF object")?;
     if !ebpf_object().exists() {
         bail!("the eBPF build did not produce {}", ebpf_object().display());
     }
     Ok(())
+}
+
+/// `cmd` (a cargo run) in the eBPF crate with the toolchain's environment.
+fn ebpf_cargo(mut cmd: Command, toolchain: &setup::BpfToolchain) -> Command {
+    cmd.current_dir(workspace().join("dataplane-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .envs(toolchain.env.iter().map(|(k, v)| (k, v)));
+    // bpf-linker may have just been installed into cargo's bin directory.
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let mut paths = vec![PathBuf::from(home).join("bin")];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    if let Ok(path) = std::env::join_paths(paths) {
+        cmd.env("PATH", path);
+    }
+    cmd
 }
 
 /// Runs host cargo in the workspace with the eBPF object to embed.

@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 pub struct BpfToolchain {
     /// Extra arguments before `build` (e.g. `+nightly`).
     pub cargo_prefix: Vec<String>,
+    /// Debian's rustc-web (its clippy is the package rust-web-clippy), else a rustup nightly.
+    pub debian: bool,
     /// Environment for that cargo run.
     pub env: Vec<(String, String)>,
     pub description: String,
@@ -74,6 +76,7 @@ pub fn bpf_toolchain() -> Result<BpfToolchain> {
         if has_core_source(&sysroot) {
             return Ok(BpfToolchain {
                 cargo_prefix: vec!["+nightly".into()],
+                debian: false,
                 env: vec![],
                 description: format!("rustup nightly ({sysroot})"),
             });
@@ -93,6 +96,7 @@ pub fn bpf_toolchain() -> Result<BpfToolchain> {
     let version = output(Command::new(&debian).arg("--version")).unwrap_or_default();
     Ok(BpfToolchain {
         cargo_prefix: vec![],
+        debian: true,
         env: vec![("RUSTC".into(), debian.display().to_string()), ("RUSTC_BOOTSTRAP".into(), "1".into())],
         description: format!("{version} (Debian rustc-web, RUSTC_BOOTSTRAP=1)"),
     })
@@ -144,4 +148,22 @@ pub fn check_kernel() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Clippy for the eBPF crate with the compiler that builds it: Debian's cargo-clippy of the
+/// same version as rustc-web (installed when missing), or the nightly's own. None: the nightly
+/// has no clippy component.
+pub fn bpf_clippy(t: &BpfToolchain) -> Result<Option<Command>> {
+    if t.debian {
+        apt_install(&["rust-web-clippy"], "clippy of the rustc-web version, for the eBPF crate")?;
+        let mut cmd = Command::new("/usr/bin/cargo-clippy");
+        cmd.arg("clippy");
+        return Ok(Some(cmd));
+    }
+    if output(Command::new("cargo").args(["+nightly", "clippy", "--version"])).is_none() {
+        return Ok(None);
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "clippy"]);
+    Ok(Some(cmd))
 }
