@@ -13,7 +13,11 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use dataplane::{compile::tables::Tables, kernel::load, observe::counters::Counters};
+use dataplane::{
+    compile::tables::Tables,
+    kernel::{images::PolicyMaps, load},
+    observe::counters::Counters,
+};
 use dataplane_common::{Counter, Reason};
 
 pub const XDP_DROP: u32 = 1;
@@ -22,11 +26,14 @@ pub const XDP_PASS: u32 = 2;
 /// The real XDP program loaded with `tables`, run on crafted frames.
 pub struct Harness {
     pub ebpf: Ebpf,
+    /// Its policy images and run config (a reload's swap).
+    pub policy: PolicyMaps,
 }
 
 impl Harness {
     pub fn new(tables: &Tables) -> Result<Self> {
-        Ok(Self { ebpf: load::load(tables)? })
+        let load::Object { ebpf, policy } = load::load(tables)?;
+        Ok(Self { ebpf, policy })
     }
 
     /// Runs one frame through the program; returns the XDP action.

@@ -57,7 +57,7 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
         }
     })
     .unwrap();
-    let mut ebpf = load::load(&tables).unwrap();
+    let mut ebpf = load::load(&tables).unwrap().ebpf;
     live::load_injector(&mut ebpf).unwrap();
     let template = live::udp_template(
         Ipv4Addr::new(198, 18, 0, 1),

@@ -16,7 +16,8 @@ use crate::{
     kernel::{
         attach::{self, if_index, Attached, Mode},
         forward,
-        load::{self, CounterSlots},
+        images::PolicyMaps,
+        load::{self, CounterSlots, Object},
         netns, pins, state,
     },
     policy::sources::{Loaded, Sources},
@@ -53,6 +54,8 @@ pub(super) fn compile_guarded(site: &Path, guard: Option<bool>) -> Result<(Table
 /// The program, loaded with a policy, attached to interfaces and pinned for `stats`; reloadable.
 pub struct Enforcer {
     pub ebpf: aya::Ebpf,
+    /// The policy images and the run config of `ebpf`.
+    pub(super) policy: PolicyMaps,
     /// The tables enforced now, on stable counter slots.
     pub tables: Tables,
     /// Policy generation: 1 at start, one more per reload.
@@ -120,10 +123,10 @@ impl Enforcer {
                 capacity = old.capacity;
             }
         }
-        let mut ebpf = load::load_with(&tables, &shared(capacity))?;
+        let Object { mut ebpf, policy } = load::load_with(&tables, &shared(capacity))?;
         fault::point("start:loaded");
         let sources = opts.sources.or_else(|| Loaded::read(site, None).ok().map(|l| l.sources));
-        pins.record(&ebpf, site, &tables, ifaces, capacity, sources.as_ref())?;
+        pins.record(&ebpf, &policy, site, &tables, ifaces, capacity, sources.as_ref())?;
         fault::point("start:recorded");
         let (mut links, mut egress_links, mut modes, mut ifindex) = (vec![], vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
@@ -151,6 +154,7 @@ impl Enforcer {
         let generation = tables.config.generation;
         let enforcer = Self {
             ebpf,
+            policy,
             tables,
             generation,
             links,

@@ -7,8 +7,7 @@
 pub fn point(stage: &str) {
     if std::env::var_os("DATAPLANE_FAULT").is_some_and(|s| s == stage) {
         log::warn!("DATAPLANE_FAULT: killed at {stage}");
-        // Safety: raising a signal has no memory effects.
-        unsafe { libc::raise(libc::SIGKILL) };
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

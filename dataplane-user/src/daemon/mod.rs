@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use log::{info, warn};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 
 pub use crate::kernel::attach::{Attached, Mode};
 use crate::{
@@ -60,13 +61,13 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
     }
     // Links are pinned from the moment they attach and only a clean stop unpins them: hold the
     // stop signals until `serve` handles them, so that a SIGTERM during start-up stops cleanly
     // instead of killing the process and leaving the policy enforcing.
-    stop_signals(libc::SIG_BLOCK);
+    stop_signals(SigmaskHow::SIG_BLOCK);
     // Before anything is loaded: a mistyped interface name must not leave half a run behind.
     for iface in &a.ifaces {
         if if_index(iface) == 0 {
@@ -126,7 +127,7 @@ fn serve(
         let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
         let mut int = signal(SignalKind::interrupt())?;
         // Handled from here on: what arrived while starting is delivered now.
-        stop_signals(libc::SIG_UNBLOCK);
+        stop_signals(SigmaskHow::SIG_UNBLOCK);
         let mut logs = program_log(&mut enforcer)?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut minute = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -173,16 +174,12 @@ fn serve(
 
 /// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) SIGINT, SIGTERM and SIGHUP for this thread
 /// (and the threads it starts later).
-fn stop_signals(how: libc::c_int) {
-    // Safety: a sigset on the stack, filled and passed to pthread_sigmask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+fn stop_signals(how: SigmaskHow) {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
     }
+    let _ = pthread_sigmask(how, Some(&set), None);
 }
 
 /// Packets dropped so far, per reason (the shared counters carry over reloads).

@@ -10,7 +10,12 @@ use super::{
     enforcer::{self, compile_guarded, Enforcer},
     fault,
 };
-use crate::{classify::diff, compile::tables::Tables, kernel::load, observe::metrics};
+use crate::{
+    classify::diff,
+    compile::tables::Tables,
+    kernel::load::{self, Object},
+    observe::metrics,
+};
 
 impl Enforcer {
     /// Compiles the site again and switches every interface to it at once. The running programs
@@ -40,9 +45,9 @@ impl Enforcer {
         if let Some(at) = self.swapped {
             std::thread::sleep(SWAP_SPACING.saturating_sub(at.elapsed()));
         }
-        if let Some(swap) = load::write_inactive(&mut self.ebpf, &tables)? {
+        if let Some(swap) = self.policy.write_inactive(&tables)? {
             fault::point("reload:written");
-            swap.commit(&mut self.ebpf)?;
+            swap.commit(&mut self.policy)?;
             self.swapped = Some(std::time::Instant::now());
             fault::point("reload:switched");
         } else {
@@ -50,7 +55,7 @@ impl Enforcer {
             self.reload_program(&tables)?;
         }
         self.generation = tables.config.generation;
-        self.pins.record(&self.ebpf, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
+        self.pins.record(&self.ebpf, &self.policy, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
         self.tables = tables;
         self.sources = Some(sources);
         Ok(())
@@ -59,7 +64,7 @@ impl Enforcer {
     /// A new program with larger policy maps replaces the old one behind each link
     /// (BPF_LINK_UPDATE), XDP then tc.
     fn reload_program(&mut self, tables: &Tables) -> Result<()> {
-        let mut new = load::load_with(tables, &enforcer::shared(self.capacity))?;
+        let Object { ebpf: mut new, policy } = load::load_with(tables, &enforcer::shared(self.capacity))?;
         fault::point("reload:loaded");
         // An interface removed since the last look has a link the kernel detached: updating it
         // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
@@ -87,6 +92,7 @@ impl Enforcer {
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
+        self.policy = policy;
         self.in_netns(|e| e.fill_forward_ports())??;
         self.swapped = None;
         fault::point("reload:switched");

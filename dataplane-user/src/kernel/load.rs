@@ -1,14 +1,16 @@
-//! Loading: the embedded XDP object, its maps sized and filled from compiled `Tables`, and a
-//! new policy image written and put in force without loading anything again.
+//! Loading: the embedded XDP object, its maps sized for compiled `Tables`, the first policy image
+//! written (through the typed handles of `images`), and the programs verified.
 
 use anyhow::{bail, Context, Result};
-use std::os::fd::{AsFd, AsRawFd};
 
-use aya::{maps::Array, programs::Xdp, Ebpf, EbpfLoader};
-use dataplane_common::{image::PAGE_WORDS, RunConfig, CONFIG_MONITOR};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use dataplane_common::{image::PAGE_WORDS, RunConfig, CONFIG_FORWARD, CONFIG_MONITOR};
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::tables::Tables, kernel::maps::*};
+use crate::{
+    compile::tables::Tables,
+    kernel::{images::PolicyMaps, maps::*},
+};
 
 /// The XDP object built by `cargo xtask build` (empty when the controller was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
@@ -21,9 +23,16 @@ pub const EGRESS: &str = "egress";
 /// Connection-tracking entries when the tables do not say (hand-built tables in tests).
 const DEFAULT_CONNTRACK: u32 = 65536;
 
+/// A loaded object: its programs and maps, and the maps the controller writes while it runs, taken out of
+/// it once after the load as typed handles.
+pub struct Object {
+    pub ebpf: Ebpf,
+    pub policy: PolicyMaps,
+}
+
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
 /// Nothing is attached: the caller decides where (an interface, or BPF_PROG_TEST_RUN).
-pub fn load(tables: &Tables) -> Result<Ebpf> {
+pub fn load(tables: &Tables) -> Result<Object> {
     load_with(tables, &Shared::default())
 }
 
@@ -76,7 +85,7 @@ pub fn outbound_slots(tables: &Tables) -> usize {
     tables.outbound.as_deref().map_or(0, |o| o.flows.len())
 }
 
-pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
+pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
     if OBJECT.is_empty() {
         bail!("this dataplane binary was built without the XDP object: build it with `cargo xtask build`");
     }
@@ -113,11 +122,20 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-    write_image(&mut ebpf, MAP_POLICY[0], &image)?;
-    write_config(&mut ebpf, tables.config)?;
+    let mut policy = PolicyMaps::take(&mut ebpf)?;
+    policy.write_image(0, &image)?;
+    // What belongs to the run, with `POLICY_A` in force; the site's own settings are in the image.
+    let c = tables.config;
+    let run = RunConfig {
+        active: 0,
+        flags: c.flags & (CONFIG_MONITOR | CONFIG_FORWARD),
+        hz: clock_hz(&mut ebpf)?,
+        generation: c.generation,
+    };
+    policy.write_run_config(run)?;
     program(&mut ebpf)?.load().context("the kernel verifier rejected the XDP program")?;
     egress(&mut ebpf)?.load().context("the kernel verifier rejected the tc egress program")?;
-    Ok(ebpf)
+    Ok(Object { ebpf, policy })
 }
 
 /// Pages of the `POLICY_*` maps an image of `words` words takes.
@@ -134,108 +152,6 @@ pub fn image_capacity(words: usize) -> usize {
         1 => 1,
         n => n + n.div_ceil(4),
     }
-}
-
-/// Copies a policy image into a `POLICY_*` map through a shared mapping of it (the maps are
-/// mmapable): one copy, however many words, where updates would take a system call per word.
-pub fn write_image(ebpf: &mut Ebpf, map: &str, image: &[u64]) -> Result<()> {
-    let room = policy_pages(ebpf, map)? * PAGE_WORDS;
-    if image.len() > room {
-        bail!("a policy image of {} words does not fit the {map} map of {room}", image.len());
-    }
-    let bytes = std::mem::size_of_val(image);
-    let mapping = Mapping::new(map_mut(ebpf, map)?, bytes)?;
-    // Safety: within the mapping, which is as long as the image.
-    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr() as *const u8, mapping.at as *mut u8, bytes) };
-    Ok(())
-}
-
-/// Pages a loaded `POLICY_*` map holds.
-fn policy_pages(ebpf: &mut Ebpf, map: &str) -> Result<usize> {
-    let aya::maps::Map::Array(data) = map_mut(ebpf, map)? else { bail!("{map} is not an array map") };
-    data.info().map(|i| i.max_entries() as usize).with_context(|| format!("reading {map}'s size"))
-}
-
-/// A shared mapping of the first `len` bytes of an mmapable array map, unmapped on drop.
-struct Mapping {
-    at: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(map: &aya::maps::Map, len: usize) -> Result<Self> {
-        let aya::maps::Map::Array(data) = map else { bail!("not an array map") };
-        let len = len.max(1);
-        let fd = data.fd().as_fd().as_raw_fd();
-        // Safety: a fresh shared mapping of the map's own memory.
-        let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
-        if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping an array map ({len} bytes)"));
-        }
-        Ok(Mapping { at, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // Safety: the mapping made in `new`.
-        unsafe { libc::munmap(self.at, self.len) };
-    }
-}
-
-/// A new policy written into the `POLICY_*` map not in force, ready to be put in force.
-#[must_use = "the written image is not in force until `commit`"]
-pub struct Swap {
-    active: u32,
-    generation: u32,
-}
-
-/// Writes a new policy's image into the `POLICY_*` map not in force, without loading or verifying
-/// a program. None, changing nothing, when the image does not fit the maps (the caller then loads
-/// a program with larger ones). The caller spaces swaps by more than a packet's time, so that no
-/// packet still walks the image being overwritten.
-pub fn write_inactive(ebpf: &mut Ebpf, tables: &Tables) -> Result<Option<Swap>> {
-    let image = tables.image();
-    let run = read_run_config(ebpf)?;
-    let next = (run.active == 0) as u32;
-    if image.len() > policy_pages(ebpf, MAP_POLICY[next as usize])? * PAGE_WORDS {
-        return Ok(None);
-    }
-    write_image(ebpf, MAP_POLICY[next as usize], &image)?;
-    Ok(Some(Swap { active: next, generation: tables.config.generation }))
-}
-
-impl Swap {
-    /// Puts the written image in force with one 32-bit store of `RunConfig::active`: every packet
-    /// (XDP and tc alike) reads it once, so it is judged wholly by the old image or the new one.
-    pub fn commit(self, ebpf: &mut Ebpf) -> Result<()> {
-        let mapping = Mapping::new(map_mut(ebpf, MAP_CONFIG)?, std::mem::size_of::<RunConfig>())?;
-        // Safety: `active` is the first field of the RunConfig in the mapping, 4-byte aligned.
-        let active = unsafe { &*(mapping.at as *const std::sync::atomic::AtomicU32) };
-        active.store(self.active, std::sync::atomic::Ordering::SeqCst);
-        drop(mapping);
-        write_generation(ebpf, self.generation)
-    }
-}
-
-/// `write_inactive` then `commit`: true when the new policy is in force.
-pub fn swap_image(ebpf: &mut Ebpf, tables: &Tables) -> Result<bool> {
-    match write_inactive(ebpf, tables)? {
-        Some(swap) => swap.commit(ebpf).map(|()| true),
-        None => Ok(false),
-    }
-}
-
-fn read_run_config(ebpf: &mut Ebpf) -> Result<RunConfig> {
-    let config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.get(&0, 0).with_context(|| format!("reading {MAP_CONFIG}"))
-}
-
-/// The generation the run reports (not read per packet: a torn read of it harms nothing).
-fn write_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
-    let run = RunConfig { generation, ..read_run_config(ebpf)? };
-    let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
 }
 
 pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
@@ -267,19 +183,6 @@ pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> 
     Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
 }
 
-/// Sets what belongs to the run (monitor mode, the generation, the kernel's clock rate) in a
-/// freshly loaded program, with `POLICY_A` in force. The site's own settings are in the image.
-pub fn write_config(ebpf: &mut Ebpf, c: dataplane_common::Config) -> Result<()> {
-    let run = RunConfig {
-        active: 0,
-        flags: c.flags & (CONFIG_MONITOR | dataplane_common::CONFIG_FORWARD),
-        hz: clock_hz(ebpf)?,
-        generation: c.generation,
-    };
-    let mut config: Array<_, RunConfig> = Array::try_from(map_mut(ebpf, MAP_CONFIG)?)?;
-    config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
-}
-
 /// The kernel's clock ticks per second (its HZ), measured once per process with the `clock`
 /// program: the ticks that pass in 40 ms, rounded to the nearest rate a kernel is built with.
 fn clock_hz(ebpf: &mut Ebpf) -> Result<u32> {
@@ -304,10 +207,6 @@ fn clock_hz(ebpf: &mut Ebpf) -> Result<u32> {
 
 /// The program that reads the kernel's clock (see `clock_hz`).
 pub const CLOCK: &str = "clock";
-
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the XDP object"))
-}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compile::tables::{FlowInfo, Tables},
     kernel::{
+        images::PolicyMaps,
         load::CounterSlots,
         maps::SHARED_MAPS,
         pins::{self, pin_path, PIN_DIR},
@@ -103,9 +104,11 @@ impl Pins {
 
     /// After a load or a reload: pins the maps of this policy (the shared ones are pinned at load
     /// already) and records the state for `stats` and for a later adoption.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         ebpf: &Ebpf,
+        policy: &PolicyMaps,
         site: &Path,
         tables: &Tables,
         interfaces: &[String],
@@ -119,6 +122,7 @@ impl Pins {
             let _ = std::fs::remove_file(&path);
             map.pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
         }
+        policy.pin(Path::new(PIN_DIR))?;
         let state = State {
             format: STATE_FORMAT,
             pid: std::process::id(),

@@ -238,7 +238,6 @@ fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
         data: *mut EthtoolValue,
         _pad: [u8; 16],
     }
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
     let mut value = EthtoolValue { cmd, data };
     let mut req = IfReq { name: [0; 16], data: &mut value, _pad: [0; 16] };
     if ifname.len() >= req.name.len() {
@@ -252,7 +251,7 @@ fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
             if fd < 0 {
                 bail!("socket: {}", std::io::Error::last_os_error());
             }
-            let r = libc::ioctl(fd, SIOCETHTOOL, &mut req as *mut IfReq);
+            let r = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req as *mut IfReq);
             let err = std::io::Error::last_os_error();
             libc::close(fd);
             if r != 0 {

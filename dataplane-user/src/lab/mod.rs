@@ -104,7 +104,7 @@ fn default_site(name: &str) -> PathBuf {
 }
 
 pub fn lab(a: LabArgs) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("the lab creates network namespaces and loads an XDP program: run it as root");
     }
     // Ctrl-C and SIGTERM stop the traffic; the namespaces are then removed on the way out.

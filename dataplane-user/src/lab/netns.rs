@@ -179,86 +179,13 @@ pub fn tcp_exchange_from(ns: &str, local: SocketAddr, dst: SocketAddr, timeout: 
     })?
 }
 
-/// std has no bind-before-connect; do it with libc and hand the socket to std.
+/// std has no bind-before-connect: socket2 binds, then connects within `timeout`.
 fn connect_from(local: SocketAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let family = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // Safety: plain socket syscalls on a descriptor we own.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sock = RawSock(fd);
-    let (addr, len) = sockaddr(local);
-    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // Non-blocking connect and poll, for a bounded wait.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
-    let (daddr, dlen) = sockaddr(dst);
-    let r = unsafe { libc::connect(fd, &daddr as *const _ as *const libc::sockaddr, dlen) };
-    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-    if n <= 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
-    }
-    let mut err: libc::c_int = 0;
-    let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut _, &mut elen) };
-    if err != 0 {
-        return Err(std::io::Error::from_raw_os_error(err));
-    }
-    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
-    let stream = unsafe { TcpStream::from_raw_fd(sock.into_raw()) };
-    Ok(stream)
-}
-
-/// Owns a raw descriptor until it is handed on, so error paths close it.
-struct RawSock(i32);
-impl RawSock {
-    fn into_raw(self) -> i32 {
-        let fd = self.0;
-        std::mem::forget(self);
-        fd
-    }
-}
-impl Drop for RawSock {
-    fn drop(&mut self) {
-        unsafe { libc::close(self.0) };
-    }
-}
-
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // Safety: sockaddr_storage is plain data; zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&local.into())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    Ok(sock.into())
 }
 
 /// Sends `count` UDP datagrams from `src` in namespace `ns` to `dst`.

@@ -58,15 +58,11 @@ fn addr(bytes: [u8; 16], v6: bool) -> IpAddr {
 }
 
 fn interface(ifindex: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // Safety: buf is IF_NAMESIZE long, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
+    match nix::net::if_::if_indextoname(ifindex) {
+        Ok(name) => name.to_string_lossy().into_owned(),
         // In another network namespace than this process.
-        return format!("ifindex {ifindex}");
+        Err(_) => format!("ifindex {ifindex}"),
     }
-    // Safety: if_indextoname wrote a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
 }
 
 /// The first flow in force to `dst` for this protocol and destination port.
@@ -84,10 +80,8 @@ fn nearest(policy: &Policy, dst: IpAddr, proto: u8, dport: u16) -> Option<String
 
 /// CLOCK_MONOTONIC (what bpf_ktime_get_ns counts) now, in nanoseconds.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 impl Event {

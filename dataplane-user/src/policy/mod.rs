@@ -88,7 +88,7 @@ impl Policy {
             ct_tcp_transitory: self.conntrack.tcp_transitory,
             ct_udp: self.conntrack.udp,
             events_per_sec: dataplane_common::DEFAULT_EVENTS_PER_SEC,
-            // Measured when the program is loaded (`load::write_config`).
+            // Measured when the program is loaded (`load::load_with`).
             hz: 0,
         }
     }

@@ -125,7 +125,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
         }
         Ok(())
     })??;
-    let mut ebpf = load::load(&tables)?;
+    let mut ebpf = load::load(&tables)?.ebpf;
     live::load_injector(&mut ebpf)?;
     for p in [DROP, PASS] {
         load::program_named(&mut ebpf, p)?.load().with_context(|| format!("loading {p}"))?;

@@ -111,7 +111,7 @@ fn main() -> Result<()> {
         let (entries, bytes) = map_memory(&tables);
         let _ = summary;
         let t2 = Instant::now();
-        let ebpf = match load::load(&tables) {
+        let ebpf = match load::load(&tables).map(|o| o.ebpf) {
             Ok(e) => e,
             Err(e) => {
                 println!("synthetic {flows} flows: does not load: {e:#}");
@@ -187,7 +187,7 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
     let site = root.join("tests/sites/floods.yaml");
     let policy = dataplane::policy::load_site(&site).context("loading tests/sites/floods.yaml")?;
     let tables = compile::compile(&policy)?;
-    let mut ebpf = load::load(&tables)?;
+    let mut ebpf = load::load(&tables)?.ebpf;
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;
     }
@@ -264,7 +264,7 @@ fn measure_case(
     figures: &mut Vec<Figure>,
     extras: bool,
 ) -> Result<()> {
-    let mut ebpf = load::load(tables)?;
+    let mut ebpf = load::load(tables)?.ebpf;
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;
     }
@@ -518,7 +518,7 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let id = v[0]["xdp"][0]["id"].as_u64().context("no XDP program on v0")?;
 
     let lab = dataplane::daemon::compile_site(&root.join("policies/sites/lab.yaml"))?;
-    let mut ebpf = load::load(&lab)?;
+    let mut ebpf = load::load(&lab)?.ebpf;
     for p in [load::BASELINE, load::FLOOR] {
         load::program_named(&mut ebpf, p)?.load()?;
     }

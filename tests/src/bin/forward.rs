@@ -38,7 +38,7 @@ use aya::{
 };
 use dataplane::{
     daemon::compile_site,
-    kernel::{load, netns::in_netns},
+    kernel::{images::PolicyMaps, load, netns::in_netns},
     lab::gateway::{Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
 };
 use dataplane_common::{forward::FWD_STAT_REDIRECTED, CONFIG_FORWARD};
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
 
     let tables = compile_site(&site)?;
     let nft = nft_forward_ruleset(&site)?;
-    let mut ebpf = load::load(&tables)?;
+    let load::Object { mut ebpf, mut policy } = load::load(&tables)?;
     // Count-and-drop on the server's end: counts what crossed, and lets that veth take frames
     // redirected to its peer.
     load::program_named(&mut ebpf, "bench_drop")?.load()?;
@@ -130,7 +130,7 @@ fn main() -> Result<()> {
     let mut checks = vec![(0u64, 0u64); Way::ALL.len()];
     for _ in 0..samples {
         for (i, way) in Way::ALL.into_iter().enumerate() {
-            let link = setup(&mut ebpf, &gw, way, &tables, &nft)?;
+            let link = setup(&mut ebpf, &mut policy, &gw, way, &nft)?;
             let (f0, k0) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
             let rate = inject(&mut ebpf, &gw.client, client_if, &template, cpu, run);
             let (f1, k1) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
@@ -197,14 +197,12 @@ fn nft_forward_ruleset(site: &Path) -> Result<String> {
     Ok(text.replace(hook, "type filter hook forward priority filter;"))
 }
 
-fn setup(ebpf: &mut Ebpf, gw: &Gateway, way: Way, tables: &dataplane::compile::tables::Tables, nft: &str) -> Result<XdpLinkId> {
+fn setup(ebpf: &mut Ebpf, policy: &mut PolicyMaps, gw: &Gateway, way: Way, nft: &str) -> Result<XdpLinkId> {
     match way {
         Way::XdpForward | Way::XdpPass => {
-            let mut config = tables.config;
-            if way == Way::XdpForward {
-                config.flags |= CONFIG_FORWARD;
-            }
-            load::write_config(ebpf, config)?;
+            let mut run = policy.run_config()?;
+            run.flags = if way == Way::XdpForward { run.flags | CONFIG_FORWARD } else { run.flags & !CONFIG_FORWARD };
+            policy.write_run_config(run)?;
             attach(ebpf, &gw.gateway, load::PROGRAM, OUTSIDE_IF)
         }
         Way::Nft => {
