@@ -9,9 +9,9 @@
 //! userspace over a byte slice ([`Bytes`]), so the fuzzer and the tests exercise the parser the
 //! kernel runs, not a copy of it.
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const VLAN_HLEN: usize = 4;

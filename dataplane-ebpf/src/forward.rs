@@ -21,6 +21,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dataplane_common::forward::{FWD_STAT_COUNT, FWD_STAT_INELIGIBLE, FWD_STAT_NOT_OURS, FWD_STAT_REDIRECTED, FWD_STAT_STACK};
+use dataplane_common::parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 /// ifindex -> the same ifindex: the interfaces a forwarded frame may leave through.
 #[map]
@@ -29,9 +30,6 @@ static FORWARD_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 #[map]
 static FORWARD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FWD_STAT_COUNT, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 

@@ -16,7 +16,7 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::classify::judge::{key, packet_json, render_packet, Dir, Judge, Key, Verdict};
+use crate::classify::judge::{packet_json, render_packet, Dir, Judge, Key, Verdict};
 use crate::classify::DEFAULT_SPORT;
 use crate::classify::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::kernel::state::Enforced;
@@ -304,7 +304,7 @@ fn site_ref(l: &Loaded) -> SiteRef {
 
 /// Whether the flows both lists hold come in another order.
 fn order_changed(old: &[Flow], new: &[Flow]) -> bool {
-    let keys = |v: &[Flow]| v.iter().map(|f| key(&f.info)).collect::<Vec<_>>();
+    let keys = |v: &[Flow]| v.iter().map(|f| f.info.key()).collect::<Vec<_>>();
     let (o, n) = (keys(old), keys(new));
     let (os, ns): (HashSet<&Key>, HashSet<&Key>) = (o.iter().collect(), n.iter().collect());
     let common_o: Vec<&Key> = o.iter().filter(|k| ns.contains(k)).collect();
@@ -396,11 +396,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn dir_diff(&self, dir: Dir) -> DirDiff {
         let (of, nf) = (dir.flows(&self.old.policy), dir.flows(&self.new.policy));
-        let index = |v: &[Flow]| -> HashMap<Key, usize> { v.iter().enumerate().map(|(i, f)| (key(&f.info), i)).collect() };
+        let index = |v: &[Flow]| -> HashMap<Key, usize> { v.iter().enumerate().map(|(i, f)| (f.info.key(), i)).collect() };
         let (oi, ni) = (index(of), index(nf));
         let mut d = DirDiff::default();
         for f in nf {
-            match oi.get(&key(&f.info)) {
+            match oi.get(&f.info.key()) {
                 None => d.added.push(self.change(dir, None, Some(f))),
                 Some(&i) => {
                     let c = self.change(dir, Some(&of[i]), Some(f));
@@ -410,7 +410,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        for f in of.iter().filter(|f| !ni.contains_key(&key(&f.info))) {
+        for f in of.iter().filter(|f| !ni.contains_key(&f.info.key())) {
             d.removed.push(self.change(dir, Some(f), None));
         }
         d
@@ -502,7 +502,7 @@ impl Ctx<'_> {
     /// Example tuples credited to this flow on one side whose verdict differs.
     fn flips(&self, dir: Dir, old: Option<&Flow>, new: Option<&Flow>) -> Vec<Flip> {
         let Some((oj, nj)) = self.judges else { return Vec::new() };
-        let k = key(&new.or(old).expect("a flow").info);
+        let k = new.or(old).expect("a flow").info.key();
         let mut versions = Vec::new();
         versions.extend(old.map(|f| (&self.old.policy, f)));
         versions.extend(new.map(|f| (&self.new.policy, f)));

@@ -42,10 +42,6 @@ impl Dir {
 
 pub use crate::policy::FlowKey as Key;
 
-pub fn key(f: &FlowInfo) -> Key {
-    f.key()
-}
-
 /// The compiled tables of a policy and a classifier per direction.
 pub struct Judge {
     pub tables: Tables,
@@ -100,7 +96,7 @@ impl Judge {
             verdict: if d.allow { "allow" } else { "deny" },
             flow: info.map(|f| f.id.clone()),
             reason: if dir == Dir::Out && d.allow { "outbound" } else { d.reason.name() },
-            key: info.map(key),
+            key: info.map(FlowInfo::key),
         }
     }
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::classify::judge::{key, packet_json, render_packet, Dir, Judge, Key};
+use crate::classify::judge::{packet_json, render_packet, Dir, Judge, Key};
 use crate::classify::{Packet, IPPROTO_TCP, IPPROTO_UDP};
 use crate::compile::tables::FlowInfo;
 use crate::kernel::state::Enforced;
@@ -560,8 +560,8 @@ fn count_bases(s: &PortSpec, name: &str) -> Vec<u16> {
 
 /// Inbound flows of `p` that `base` lacks or has with other ports or addresses.
 fn new_flows<'p>(base: &Policy, p: &'p Policy) -> Vec<&'p crate::policy::Flow> {
-    let old: HashMap<Key, &crate::policy::Flow> = base.flows.iter().map(|f| (key(&f.info), f)).collect();
-    p.flows.iter().filter(|f| old.get(&key(&f.info)).is_none_or(|o| differs(base, o, p, f))).collect()
+    let old: HashMap<Key, &crate::policy::Flow> = base.flows.iter().map(|f| (f.info.key(), f)).collect();
+    p.flows.iter().filter(|f| old.get(&f.info.key()).is_none_or(|o| differs(base, o, p, f))).collect()
 }
 
 fn differs(a: &Policy, fa: &crate::policy::Flow, b: &Policy, fb: &crate::policy::Flow) -> bool {
@@ -575,8 +575,8 @@ fn differs(a: &Policy, fa: &crate::policy::Flow, b: &Policy, fb: &crate::policy:
 
 /// Keys of the flows of direction `d` both policies have, with other ports or addresses.
 fn changed_flows(d: Dir, a: &Policy, b: &Policy) -> Vec<Key> {
-    let old: HashMap<Key, &crate::policy::Flow> = d.flows(a).iter().map(|f| (key(&f.info), f)).collect();
-    d.flows(b).iter().filter(|f| old.get(&key(&f.info)).is_some_and(|o| differs(a, o, b, f))).map(|f| key(&f.info)).collect()
+    let old: HashMap<Key, &crate::policy::Flow> = d.flows(a).iter().map(|f| (f.info.key(), f)).collect();
+    d.flows(b).iter().filter(|f| old.get(&f.info.key()).is_some_and(|o| differs(a, o, b, f))).map(|f| f.info.key()).collect()
 }
 
 /// The tuples each single option change admits.
@@ -714,7 +714,7 @@ fn suggestions(base: &Loaded, found: &Found) -> Result<Vec<Suggestion>> {
         }
         let hosts: Vec<IpAddr> = srcs.iter().copied().collect();
         let changed = apply(base, fix, &hosts)?;
-        let keys = |p: &Policy| p.flows.iter().chain(&p.out_flows).map(|f| key(&f.info)).collect::<HashSet<_>>();
+        let keys = |p: &Policy| p.flows.iter().chain(&p.out_flows).map(|f| f.info.key()).collect::<HashSet<_>>();
         let (before, after) = (keys(&base.policy), keys(&changed));
         let admitting: HashSet<Key> = flows.iter().map(|f| (f.id.clone(), f.protocol)).collect();
         let also_changes = [Dir::In, Dir::Out]

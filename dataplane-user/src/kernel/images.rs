@@ -6,7 +6,6 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    path::Path,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -19,7 +18,10 @@ use dataplane_common::{image::PAGE_WORDS, RunConfig};
 
 use crate::{
     compile::tables::Tables,
-    kernel::maps::{MAP_CONFIG, MAP_POLICY},
+    kernel::{
+        maps::{MAP_CONFIG, MAP_POLICY},
+        pins,
+    },
 };
 
 /// `POLICY_A`, `POLICY_B` and `CONFIG` of one loaded program.
@@ -100,15 +102,11 @@ impl PolicyMaps {
         }
     }
 
-    /// Pins the three maps under `dir` (for inspection: nothing reads them back by pin).
-    pub fn pin(&self, dir: &Path) -> Result<()> {
-        let maps = [(MAP_POLICY[0], &self.images[0]), (MAP_POLICY[1], &self.images[1]), (MAP_CONFIG, self.config.map())];
-        for (name, map) in maps {
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            map.pin(&path).with_context(|| format!("pinning {name} under {}", dir.display()))?;
-        }
-        Ok(())
+    /// Pins the three maps (for inspection: nothing reads them back by pin).
+    pub fn pin(&self) -> Result<()> {
+        pins::replace_pin(MAP_POLICY[0], |p| self.images[0].pin(p))?;
+        pins::replace_pin(MAP_POLICY[1], |p| self.images[1].pin(p))?;
+        pins::replace_pin(MAP_CONFIG, |p| self.config.map().pin(p))
     }
 }
 

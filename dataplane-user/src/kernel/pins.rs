@@ -11,6 +11,14 @@ pub fn pin_path(map: &str) -> PathBuf {
     Path::new(PIN_DIR).join(map)
 }
 
+/// Pins a map as `name` under [`PIN_DIR`] (`pin`: the map's own `pin`), in place of what a
+/// previous program pinned there.
+pub fn replace_pin(name: &str, pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>) -> Result<()> {
+    let path = pin_path(name);
+    let _ = std::fs::remove_file(&path);
+    pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))
+}
+
 /// The two links a run makes on each interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkKind {

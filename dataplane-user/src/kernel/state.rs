@@ -13,7 +13,7 @@ use crate::{
         images::PolicyMaps,
         load::CounterSlots,
         maps::SHARED_MAPS,
-        pins::{self, pin_path, PIN_DIR},
+        pins::{self, PIN_DIR},
     },
     policy::sources::{Loaded, Sources},
 };
@@ -118,11 +118,9 @@ impl Pins {
         // The program's own maps; not the sections aya makes of globals (.rodata, .bss).
         let own = ebpf.maps().filter(|(name, _)| !name.starts_with('.') && !SHARED_MAPS.contains(name));
         for (name, map) in own {
-            let path = pin_path(name);
-            let _ = std::fs::remove_file(&path);
-            map.pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))?;
+            pins::replace_pin(name, |p| map.pin(p))?;
         }
-        policy.pin(Path::new(PIN_DIR))?;
+        policy.pin()?;
         let state = State {
             format: STATE_FORMAT,
             pid: std::process::id(),

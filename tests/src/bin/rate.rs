@@ -43,7 +43,7 @@ use dataplane_tests::packet::Pkt;
 
 #[path = "../bench/iptables.rs"]
 mod iptables;
-use dataplane_tests::flood::mac;
+use dataplane_tests::flood::{ipv4_checksum, mac};
 
 #[path = "../bench/live.rs"]
 mod live;
@@ -336,16 +336,6 @@ fn frames(lab: &Lab, allowed_pct: u32) -> Result<Vec<Vec<u8>>> {
             Ok(f)
         })
         .collect()
-}
-
-/// The IPv4 header checksum (the stack drops a packet whose checksum is wrong).
-fn ipv4_checksum(h: &mut [u8]) {
-    h[10] = 0;
-    h[11] = 0;
-    let sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let c = !(((folded & 0xffff) + (folded >> 16)) as u16);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Busy and total CPU time of all CPUs, in clock ticks (/proc/stat).
