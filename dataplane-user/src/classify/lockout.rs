@@ -30,6 +30,7 @@
 //! `run` calls [`guard`] (or [`check`]) after compiling and before attaching; `--force`
 //! overrides.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -274,21 +275,46 @@ fn covering_roles(policy: &Policy, role: usize) -> Vec<&str> {
         .collect()
 }
 
-/// Why no management flow reaches `role`: the catalogs' TCP allow management flows to it or to a
-/// role covering it, each with why it does not help.
-fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<String> {
-    let targets = covering_roles(policy, role);
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for cat in &policy.catalogs {
-        for fd in &cat.flows {
-            if fd.action != crate::policy::Action::Allow
-                || !fd.protocols.contains(&Proto::Tcp)
-                || !targets.contains(&fd.to.as_str())
-            {
-                continue;
+/// What the hints of unmanaged roles look up, indexed once: a site may have a million flows.
+struct Hints<'a> {
+    policy: &'a Policy,
+    tables: &'a Tables,
+    c: &'a Classifier,
+    /// The first TCP flow slot of each flow id.
+    tcp_slot: HashMap<&'a str, usize>,
+    /// (catalog, flow) indices of the catalogs' TCP allow flows, by their `to` role.
+    to_role: HashMap<&'a str, Vec<(usize, usize)>>,
+}
+
+impl<'a> Hints<'a> {
+    fn new(policy: &'a Policy, tables: &'a Tables, c: &'a Classifier) -> Self {
+        let mut tcp_slot = HashMap::new();
+        for (slot, f) in policy.flows.iter().enumerate().filter(|(_, f)| f.proto == IPPROTO_TCP) {
+            tcp_slot.entry(f.info.id.as_str()).or_insert(slot);
+        }
+        let mut to_role: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+        for (ci, cat) in policy.catalogs.iter().enumerate() {
+            for (fi, fd) in cat.flows.iter().enumerate() {
+                if fd.action == crate::policy::Action::Allow && fd.protocols.contains(&Proto::Tcp) {
+                    to_role.entry(fd.to.as_str()).or_default().push((ci, fi));
+                }
             }
-            let resolved = policy.flows.iter().find(|f| f.info.id == fd.id && f.proto == IPPROTO_TCP);
+        }
+        Hints { policy, tables, c, tcp_slot, to_role }
+    }
+
+    /// Why no management flow reaches `role`: the catalogs' TCP allow management flows to it or
+    /// to a role covering it (in catalog order), each with why it does not help.
+    fn of(&self, role: usize) -> Vec<String> {
+        let (policy, tables, c) = (self.policy, self.tables, self.c);
+        let mut flows: Vec<(usize, usize)> =
+            covering_roles(policy, role).iter().filter_map(|t| self.to_role.get(t)).flatten().copied().collect();
+        flows.sort_unstable();
+        flows.dedup();
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (cat, fd) in flows.into_iter().map(|(ci, fi)| (&policy.catalogs[ci], &policy.catalogs[ci].flows[fi])) {
+            let resolved = self.tcp_slot.get(fd.id.as_str()).map(|&s| &policy.flows[s]);
             let management = match resolved {
                 Some(f) => is_management(policy, f),
                 // Off: judged on its catalog's default option values (the port of a `by` spec).
@@ -345,22 +371,24 @@ fn hints(policy: &Policy, tables: &Tables, c: &Classifier, role: usize) -> Vec<S
                 Some(Ok(_)) => {}
             }
         }
+        out
     }
-    out
 }
 
 /// The management flow (slot in `policy.flows`) and packet that reach protected role `role`.
 pub fn management_path(policy: &Policy, tables: &Tables, role: usize) -> Option<(usize, Packet)> {
-    let c = Classifier::new(tables);
-    management_path_with(policy, &c, role)
+    management_path_with(policy, &Classifier::new(tables), &management_flows(policy), role)
 }
 
-fn management_path_with(policy: &Policy, c: &Classifier, role: usize) -> Option<(usize, Packet)> {
-    policy.flows.iter().enumerate().filter(|(_, f)| is_management(policy, f)).find_map(|(slot, f)| {
-        match probe(policy, c, f, role) {
-            Some(Ok(p)) => Some((slot, p)),
-            _ => None,
-        }
+/// The slots of the management flows, ascending.
+fn management_flows(policy: &Policy) -> Vec<usize> {
+    policy.flows.iter().enumerate().filter(|(_, f)| is_management(policy, f)).map(|(slot, _)| slot).collect()
+}
+
+fn management_path_with(policy: &Policy, c: &Classifier, mgmt: &[usize], role: usize) -> Option<(usize, Packet)> {
+    mgmt.iter().find_map(|&slot| match probe(policy, c, &policy.flows[slot], role) {
+        Some(Ok(p)) => Some((slot, p)),
+        _ => None,
     })
 }
 
@@ -368,6 +396,7 @@ fn management_path_with(policy: &Policy, c: &Classifier, role: usize) -> Option<
 /// every protected role; else every problem found. `tables` must be compiled from `policy`.
 pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Result<(), LockoutError> {
     let c = Classifier::new(tables);
+    let mgmt = management_flows(policy);
     let mut problems = Vec::new();
     if let Some(s) = ssh {
         let d = c.classify(&s.packet());
@@ -381,14 +410,16 @@ pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Resu
             });
         }
     }
-    for (i, r) in policy.roles.iter().enumerate().filter(|(_, r)| r.protected) {
-        if management_path_with(policy, &c, i).is_none() {
-            problems.push(Lockout::Unmanaged {
-                role: r.id.clone(),
-                prefixes: r.cidrs.clone(),
-                hints: hints(policy, tables, &c, i),
-            });
-        }
+    let protected = policy.roles.iter().enumerate().filter(|(_, r)| r.protected);
+    let unmanaged: Vec<usize> =
+        protected.filter(|&(i, _)| management_path_with(policy, &c, &mgmt, i).is_none()).map(|(i, _)| i).collect();
+    if !unmanaged.is_empty() {
+        let h = Hints::new(policy, tables, &c);
+        problems.extend(unmanaged.into_iter().map(|i| Lockout::Unmanaged {
+            role: policy.roles[i].id.clone(),
+            prefixes: policy.roles[i].cidrs.clone(),
+            hints: h.of(i),
+        }));
     }
     if problems.is_empty() {
         Ok(())
