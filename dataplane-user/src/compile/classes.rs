@@ -4,32 +4,33 @@
 //! listing P itself), so a longest-prefix match on an address yields every role containing it:
 //! a broader role is never hidden by a more specific one.
 
-use crate::compile::FastMap;
+use crate::compile::intern::Interner;
 
 use crate::policy::Cidr;
 
-/// Interned sets of role indices; id 0 is the empty set.
-#[derive(Debug)]
-pub struct Sets {
-    pub sets: Vec<Vec<u32>>,
-    index: FastMap<Vec<u32>, u32>,
-}
+/// Interned sets (sorted lists of role indices or flow slots); id 0 is the empty set.
+pub struct Sets(Interner<Vec<u32>>);
 
 impl Default for Sets {
     fn default() -> Self {
-        Sets { sets: vec![Vec::new()], index: FastMap::from_iter([(Vec::new(), 0)]) }
+        let mut sets = Interner::default();
+        sets.intern(Vec::new());
+        Sets(sets)
     }
 }
 
 impl Sets {
     pub fn intern(&mut self, set: Vec<u32>) -> u32 {
-        if let Some(&id) = self.index.get(&set) {
-            return id;
-        }
-        let id = self.sets.len() as u32;
-        self.index.insert(set.clone(), id);
-        self.sets.push(set);
-        id
+        self.0.intern(set)
+    }
+
+    /// The sets by id.
+    pub fn sets(&self) -> &[Vec<u32>] {
+        self.0.items()
+    }
+
+    pub fn into_sets(self) -> Vec<Vec<u32>> {
+        self.0.into_items()
     }
 }
 
@@ -65,7 +66,7 @@ pub fn label(mut entries: Vec<(Cidr, u32)>, sets: &mut Sets) -> Vec<Labeled> {
         }
         let parent = stack.last().copied();
         let set = match parent {
-            Some(p) => union(&sets.sets[out[p].set as usize], &own),
+            Some(p) => union(&sets.sets()[out[p].set as usize], &own),
             None => own,
         };
         let set = sets.intern(set);
@@ -100,7 +101,7 @@ mod tests {
             vec![(c("10.0.0.0/8"), 1), (c("10.1.2.3/32"), 2), (c("10.1.0.0/16"), 3), (c("11.0.0.0/8"), 2), (c("10.0.0.0/8"), 4)],
             &mut sets,
         );
-        let got: Vec<(String, Vec<u32>)> = l.iter().map(|x| (x.cidr.to_string(), sets.sets[x.set as usize].clone())).collect();
+        let got: Vec<(String, Vec<u32>)> = l.iter().map(|x| (x.cidr.to_string(), sets.sets()[x.set as usize].clone())).collect();
         assert_eq!(
             got,
             vec![

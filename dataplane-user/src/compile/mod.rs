@@ -4,7 +4,7 @@
 //! 1. **Destination classes.** Every prefix of the protected roles' CIDRs is labeled with the set
 //!    of roles containing it (`classes`); sets whose flows (flows to any role of the set) are the
 //!    same list are one class. The destination trie maps an address to its class.
-//! 2. **Source tries, per class.** Only the roles with flows to the class matter for its sources:
+//! 2. **Source tries, per class** (`sources`). Only the roles with flows to the class matter for its sources:
 //!    their prefixes are labeled with the set of those roles containing them, and each set's
 //!    policy is the list of the class's flows from a role of the set (interned across classes).
 //!    The class's source trie maps an address straight to that policy, so no table is keyed by
@@ -14,6 +14,10 @@
 //!    winning flow, or a source-port table; identical tables are stored once.
 //! 4. **Port filter**: every (protocol, destination port) some flow names.
 //!
+//! Steps 2 and 3 run on every core (`parts`), the two directions side by side; ids come out as
+//! one pass in order would give them, so the tables and the policy hash do not depend on the
+//! number of threads.
+//!
 //! The outbound tables (`Tables::outbound`: packets a protected server sends) are the same
 //! compiler run on [`Policy::outbound_policy`]: the outbound flows, with their `to` roles (the
 //! peers) as destinations.
@@ -21,22 +25,27 @@
 pub mod classes;
 pub mod hash;
 pub mod image;
+mod intern;
+mod parts;
 pub mod ports;
 pub mod size;
 pub mod slots;
+mod sources;
 pub mod tables;
 
 use std::collections::HashMap;
 
-/// The compiler's maps: keys are its own integers and vectors, not input an attacker picks, so a
-/// fast unkeyed hash will do (SipHash took a tenth of a 1,000,000-flow compile).
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// The compiler's maps (see `intern::FastHash`).
+pub(crate) type FastMap<K, V> = HashMap<K, V, intern::FastHash>;
 use std::time::{Duration, Instant};
 
-use crate::compile::tables::{ClassRecord, Direction, Prefixes, Tables};
+use crate::compile::tables::{Direction, Prefixes, Tables};
 use crate::policy::{Cidr, Policy};
 use classes::{label, Labeled, Sets};
+use intern::Interner;
+use ports::PortTables;
 pub use size::{map_sizes, MapSize};
+use sources::Sources;
 
 /// Sizes past which a policy is refused: the image would not load or would waste memory.
 /// `dataplane compile` shows a site's image size before anything is loaded.
@@ -105,16 +114,23 @@ pub fn compile(p: &Policy) -> anyhow::Result<Tables> {
 
 pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let start = Instant::now();
-    let (dir, counts) = compile_direction(p, "")?;
-    let mut t = Tables { flows: p.flows.iter().map(|f| f.info.clone()).collect(), dir, config: p.config(), ..Default::default() };
-    t.conntrack_size = p.conntrack.size;
-    let mut outbound = None;
-    if !p.out_flows.is_empty() {
-        let out = p.outbound_policy();
-        let (dir, c) = compile_direction(&out, "outbound ")?;
-        let flows = out.flows.iter().map(|f| f.info.clone()).collect();
+    // The two directions, and the flows' labels, side by side.
+    let ((inbound, flows), outbound) = rayon::join(
+        || rayon::join(|| compile_direction(p, ""), || flow_infos(&p.flows)),
+        || {
+            (!p.out_flows.is_empty()).then(|| {
+                let out = p.outbound_policy();
+                (compile_direction(&out, "outbound "), flow_infos(&out.flows), out)
+            })
+        },
+    );
+    let (dir, counts) = inbound?;
+    let mut t = Tables { flows, dir, config: p.config(), conntrack_size: p.conntrack.size, outbound: None };
+    let mut outbound_summary = None;
+    if let Some((compiled, flows, out)) = outbound {
+        let (dir, c) = compiled?;
         t.outbound = Some(Box::new(Tables { flows, dir, config: t.config, outbound: None, conntrack_size: t.conntrack_size }));
-        outbound = Some(OutboundSummary {
+        outbound_summary = Some(OutboundSummary {
             peer_roles: out.protected().count(),
             catalog_flows: out.catalog_flows,
             slots: out.flows.len(),
@@ -136,12 +152,16 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
         catalog_flows: p.catalog_flows,
         slots: p.flows.len(),
         counts,
-        outbound,
+        outbound: outbound_summary,
         conntrack_size: t.conntrack_size,
         maps,
         elapsed: start.elapsed(),
     };
     Ok((t, summary))
+}
+
+fn flow_infos(flows: &[crate::policy::Flow]) -> Vec<crate::policy::FlowInfo> {
+    flows.iter().map(|f| f.info.clone()).collect()
 }
 
 /// The tables of one direction: `p.flows` against `p`'s protected roles. `kind` names the
@@ -158,52 +178,40 @@ fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Directio
     for (slot, f) in p.flows.iter().enumerate() {
         flows_to[f.to].push(slot as u32);
     }
-    // Destination sets with the same flows are one class.
-    let mut class_of_flows: FastMap<Vec<u32>, u32> = FastMap::default();
-    let mut class_flows: Vec<Vec<u32>> = Vec::new();
+    // Destination sets with the same flows are one class (ids from 1: 0 is no class).
+    let mut classes: Interner<Vec<u32>> = Interner::default();
     let class_of_set: Vec<u32> = dsets
-        .sets
+        .sets()
         .iter()
         .map(|roles| {
             let mut flows: Vec<u32> = roles.iter().flat_map(|&r| flows_to[r as usize].iter().copied()).collect();
             flows.sort_unstable();
-            *class_of_flows.entry(flows.clone()).or_insert_with(|| {
-                class_flows.push(flows);
-                class_flows.len() as u32
-            })
+            classes.intern(flows) + 1
         })
         .collect();
-    if class_flows.len() > limits::MAX_CLASSES {
-        anyhow::bail!("{} {kind}destination classes exceed the limit of {}", class_flows.len(), limits::MAX_CLASSES);
+    if classes.len() > limits::MAX_CLASSES {
+        anyhow::bail!("{} {kind}destination classes exceed the limit of {}", classes.len(), limits::MAX_CLASSES);
     }
 
     let mut d = Direction::default();
     (d.dst_v4, d.dst_v6) = split_family(prefix_values(&dst, |set| class_of_set[set as usize]));
-    let mut policies = Sets::default();
-    let mut tries: FastMap<Prefixes, u32> = FastMap::default();
-    for flows in &class_flows {
-        let (v4, v6) = split_family(source_policies(p, flows, &mut policies));
-        let [src_v4, src_v6] = [v4, v6].map(|t| {
-            *tries.entry(t.clone()).or_insert_with(|| {
-                d.src.push(t);
-                d.src.len() as u32 - 1
-            })
-        });
-        d.classes.push(ClassRecord { src_v4, src_v6 });
+    let sources = parts::build(classes.items(), |s: &mut Sources, flows| s.add_class(p, flows), Sources::merge);
+    let policies = sources.policies.sets();
+    if policies.len() > limits::MAX_POLICIES {
+        anyhow::bail!("{} {kind}policies exceed the limit of {}", policies.len(), limits::MAX_POLICIES);
     }
-    if policies.sets.len() > limits::MAX_POLICIES {
-        anyhow::bail!("{} {kind}policies exceed the limit of {}", policies.sets.len(), limits::MAX_POLICIES);
-    }
-    let mut pt = ports::PortTables::default();
-    d.policies = policies.sets.iter().skip(1).map(|slots| pt.add_policy(slots, &p.flows)).collect();
+    let mut pt = parts::build(&policies[1..], |t: &mut PortTables, slots| t.push_policy(slots, &p.flows), PortTables::merge);
+    d.policies = std::mem::take(&mut pt.policies);
+    d.classes = sources.classes;
+    d.src = sources.tries.into_items();
     let counts = Counts {
         dst_classes: d.classes.len(),
         src_tries: d.src.len(),
         policies: d.policies.len(),
-        port_tables: pt.tables.len(),
+        port_tables: pt.tables().len(),
         sport_tables: pt.sport_tables(),
     };
-    d.ports = pt.tables;
+    d.ports = pt.into_tables();
     d.filter = p.flows.iter().flat_map(|f| f.dport.iter().map(move |&(a, b)| (f.proto, a, b))).collect();
     Ok((d, counts))
 }
@@ -212,29 +220,6 @@ fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Directio
 fn role_cidrs(p: &Policy, keep: impl Fn(usize) -> bool) -> Vec<(Cidr, u32)> {
     let roles = p.roles.iter().enumerate().filter(|(i, _)| keep(*i));
     roles.flat_map(|(i, r)| r.cidrs.iter().map(move |c| (*c, i as u32))).collect()
-}
-
-/// Source prefix -> policy for the class whose flows are `flows` (slots): the prefixes of the
-/// roles those flows come from, each labeled with the policy of the roles containing it.
-fn source_policies(p: &Policy, flows: &[u32], policies: &mut Sets) -> Prefixes {
-    let mut from_role = vec![false; p.roles.len()];
-    flows.iter().for_each(|&s| from_role[p.flows[s as usize].from] = true);
-    let mut ssets = Sets::default();
-    let labeled = label(role_cidrs(p, |i| from_role[i]), &mut ssets);
-    let policy_of_set: Vec<u32> = ssets
-        .sets
-        .iter()
-        .map(|roles| {
-            let list: Vec<u32> =
-                flows.iter().copied().filter(|&s| roles.binary_search(&(p.flows[s as usize].from as u32)).is_ok()).collect();
-            if list.is_empty() {
-                0
-            } else {
-                policies.intern(list)
-            }
-        })
-        .collect();
-    prefix_values(&labeled, |set| policy_of_set[set as usize])
 }
 
 /// The prefixes that change the longest-prefix answer: a prefix whose value equals its
@@ -252,4 +237,52 @@ fn prefix_values(labeled: &[Labeled], value: impl Fn(u32) -> u32) -> Prefixes {
 
 fn split_family(v: Prefixes) -> (Prefixes, Prefixes) {
     v.into_iter().partition(|(c, _)| !c.v6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::synth::synthetic_site;
+
+    /// Steps 2 and 3 built in parts give what one pass gives, ids included.
+    #[test]
+    fn parts_give_the_ids_of_one_pass() {
+        let p = synthetic_site(3_000, 300, 11);
+        // Any lists of flows will do as classes: overlapping windows of slots, so that classes
+        // share policies and policies share port tables.
+        let classes: Vec<Vec<u32>> = (0..60u32).map(|k| (k * 40..k * 40 + 200).collect()).collect();
+        let sources = |n, c: &[Vec<u32>]| parts::build_in(n, c, |s: &mut Sources, flows| s.add_class(&p, flows), Sources::merge);
+        let one = sources(1, &classes);
+        let policies = &one.policies.sets()[1..];
+        let ports =
+            |n, c: &[Vec<u32>]| parts::build_in(n, c, |t: &mut PortTables, s| t.push_policy(s, &p.flows), PortTables::merge);
+        let one_ports = ports(1, policies);
+        // A merge meets what the part before it holds already: ids to map, not only to shift.
+        let (a, b) = (sources(1, &classes[..30]), sources(1, &classes[30..]));
+        assert!(b.policies.sets()[1..].iter().any(|s| a.policies.sets().contains(s)));
+        let half = policies.len() / 2;
+        let (a, b) = (ports(1, &policies[..half]), ports(1, &policies[half..]));
+        assert!(b.tables().iter().any(|t| a.tables().contains(t)));
+        assert!(one_ports.sport_tables() > 0);
+        for n in [2, 3, 8] {
+            let s = sources(n, &classes);
+            assert_eq!((s.policies.sets(), s.tries.items(), &s.classes), (one.policies.sets(), one.tries.items(), &one.classes));
+            let t = ports(n, policies);
+            assert_eq!(
+                (t.tables(), &t.policies, t.sport_tables()),
+                (one_ports.tables(), &one_ports.policies, one_ports.sport_tables())
+            );
+        }
+    }
+
+    /// The compiled tables do not depend on the number of threads.
+    #[test]
+    fn the_same_tables_on_one_thread() {
+        let p = synthetic_site(20_000, 2_000, 5);
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            pool.install(|| compile(&p).map(|t| (t.image(), hash::policy_hash(&t))).expect("compiles"))
+        };
+        assert_eq!(on(1), on(3));
+    }
 }

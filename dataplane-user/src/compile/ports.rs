@@ -7,7 +7,7 @@
 //! port it always wins; otherwise the candidates up to (and including) the first one taking any
 //! source port form a source-port table.
 
-use crate::compile::FastMap;
+use crate::compile::{intern::Interner, FastMap};
 
 use crate::compile::tables::{PortTable, PortValue};
 use crate::policy::Flow;
@@ -15,10 +15,11 @@ use crate::policy::Flow;
 /// Port tables of one direction, deduplicated by content (policies often share them).
 #[derive(Default)]
 pub struct PortTables {
-    pub tables: Vec<PortTable>,
-    index: FastMap<PortTable, u32>,
+    tables: Interner<PortTable>,
     /// Source-port tables by their candidate list.
     sport_tables: FastMap<Vec<u32>, u32>,
+    /// The tables (TCP, UDP) of each policy added with `push_policy`, in order.
+    pub policies: Vec<[Option<u32>; 2]>,
 }
 
 impl PortTables {
@@ -26,14 +27,42 @@ impl PortTables {
         self.sport_tables.len()
     }
 
-    fn intern(&mut self, t: PortTable) -> u32 {
-        if let Some(&id) = self.index.get(&t) {
-            return id;
+    /// Adds a policy (its flows' slots, ascending) to `policies`.
+    pub fn push_policy(&mut self, slots: &[u32], flows: &[Flow]) {
+        let ids = self.add_policy(slots, flows);
+        self.policies.push(ids);
+    }
+
+    /// Appends the tables and policies of `other` (built from the policies that follow this
+    /// one's): its tables interned in its order, each source-port table before the tables naming
+    /// it, so that ids come out as one pass over all the policies would give them.
+    pub fn merge(&mut self, other: PortTables) {
+        let mut id = Vec::with_capacity(other.tables.len());
+        for mut t in other.tables.into_items() {
+            for v in &mut t.values {
+                if let PortValue::Sport(s) = v {
+                    *s = id[*s as usize];
+                }
+            }
+            id.push(self.intern(t));
         }
-        let id = self.tables.len() as u32;
-        self.index.insert(t.clone(), id);
-        self.tables.push(t);
-        id
+        for (list, t) in other.sport_tables {
+            self.sport_tables.entry(list).or_insert(id[t as usize]);
+        }
+        self.policies.extend(other.policies.into_iter().map(|p| p.map(|t| t.map(|t| id[t as usize]))));
+    }
+
+    fn intern(&mut self, t: PortTable) -> u32 {
+        self.tables.intern(t)
+    }
+
+    /// The tables by id.
+    pub fn tables(&self) -> &[PortTable] {
+        self.tables.items()
+    }
+
+    pub fn into_tables(self) -> Vec<PortTable> {
+        self.tables.into_items()
     }
 }
 
@@ -180,10 +209,10 @@ mod tests {
 
     /// The slot (with the deny bit as in the image) for (dport, sport).
     fn lookup(t: &PortTables, table: u32, dport: u16, sport: u16) -> Option<(u32, bool)> {
-        match t.tables[table as usize].get(dport) {
+        match t.tables()[table as usize].get(dport) {
             PortValue::NoFlow => None,
             PortValue::Flow { slot, deny } => Some((slot, deny)),
-            PortValue::Sport(s) => match t.tables[s as usize].get(sport) {
+            PortValue::Sport(s) => match t.tables()[s as usize].get(sport) {
                 PortValue::Flow { slot, deny } => Some((slot, deny)),
                 _ => None,
             },
