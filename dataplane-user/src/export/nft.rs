@@ -112,29 +112,21 @@ fn quote(s: &str) -> String {
 }
 
 /// One rule for a group of flows with the same roles, protocol, source ports and action.
-struct Group {
-    from: usize,
-    to: usize,
-    proto: u8,
-    sport: Ranges,
-    deny: bool,
-    dport: Vec<(u16, u16)>,
-    ids: Vec<String>,
-    slots: usize,
+pub struct Group {
+    pub from: usize,
+    pub to: usize,
+    pub proto: u8,
+    pub sport: Ranges,
+    pub deny: bool,
+    pub dport: Vec<(u16, u16)>,
+    pub ids: Vec<String>,
+    pub slots: usize,
 }
 
-/// Renders the ruleset. Layout of the chain (hook prerouting, priority raw = -300):
-///
-/// 1. traffic from interfaces the dataplane does not enforce on passes;
-/// 2. a destination outside the protected sets: unprotected (pass, or drop per site);
-/// 3. ICMP control (errors, neighbour discovery, echo per `icmp-echo`) passes; errors are then
-///    judged after conntrack, in chain `icmp_errors` (only `related` ones pass);
-///    any other protocol than TCP and UDP (other ICMP included) is dropped;
-/// 4. deny flows (drop), then allow flows (accept), in slot order;
-/// 5. the rest is dropped (`no_flow`).
-pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
-    let t = ident(&o.table);
-    // Group flows: deny groups first, both in slot order of their first flow.
+/// The flows of `p` as rules: flows with the same roles, protocol, source ports and action in
+/// one group (flows with no port left out), destination ports normalized; deny groups first,
+/// both in slot order of their first flow.
+pub fn groups(p: &Policy) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<(usize, usize, u8, Ranges, bool), usize> = HashMap::new();
     for f in &p.flows {
@@ -170,6 +162,21 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
         g.dport = policy::ports::normalize(std::mem::take(&mut g.dport));
     }
     groups.sort_by_key(|g| !g.deny); // stable: deny groups first, slot order kept
+    groups
+}
+
+/// Renders the ruleset. Layout of the chain (hook prerouting, priority raw = -300):
+///
+/// 1. traffic from interfaces the dataplane does not enforce on passes;
+/// 2. a destination outside the protected sets: unprotected (pass, or drop per site);
+/// 3. ICMP control (errors, neighbour discovery, echo per `icmp-echo`) passes; errors are then
+///    judged after conntrack, in chain `icmp_errors` (only `related` ones pass);
+///    any other protocol than TCP and UDP (other ICMP included) is dropped;
+/// 4. deny flows (drop), then allow flows (accept), in slot order;
+/// 5. the rest is dropped (`no_flow`).
+pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
+    let t = ident(&o.table);
+    let groups = groups(p);
 
     // Role sets (per family), only for roles a rule uses.
     let mut set_names: HashMap<usize, String> = HashMap::new();

@@ -17,7 +17,6 @@
 //! A packet that matches no flow is compared with every rule of `dp_flows`: the linear cost that
 //! iptables without ipset has and nftables sets and the XDP tables do not.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use dataplane::policy::{Cidr, Policy};
@@ -32,18 +31,6 @@ pub struct Rules {
     /// Of those, the rules in `dp_flows` (what a packet matching no flow walks through).
     pub flow_rules_v4: usize,
     pub flow_rules_v6: usize,
-}
-
-/// What flows of one rule share: roles, protocol, source ports, action.
-type GroupKey = (usize, usize, u8, Vec<(u16, u16)>, bool);
-
-struct Group {
-    from: usize,
-    to: usize,
-    proto: u8,
-    sport: Vec<(u16, u16)>,
-    deny: bool,
-    dport: Vec<(u16, u16)>,
 }
 
 /// Prefixes of one family with those inside another of the list removed, sorted (as the nft
@@ -110,32 +97,8 @@ fn match_text(proto: &str, ms: [&PortMatch; 2]) -> String {
 }
 
 pub fn render(p: &Policy) -> Rules {
-    let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<GroupKey, usize> = HashMap::new();
-    for f in &p.flows {
-        if f.dport.is_empty() || f.sport.is_empty() {
-            continue;
-        }
-        let key = (f.from, f.to, f.proto, f.sport.clone(), f.deny);
-        match index.get(&key) {
-            Some(&g) => groups[g].dport.extend_from_slice(&f.dport),
-            None => {
-                index.insert(key, groups.len());
-                groups.push(Group {
-                    from: f.from,
-                    to: f.to,
-                    proto: f.proto,
-                    sport: f.sport.clone(),
-                    deny: f.deny,
-                    dport: f.dport.clone(),
-                });
-            }
-        }
-    }
-    for g in &mut groups {
-        g.dport = dataplane::policy::ports::normalize(std::mem::take(&mut g.dport));
-    }
-    groups.sort_by_key(|g| !g.deny);
+    // The nft export's rules, one for one.
+    let groups = dataplane::export::nft::groups(p);
 
     let protected: Vec<Cidr> = p.protected().flat_map(|r| r.cidrs.iter().copied()).collect();
     let mut out = [(String::new(), 0usize, 0usize), (String::new(), 0, 0)];
