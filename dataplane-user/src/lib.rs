@@ -2,11 +2,12 @@
 //!
 //! - [`policy`]: catalogs and sites read, validated and resolved into a [`policy::Policy`].
 //! - [`compile`]: the policy compiled into tables and the policy image the kernel walks.
-//! - [`classify`]: the same walk in userspace (`explain`), and what judges tuples with it
-//!   (`diff`, `suggest`, the lockout guard).
+//! - [`classify`]: the same walk in userspace, the reference evaluation, and the vocabulary of a
+//!   verdict (`explain`'s answers and requests).
 //! - [`kernel`]: the XDP object loaded, its maps, attaching, pins and the state file.
-//! - [`daemon`]: `dataplane run`: enforcing, reloading, watching.
 //! - [`observe`]: counters, `stats`, Prometheus metrics, drop events.
+//! - [`rollout`]: `diff`, `suggest` and the lockout guard, which judge tuples with `classify`.
+//! - [`daemon`]: `dataplane run`: enforcing, reloading, watching.
 //! - [`export`]: the policy as an nftables ruleset.
 //! - [`cli`]: the subcommands; [`lab`]: the built-in lab (namespaces, veth, traffic).
 //!
@@ -21,3 +22,4 @@ pub mod kernel;
 pub mod lab;
 pub mod observe;
 pub mod policy;
+pub mod rollout;

@@ -1,13 +1,13 @@
-//! The lockout guard of `dataplane run` (`dataplane::classify::lockout`): the SSH session's own tuple and
+//! The lockout guard of `dataplane run` (`dataplane::rollout::lockout`): the SSH session's own tuple and
 //! a management flow to every protected role, on the sites under `tests/data/lockout` and on the
 //! real sites under `policies/sites`.
 
 use std::path::{Path, PathBuf};
 
-use dataplane::classify::lockout::{self, check, guard, Lockout, LockoutError, SshSession};
 use dataplane::compile::compile;
 use dataplane::compile::tables::Tables;
 use dataplane::policy::{load_site, load_site_from, Policy};
+use dataplane::rollout::lockout::{self, check, guard, Lockout, LockoutError, SshSession};
 use dataplane_common::Reason;
 
 fn data() -> PathBuf {
@@ -195,7 +195,7 @@ fn protected_role_without_management_flow_is_refused() {
     assert_eq!(prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["10.1.0.30/32"]);
     // The port-22 flow from the jump host is documented but off.
     assert_eq!(hints.len(), 1, "{hints:?}");
-    assert!(hints[0].contains("`lk-db-jump-ssh`") && hints[0].contains("jump-ssh: true"), "{hints:?}");
+    assert!(hints[0].to_string().contains("`lk-db-jump-ssh`") && hints[0].to_string().contains("jump-ssh: true"), "{hints:?}");
     let msg = e.to_string();
     assert!(msg.contains("protected role `db` (10.1.0.30/32) has no management flow"), "{msg}");
     assert!(msg.contains("`management-pc`") && msg.contains("ssh port 22"), "{msg}");
@@ -220,8 +220,8 @@ fn management_turned_off_by_options_is_refused() {
     assert_eq!(unmanaged(&e.problems), ["server"]);
     let Lockout::Unmanaged { hints, .. } = &e.problems[0] else { unreachable!() };
     assert_eq!(hints.len(), 2, "{hints:?}");
-    assert!(hints[0].contains("`lk-admin-ssh`") && hints[0].contains("management-ssh: true"));
-    assert!(hints[1].contains("`lk-admin-https`") && hints[1].contains("web-admin: true"));
+    assert!(hints[0].to_string().contains("`lk-admin-ssh`") && hints[0].to_string().contains("management-ssh: true"));
+    assert!(hints[1].to_string().contains("`lk-admin-https`") && hints[1].to_string().contains("web-admin: true"));
 }
 
 #[test]
@@ -320,8 +320,8 @@ fn user_web_access_is_not_management() {
     assert!(msg.contains("`lk-web-admin`") && msg.contains("web-8443: true"), "{msg}");
     // The management PCs reach web's 443 all the same, credited to the users' flow.
     let d = dataplane::classify::classify(&t, &ssh("10.9.0.7 50123 10.1.0.20 443").packet());
-    assert!(d.allow);
-    assert_eq!(t.flows[d.flow.unwrap()].id, "lk-web-users");
+    assert!(dataplane::classify::Outcome::allows(&d));
+    assert_eq!(t.flows[dataplane::classify::Outcome::flow(&d).unwrap()].id, "lk-web-users");
 }
 
 /// The site skeleton of `deploy/daemonset.yaml` (the `dataplane-site` ConfigMap) compiles with the

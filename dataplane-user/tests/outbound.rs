@@ -7,7 +7,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Decision, Packet};
+use dataplane::classify::{classify_outbound, reference, reference_outbound, verdict, Classifier, Outcome, Probe};
 use dataplane::compile::{compile, compile_with_summary};
 use dataplane::policy::{load_site_from, ConntrackOptions, Policy};
 use dataplane_common::Reason::{self, *};
@@ -19,8 +19,8 @@ const DNS6: &str = "2001:db8:53::53";
 const LDAP: &str = "198.51.100.89";
 const RELAY: &str = "198.51.100.25";
 
-fn pkt(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Packet {
-    Packet {
+fn pkt(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Probe {
+    Probe {
         src: src.parse().expect("address"),
         dst: dst.parse().expect("address"),
         proto,
@@ -60,7 +60,7 @@ fn classify_outbound_packets() {
     let p = common::outbound_policy();
     let t = compile(&p).expect("compiles");
     let cls = Classifier::new_outbound(&t).expect("outbound tables");
-    let cases: &[(Packet, Option<usize>, Reason)] = &[
+    let cases: &[(Probe, Option<usize>, Reason)] = &[
         // Documented: the slot of the outbound flow.
         (pkt(SERVER, DNS, 17, 40000, 53), Some(0), PassFlow),
         (pkt(SERVER6, DNS6, 17, 1024, 53), Some(0), PassFlow),
@@ -91,7 +91,7 @@ fn classify_outbound_packets() {
         (pkt(SERVER, DNS, 47, 0, 0), None, DropNoFlow),
     ];
     for (packet, slot, reason) in cases {
-        let want = Decision { allow: *reason == PassFlow, flow: *slot, reason: *reason };
+        let want = verdict(*reason, *slot);
         assert_eq!(cls.classify_outbound(packet), want, "tables: {packet:?}");
         assert_eq!(classify_outbound(&t, packet), want, "tables: {packet:?}");
         assert_eq!(reference_outbound(&p, packet), want, "reference: {packet:?}");
@@ -108,7 +108,7 @@ fn inbound_unchanged_by_outbound_flows() {
     let t = compile(&p).expect("compiles");
     let cls = Classifier::new(&t);
     let https = pkt("10.0.0.5", SERVER, 6, 40000, 443);
-    assert_eq!(cls.classify(&https).flow, Some(0));
+    assert_eq!(cls.classify(&https).flow(), Some(0));
     assert_eq!(cls.classify(&https).reason, PassFlow);
     // A DNS reply is not an inbound flow: the kernel admits it through connection tracking only.
     let reply = pkt(DNS, SERVER, 17, 53, 40000);
@@ -130,7 +130,7 @@ fn no_outbound_flows_no_outbound_tables() {
     assert!(s.outbound.is_none());
     assert!(Classifier::new_outbound(&t).is_none());
     let d = classify_outbound(&t, &pkt("10.0.0.1", "8.8.8.8", 17, 40000, 53));
-    assert_eq!((d.allow, d.flow, d.reason), (false, None, DropNoFlow));
+    assert_eq!((d.allows(), d.flow(), d.reason), (false, None, DropNoFlow));
     for m in s.maps.iter().filter(|m| m.name.starts_with("OUT_")) {
         assert_eq!((m.entries, m.bytes), (0, 0), "{}", m.name);
     }
@@ -150,9 +150,9 @@ fn flow_between_protected_roles_is_both() {
     let t = compile(&p).expect("compiles");
     let inbound_slot = t.flows.iter().position(|f| f.id == "beta-db");
     let db = pkt(SERVER, "192.0.2.20", 6, 40000, 5432);
-    assert_eq!(Classifier::new(&t).classify(&db).flow, inbound_slot);
-    assert_eq!(classify_outbound(&t, &db).flow, Some(0));
-    assert!(classify_outbound(&t, &db).allow);
+    assert_eq!(Classifier::new(&t).classify(&db).flow(), inbound_slot);
+    assert_eq!(classify_outbound(&t, &db).flow(), Some(0));
+    assert!(classify_outbound(&t, &db).allows());
     // The server's IPv6 address is in `server`, but db has no IPv6 address.
     let db6 = pkt(SERVER6, "2001:db8::20", 6, 40000, 5432);
     assert_eq!(classify_outbound(&t, &db6).reason, DropNoFlow);
@@ -210,7 +210,7 @@ fn real_sites_outbound() {
                     continue;
                 };
                 let packet =
-                    Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
+                    Probe { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
                 let d = cls.classify_outbound(&packet);
                 assert_eq!(d, reference_outbound(&p, &packet), "{packet:?}");
                 assert_ne!(d.reason, DropNoFlow, "{packet:?} matches {}", f.info.id);
@@ -247,7 +247,7 @@ fn synthetic_site_outbound_matches_reference() {
                 (f.sport[0].1, f.dport[0].1),
                 (f.sport[0].0.wrapping_sub(1), f.dport[0].1.wrapping_add(1)),
             ] {
-                let packet = Packet { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
+                let packet = Probe { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
                 assert_eq!(cls.classify_outbound(&packet), reference_outbound(&p, &packet), "{packet:?}");
                 checked += 1;
             }

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Packet};
+use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Probe};
 use dataplane::compile::compile;
 use dataplane::policy::options::When;
 use dataplane::policy::ports::{DportSpec, PortSpec, SportSpec};
@@ -188,12 +188,12 @@ fn addr(v6: bool, h: u8) -> IpAddr {
 
 /// The packet with its source in a CIDR of a flow's `from` role and its destination in a CIDR of
 /// its `to` role (host bits from the spec), when the flow and the family allow it.
-fn aimed(policy: &Policy, ps: &PacketSpec) -> Option<Packet> {
+fn aimed(policy: &Policy, ps: &PacketSpec) -> Option<Probe> {
     aimed_at(policy, &policy.flows, ps)
 }
 
 /// [`aimed`] at one of `flows` (inbound or outbound flows of `policy`).
-fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec) -> Option<Packet> {
+fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec) -> Option<Probe> {
     let f = flows.get(ps.src as usize % flows.len().max(1))?;
     // The spec's family if both roles have it, else the other one.
     let has = |role: usize, v6: bool| policy.roles[role].cidrs.iter().any(|c| c.v6 == v6);
@@ -206,7 +206,7 @@ fn aimed_at(policy: &Policy, flows: &[dataplane::policy::Flow], ps: &PacketSpec)
         let a = c.addr | (bits & if w == 32 { 0xffff_ffff } else { u128::MAX });
         Some(if c.v6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) })
     };
-    Some(Packet {
+    Some(Probe {
         src: pick(f.from, ps.dst)?,
         dst: pick(f.to, ps.dst / 2)?,
         proto: if ps.proto == 6 || ps.proto == 17 { f.proto } else { ps.proto },
@@ -231,7 +231,7 @@ proptest! {
         let tables = compile(&policy).expect("compiles");
         let cls = Classifier::new(&tables);
         for ps in &packets {
-            let p = Packet {
+            let p = Probe {
                 src: addr(ps.v6, ps.src),
                 dst: addr(ps.v6, ps.dst),
                 proto: ps.proto,
@@ -272,7 +272,7 @@ proptest! {
         }
         let cls = Classifier::new_outbound(&tables);
         for ps in &packets {
-            let p = Packet {
+            let p = Probe {
                 src: addr(ps.v6, ps.src),
                 dst: addr(ps.v6, ps.dst),
                 proto: ps.proto,

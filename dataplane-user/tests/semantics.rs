@@ -4,7 +4,7 @@
 
 mod common;
 
-use dataplane::classify::{reference, Classifier, Packet};
+use dataplane::classify::{reference, Classifier, Outcome, Probe};
 use dataplane::compile::compile;
 use dataplane_common::Reason;
 
@@ -106,7 +106,7 @@ fn cases() {
     let cls = Classifier::new(&tables);
     let mut bad = Vec::new();
     for k in CASES {
-        let p = Packet {
+        let p = Probe {
             src: k.src.parse().expect("case address"),
             dst: k.dst.parse().expect("case address"),
             proto: k.proto,
@@ -116,8 +116,8 @@ fn cases() {
             quote: None,
         };
         for (how, d) in [("tables", cls.classify(&p)), ("reference", reference(&policy, &p))] {
-            let got = d.flow.map(|s| tables.flows[s].id.as_str());
-            if got != k.want || d.reason != k.reason || d.allow == k.reason.is_drop() {
+            let got = d.flow().map(|s| tables.flows[s].id.as_str());
+            if got != k.want || d.reason != k.reason || d.allows() == k.reason.is_drop() {
                 bad.push(format!("{how}: {p:?}: want {:?} {:?}, got {got:?} {:?}", k.want, k.reason, d.reason));
             }
         }
@@ -139,7 +139,7 @@ fn icmp_errors_follow_the_quoted_flow() {
         let (src, dst): (std::net::IpAddr, std::net::IpAddr) = (k.src.parse().unwrap(), k.dst.parse().unwrap());
         let router = if dst.is_ipv6() { "2001:db8:ffff::1" } else { "203.0.113.254" }.parse().unwrap();
         let answer = Quote { src: dst, dst: src, proto: k.proto, sport: k.dport, dport: k.sport };
-        let error = |quote: Quote, ty: u8| Packet {
+        let error = |quote: Quote, ty: u8| Probe {
             src: router,
             dst,
             proto: if dst.is_ipv6() { 58 } else { 1 },
@@ -164,7 +164,7 @@ fn icmp_errors_follow_the_quoted_flow() {
             ("quoted sctp", error(other_proto, ty), unrelated),
         ] {
             for (how, d) in [("tables", cls.classify(&p)), ("reference", reference(&policy, &p))] {
-                let got = (d.reason, d.flow.map(|s| tables.flows[s].id.as_str()));
+                let got = (d.reason, d.flow().map(|s| tables.flows[s].id.as_str()));
                 assert_eq!(got, want, "{how}, {what}: {p:?}");
             }
         }
@@ -193,7 +193,7 @@ fn config_flags_from_options() {
     std::fs::write(&site, format!("{}options:\n  unprotected: drop\n", common::GOOD_SITE)).expect("write");
     let policy = dataplane::policy::load_site_from(&site, &dir.join("catalog")).expect("loads");
     let tables = compile(&policy).expect("compiles");
-    let p = Packet {
+    let p = Probe {
         src: "8.8.8.8".parse().unwrap(),
         dst: "9.9.9.9".parse().unwrap(),
         proto: 6,
@@ -203,9 +203,9 @@ fn config_flags_from_options() {
         quote: None,
     };
     let d = Classifier::new(&tables).classify(&p);
-    assert_eq!((d.allow, d.reason), (false, DropUnprotected));
+    assert_eq!((d.allows(), d.reason), (false, DropUnprotected));
     // Echo is denied by default.
-    let p = Packet { dst: "10.0.0.1".parse().unwrap(), proto: 1, ..p };
+    let p = Probe { dst: "10.0.0.1".parse().unwrap(), proto: 1, ..p };
     assert_eq!(Classifier::new(&tables).classify(&p).reason, DropIcmp);
 }
 
@@ -252,7 +252,7 @@ fn synthetic_site_matches_reference() {
         let (src, dst) = (host(&sc, next()), host(&dc, next()));
         let dport = f.dport[(next() % f.dport.len() as u64) as usize].0.wrapping_add((next() % 3) as u16).wrapping_sub(1);
         let sport = if next() % 2 == 0 { 1023 + (next() % 3) as u16 } else { next() as u16 };
-        let p = Packet { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
+        let p = Probe { src, dst, proto: f.proto, sport, dport, icmp_type: None, quote: None };
         let d = cls.classify(&p);
         assert_eq!(d, reference(&policy, &p), "{p:?}");
         *seen.entry(d.reason.name()).or_insert(0) += 1;

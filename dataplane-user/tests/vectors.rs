@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dataplane::classify::Classifier;
-use dataplane::cli::policy::parse_line;
+use dataplane::classify::request::Request;
+use dataplane::classify::{Classifier, Outcome};
 use dataplane::compile::compile;
 use dataplane::policy::{catalog_dir, load_site_from};
 
@@ -65,7 +65,7 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
         let s = |k: &str| case.get(k).map(|v| serde_yaml::to_string(v).unwrap_or_default().trim().to_owned());
         let why = s("why").unwrap_or_default();
         let json = serde_json::to_string(case).unwrap_or_default();
-        let packet = match parse_line(&json) {
+        let packet = match Request::parse(&json).and_then(|r| r.probe()) {
             Ok(p) => p,
             Err(e) => {
                 bad.push(format!("{at}: bad case: {e:#} (why: {why})"));
@@ -73,8 +73,8 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
             }
         };
         let d = cls.classify(&packet);
-        let got_verdict = if d.allow { "allow" } else { "deny" };
-        let got_flow = d.flow.map(|f| tables.flows[f].id.clone());
+        let got_verdict = if d.allows() { "allow" } else { "deny" };
+        let got_flow = d.flow().map(|f| tables.flows[f].id.clone());
         let want_verdict = s("verdict").unwrap_or_default();
         let want_flow = s("flow");
         let want_reason = s("reason");

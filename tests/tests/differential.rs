@@ -12,9 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Instant;
 
-use dataplane::classify::{Classifier, Decision, Packet, Quote};
+use dataplane::classify::{verdict, Classifier, Outcome, Probe, Quote};
 use dataplane::compile::tables::{PortValue, Tables};
 use dataplane::policy::Cidr;
+use dataplane_common::walk::Verdict;
 use dataplane_common::{walk, Reason};
 use dataplane_tests::{
     packet::{FragSpec, Pkt, TPID_8021AD, TPID_8021Q},
@@ -356,8 +357,8 @@ struct Case {
 }
 
 impl Case {
-    fn packet(&self) -> Packet {
-        Packet {
+    fn packet(&self) -> Probe {
+        Probe {
             src: self.src,
             dst: self.dst,
             proto: self.proto,
@@ -441,18 +442,18 @@ fn random_l3_extras(rng: &mut Rng, p: Pkt, max: u64) -> Pkt {
 // ---------------------------------------------------------------------------------------------
 // Comparison.
 
-fn expected(d: &Decision) -> Observed {
+fn expected(d: &Verdict) -> Observed {
     Observed {
-        action: if d.allow { XDP_PASS } else { XDP_DROP },
+        action: if d.allows() { XDP_PASS } else { XDP_DROP },
         reasons: vec![d.reason],
-        flows: d.flow.into_iter().collect(),
+        flows: d.flow().into_iter().collect(),
         // No egress traffic in these tests: no connection is tracked, nothing is a reply.
         reply_flows: vec![],
     }
 }
 
 fn observed(reason: Reason, flow: Option<usize>) -> Observed {
-    expected(&Decision { allow: !reason.is_drop(), flow, reason })
+    expected(&verdict(reason, flow))
 }
 
 /// Runs frames through the kernel and collects mismatches (all of them are reported at the end,
@@ -668,7 +669,7 @@ fn fragments_follow_their_first_fragment() {
             // The first fragment: the verdict of the whole packet.
             let p = extras(&mut rng, case.pkt().frag(frag(0, true, id)));
             c.check(&mut h, "first fragment", &p, &expected(&whole));
-            let recorded = (!whole.reason.is_drop()).then_some(whole.flow);
+            let recorded = (!whole.reason.is_drop()).then_some(whole.flow());
 
             // Later fragments of the same datagram (the last one, and one in the middle).
             for more in [true, false] {

@@ -192,7 +192,7 @@ fn metrics_endpoint_counts_real_traffic() {
         value(&after, "dataplane_flow_packets_total", &[("direction", "in"), ("flow", "vcs-sip-public-in-udp")]),
         stats_flow
     );
-    let no_flow = pinned.reasons.iter().find(|r| r.reason == "no_flow").unwrap();
+    let no_flow = pinned.reasons.iter().find(|r| r.reason == dataplane_common::Reason::DropNoFlow).unwrap();
     assert_eq!(value(&after, "dataplane_packets_total", &[("reason", "no_flow")]), no_flow.packets);
     assert_eq!(value(&after, "dataplane_bytes_total", &[("reason", "no_flow")]), no_flow.bytes);
     let replies: u64 = pinned.outbound.iter().map(|f| f.reply_packets).sum();

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dataplane::classify::{Classifier, Packet};
+use dataplane::classify::{Classifier, Outcome, Probe};
 use dataplane::daemon::{Enforcer, Mode};
 use dataplane::lab::netns::{in_netns, ip, Lab, CLIENT_IF, SERVER_IF};
 use dataplane::policy::{load_site_from, Cidr, Policy};
@@ -111,7 +111,7 @@ fn port_edges(r: &[(u16, u16)]) -> Vec<u16> {
 }
 
 /// The probes for a site: (packet, frame) pairs; ids are assigned when sending.
-fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
+fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Probe> {
     let mut rng = Rng::new(seed);
     let mut out = vec![];
     let cidrs = |r: usize| p.roles[r].cidrs.clone();
@@ -137,7 +137,7 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
                 let dport = if i % 7 == 6 { *rng.pick(&common) } else { *rng.pick(&dports) };
                 // Mostly the flow's protocol; sometimes the other one.
                 let proto = if i % 8 == 7 { 6 + 17 - f.proto } else { f.proto };
-                out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type: None, quote: None });
+                out.push(Probe { src: s, dst: d, proto, sport, dport, icmp_type: None, quote: None });
             }
         }
     }
@@ -169,14 +169,14 @@ fn probes(p: &Policy, seed: u64, n_random: usize) -> Vec<Packet> {
         let sport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
         let dport = if rng.below(2) == 0 { *rng.pick(&common) } else { rng.next() as u16 };
         let (sport, dport) = if proto == 6 || proto == 17 { (sport, dport) } else { (0, 0) };
-        out.push(Packet { src: s, dst: d, proto, sport, dport, icmp_type, quote: None });
+        out.push(Probe { src: s, dst: d, proto, sport, dport, icmp_type, quote: None });
     }
     out.retain(|p| usable(p.src) && usable(p.dst));
     out
 }
 
 /// The frame of probe `id` (IPv4: IP id; IPv6: flow label), TTL 61, valid IPv4 checksum.
-fn frame(p: &Packet, id: u32) -> Vec<u8> {
+fn frame(p: &Probe, id: u32) -> Vec<u8> {
     let pkt = match p.proto {
         6 => Pkt::tcp(p.src, p.dst, p.sport, p.dport),
         17 => Pkt::udp(p.src, p.dst, p.sport, p.dport),
@@ -282,7 +282,7 @@ fn send_all(ns: &str, frames: &[Vec<u8>]) {
 }
 
 /// Which probes arrived: one bool per probe.
-fn arrived(lab: &Lab, probes: &[Packet], frames: &[Vec<u8>], ids: &[u32]) -> Vec<bool> {
+fn arrived(lab: &Lab, probes: &[Probe], frames: &[Vec<u8>], ids: &[u32]) -> Vec<bool> {
     nft(&lab.server, &["flush", "set", "inet", "observe", "seen4"], None);
     nft(&lab.server, &["flush", "set", "inet", "observe", "seen6"], None);
     send_all(&lab.client, frames);
@@ -290,7 +290,7 @@ fn arrived(lab: &Lab, probes: &[Packet], frames: &[Vec<u8>], ids: &[u32]) -> Vec
     probes.iter().zip(ids).map(|(p, id)| if p.dst.is_ipv4() { s4.contains(id) } else { s6.contains(id) }).collect()
 }
 
-fn describe(p: &Packet) -> String {
+fn describe(p: &Probe) -> String {
     let proto = match p.proto {
         6 => "tcp".to_string(),
         17 => "udp".to_string(),
@@ -326,7 +326,7 @@ fn run_site(site: &Path, seed: u64) {
         .collect();
     assert!(n4 < 65536 && n6 < (1 << 20));
     let frames: Vec<Vec<u8>> = probes.iter().zip(&ids).map(|(p, &id)| frame(p, id)).collect();
-    let expected: Vec<bool> = probes.iter().map(|p| cls.classify(p).allow).collect();
+    let expected: Vec<bool> = probes.iter().map(|p| cls.classify(p).allows()).collect();
 
     let lab = Lab::new("dpt-nft", &[], &[]).unwrap();
     ip(&["-n", &lab.server, "link", "set", SERVER_IF, "address", SERVER_MAC]).unwrap();

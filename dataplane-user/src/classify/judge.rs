@@ -1,139 +1,72 @@
-//! A policy compiled once and judging tuples the way `explain` does (the same compiler, the same
-//! classifier over the same tables), for `diff` and `suggest`: whatever they claim about a tuple,
-//! `explain` on it agrees.
-
-use std::net::IpAddr;
+//! A policy compiled once and judging tuples the way the kernel does (the same compiler, the same
+//! walk over the same image), both ways: `explain` prints its answers, and `diff` and `suggest`
+//! reason with them, so whatever they claim about a tuple, `explain` on it agrees.
 
 use anyhow::Result;
-use serde::Serialize;
-use serde_json::{json, Value};
-
-use crate::classify::{Classifier, Decision, Packet, IPPROTO_TCP, IPPROTO_UDP};
-use crate::compile::tables::{FlowInfo, Tables};
-use crate::policy::{Flow, Policy};
+use dataplane_common::walk::Verdict;
 use dataplane_common::Reason;
 
-/// Which way a packet goes: to a protected address, or sent by a protected server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dir {
-    In,
-    Out,
-}
-
-impl Dir {
-    pub const BOTH: [Dir; 2] = [Dir::In, Dir::Out];
-
-    /// The flows of this direction.
-    pub fn flows(self, p: &Policy) -> &[Flow] {
-        match self {
-            Dir::In => &p.flows,
-            Dir::Out => &p.out_flows,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dir::In => "inbound",
-            Dir::Out => "outbound",
-        }
-    }
-}
-
-pub use crate::policy::FlowKey as Key;
+use super::verdict::{Answer, Direction, Explained, Outcome, Why};
+use super::{Classifier, Probe};
+use crate::compile::tables::{FlowInfo, Tables};
+use crate::policy::Policy;
 
 /// The compiled tables of a policy and a classifier per direction.
 pub struct Judge {
     pub tables: Tables,
     inbound: Classifier,
+    /// None when no flow starts at a protected role: no connection is tracked.
     outbound: Option<Classifier>,
 }
 
-/// What `explain` answers for a tuple: verdict, credited flow, reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Verdict {
-    pub verdict: &'static str,
-    pub flow: Option<String>,
-    pub reason: &'static str,
-    #[serde(skip)]
-    pub key: Option<Key>,
-}
-
-impl Verdict {
-    pub fn allow(&self) -> bool {
-        self.verdict == "allow"
-    }
-}
-
 impl Judge {
+    /// Compiles `p`.
     pub fn new(p: &Policy) -> Result<Judge> {
-        let tables = crate::compile::compile(p)?;
-        Ok(Judge { inbound: Classifier::new(&tables), outbound: Classifier::new_outbound(&tables), tables })
+        Ok(Judge::of(crate::compile::compile(p)?))
     }
 
-    pub fn decide(&self, dir: Dir, p: &Packet) -> Decision {
+    /// Judges with tables already compiled.
+    pub fn of(tables: Tables) -> Judge {
+        Judge { inbound: Classifier::new(&tables), outbound: Classifier::new_outbound(&tables), tables }
+    }
+
+    /// The walk's verdict on a packet going `dir`.
+    pub fn decide(&self, dir: Direction, p: &Probe) -> Verdict {
         match (dir, &self.outbound) {
-            (Dir::In, _) => self.inbound.classify(p),
-            (Dir::Out, Some(c)) => c.classify_outbound(p),
-            (Dir::Out, None) => Decision::new(Reason::DropNoFlow, None),
+            (Direction::In, _) => self.inbound.classify(p),
+            (Direction::Out, Some(c)) => c.classify_outbound(p),
+            (Direction::Out, None) => Verdict::new(Reason::DropNoFlow),
         }
     }
 
     /// The flow a slot of this direction counts.
-    pub fn info(&self, dir: Dir, slot: Option<usize>) -> Option<&FlowInfo> {
+    pub fn info(&self, dir: Direction, slot: Option<usize>) -> Option<&FlowInfo> {
         let t = match dir {
-            Dir::In => &self.tables,
-            Dir::Out => self.tables.outbound.as_deref()?,
+            Direction::In => &self.tables,
+            Direction::Out => self.tables.outbound.as_deref()?,
         };
         t.flows.get(slot?)
     }
 
-    /// `explain`'s answer (`reason` "outbound" for a tracked outbound connection).
-    pub fn verdict(&self, dir: Dir, p: &Packet) -> Verdict {
-        let d = self.decide(dir, p);
-        let info = self.info(dir, d.flow);
-        Verdict {
-            verdict: if d.allow { "allow" } else { "deny" },
-            flow: info.map(|f| f.id.clone()),
-            reason: if dir == Dir::Out && d.allow { "outbound" } else { d.reason.name() },
-            key: info.map(FlowInfo::key),
+    /// `explain`'s answer (reason `outbound` for a connection an outbound flow documents).
+    pub fn answer(&self, dir: Direction, p: &Probe) -> Answer {
+        self.explain(dir, p).answer
+    }
+
+    /// `explain`'s whole line for a packet.
+    pub fn explain(&self, dir: Direction, p: &Probe) -> Explained<'_> {
+        let v = self.decide(dir, p);
+        let info = self.info(dir, v.flow());
+        let reason = match (dir, v.action()) {
+            (Direction::Out, crate::policy::Action::Allow) => Why::Outbound,
+            _ => Why::Reason(v.reason),
+        };
+        Explained {
+            answer: Answer { verdict: v.action(), flow: info.map(|f| f.id.clone()), reason, key: info.map(FlowInfo::key) },
+            slot: v.flow(),
+            catalog: info.map(|f| f.catalog.as_str()),
+            description: info.map(|f| f.description.as_str()),
+            direction: dir,
         }
     }
-}
-
-pub fn proto_name(p: u8) -> Value {
-    match p {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        1 | 58 => "icmp".into(),
-        n => n.into(),
-    }
-}
-
-/// The tuple as an `explain` input line (`"direction": "out"` for outbound).
-pub fn packet_json(dir: Dir, p: &Packet) -> Value {
-    let mut v = json!({"src": p.src, "dst": p.dst, "proto": proto_name(p.proto)});
-    if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP {
-        v["sport"] = p.sport.into();
-        v["dport"] = p.dport.into();
-    }
-    if dir == Dir::Out {
-        v["direction"] = "out".into();
-    }
-    v
-}
-
-/// `udp 10.0.0.1:40000 -> 10.0.0.2:3478` (`icmp 10.0.0.1 -> 10.0.0.2`).
-pub fn render_packet(p: &Packet) -> String {
-    let proto = match proto_name(p.proto) {
-        Value::String(s) => s,
-        n => format!("proto {n}"),
-    };
-    let ported = p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP;
-    let at = |ip: IpAddr, port: u16| match (ported, ip) {
-        (false, _) => ip.to_string(),
-        (true, IpAddr::V6(a)) => format!("[{a}]:{port}"),
-        (true, IpAddr::V4(a)) => format!("{a}:{port}"),
-    };
-    format!("{proto} {} -> {}", at(p.src, p.sport), at(p.dst, p.dport))
 }

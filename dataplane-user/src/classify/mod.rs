@@ -2,21 +2,23 @@
 //! walk the XDP and tc programs run (`dataplane_common::walk`) over the same policy image the
 //! `POLICY` map holds, so `explain` previews the kernel by construction. [`reference`] and
 //! [`reference_outbound`] evaluate the policy's flows directly, with no table at all: the
-//! property tests compare the walk with them.
+//! property tests compare the walk with them. [`judge`] answers tuples as `explain` does, in the
+//! vocabulary of [`verdict`], for `explain` and the rollout tools; [`request`] is an `explain`
+//! input line.
 
-pub mod diff;
 pub mod judge;
-pub mod lockout;
-pub mod suggest;
+pub mod request;
+pub mod verdict;
 
 use std::net::IpAddr;
 
 use dataplane_common::parse::{self, Frag, L4};
-use dataplane_common::walk::{self, Stateless, NO_SLOT};
+use dataplane_common::walk::{self, Stateless, Verdict};
 use dataplane_common::{Config, Reason};
 
 use crate::compile::tables::Tables;
 use crate::policy::{Flow, Policy};
+pub use verdict::{verdict, Outcome};
 
 pub const IPPROTO_ICMP: u8 = parse::IPPROTO_ICMP;
 pub const IPPROTO_TCP: u8 = parse::IPPROTO_TCP;
@@ -26,8 +28,10 @@ pub const IPPROTO_ICMPV6: u8 = parse::IPPROTO_ICMPV6;
 /// Source port assumed when a packet does not give one: the first IANA ephemeral port.
 pub const DEFAULT_SPORT: u16 = 49152;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Packet {
+/// A packet as `explain`, the lab and the rollout tools describe it: addresses, protocol, ports,
+/// and for ICMP its type and the packet an error quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Probe {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
@@ -41,7 +45,7 @@ pub struct Packet {
 
 /// The start of the packet an ICMP error quotes: one the protected server sent, so `src` is
 /// normally the error's destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Quote {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -50,7 +54,12 @@ pub struct Quote {
     pub dport: u16,
 }
 
-impl Packet {
+impl Probe {
+    /// A TCP or UDP packet.
+    pub fn ported(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Probe {
+        Probe { src, dst, proto, sport, dport, icmp_type: None, quote: None }
+    }
+
     /// The packet as the parser reports a whole (unfragmented) one.
     pub fn parsed(&self) -> parse::Packet {
         let v6 = self.dst.is_ipv6();
@@ -99,21 +108,17 @@ pub fn addr(ip: IpAddr) -> parse::Addr {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub allow: bool,
-    /// The credited flow's slot (index into `Tables::flows`).
-    pub flow: Option<usize>,
-    pub reason: Reason,
-}
-
-impl Decision {
-    pub fn new(reason: Reason, flow: Option<usize>) -> Self {
-        Decision { allow: !reason.is_drop(), flow, reason }
-    }
-
-    pub fn of(v: walk::Verdict) -> Self {
-        Decision::new(v.reason, (v.slot != NO_SLOT).then_some(v.slot as usize))
+impl std::fmt::Display for Probe {
+    /// `udp 10.0.0.1:40000 -> 10.0.0.2:3478` (`icmp 10.0.0.1 -> 10.0.0.2`).
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let ported = self.proto == IPPROTO_TCP || self.proto == IPPROTO_UDP;
+        let at = |ip: IpAddr, port: u16| match (ported, ip) {
+            (false, _) => ip.to_string(),
+            (true, IpAddr::V6(a)) => format!("[{a}]:{port}"),
+            (true, IpAddr::V4(a)) => format!("{a}:{port}"),
+        };
+        let proto = request::ProtoName::of(self.proto);
+        write!(f, "{proto} {} -> {}", at(self.src, self.sport), at(self.dst, self.dport))
     }
 }
 
@@ -134,8 +139,8 @@ impl Classifier {
     }
 
     /// The kernel's verdict on a whole packet arriving at a protected host.
-    pub fn classify(&self, p: &Packet) -> Decision {
-        Decision::of(walk::decide(self.image.as_slice(), &mut Stateless, &self.config, &p.parsed()))
+    pub fn classify(&self, p: &Probe) -> Verdict {
+        walk::decide(self.image.as_slice(), &mut Stateless, &self.config, &p.parsed())
     }
 
     /// Whether the destination is an address of a protected role.
@@ -151,15 +156,15 @@ impl Classifier {
     }
 
     /// The verdict on a packet to an address no protected role holds.
-    pub fn unprotected(&self) -> Decision {
+    pub fn unprotected(&self) -> Verdict {
         let drop = self.config.flags & dataplane_common::CONFIG_DROP_UNPROTECTED != 0;
-        Decision::new(if drop { Reason::DropUnprotected } else { Reason::PassUnprotected }, None)
+        Verdict::new(if drop { Reason::DropUnprotected } else { Reason::PassUnprotected })
     }
 }
 
 /// Classifies one packet through `t` (builds the image each call; use [`Classifier`] for many
 /// packets).
-pub fn classify(t: &Tables, p: &Packet) -> Decision {
+pub fn classify(t: &Tables, p: &Probe) -> Verdict {
     Classifier::new(t).classify(p)
 }
 
@@ -176,20 +181,20 @@ impl Classifier {
     /// its replies admitted), `DropDenyFlow` with the slot of the deny flow that wins, or
     /// `DropNoFlow`. Site switches (`unprotected`, `icmp-echo`) do not apply; anything but TCP
     /// and UDP has no flow.
-    pub fn classify_outbound(&self, p: &Packet) -> Decision {
+    pub fn classify_outbound(&self, p: &Probe) -> Verdict {
         if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
-            return Decision::new(Reason::DropNoFlow, None);
+            return Verdict::new(Reason::DropNoFlow);
         }
-        Decision::of(walk::outbound(self.image.as_slice(), &p.parsed(), p.sport, p.dport))
+        walk::outbound(self.image.as_slice(), &p.parsed(), p.sport, p.dport)
     }
 }
 
 /// Classifies one outbound packet (server -> peer) through `t.outbound`; `DropNoFlow` when there
 /// are no outbound tables. See [`Classifier::classify_outbound`].
-pub fn classify_outbound(t: &Tables, p: &Packet) -> Decision {
+pub fn classify_outbound(t: &Tables, p: &Probe) -> Verdict {
     match Classifier::new_outbound(t) {
         Some(c) => c.classify_outbound(p),
-        None => Decision::new(Reason::DropNoFlow, None),
+        None => Verdict::new(Reason::DropNoFlow),
     }
 }
 
@@ -198,9 +203,9 @@ pub fn classify_outbound(t: &Tables, p: &Packet) -> Decision {
 /// containing the destination, and matches protocol, destination port (the peer's) and source
 /// port (the server's); the first matching deny flow wins (`DropDenyFlow`), else the first
 /// allow flow (`PassFlow`); slots index `out_flows`.
-pub fn reference_outbound(policy: &Policy, p: &Packet) -> Decision {
+pub fn reference_outbound(policy: &Policy, p: &Probe) -> Verdict {
     if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
-        return Decision::new(Reason::DropNoFlow, None);
+        return Verdict::new(Reason::DropNoFlow);
     }
     first_match(policy, &policy.out_flows, p)
 }
@@ -208,12 +213,12 @@ pub fn reference_outbound(policy: &Policy, p: &Packet) -> Decision {
 /// The semantics stated directly over the policy's flows, without tables: the packet is allowed
 /// iff a flow to a protected role containing the destination, from a role containing the source,
 /// matches protocol and ports; the first matching deny flow wins, else the first allow flow.
-pub fn reference(policy: &Policy, p: &Packet) -> Decision {
+pub fn reference(policy: &Policy, p: &Probe) -> Verdict {
     let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
     let protected = policy.roles.iter().enumerate().any(|(i, r)| r.protected && has(i, p.dst));
     if !protected {
         let r = if policy.drop_unprotected { Reason::DropUnprotected } else { Reason::PassUnprotected };
-        return Decision::new(r, None);
+        return Verdict::new(r);
     }
     let v6 = p.dst.is_ipv6();
     if p.proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
@@ -221,25 +226,22 @@ pub fn reference(policy: &Policy, p: &Packet) -> Decision {
         if let (true, Some(q)) = (parse::icmp_error(v6, ty), p.relatable_quote()) {
             // The peer's packet the quoted one answers: an error about it is related.
             let answer =
-                Packet { src: q.dst, dst: p.dst, proto: q.proto, sport: q.dport, dport: q.sport, icmp_type: None, quote: None };
+                Probe { src: q.dst, dst: p.dst, proto: q.proto, sport: q.dport, dport: q.sport, icmp_type: None, quote: None };
             let d = first_match(policy, &policy.flows, &answer);
             let admitted = d.reason == Reason::PassFlow;
-            return Decision::new(
-                if admitted { Reason::PassIcmp } else { Reason::DropIcmpUnrelated },
-                d.flow.filter(|_| admitted),
-            );
+            return verdict(if admitted { Reason::PassIcmp } else { Reason::DropIcmpUnrelated }, d.flow().filter(|_| admitted));
         }
         let flags = if policy.allow_echo { dataplane_common::CONFIG_ALLOW_ECHO } else { 0 };
-        return Decision::new(walk::icmp(v6, ty, flags), None);
+        return Verdict::new(walk::icmp(v6, ty, flags));
     }
     if p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP {
-        return Decision::new(Reason::DropNoFlow, None);
+        return Verdict::new(Reason::DropNoFlow);
     }
     first_match(policy, &policy.flows, p)
 }
 
 /// The first matching deny flow of `flows`, else the first matching allow flow.
-fn first_match(policy: &Policy, flows: &[Flow], p: &Packet) -> Decision {
+fn first_match(policy: &Policy, flows: &[Flow], p: &Probe) -> Verdict {
     let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
     let in_ranges = |r: &[(u16, u16)], x: u16| r.iter().any(|&(a, b)| (a..=b).contains(&x));
     let matching = flows.iter().enumerate().filter(|(_, f)| {
@@ -255,9 +257,9 @@ fn first_match(policy: &Policy, flows: &[Flow], p: &Packet) -> Decision {
         first.get_or_insert(slot);
     }
     match (first_deny, first_allow) {
-        (Some(s), _) => Decision::new(Reason::DropDenyFlow, Some(s)),
-        (None, Some(s)) => Decision::new(Reason::PassFlow, Some(s)),
-        (None, None) => Decision::new(Reason::DropNoFlow, None),
+        (Some(s), _) => verdict(Reason::DropDenyFlow, Some(s)),
+        (None, Some(s)) => verdict(Reason::PassFlow, Some(s)),
+        (None, None) => Verdict::new(Reason::DropNoFlow),
     }
 }
 

@@ -1,18 +1,22 @@
-//! The command line: every subcommand of `dataplane` and where it is carried out. The policy
-//! subcommands ([`policy`]) and `detach` ([`detach`]) live here; the others in the folder of
-//! what they do (daemon, observe, classify, export, lab).
+//! The command line: every subcommand of `dataplane`, its arguments (every clap `Args` struct
+//! lives in this folder, with the groups several share in [`args`]), and which library call
+//! carries it out. Only here do errors become exit codes.
 
+pub mod args;
+pub mod catalogs;
 pub mod detach;
-pub mod policy;
+pub mod explain;
+pub mod export;
+pub mod lab;
+pub mod observe;
+pub mod rollout;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::{
-    classify::{diff, suggest},
-    daemon, export, lab,
-    observe::{events, stats},
-};
+use crate::daemon;
 
 #[derive(Parser)]
 #[command(name = "dataplane", version, about, long_about = None)]
@@ -24,54 +28,67 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// List the policy catalogs (one per source document).
-    Catalogs(policy::CatalogsArgs),
+    Catalogs(catalogs::CatalogsArgs),
     /// List the roles of the catalogs.
-    Roles(policy::RolesArgs),
+    Roles(catalogs::RolesArgs),
     /// List every documented flow.
-    Flows(policy::FlowsArgs),
+    Flows(catalogs::FlowsArgs),
     /// Validate a site and compile it into the map tables; print a summary.
-    Compile(policy::CompileArgs),
+    Compile(catalogs::CompileArgs),
     /// Predict the verdict for packets, through the compiled tables.
-    Explain(policy::ExplainArgs),
+    Explain(explain::ExplainArgs),
     /// What a site changes against the enforced policy: flows, causes, flipping tuples.
     ///
     /// Compares with the policy the running dataplane enforces (its state), or --from FILE.
     /// Exit status 0: the same enforced behaviour, 1: it differs, 2: error.
-    Diff(diff::DiffArgs),
+    Diff(rollout::DiffArgs),
     /// Write the site's inbound policy in another firewall's language (nftables).
     Export(export::ExportArgs),
     /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
     Run(daemon::RunArgs),
     /// Per-flow packets and bytes and drop reasons, read from the pinned maps.
-    Stats(stats::StatsArgs),
+    Stats(observe::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
-    Events(events::EventsArgs),
+    Events(observe::EventsArgs),
     /// What the catalogs say of dropped traffic: the site lines that would admit it.
     ///
     /// Reads drop events (monitor mode or not) and groups them: documented but switched off (an
     /// option), documented but unbound (a role's addresses), forbidden, undocumented.
-    Suggest(suggest::SuggestArgs),
+    Suggest(rollout::SuggestArgs),
     /// Remove what `run --persist`, or a run that was killed, left enforcing.
     Detach(detach::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
     Lab(lab::LabArgs),
 }
 
-/// Runs one subcommand; none runs the lab.
-pub fn dispatch(command: Option<Command>) -> Result<()> {
-    match command.unwrap_or(Command::Lab(lab::LabArgs::default())) {
-        Command::Catalogs(a) => policy::catalogs(a),
-        Command::Roles(a) => policy::roles(a),
-        Command::Flows(a) => policy::flows(a),
-        Command::Compile(a) => policy::compile(a),
-        Command::Explain(a) => policy::explain(a),
-        Command::Diff(a) => diff::exit(a),
-        Command::Export(a) => export::export(a),
-        Command::Run(a) => daemon::run(a),
-        Command::Stats(a) => stats::stats(a),
-        Command::Events(a) => events::events(a),
-        Command::Suggest(a) => suggest::suggest(a),
-        Command::Detach(a) => detach::detach(a),
-        Command::Lab(a) => lab::lab(a),
+/// Runs one subcommand (none runs the lab) and says how the process exits: 0 done, 1 error;
+/// `diff` as diff(1): 0 the same, 1 different, 2 error.
+pub fn run(command: Option<Command>) -> ExitCode {
+    let error_code = if matches!(command, Some(Command::Diff(_))) { 2 } else { 1 };
+    match dispatch(command.unwrap_or(Command::Lab(lab::LabArgs::default()))) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(error_code)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
+    match command {
+        Command::Catalogs(a) => done(catalogs::catalogs(a)),
+        Command::Roles(a) => done(catalogs::roles(a)),
+        Command::Flows(a) => done(catalogs::flows(a)),
+        Command::Compile(a) => done(catalogs::compile(a)),
+        Command::Explain(a) => done(explain::explain(a)),
+        Command::Diff(a) => rollout::diff(a),
+        Command::Export(a) => done(export::export(a)),
+        Command::Run(a) => done(daemon::run(a)),
+        Command::Stats(a) => done(observe::stats(a)),
+        Command::Events(a) => done(observe::events(a)),
+        Command::Suggest(a) => done(rollout::suggest(a)),
+        Command::Detach(a) => done(detach::detach(a)),
+        Command::Lab(a) => done(lab::lab(a)),
     }
 }

@@ -11,7 +11,6 @@ use dataplane_common::{CONFIG_FORWARD, CONFIG_MONITOR};
 
 use super::fault;
 use crate::{
-    classify::lockout,
     compile::{self, slots::StableSlots, tables::Tables},
     kernel::{
         attach::{self, if_index, Attached, Mode},
@@ -21,6 +20,7 @@ use crate::{
         netns, pins, state,
     },
     policy::sources::{Loaded, Sources},
+    rollout::lockout,
 };
 
 /// How `Enforcer::start` runs the policy.

@@ -11,10 +11,10 @@ use super::{
     fault,
 };
 use crate::{
-    classify::diff,
     compile::tables::Tables,
     kernel::load::{self, Object},
     observe::metrics,
+    rollout::diff,
 };
 
 impl Enforcer {

@@ -20,36 +20,23 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use dataplane_common::walk::Verdict;
 
 use crate::{
-    classify,
+    classify::{self, verdict::Action, Outcome},
     daemon::{compile_site, Enforcer, Mode},
     observe::stats::Stats,
 };
 use netns::{Lab, Servers, SERVER_IF};
 
-#[derive(clap::Args)]
-pub struct LabArgs {
-    /// Site to enforce (default: policies/sites/lab.yaml).
-    #[arg(long)]
-    pub site: Option<PathBuf>,
-    /// Rounds of traffic, with the counters printed after each.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-    /// The server behind a gateway: client, gateway and server namespaces, enforcing on the
-    /// gateway (default site: policies/sites/lab-gateway.yaml).
-    #[arg(long)]
-    pub gateway: bool,
-    /// With --gateway: the program on both gateway interfaces, forwarding the allowed packets in
-    /// XDP (`run --forward`).
-    #[arg(long, requires = "gateway")]
-    pub forward: bool,
-}
-
-impl Default for LabArgs {
-    fn default() -> Self {
-        Self { site: None, rounds: 3, gateway: false, forward: false }
-    }
+/// Where the lab's protected server sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// The client and the server joined by a veth pair, enforcing on the server's side.
+    Direct,
+    /// Behind a gateway, enforcing on the gateway; `forward`: on both its interfaces, forwarding
+    /// the allowed packets in XDP (`run --forward`).
+    Gateway { forward: bool },
 }
 
 /// The addresses of one lab: the protected server (IPv4, IPv6), the clients with their roles,
@@ -103,17 +90,19 @@ fn default_site(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/sites")).join(name)
 }
 
-pub fn lab(a: LabArgs) -> Result<()> {
+/// Runs the lab: `site` (default: the lab's own for the topology) for `rounds` of traffic.
+pub fn lab(site: Option<PathBuf>, rounds: u32, topology: Topology) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab creates network namespaces and loads an XDP program: run it as root");
     }
     // Ctrl-C and SIGTERM stop the traffic; the namespaces are then removed on the way out.
     stop_on_signals();
-    let site = a.site.unwrap_or_else(|| default_site(if a.gateway { "lab-gateway.yaml" } else { "lab.yaml" }));
+    let default = if topology == Topology::Direct { "lab.yaml" } else { "lab-gateway.yaml" };
+    let site = site.unwrap_or_else(|| default_site(default));
     println!("lab: compiling {}", site.display());
     let tables = compile_site(&site)?;
-    if a.gateway {
-        return crate::lab::gateway::lab(&site, tables, a.rounds, a.forward);
+    if let Topology::Gateway { forward } = topology {
+        return crate::lab::gateway::lab(&site, tables, rounds, forward);
     }
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
@@ -136,7 +125,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
         tables.flows.len(),
         tables.dir.dst_v4.len() + tables.dir.dst_v6.len()
     );
-    let mismatches = traffic(&Net { client: &lab.client, server: &lab.server, addrs: &DIRECT }, tables, a.rounds)?;
+    let mismatches = traffic(&Net { client: &lab.client, server: &lab.server, addrs: &DIRECT }, tables, rounds)?;
     drop(enforcer);
     println!("\nlab: tearing down namespaces");
     drop(lab);
@@ -197,14 +186,19 @@ fn start_servers(net: &Net) -> Result<Servers> {
     Servers::start(net.server, &tcp, &udp)
 }
 
-struct Probe {
+/// One send of a round, with the verdict `explain` predicts for it.
+struct Trial {
     client: IpAddr,
     role: &'static str,
     proto: u8,
     sport: u16,
     dst: SocketAddr,
     udp_index: Option<usize>,
-    expect: classify::Decision,
+    expect: Verdict,
+}
+
+fn allows(v: &Verdict) -> bool {
+    v.action() == Action::Allow
 }
 
 /// Sends every probe at once (threads), then compares the outcome with the prediction.
@@ -230,9 +224,8 @@ fn run_round(
                     continue;
                 }
                 let sport = 40000 + (round as u16) * 600 + (si * 300 + ci * 30 + i) as u16;
-                let packet =
-                    classify::Packet { src: client, dst: server, proto, sport, dport: port, icmp_type: None, quote: None };
-                probes.push(Probe {
+                let packet = classify::Probe::ported(client, server, proto, sport, port);
+                probes.push(Trial {
                     client,
                     role,
                     proto,
@@ -264,7 +257,7 @@ fn run_round(
 
     // UDP: several clients share a server socket, so compare the total each socket received.
     let mut expected_udp = vec![0u64; servers.udp_received.len()];
-    for p in probes.iter().filter(|p| p.expect.allow) {
+    for p in probes.iter().filter(|p| allows(&p.expect)) {
         if let Some(i) = p.udp_index {
             expected_udp[i] += UDP_BURST as u64;
         }
@@ -274,10 +267,10 @@ fn run_round(
     for p in &probes {
         let got = match p.udp_index {
             None => tcp_results.next().transpose()?.unwrap_or(false),
-            Some(i) => servers.udp_received[i].load(Ordering::Relaxed) - before[i] == expected_udp[i] && p.expect.allow,
+            Some(i) => servers.udp_received[i].load(Ordering::Relaxed) - before[i] == expected_udp[i] && allows(&p.expect),
         };
         let ok = match p.udp_index {
-            None => got == p.expect.allow,
+            None => got == allows(&p.expect),
             Some(i) => servers.udp_received[i].load(Ordering::Relaxed) - before[i] == expected_udp[i],
         };
         if !ok {
@@ -291,14 +284,14 @@ fn run_round(
                 );
             }
         }
-        let flow = p.expect.flow.map(|s| tables.flows[s].id.as_str()).unwrap_or("-");
+        let flow = p.expect.flow().map(|s| tables.flows[s].id.as_str()).unwrap_or("-");
         println!(
             "  {:<12} {:<14} -> {:<5} {:>5}  explain: {:<5} {:<14} {:<34} {}",
             p.client.to_string(),
             p.role,
             if p.proto == 6 { "tcp" } else { "udp" },
             p.dst.port(),
-            if p.expect.allow { "allow" } else { "deny" },
+            p.expect.action(),
             p.expect.reason.name(),
             flow,
             match (ok, got) {
@@ -319,10 +312,10 @@ fn run_outbound(net: &Net, tables: &crate::compile::tables::Tables, round: u32) 
     let mut mismatches = 0;
     for (base, port, what) in OUTBOUND {
         let sport = base + round as u16;
-        let packet = classify::Packet { src: server, dst: dns, proto: 17, sport, dport: port, icmp_type: None, quote: None };
+        let packet = classify::Probe::ported(server, dns, 17, sport, port);
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
-        let tracked = expect.as_ref().is_some_and(|d| d.allow);
-        let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
+        let tracked = expect.as_ref().is_some_and(allows);
+        let flow = expect.and_then(|d| d.flow()).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
         let answered =
             netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
         if answered != tracked {

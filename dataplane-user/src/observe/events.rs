@@ -16,19 +16,6 @@ use crate::{
     policy::Policy,
 };
 
-#[derive(clap::Args)]
-pub struct EventsArgs {
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Stop after this many events (events from before the command started are not shown).
-    #[arg(long, value_name = "N")]
-    pub count: Option<usize>,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
-}
-
 #[derive(Serialize)]
 pub struct Event {
     /// Wall-clock time, seconds since the epoch.
@@ -39,7 +26,9 @@ pub struct Event {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
-    pub reason: &'static str,
+    /// The drop's reason (`?` for a number this version does not know).
+    #[serde(serialize_with = "reason_name")]
+    pub reason: Option<Reason>,
     /// The deny flow that dropped it (`deny_flow`).
     pub flow: Option<String>,
     /// A flow in force to this destination, protocol and port: what the source lacked was the
@@ -47,6 +36,10 @@ pub struct Event {
     pub nearest: Option<String>,
     /// Events the rate limit suppressed on that CPU before this one.
     pub suppressed: u32,
+}
+
+fn reason_name<S: serde::Serializer>(r: &Option<Reason>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.map_or("?", Reason::name))
 }
 
 fn addr(bytes: [u8; 16], v6: bool) -> IpAddr {
@@ -98,14 +91,14 @@ impl Event {
             proto: e.proto,
             sport: e.sport,
             dport: e.dport,
-            reason: reason.map_or("?", Reason::name),
+            reason,
             flow: st.flows.get(e.slot as usize).map(|f| f.id.clone()),
             nearest: policy.and_then(|p| nearest(p, dst, e.proto, e.dport)),
             suppressed: e.suppressed,
         }
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut line = format!(
             "{:.3} {} {} {}:{} -> {}:{} dropped: {}",
             self.time,
@@ -115,7 +108,7 @@ impl Event {
             self.sport,
             self.dst,
             self.dport,
-            self.reason
+            self.reason.map_or("?", Reason::name)
         );
         if let Some(f) = &self.flow {
             line.push_str(&format!(" by {f}"));
@@ -138,19 +131,6 @@ fn proto_name(p: u8) -> String {
         58 => "icmpv6".into(),
         n => format!("proto {n}"),
     }
-}
-
-pub fn events(a: EventsArgs) -> Result<()> {
-    let mut seen = 0;
-    follow(a.timeout.map(Duration::from_secs), |event| {
-        if a.json {
-            println!("{}", serde_json::to_string(event)?);
-        } else {
-            println!("{}", event.render());
-        }
-        seen += 1;
-        Ok(a.count.is_none_or(|n| seen < n))
-    })
 }
 
 /// Follows the drop events of the running dataplane from now on, handing each to `each` until

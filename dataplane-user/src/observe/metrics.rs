@@ -236,8 +236,9 @@ fn families(stats: &Stats, info: &MetricsInfo, policy: &PolicyInfo, mut e: Descr
     let mut packets = Summed::default();
     let mut bytes = Summed::default();
     for r in &stats.reasons {
-        packets.add([("verdict", r.verdict), ("reason", r.reason)], r.packets);
-        bytes.add([("verdict", r.verdict), ("reason", r.reason)], r.bytes);
+        let labels = [("verdict", r.verdict.name()), ("reason", r.reason.name())];
+        packets.add(labels, r.packets);
+        bytes.add(labels, r.bytes);
     }
     family(&mut e, "dataplane_packets", "Packets the program judged, by verdict and reason.", packets.counters())?;
     family(&mut e, "dataplane_bytes", "Bytes the program judged, by verdict and reason.", bytes.counters())?;
@@ -477,11 +478,13 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::verdict::XdpAction;
     use crate::observe::{
         counters::ConntrackStats,
         fill::TableFill,
         stats::{FlowStats, OutboundStats, ReasonStats},
     };
+    use dataplane_common::Reason;
 
     fn flow(id: &str, proto: &str) -> FlowInfo {
         FlowInfo {
@@ -523,7 +526,7 @@ mod tests {
                 FlowStats { flow: flow("weird\"id\\\n", "udp"), packets: 0, bytes: 0 },
             ],
             outbound: vec![OutboundStats { flow: flow("dns", "udp"), packets: 4, bytes: 40, reply_packets: 5, reply_bytes: 50 }],
-            reasons: vec![ReasonStats { verdict: "drop", reason: "no_flow", packets: 7, bytes: 70 }],
+            reasons: vec![ReasonStats { verdict: XdpAction::Drop, reason: Reason::DropNoFlow, packets: 7, bytes: 70 }],
             conntrack: ConntrackStats::new(TableFill::new(1, 1024), TableFill::new(0, 1024), 2, 1, 0),
             fragments: TableFill::new(2048, 8192),
             forward: None,

@@ -7,20 +7,14 @@ use dataplane_common::{Counter, Reason};
 use serde::Serialize;
 
 use crate::{
+    classify::verdict::{serialize_reason, XdpAction},
     compile::tables::FlowInfo,
-    kernel::{maps::MAP_FRAGS, pins, state},
+    kernel::{maps::MAP_FRAGS, pins},
     observe::{
         counters::{self, ConntrackStats, Counters},
         fill::TableFill,
     },
 };
-
-#[derive(clap::Args, Default)]
-pub struct StatsArgs {
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Serialize)]
 pub struct Stats {
@@ -61,8 +55,9 @@ pub struct OutboundStats {
 
 #[derive(Serialize)]
 pub struct ReasonStats {
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    pub verdict: XdpAction,
+    #[serde(serialize_with = "serialize_reason")]
+    pub reason: Reason,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -98,12 +93,7 @@ impl Stats {
             reasons: Reason::ALL
                 .iter()
                 .zip(&c.reasons)
-                .map(|(r, c)| ReasonStats {
-                    verdict: if r.is_drop() { "drop" } else { "pass" },
-                    reason: r.name(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                })
+                .map(|(r, c)| ReasonStats { verdict: XdpAction::of(*r), reason: *r, packets: c.packets, bytes: c.bytes })
                 .collect(),
             conntrack: ConntrackStats::read_pinned()?,
             fragments: TableFill::read_pinned(MAP_FRAGS)?,
@@ -170,20 +160,8 @@ impl Stats {
         }
         out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", "VERDICT", "REASON", "PACKETS", "BYTES"));
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
-            out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", r.verdict, r.reason, r.packets, r.bytes));
+            out.push_str(&format!("{:<8} {:<22} {:>10} {:>12}\n", r.verdict, r.reason.name(), r.packets, r.bytes));
         }
         out
     }
-}
-
-pub fn stats(a: StatsArgs) -> Result<()> {
-    let st = state::State::read()?;
-    let mut report = Stats::read_pinned(&st.flows, &st.outbound)?;
-    report.monitor = st.monitor;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render());
-    }
-    Ok(())
 }

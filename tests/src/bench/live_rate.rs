@@ -32,7 +32,7 @@ use aya::{
     Ebpf,
 };
 use dataplane::{
-    classify,
+    classify::{self, Outcome},
     daemon::compile_site,
     kernel::load,
     lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
@@ -327,7 +327,7 @@ fn report(figures: &[Figure], (alone, floor_alone): (f64, f64)) {
 /// the random ones, every allowed address), by the classifier the kernel runs.
 fn check_floods(c: &classify::Classifier) -> Result<()> {
     let mut rng = Rng::new(13);
-    let packet = |src: u32, sport: u16| classify::Packet {
+    let packet = |src: u32, sport: u16| classify::Probe {
         src: IpAddr::V4(Ipv4Addr::from(src)),
         dst: IpAddr::V4(SERVER),
         proto: 17,
@@ -339,17 +339,17 @@ fn check_floods(c: &classify::Classifier) -> Result<()> {
     let sport = |r: u64| (r as u16) | 1024;
     for _ in 0..2000 {
         let p = packet(u32::from(DENY.0) + (rng.next() as u32 & DENY.1), sport(rng.next()));
-        if c.classify(&p).allow {
+        if c.classify(&p).allows() {
             bail!("the denied flood would pass {p:?}");
         }
     }
-    if c.classify(&packet(u32::from(DENY.0) + 1, 40000)).allow {
+    if c.classify(&packet(u32::from(DENY.0) + 1, 40000)).allows() {
         bail!("the one-frame flood would pass");
     }
     for a in 0..=ALLOW.1 {
         for _ in 0..200 {
             let p = packet(u32::from(ALLOW.0) + a, sport(rng.next()));
-            if !c.classify(&p).allow {
+            if !c.classify(&p).allows() {
                 bail!("the allowed flood would drop {p:?}: {:?}", c.classify(&p).reason);
             }
         }

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::{classify, compile, compile::tables::Tables, kernel::load, policy::Policy};
+use dataplane::{classify, classify::Outcome, compile, compile::tables::Tables, kernel::load, policy::Policy};
 use dataplane_common::{CacheKeyV4, CacheKeyV6, Reason};
 use dataplane_tests::packet::Pkt;
 
@@ -341,7 +341,7 @@ fn run_verdict(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<u32>
     Ok(load::program_named(ebpf, program)?.test_run(opts)?.return_value)
 }
 
-fn build(p: &classify::Packet) -> Vec<u8> {
+fn build(p: &classify::Probe) -> Vec<u8> {
     match p.proto {
         6 => Pkt::tcp(p.src, p.dst, p.sport, p.dport).build(),
         _ => Pkt::udp(p.src, p.dst, p.sport, p.dport).build(),
@@ -362,7 +362,7 @@ fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(Stri
         if let Some(sp) = find_allowed(policy, &policy.flows, &c, v6, true, |c, p| c.classify(p)) {
             out.push((format!("allow {fam} (source port)"), build(&sp)));
         }
-        let denied = |p: &classify::Packet| !c.classify(p).allow;
+        let denied = |p: &classify::Probe| !c.classify(p).allows();
         if let Some(closed) = closed_port(&c, &allow) {
             out.push((format!("deny {fam} closed port"), build(&closed)));
         }
@@ -371,7 +371,7 @@ fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(Stri
         let wrong = role_addrs(policy, v6).into_iter().find_map(|src| {
             open_ports
                 .iter()
-                .map(|&(proto, dport)| classify::Packet { src, proto, dport, sport: 40000, ..allow })
+                .map(|&(proto, dport)| classify::Probe { src, proto, dport, sport: 40000, ..allow })
                 .find(|p| denied(p) && c.classify(p).reason == Reason::DropNoFlow)
         });
         if let Some(w) = wrong {
@@ -380,7 +380,7 @@ fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(Stri
         let stranger: IpAddr = if v6 { "2001:db8:ffff::77".parse()? } else { "198.18.77.77".parse()? };
         let random = open_ports
             .iter()
-            .map(|&(proto, dport)| classify::Packet { src: stranger, proto, dport, sport: 40000, ..allow })
+            .map(|&(proto, dport)| classify::Probe { src: stranger, proto, dport, sport: 40000, ..allow })
             .find(|p| denied(p));
         if let Some(r) = random {
             out.push((format!("deny {fam} random source"), build(&r)));
@@ -401,8 +401,8 @@ fn sample_packets(policy: &Policy, t: &Tables, extras: bool) -> Result<Vec<(Stri
 }
 
 /// A port of the packet's protocol that no flow names (the port filter alone drops it).
-fn closed_port(c: &classify::Classifier, p: &classify::Packet) -> Option<classify::Packet> {
-    (1..=65535u16).rev().find(|&d| !c.port_named(p.proto, d)).map(|dport| classify::Packet { dport, ..*p })
+fn closed_port(c: &classify::Classifier, p: &classify::Probe) -> Option<classify::Probe> {
+    (1..=65535u16).rev().find(|&d| !c.port_named(p.proto, d)).map(|dport| classify::Probe { dport, ..*p })
 }
 
 /// The first address of every bound role of the family, and one past it.
@@ -455,16 +455,16 @@ fn find_allowed(
     c: &classify::Classifier,
     v6: bool,
     sport_only: bool,
-    judge: impl Fn(&classify::Classifier, &classify::Packet) -> classify::Decision,
-) -> Option<classify::Packet> {
+    judge: impl Fn(&classify::Classifier, &classify::Probe) -> dataplane_common::walk::Verdict,
+) -> Option<classify::Probe> {
     let first = |role: usize| policy.roles[role].cidrs.iter().find(|c| c.v6 == v6).map(|c| c.addr);
     let to_ip =
         |a: u128| if v6 { IpAddr::from(std::net::Ipv6Addr::from(a)) } else { IpAddr::from(std::net::Ipv4Addr::from(a as u32)) };
     flows.iter().filter(|f| !f.deny && (!sport_only || f.sport != [(0, u16::MAX)])).find_map(|f| {
         let (src, dst) = (to_ip(first(f.from)?), to_ip(first(f.to)?));
         let p =
-            classify::Packet { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
-        judge(c, &p).allow.then_some(p)
+            classify::Probe { src, dst, proto: f.proto, sport: f.sport[0].0, dport: f.dport[0].0, icmp_type: None, quote: None };
+        judge(c, &p).allows().then_some(p)
     })
 }
 

@@ -30,15 +30,22 @@
 //! `run` calls [`guard`] (or [`check`]) after compiling and before attaching; `--force`
 //! overrides.
 
+//!
+//! It reads the SSH session ([`ssh`]), concludes here, and words its refusals in `render`.
+
+mod render;
+pub mod ssh;
+
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use dataplane_common::walk::Verdict;
 use dataplane_common::Reason;
 
-use crate::classify::{Classifier, Decision, Packet, IPPROTO_TCP};
+use crate::classify::{Classifier, Outcome, Probe, IPPROTO_TCP};
 use crate::compile::tables::Tables;
-use crate::policy::{Cidr, Flow, Policy, Proto};
+use crate::policy::{Action, Cidr, Flow, Policy, Proto};
+pub use ssh::{ssh_session_from_env, SshSession};
 
 /// The role id the catalogs give the administrators' workstations.
 pub const MANAGEMENT_ROLE: &str = "management-pc";
@@ -48,76 +55,6 @@ pub const SSH_PORT: u16 = 22;
 const PROBE_DPORTS: [u16; 3] = [22, 443, 80];
 /// Source port of the probes (an ephemeral port), when the flow's source ports allow it.
 const PROBE_SPORT: u16 = 50000;
-
-/// An SSH connection as `SSH_CONNECTION` describes it: "client_ip client_port server_ip
-/// server_port".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SshSession {
-    pub client: IpAddr,
-    pub client_port: u16,
-    pub server: IpAddr,
-    pub server_port: u16,
-}
-
-/// An address as sshd writes it: IPv6 may carry a zone (`fe80::1%eth0`) or be IPv4-mapped.
-fn parse_addr(s: &str) -> Option<IpAddr> {
-    let s = s.split('%').next()?;
-    let s = s.trim_start_matches('[').trim_end_matches(']');
-    match s.parse::<IpAddr>().ok()? {
-        IpAddr::V6(a) => Some(match a.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(a),
-        }),
-        a => Some(a),
-    }
-}
-
-impl SshSession {
-    /// Parses the value of `SSH_CONNECTION`; None when it is not four fields of the right kinds.
-    pub fn parse(s: &str) -> Option<SshSession> {
-        let f: Vec<&str> = s.split_whitespace().collect();
-        let [client, cport, server, sport] = f.as_slice() else {
-            return None;
-        };
-        let (client, server) = (parse_addr(client)?, parse_addr(server)?);
-        if client.is_ipv4() != server.is_ipv4() {
-            return None;
-        }
-        Some(SshSession { client, client_port: cport.parse().ok()?, server, server_port: sport.parse().ok()? })
-    }
-
-    /// The packet the client sends to the server: what the XDP program sees of the session.
-    pub fn packet(&self) -> Packet {
-        Packet {
-            src: self.client,
-            dst: self.server,
-            proto: IPPROTO_TCP,
-            sport: self.client_port,
-            dport: self.server_port,
-            icmp_type: None,
-            quote: None,
-        }
-    }
-}
-
-fn sockaddr(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-impl fmt::Display for SshSession {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} -> {} tcp", sockaddr(self.client, self.client_port), sockaddr(self.server, self.server_port))
-    }
-}
-
-/// The SSH session this process runs over, from `SSH_CONNECTION`; None outside SSH or when the
-/// variable is malformed.
-pub fn ssh_session_from_env() -> Option<SshSession> {
-    std::env::var("SSH_CONNECTION").ok().and_then(|s| SshSession::parse(&s))
-}
 
 /// One reason to refuse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,52 +72,35 @@ pub enum Lockout {
     Unmanaged {
         role: String,
         prefixes: Vec<Cidr>,
-        /// Why the catalog's management flows to the role do not help, one line each.
-        hints: Vec<String>,
+        /// Why the catalog's management flows to the role do not help, one each.
+        hints: Vec<Hint>,
     },
 }
 
-impl fmt::Display for Lockout {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Lockout::SshSession { session, protected, reason, deny_flow } => {
-                write!(f, "the SSH session this runs over ({session}, from SSH_CONNECTION) would be dropped: ")?;
-                match (reason, deny_flow, protected) {
-                    (Reason::DropDenyFlow, Some(id), _) => {
-                        write!(f, "{} is protected and deny flow `{id}` forbids it", session.server)
-                    }
-                    (Reason::DropNoFlow, _, true) => write!(
-                        f,
-                        "{} is protected and no flow of the site allows tcp port {} from {}",
-                        session.server, session.server_port, session.client
-                    ),
-                    (Reason::DropUnprotected, _, _) => write!(
-                        f,
-                        "{} is not protected and the site drops unprotected traffic (unprotected: drop)",
-                        session.server
-                    ),
-                    (r, _, _) => write!(f, "verdict {}", r.name()),
-                }
-            }
-            Lockout::Unmanaged { role, prefixes, hints } => {
-                let p: Vec<String> = prefixes.iter().map(Cidr::to_string).collect();
-                write!(
-                    f,
-                    "protected role `{role}` ({}) has no management flow: no allowed TCP flow from \
-                     `{MANAGEMENT_ROLE}` (any port), nor to ssh port {SSH_PORT} (from any role), \
-                     reaches its addresses",
-                    p.join(", ")
-                )?;
-                if hints.is_empty() {
-                    write!(f, "; its catalogs document no administration access to it from `{MANAGEMENT_ROLE}`")?;
-                }
-                for h in hints {
-                    write!(f, "\n      {h}")?;
-                }
-                Ok(())
-            }
-        }
-    }
+/// A catalog flow a hint is about: `id` (catalog, from -> to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HintFlow {
+    pub id: String,
+    pub catalog: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// Why a catalog's management flow to an unmanaged role does not reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// The site's options do not meet the flow's `when` (each `option: value(s)`).
+    Off { flow: HintFlow, when: Vec<String> },
+    /// The flow's `from` role has no addresses in the site.
+    Unbound { flow: HintFlow, role: String },
+    /// The `from` role has no address of the protected role's IP version.
+    NoFamily { flow: HintFlow, from: String, role: String },
+    /// A deny flow ("id (catalog)") wins over it.
+    Shadowed { flow: HintFlow, deny: String },
+    /// Its packets are counted on another flow, which is not a management flow.
+    Credited { flow: HintFlow, other: String },
+    /// The compiled tables drop its packets for this reason.
+    Dropped { flow: HintFlow, reason: Reason },
 }
 
 /// Why `run` refuses a site: every [`Lockout`] found.
@@ -188,20 +108,6 @@ impl fmt::Display for Lockout {
 pub struct LockoutError {
     pub site: String,
     pub problems: Vec<Lockout>,
-}
-
-impl fmt::Display for LockoutError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        writeln!(f, "refusing to enforce site `{}`: it would lock the administrators out", self.site)?;
-        for p in &self.problems {
-            writeln!(f, "  - {p}")?;
-        }
-        write!(
-            f,
-            "fix the site (bind `{MANAGEMENT_ROLE}`, turn on a management option, allow the session), \
-             or pass --force to enforce it anyway"
-        )
-    }
 }
 
 impl std::error::Error for LockoutError {}
@@ -237,24 +143,16 @@ fn slot_name(tables: &Tables, slot: Option<usize>) -> Option<String> {
 
 /// The probes of management flow `f` towards `role`: the first one admitted and credited to a
 /// management flow, else the decision of the last one tried (None: nothing to probe, e.g. `from` has no address of the family).
-fn probe(policy: &Policy, c: &Classifier, f: &Flow, role: usize) -> Option<Result<Packet, Decision>> {
+fn probe(policy: &Policy, c: &Classifier, f: &Flow, role: usize) -> Option<Result<Probe, Verdict>> {
     let dport = pick(&f.dport, &PROBE_DPORTS)?;
     let sport = pick(&f.sport, &[PROBE_SPORT])?;
     let mut last = None;
     for dst in &policy.roles[role].cidrs {
         for src in policy.roles[f.from].cidrs.iter().filter(|s| s.v6 == dst.v6) {
-            let p = Packet {
-                src: first_addr(src),
-                dst: first_addr(dst),
-                proto: IPPROTO_TCP,
-                sport,
-                dport,
-                icmp_type: None,
-                quote: None,
-            };
+            let p = Probe::ported(first_addr(src), first_addr(dst), IPPROTO_TCP, sport, dport);
             let d = c.classify(&p);
             // Admitted as management: a flow that serves users on the same port does not count.
-            if d.allow && d.flow.is_some_and(|s| is_management(policy, &policy.flows[s])) {
+            if d.action() == Action::Allow && d.flow().is_some_and(|s| is_management(policy, &policy.flows[s])) {
                 return Some(Ok(p));
             }
             last = Some(Err(d));
@@ -295,7 +193,7 @@ impl<'a> Hints<'a> {
         let mut to_role: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
         for (ci, cat) in policy.catalogs.iter().enumerate() {
             for (fi, fd) in cat.flows.iter().enumerate() {
-                if fd.action == crate::policy::Action::Allow && fd.protocols.contains(&Proto::Tcp) {
+                if fd.action == Action::Allow && fd.protocols.contains(&Proto::Tcp) {
                     to_role.entry(fd.to.as_str()).or_default().push((ci, fi));
                 }
             }
@@ -305,7 +203,7 @@ impl<'a> Hints<'a> {
 
     /// Why no management flow reaches `role`: the catalogs' TCP allow management flows to it or
     /// to a role covering it (in catalog order), each with why it does not help.
-    fn of(&self, role: usize) -> Vec<String> {
+    fn of(&self, role: usize) -> Vec<Hint> {
         let (policy, tables, c) = (self.policy, self.tables, self.c);
         let mut flows: Vec<(usize, usize)> =
             covering_roles(policy, role).iter().filter_map(|t| self.to_role.get(t)).flatten().copied().collect();
@@ -323,6 +221,7 @@ impl<'a> Hints<'a> {
             if !management || !seen.insert(fd.id.clone()) {
                 continue;
             }
+            let flow = HintFlow { id: fd.id.clone(), catalog: cat.name.clone(), from: fd.from.clone(), to: fd.to.clone() };
             let Some(f) = resolved else {
                 let when: Vec<String> = fd
                     .when
@@ -333,41 +232,21 @@ impl<'a> Hints<'a> {
                         many => format!("{name}: [{}]", many.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")),
                     })
                     .collect();
-                out.push(format!(
-                    "`{}` ({}, {} -> {}) is off: the site's options do not meet its condition ({})",
-                    fd.id,
-                    cat.name,
-                    fd.from,
-                    fd.to,
-                    when.join(", ")
-                ));
+                out.push(Hint::Off { flow, when });
                 continue;
             };
             let from = &policy.roles[f.from];
             if from.cidrs.is_empty() {
-                out.push(format!(
-                    "`{}` ({}, {} -> {}) is on, but role `{}` has no addresses in the site: bind it under `roles:`",
-                    fd.id, cat.name, fd.from, fd.to, from.id
-                ));
+                out.push(Hint::Unbound { flow, role: from.id.clone() });
                 continue;
             }
             match probe(policy, c, f, role) {
-                None => out.push(format!(
-                    "`{}` ({}, {} -> {}): role `{}` has no address of the same IP version as `{}`",
-                    fd.id, cat.name, fd.from, fd.to, from.id, policy.roles[role].id
-                )),
-                Some(Err(d)) => {
-                    let why = match slot_name(tables, d.flow) {
-                        Some(deny) if d.reason == Reason::DropDenyFlow => {
-                            format!("deny flow `{deny}` shadows it")
-                        }
-                        Some(other) if d.allow => {
-                            format!("its packets are credited to `{other}`, not a management flow")
-                        }
-                        _ => format!("the compiled tables drop it ({})", d.reason.name()),
-                    };
-                    out.push(format!("`{}` ({}, {} -> {}) is on, but {why}", fd.id, cat.name, fd.from, fd.to));
-                }
+                None => out.push(Hint::NoFamily { flow, from: from.id.clone(), role: policy.roles[role].id.clone() }),
+                Some(Err(d)) => out.push(match slot_name(tables, d.flow()) {
+                    Some(deny) if d.reason == Reason::DropDenyFlow => Hint::Shadowed { flow, deny },
+                    Some(other) if d.action() == Action::Allow => Hint::Credited { flow, other },
+                    _ => Hint::Dropped { flow, reason: d.reason },
+                }),
                 Some(Ok(_)) => {}
             }
         }
@@ -376,7 +255,7 @@ impl<'a> Hints<'a> {
 }
 
 /// The management flow (slot in `policy.flows`) and packet that reach protected role `role`.
-pub fn management_path(policy: &Policy, tables: &Tables, role: usize) -> Option<(usize, Packet)> {
+pub fn management_path(policy: &Policy, tables: &Tables, role: usize) -> Option<(usize, Probe)> {
     management_path_with(policy, &Classifier::new(tables), &management_flows(policy), role)
 }
 
@@ -385,7 +264,7 @@ fn management_flows(policy: &Policy) -> Vec<usize> {
     policy.flows.iter().enumerate().filter(|(_, f)| is_management(policy, f)).map(|(slot, _)| slot).collect()
 }
 
-fn management_path_with(policy: &Policy, c: &Classifier, mgmt: &[usize], role: usize) -> Option<(usize, Packet)> {
+fn management_path_with(policy: &Policy, c: &Classifier, mgmt: &[usize], role: usize) -> Option<(usize, Probe)> {
     mgmt.iter().find_map(|&slot| match probe(policy, c, &policy.flows[slot], role) {
         Some(Ok(p)) => Some((slot, p)),
         _ => None,
@@ -400,13 +279,13 @@ pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Resu
     let mut problems = Vec::new();
     if let Some(s) = ssh {
         let d = c.classify(&s.packet());
-        if !d.allow {
+        if d.action() == Action::Deny {
             let protected = policy.protected().any(|r| r.cidrs.iter().any(|p| p.contains_ip(s.server)));
             problems.push(Lockout::SshSession {
                 session: *s,
                 protected,
                 reason: d.reason,
-                deny_flow: slot_name(tables, d.flow).filter(|_| d.reason == Reason::DropDenyFlow),
+                deny_flow: slot_name(tables, d.flow()).filter(|_| d.reason == Reason::DropDenyFlow),
             });
         }
     }

@@ -1,0 +1,47 @@
+//! Argument groups several subcommands share, flattened into each (`#[command(flatten)]`), so
+//! that a flag has one spelling and one help text everywhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::policy::sources::Loaded;
+
+/// `--catalog-dir DIR`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CatalogDirArg {
+    /// Catalog directory (default: $DATAPLANE_CATALOG_DIR, <site dir>/../catalog,
+    /// ./policies/catalog, the source tree's).
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+}
+
+/// `--site FILE` and the catalog directory it is read with.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SiteArgs {
+    /// The site file.
+    #[arg(long, value_name = "FILE")]
+    pub site: PathBuf,
+    #[command(flatten)]
+    pub catalogs: CatalogDirArg,
+}
+
+impl SiteArgs {
+    /// Reads and resolves the site (errors name file:line:column and field).
+    pub fn read(&self) -> Result<Loaded> {
+        read_site(&self.site, &self.catalogs)
+    }
+}
+
+/// Reads and resolves `site` with the catalogs of `dir`.
+pub fn read_site(site: &Path, dir: &CatalogDirArg) -> Result<Loaded> {
+    Loaded::read(site, dir.catalog_dir.as_deref())
+}
+
+/// `--state FILE`: the running dataplane's state file.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StateArg {
+    /// The state file of the running dataplane (default /run/dataplane/state.json).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}

@@ -1,0 +1,264 @@
+//! The catalog subcommands: `catalogs`, `roles`, `flows`, and `compile`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::args::{read_site, CatalogDirArg};
+use crate::compile::{compile_with_summary, Summary};
+use crate::policy::ports::format_ranges;
+use crate::policy::{catalog_dir, load_all_catalogs, Catalog, Policy};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct CatalogsArgs {
+    /// Print JSON: [{"name", "path", "document", ...}].
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalogs: CatalogDirArg,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct RolesArgs {
+    /// Print JSON: [{"id", "aliases", "any", ...}].
+    #[arg(long)]
+    pub json: bool,
+    /// Only the roles of this catalog.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[command(flatten)]
+    pub catalogs: CatalogDirArg,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct FlowsArgs {
+    /// Print JSON: every flow with its ports resolved at the options' defaults.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the flows of this catalog.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[command(flatten)]
+    pub catalogs: CatalogDirArg,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct CompileArgs {
+    /// The site file.
+    #[arg(long, value_name = "FILE", required_unless_present = "synthetic")]
+    pub site: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalogs: CatalogDirArg,
+    /// Compile a synthetic site instead: FLOWS:CIDRS[:SEED] (benchmarks).
+    #[arg(long, value_name = "FLOWS:CIDRS[:SEED]", hide = true)]
+    pub synthetic: Option<String>,
+}
+
+fn catalogs_in(dir: Option<&Path>, only: Option<&str>) -> anyhow::Result<Vec<Catalog>> {
+    let dir = catalog_dir(dir, None);
+    let all = load_all_catalogs(&dir)?;
+    match only {
+        None => Ok(all),
+        Some(name) => {
+            let c: Vec<Catalog> = all.into_iter().filter(|c| c.name == name).collect();
+            if c.is_empty() {
+                anyhow::bail!("no catalog `{name}` in {}", dir.display());
+            }
+            Ok(c)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn catalogs(a: CatalogsArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalogs.catalog_dir.as_deref(), None)?;
+    let rows: Vec<Value> = cats
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "path": c.path, "document": c.document, "title": c.title,
+                "roles": c.roles.len(), "flows": c.flows.len(),
+                "options": c.options.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if a.json {
+        return print_json(&rows);
+    }
+    let w = cats.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+    println!("{:w$}  {:>5}  {:>5}  {:30}  TITLE", "NAME", "ROLES", "FLOWS", "DOCUMENT");
+    for c in &cats {
+        println!("{:w$}  {:>5}  {:>5}  {:30}  {}", c.name, c.roles.len(), c.flows.len(), c.document, c.title);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RoleRow {
+    id: String,
+    aliases: Vec<String>,
+    any: bool,
+    description: String,
+    catalogs: Vec<String>,
+}
+
+pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalogs.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let mut rows: Vec<RoleRow> = Vec::new();
+    for c in &cats {
+        for r in &c.roles {
+            let row = match rows.iter_mut().position(|x| x.id == r.id) {
+                Some(i) => &mut rows[i],
+                None => {
+                    let row = RoleRow {
+                        id: r.id.clone(),
+                        aliases: vec![],
+                        any: false,
+                        description: r.description.clone(),
+                        catalogs: vec![],
+                    };
+                    rows.push(row);
+                    rows.last_mut().expect("just pushed")
+                }
+            };
+            row.any |= r.any;
+            row.catalogs.push(c.name.clone());
+            for al in &r.aliases {
+                if !row.aliases.contains(al) {
+                    row.aliases.push(al.clone());
+                }
+            }
+        }
+    }
+    if a.json {
+        return print_json(&rows);
+    }
+    let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    println!("{:w$}  ANY  CATALOGS / ALIASES", "ID");
+    for r in &rows {
+        println!("{:w$}  {:3}  {} / {}", r.id, if r.any { "yes" } else { "" }, r.catalogs.join(","), r.aliases.join("; "));
+    }
+    Ok(())
+}
+
+pub fn flows(a: FlowsArgs) -> anyhow::Result<()> {
+    let cats = catalogs_in(a.catalogs.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let rows: Vec<Value> = cats.iter().flat_map(flow_rows).collect();
+    if a.json {
+        return print_json(&rows);
+    }
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    println!("{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  ACTION", "ID", "FROM", "TO", "PROTO", "SPORT", "DPORT");
+    for r in &rows {
+        let proto = r["protocols"].as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("+"));
+        let mut action = s(r, "action");
+        if !r["included"].as_bool().unwrap_or(true) {
+            action.push_str(" (when)");
+        }
+        println!(
+            "{:40}  {:24}  {:24}  {:7}  {:12}  {:18}  {}",
+            s(r, "id"),
+            s(r, "from"),
+            s(r, "to"),
+            proto.unwrap_or_default(),
+            s(r, "sport"),
+            s(r, "dport"),
+            action
+        );
+    }
+    Ok(())
+}
+
+/// A catalog's flows as JSON, ports resolved at the options' defaults.
+fn flow_rows(c: &Catalog) -> Vec<Value> {
+    let values = c.default_values();
+    c.flows
+        .iter()
+        .map(|f| {
+            let (sport, dport) = (f.sport().resolve(&values), f.dport().resolve(&values));
+            let protocols: Vec<&str> = f.protocols.iter().map(|p| p.name()).collect();
+            serde_json::json!({
+                "id": f.id, "catalog": c.name, "description": f.description,
+                "from": f.from, "to": f.to,
+                "protocol": if protocols.len() == 1 { Value::from(protocols[0]) } else { Value::from(protocols.clone()) },
+                "protocols": protocols,
+                "sport": format_ranges(&sport), "dport": format_ranges(&dport),
+                "sport_ranges": sport, "dport_ranges": dport,
+                "action": f.action.name(),
+                "when": if f.when.0.is_empty() { Value::Null } else { f.when.to_json() },
+                "included": f.when.holds(&values),
+                "document": c.document, "table": f.table, "note": f.note,
+            })
+        })
+        .collect()
+}
+
+pub fn compile(a: CompileArgs) -> anyhow::Result<()> {
+    let policy = match (&a.synthetic, &a.site) {
+        (Some(spec), _) => synthetic_policy(spec)?,
+        (None, Some(site)) => read_site(site, &a.catalogs)?.policy,
+        (None, None) => anyhow::bail!("--site FILE is required"),
+    };
+    let (_, s) = compile_with_summary(&policy)?;
+    if a.json {
+        let v = serde_json::json!({
+            "site": policy.name, "path": policy.path,
+            "catalogs": policy.catalogs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            "summary": s,
+        });
+        return print_json(&v);
+    }
+    print_summary(&policy, &s);
+    Ok(())
+}
+
+fn synthetic_policy(spec: &str) -> anyhow::Result<Policy> {
+    let n: Vec<u64> = spec.split(':').map(str::parse).collect::<Result<_, _>>().context("--synthetic FLOWS:CIDRS[:SEED]")?;
+    match n[..] {
+        [f, c] => Ok(crate::policy::synth::synthetic_site(f as usize, c as usize, 1)),
+        [f, c, seed] => Ok(crate::policy::synth::synthetic_site(f as usize, c as usize, seed)),
+        _ => anyhow::bail!("--synthetic FLOWS:CIDRS[:SEED]"),
+    }
+}
+
+fn print_summary(p: &Policy, s: &Summary) {
+    let cats: Vec<&str> = p.catalogs.iter().map(|c| c.name.as_str()).collect();
+    println!("site {} ({}): catalogs {}", p.name, p.path.display(), cats.join(", "));
+    println!("roles: {} ({} protected)", s.roles, s.protected_roles);
+    println!("flows: {} catalog flows enforced, {} counter slots", s.catalog_flows, s.slots);
+    println!("{}", counts_line("", &s.counts));
+    match &s.outbound {
+        Some(o) => {
+            println!(
+                "outbound: {} catalog flows from protected roles, {} slots, {} peer roles",
+                o.catalog_flows, o.slots, o.peer_roles
+            );
+            println!("{}", counts_line("outbound ", &o.counts));
+        }
+        None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),
+    }
+    println!("connection tracking: {} entries per IP version", s.conntrack_size);
+    println!("{:20} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
+    for m in &s.maps {
+        let note = if m.kind == "percpu_array" { " per CPU" } else { "" };
+        println!("{:20} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
+    }
+    println!("compiled in {:.1} ms", s.elapsed.as_secs_f64() * 1000.0);
+}
+
+/// The classes, tries, policies and port tables of one direction.
+fn counts_line(kind: &str, c: &crate::compile::Counts) -> String {
+    format!(
+        "{kind}destination classes: {}, source tries: {}, policies: {}, port tables: {} ({} of source ports)",
+        c.dst_classes, c.src_tries, c.policies, c.port_tables, c.sport_tables
+    )
+}
