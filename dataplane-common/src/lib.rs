@@ -103,11 +103,12 @@ pub const CONFIG_MONITOR: u32 = 1 << 3;
 /// see `dataplane-ebpf/src/forward.rs`).
 pub const CONFIG_FORWARD: u32 = 1 << 4;
 
-/// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives. Addresses as numbers (see
-/// `parse::Addr`), protocol widened to 32 bits so that the key has no padding to clear.
+/// Key of `FLOW_V4`, the connection-tracking table: the 5-tuple a reply carries as it arrives.
+/// Addresses as numbers (see `parse::Addr`), protocol widened to 32 bits so that the key has no
+/// padding to clear.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKeyV4 {
+pub struct ConnKeyV4 {
     pub src: u32,
     pub dst: u32,
     pub sport: u16,
@@ -115,10 +116,10 @@ pub struct CacheKeyV4 {
     pub proto: u32,
 }
 
-/// Key of `FLOW_V6`: addresses as (high, low) halves.
+/// Key of `FLOW_V6`, the connection-tracking table: addresses as (high, low) halves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKeyV6 {
+pub struct ConnKeyV6 {
     pub src: [u64; 2],
     pub dst: [u64; 2],
     pub sport: u16,
@@ -271,8 +272,8 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RunConfig {}
     unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for CacheKeyV4 {}
-    unsafe impl aya::Pod for CacheKeyV6 {}
+    unsafe impl aya::Pod for ConnKeyV4 {}
+    unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for EventBudget {}
