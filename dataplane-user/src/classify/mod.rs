@@ -12,7 +12,7 @@ pub mod suggest;
 use std::net::IpAddr;
 
 use dataplane_common::parse::{self, Frag, L4};
-use dataplane_common::walk::{self, Stateless, NO_SLOT};
+use dataplane_common::walk::{self, NoMemory, NO_SLOT};
 use dataplane_common::{Config, Reason};
 
 use crate::compile::tables::Tables;
@@ -135,7 +135,7 @@ impl Classifier {
 
     /// The kernel's verdict on a whole packet arriving at a protected host.
     pub fn classify(&self, p: &Packet) -> Decision {
-        Decision::of(walk::decide(self.image.as_slice(), &mut Stateless, &self.config, &p.parsed()))
+        Decision::of(walk::decide(self.image.as_slice(), &mut NoMemory, &self.config, &p.parsed()))
     }
 
     /// Whether the destination is an address of a protected role.
