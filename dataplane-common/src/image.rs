@@ -271,8 +271,23 @@ pub const fn keys_below(w: u64, x: u16) -> u32 {
     ((e >> 16) + (e >> 48) + (o >> 16) + (o >> 48)) as u32 & 7
 }
 
+/// Bitmap words of one protocol in a port filter: one bit per destination port.
+pub const PORT_FILTER_PROTO_WORDS: u32 = 65536 / 64;
 /// Bitmap words of a port filter: 65,536 TCP then 65,536 UDP destination ports.
-pub const PORT_FILTER_WORDS: u32 = 2 * 65536 / 64;
+pub const PORT_FILTER_WORDS: u32 = 2 * PORT_FILTER_PROTO_WORDS;
+
+/// The image word that holds the port filter bit of (`proto`, `dport`) in direction `dir`
+/// (`proto` a [`proto_index`]); the bit in it is [`port_filter_bit`].
+#[inline(always)]
+pub const fn port_filter_word(dir: u32, proto: u32, dport: u16) -> u32 {
+    port_filter(dir) + proto * PORT_FILTER_PROTO_WORDS + (dport as u32 >> 6)
+}
+
+/// The bit of `dport` in its port filter word.
+#[inline(always)]
+pub const fn port_filter_bit(dport: u16) -> u64 {
+    1 << (dport & 63)
+}
 
 /// Index of a protocol in port filters and policy records: TCP 0, UDP 1.
 #[inline(always)]

@@ -237,7 +237,7 @@ pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Verdic
 fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Option<u32> {
     let h = header(dir);
     let proto = proto_index(k.proto);
-    if img.word(port_filter(dir) + (proto << 10) + (k.dport as u32 >> 6))? & (1 << (k.dport & 63)) == 0 {
+    if img.word(port_filter_word(dir, proto, k.dport))? & port_filter_bit(k.dport) == 0 {
         return Some(0);
     }
     let records = img.word(h + H_RECORDS)?;

@@ -145,9 +145,8 @@ impl Classifier {
 
     /// Whether some inbound flow names this protocol and destination port (the port filter).
     pub fn port_named(&self, proto: u8, dport: u16) -> bool {
-        use dataplane_common::image::{port_filter, proto_index, INBOUND};
-        let word = port_filter(INBOUND) as usize + ((proto_index(proto) as usize) << 10) + (dport as usize >> 6);
-        self.image[word] & (1 << (dport & 63)) != 0
+        use dataplane_common::image::{port_filter_bit, port_filter_word, proto_index, INBOUND};
+        self.image[port_filter_word(INBOUND, proto_index(proto), dport) as usize] & port_filter_bit(dport) != 0
     }
 
     /// The verdict on a packet to an address no protected role holds.
