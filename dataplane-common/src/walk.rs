@@ -71,14 +71,17 @@ pub const NO_SLOT: u32 = u32::MAX;
 /// Slot bit: an outbound flow's slot, counted on its replies (`REPLY_FLOWS`).
 pub const REPLY_SLOT: u32 = 1 << 31;
 
+/// What the walk answers for a packet: why it passes or drops, and which flow counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// Pass or drop, and why.
     pub reason: Reason,
     /// The credited flow's slot, [`NO_SLOT`], or an outbound slot with [`REPLY_SLOT`].
     pub slot: u32,
 }
 
 impl Verdict {
+    /// A verdict no flow counts.
     #[inline(always)]
     pub const fn new(reason: Reason) -> Self {
         Verdict { reason, slot: NO_SLOT }
@@ -212,14 +215,20 @@ fn flow_verdict(v: u32) -> Verdict {
 /// packet (or of the one an ICMP error quotes, reversed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Key {
+    /// IPv6 (else IPv4).
     pub v6: bool,
+    /// TCP or UDP.
     pub proto: u8,
+    /// The source address, which the class's source trie maps to a policy.
     pub src: Addr,
+    /// Source port.
     pub sport: u16,
+    /// Destination port.
     pub dport: u16,
 }
 
 impl Key {
+    /// The key of a TCP or UDP packet with these ports.
     #[inline(always)]
     pub fn of(p: &Packet, sport: u16, dport: u16) -> Self {
         Key { v6: p.v6, proto: p.proto, src: p.src, sport, dport }
