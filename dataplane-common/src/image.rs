@@ -1,6 +1,6 @@
 //! The policy image: every table of a compiled policy, both directions, as one array of 64-bit
-//! words (the `POLICY` array map). The controller writes it (`dataplane-user/src/image.rs`), the
-//! walk ([`crate::walk`]) reads it, in the kernel through the map and in userspace from a slice.
+//! words (the `POLICY` array map). The controller writes it (`dataplane-user/src/compile/image.rs`),
+//! the walk ([`crate::walk`]) reads it, in the kernel through the map and in userspace from a slice.
 //!
 //! Only array reads: the verifier inlines every lookup of an array map into a bounds check and
 //! an address computation (a few ns), where a hash lookup costs tens of ns and an LPM-trie walk
