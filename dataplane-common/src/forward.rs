@@ -11,6 +11,7 @@ pub const FWD_STAT_STACK: u32 = 1;
 pub const FWD_STAT_INELIGIBLE: u32 = 2;
 /// Routed out of an interface this run does not know: passed to the stack.
 pub const FWD_STAT_NOT_OURS: u32 = 3;
+/// Slots of `FORWARD_STATS`.
 pub const FWD_STAT_COUNT: u32 = 4;
 
 /// Names of the outcomes, by index, for `stats`.

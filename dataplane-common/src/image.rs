@@ -1,6 +1,6 @@
 //! The policy image: every table of a compiled policy, both directions, as one array of 64-bit
-//! words (the `POLICY` array map). The controller writes it (`dataplane-user/src/image.rs`), the
-//! walk ([`crate::walk`]) reads it, in the kernel through the map and in userspace from a slice.
+//! words (the `POLICY` array map). The controller writes it (`dataplane-user/src/compile/image.rs`),
+//! the walk ([`crate::walk`]) reads it, in the kernel through the map and in userspace from a slice.
 //!
 //! Only array reads: the verifier inlines every lookup of an array map into a bounds check and
 //! an address computation (a few ns), where a hash lookup costs tens of ns and an LPM-trie walk
@@ -44,6 +44,7 @@
 /// lookup), and the rest, for images this large, a page lookup per read. Small sites fit in one.
 /// 2 MiB: within what the kernel allows one array value (KMALLOC_MAX_SIZE, 4 MiB on x86).
 pub const PAGE_WORDS: usize = 1 << 18;
+/// `PAGE_WORDS` as a shift: a word's page is `index >> PAGE_SHIFT`.
 pub const PAGE_SHIFT: u32 = 18;
 
 /// High half of word 0 of every image: the format, so that a program never walks an image of
@@ -80,13 +81,16 @@ pub const fn config_of(w: [u64; SETTINGS_WORDS as usize], run: &crate::RunConfig
     })
 }
 
+/// The direction of arriving packets, to protected servers (the XDP program).
 pub const INBOUND: u32 = 0;
+/// The direction of packets protected servers send (the tc program), whose replies are tracked.
 pub const OUTBOUND: u32 = 1;
 
 /// Header words per direction.
 pub const HEADER_WORDS: u32 = 5;
-/// Offsets within a direction's header.
+/// Offset within a direction's header of the IPv4 destination trie's root entry.
 pub const H_DST_V4: u32 = 0;
+/// Offset of the IPv6 destination trie's root entry.
 pub const H_DST_V6: u32 = 1;
 /// Offset of the destination class records (low half) and of the policy records (high half).
 pub const H_RECORDS: u32 = 2;
@@ -120,9 +124,11 @@ pub const BUCKET_MAX: u32 = 4;
 /// Steps of a walk: one per address byte.
 pub const TRIE_MAX_DEPTH: u32 = 16;
 
-/// Entry tags (bits 62-63).
+/// Entry tag (bits 62-63) of a value: the walk ends with it.
 pub const TAG_VALUE: u64 = 0;
+/// Entry tag of a child node: the walk goes on with the next address byte.
 pub const TAG_NODE: u64 = 1;
+/// Entry tag of a bucket: the walk ends in its few prefixes.
 pub const TAG_BUCKET: u64 = 2;
 /// Only as a trie's root: the bytes every prefix of the trie shares (path compression). Its
 /// record holds them as an address (two words), then their count and the value of an address
@@ -172,6 +178,7 @@ pub const fn skip_meta(bytes: u32, otherwise: u32) -> u64 {
     ((bytes as u64) << 32) | otherwise as u64
 }
 
+/// The `TAG_*` of an entry.
 #[inline(always)]
 pub const fn entry_tag(e: u64) -> u64 {
     e >> TAG_SHIFT
@@ -183,14 +190,15 @@ pub const fn entry_low(e: u64) -> u32 {
     e as u32
 }
 
+/// How many prefixes the bucket of a bucket entry holds.
 #[inline(always)]
 pub const fn bucket_count(e: u64) -> u32 {
     ((e >> 32) & 0xff) as u32
 }
 
-/// Words of one bucket prefix: IPv4 packs address, length and value in one; IPv6 takes the
-/// address in two words and length and value in a third.
+/// Words of one IPv4 bucket prefix: address, length and value packed in one.
 pub const BUCKET_V4_WORDS: u32 = 1;
+/// Words of one IPv6 bucket prefix: the address in two words, length and value in a third.
 pub const BUCKET_V6_WORDS: u32 = 3;
 /// Values a bucket can hold (IPv4 packs them in 26 bits).
 pub const BUCKET_V4_VALUE_BITS: u32 = 26;
@@ -220,8 +228,9 @@ pub const fn policy_record(tcp: u32, udp: u32) -> u64 {
 
 // ---- Port tables -------------------------------------------------------------------------------
 
-/// Keys per B+ tree node word, and children per internal node.
+/// Keys per B+ tree node word: a node is one word.
 pub const RANGE_KEYS: u32 = 4;
+/// Children per internal node: one more than its keys.
 pub const RANGE_FANOUT: u32 = 5;
 /// Levels of a port table at most: 65,536 intervals need 8.
 pub const RANGE_MAX_DEPTH: u32 = 8;
@@ -271,8 +280,23 @@ pub const fn keys_below(w: u64, x: u16) -> u32 {
     ((e >> 16) + (e >> 48) + (o >> 16) + (o >> 48)) as u32 & 7
 }
 
+/// Bitmap words of one protocol in a port filter: one bit per destination port.
+pub const PORT_FILTER_PROTO_WORDS: u32 = 65536 / 64;
 /// Bitmap words of a port filter: 65,536 TCP then 65,536 UDP destination ports.
-pub const PORT_FILTER_WORDS: u32 = 2 * 65536 / 64;
+pub const PORT_FILTER_WORDS: u32 = 2 * PORT_FILTER_PROTO_WORDS;
+
+/// The image word that holds the port filter bit of (`proto`, `dport`) in direction `dir`
+/// (`proto` a [`proto_index`]); the bit in it is [`port_filter_bit`].
+#[inline(always)]
+pub const fn port_filter_word(dir: u32, proto: u32, dport: u16) -> u32 {
+    port_filter(dir) + proto * PORT_FILTER_PROTO_WORDS + (dport as u32 >> 6)
+}
+
+/// The bit of `dport` in its port filter word.
+#[inline(always)]
+pub const fn port_filter_bit(dport: u16) -> u64 {
+    1 << (dport & 63)
+}
 
 /// Index of a protocol in port filters and policy records: TCP 0, UDP 1.
 #[inline(always)]

@@ -10,7 +10,7 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    image, CacheKeyV4, CacheKeyV6, Config, Counter, DropEvent, EventBudget, FlowEntry, FragKey, Reason, RunConfig, REASON_COUNT,
+    image, Config, ConnKeyV4, ConnKeyV6, Counter, DropEvent, EventBudget, FlowEntry, FragKey, Reason, RunConfig, REASON_COUNT,
 };
 
 // Counter: the per-CPU counter arrays (REASONS, FLOWS, OUT_FLOWS, REPLY_FLOWS).
@@ -29,19 +29,19 @@ const _: () = assert!(offset_of!(Config, ct_tcp_established) == 8 && offset_of!(
 const _: () = assert!(offset_of!(Config, ct_udp) == 16 && offset_of!(Config, events_per_sec) == 20);
 const _: () = assert!(offset_of!(Config, hz) == 24);
 
-// CacheKeyV4: key of FLOW_V4 (and FLOOR_V4); 16 bytes, no padding.
-const _: () = assert!(size_of::<CacheKeyV4>() == 16 && align_of::<CacheKeyV4>() == 4);
-const _: () = assert!(offset_of!(CacheKeyV4, src) == 0 && offset_of!(CacheKeyV4, dst) == 4);
-const _: () = assert!(offset_of!(CacheKeyV4, sport) == 8 && offset_of!(CacheKeyV4, dport) == 10);
-const _: () = assert!(offset_of!(CacheKeyV4, proto) == 12);
-const _: () = assert!(size_of::<CacheKeyV4>() == 4 + 4 + 2 + 2 + 4);
+// ConnKeyV4: key of FLOW_V4 (and FLOOR_V4); 16 bytes, no padding.
+const _: () = assert!(size_of::<ConnKeyV4>() == 16 && align_of::<ConnKeyV4>() == 4);
+const _: () = assert!(offset_of!(ConnKeyV4, src) == 0 && offset_of!(ConnKeyV4, dst) == 4);
+const _: () = assert!(offset_of!(ConnKeyV4, sport) == 8 && offset_of!(ConnKeyV4, dport) == 10);
+const _: () = assert!(offset_of!(ConnKeyV4, proto) == 12);
+const _: () = assert!(size_of::<ConnKeyV4>() == 4 + 4 + 2 + 2 + 4);
 
-// CacheKeyV6: key of FLOW_V6 (and FLOOR_V6); 40 bytes, no padding.
-const _: () = assert!(size_of::<CacheKeyV6>() == 40 && align_of::<CacheKeyV6>() == 8);
-const _: () = assert!(offset_of!(CacheKeyV6, src) == 0 && offset_of!(CacheKeyV6, dst) == 16);
-const _: () = assert!(offset_of!(CacheKeyV6, sport) == 32 && offset_of!(CacheKeyV6, dport) == 34);
-const _: () = assert!(offset_of!(CacheKeyV6, proto) == 36);
-const _: () = assert!(size_of::<CacheKeyV6>() == 16 + 16 + 2 + 2 + 4);
+// ConnKeyV6: key of FLOW_V6 (and FLOOR_V6); 40 bytes, no padding.
+const _: () = assert!(size_of::<ConnKeyV6>() == 40 && align_of::<ConnKeyV6>() == 8);
+const _: () = assert!(offset_of!(ConnKeyV6, src) == 0 && offset_of!(ConnKeyV6, dst) == 16);
+const _: () = assert!(offset_of!(ConnKeyV6, sport) == 32 && offset_of!(ConnKeyV6, dport) == 34);
+const _: () = assert!(offset_of!(ConnKeyV6, proto) == 36);
+const _: () = assert!(size_of::<ConnKeyV6>() == 16 + 16 + 2 + 2 + 4);
 
 // FlowEntry: value of FLOW_V4 / FLOW_V6.
 const _: () = assert!(size_of::<FlowEntry>() == 16 && align_of::<FlowEntry>() == 8);

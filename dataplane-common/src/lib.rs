@@ -3,6 +3,7 @@
 //! walk over it ([`walk`]), and the key and value types of the other maps (counters, the
 //! connection-tracking table, fragments, drop events).
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod forward;
 pub mod image;
@@ -14,7 +15,9 @@ pub mod walk;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
+    /// Packets counted.
     pub packets: u64,
+    /// Their bytes: whole frames, from the Ethernet header on.
     pub bytes: u64,
 }
 
@@ -27,10 +30,12 @@ pub struct Config {
     pub flags: u32,
     /// Policy generation: 1 at start, one more per reload (reported, not used per packet).
     pub generation: u32,
-    /// Idle timeouts of tracked connections, in seconds: established TCP, TCP opening or
-    /// closing (half-open, FIN or RST seen), and UDP.
+    /// Idle timeout of an established TCP connection, in seconds.
     pub ct_tcp_established: u32,
+    /// Idle timeout of a TCP connection opening or closing (half-open, FIN or RST seen), in
+    /// seconds.
     pub ct_tcp_transitory: u32,
+    /// Idle timeout of a UDP exchange, in seconds.
     pub ct_udp: u32,
     /// Drop events each CPU may emit per second (0: none).
     pub events_per_sec: u32,
@@ -51,6 +56,7 @@ pub struct RunConfig {
     pub flags: u32,
     /// See `Config::hz`.
     pub hz: u32,
+    /// The generation of the policy in force, written with `active` (see `Config::generation`).
     pub generation: u32,
 }
 
@@ -64,18 +70,25 @@ pub const DEFAULT_EVENTS_PER_SEC: u32 = 100;
 pub struct DropEvent {
     /// `bpf_ktime_get_ns`.
     pub time_ns: u64,
+    /// The interface the packet arrived on.
     pub ifindex: u32,
     /// The deny flow's slot for `deny_flow`, else `u32::MAX`.
     pub slot: u32,
-    /// IPv4 addresses use the first 4 bytes.
+    /// Source address, network order; IPv4 addresses use the first 4 bytes.
     pub src: [u8; 16],
+    /// Destination address, as `src`.
     pub dst: [u8; 16],
+    /// Source port (0 when the packet has none).
     pub sport: u16,
+    /// Destination port (0 when the packet has none).
     pub dport: u16,
     /// A `Reason`.
     pub reason: u8,
+    /// IP protocol (IPv6: after the extension headers).
     pub proto: u8,
+    /// 1 for IPv6, 0 for IPv4.
     pub v6: u8,
+    /// Always 0 (see `tail`).
     pub pad: u8,
     /// Events this CPU suppressed (rate limit) since the previous one it sent.
     pub suppressed: u32,
@@ -89,7 +102,9 @@ pub struct DropEvent {
 pub struct EventBudget {
     /// When (`bpf_jiffies64`) the current second's budget began.
     pub started: u64,
+    /// Events sent in the current second.
     pub sent: u32,
+    /// Events suppressed since the last one sent, reported with the next one.
     pub suppressed: u32,
 }
 
@@ -103,26 +118,37 @@ pub const CONFIG_MONITOR: u32 = 1 << 3;
 /// see `dataplane-ebpf/src/forward.rs`).
 pub const CONFIG_FORWARD: u32 = 1 << 4;
 
-/// Key of `FLOW_V4`: the 5-tuple a reply carries as it arrives. Addresses as numbers (see
-/// `parse::Addr`), protocol widened to 32 bits so that the key has no padding to clear.
+/// Key of `FLOW_V4`, the connection-tracking table: the 5-tuple a reply carries as it arrives.
+/// Addresses as numbers (see `parse::Addr`), protocol widened to 32 bits so that the key has no
+/// padding to clear.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKeyV4 {
+pub struct ConnKeyV4 {
+    /// The peer (the reply's source).
     pub src: u32,
+    /// The protected server (the reply's destination).
     pub dst: u32,
+    /// The peer's port.
     pub sport: u16,
+    /// The server's port.
     pub dport: u16,
+    /// IP protocol: TCP or UDP.
     pub proto: u32,
 }
 
-/// Key of `FLOW_V6`: addresses as (high, low) halves.
+/// Key of `FLOW_V6`, the connection-tracking table: addresses as (high, low) halves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKeyV6 {
+pub struct ConnKeyV6 {
+    /// The peer (the reply's source).
     pub src: [u64; 2],
+    /// The protected server (the reply's destination).
     pub dst: [u64; 2],
+    /// The peer's port.
     pub sport: u16,
+    /// The server's port.
     pub dport: u16,
+    /// IP protocol: TCP or UDP.
     pub proto: u32,
 }
 
@@ -149,12 +175,14 @@ pub const CT_CLOSING: u32 = 3;
 /// A UDP exchange.
 pub const CT_UDP: u32 = 4;
 
-/// Slots of the `CT_STATS` per-CPU array of connection-tracking events.
+/// Slot of the `CT_STATS` per-CPU array of connection-tracking events: entries inserted (the tc
+/// program saw a server open a documented connection).
 pub const CT_STAT_INSERTS: u32 = 0;
 /// Entries removed because they expired or the connection closed (RST).
 pub const CT_STAT_REMOVALS: u32 = 1;
 /// Inbound packets that looked like replies but were not (a bare SYN, a stale entry).
 pub const CT_STAT_REFUSED: u32 = 2;
+/// Slots of `CT_STATS`.
 pub const CT_STAT_COUNT: u32 = 3;
 
 /// Why a packet got its verdict: the index of the `REASONS` per-CPU counter array.
@@ -193,9 +221,11 @@ pub enum Reason {
     DropIcmpUnrelated = 13,
 }
 
+/// Reasons there are: the length of `REASONS`.
 pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
+    /// Every reason, in the order of their slots.
     pub const ALL: [Reason; REASON_COUNT as usize] = [
         Reason::PassFlow,
         Reason::PassUnprotected,
@@ -233,6 +263,7 @@ impl Reason {
         }
     }
 
+    /// Whether the verdict is to drop (in monitor mode: would be).
     pub const fn is_drop(self) -> bool {
         match self {
             Reason::PassFlow
@@ -258,9 +289,13 @@ impl Reason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragKey {
+    /// Source address.
     pub src: [u64; 2],
+    /// Destination address.
     pub dst: [u64; 2],
+    /// The datagram's identification (IPv4 header, IPv6 fragment header).
     pub id: u32,
+    /// IP protocol, widened to 32 bits so that the key has no padding.
     pub proto: u32,
 }
 
@@ -271,8 +306,8 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RunConfig {}
     unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for CacheKeyV4 {}
-    unsafe impl aya::Pod for CacheKeyV6 {}
+    unsafe impl aya::Pod for ConnKeyV4 {}
+    unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for EventBudget {}

@@ -9,8 +9,11 @@
 //! userspace over a byte slice ([`Bytes`]), so the fuzzer and the tests exercise the parser the
 //! kernel runs, not a copy of it.
 
+/// Length of an Ethernet header without VLAN tags.
 pub const ETH_HLEN: usize = 14;
+/// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
@@ -24,9 +27,13 @@ const MAX_IPV6_EXT: usize = 6;
 /// Furthest offset an upper-layer header may start at; keeps offsets bounded for the verifier.
 const MAX_L4_OFFSET: usize = 512;
 
+/// IP protocol number of ICMP (IPv4).
 pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -79,8 +86,11 @@ pub enum Transport {
 /// verifier refuses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct L4 {
+    /// What was read; says which of the other fields mean something.
     pub kind: Transport,
+    /// Source port (of the quoted packet, for an ICMP error).
     pub sport: u16,
+    /// Destination port (of the quoted packet, for an ICMP error).
     pub dport: u16,
     /// The TCP flags byte (0 for UDP).
     pub flags: u8,
@@ -91,21 +101,28 @@ pub struct L4 {
 }
 
 impl L4 {
+    /// Nothing to read: another protocol or a later fragment.
     pub const NONE: L4 = L4::of(Transport::None);
+    /// The transport header is cut short or lies about its length.
     pub const MALFORMED: L4 = L4::of(Transport::Malformed);
+    /// Behind more IPv6 extension headers than the parser follows.
     pub const UNPARSED: L4 = L4::of(Transport::Unparsed);
+    /// A fragment too small to be judged safely.
     pub const BAD_FRAGMENT: L4 = L4::of(Transport::BadFragment);
 
+    /// `kind` with every other field 0.
     #[inline(always)]
     pub const fn of(kind: Transport) -> Self {
         L4 { kind, sport: 0, dport: 0, flags: 0, ty: 0, quoted_proto: 0 }
     }
 
+    /// TCP or UDP from `sport` to `dport`, with the TCP `flags`.
     #[inline(always)]
     pub const fn ports(sport: u16, dport: u16, flags: u8) -> Self {
         L4 { kind: Transport::Ports, sport, dport, flags, ty: 0, quoted_proto: 0 }
     }
 
+    /// ICMP of type `ty`.
     #[inline(always)]
     pub const fn icmp(ty: u8) -> Self {
         L4 { kind: Transport::Icmp, sport: 0, dport: 0, flags: 0, ty, quoted_proto: 0 }
@@ -123,7 +140,9 @@ impl L4 {
 /// each in BPF.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash, PartialOrd, Ord)]
 pub struct Addr {
+    /// Bytes 0-7 (IPv4: the whole address, in the top 32 bits).
     pub hi: u64,
+    /// Bytes 8-15 (IPv4: 0).
     pub lo: u64,
 }
 
@@ -157,12 +176,20 @@ impl Addr {
 /// An IP packet with readable addresses.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Packet {
+    /// IPv6 (else IPv4).
     pub v6: bool,
+    /// Source address.
     pub src: Addr,
+    /// Destination address.
     pub dst: Addr,
+    /// The upper-layer protocol (IPv6: after the extension headers read).
     pub proto: u8,
+    /// Where the packet stands in fragmentation.
     pub frag: Frag,
+    /// The datagram's identification, which keys its fragments (0 for an unfragmented IPv6
+    /// packet).
     pub frag_id: u32,
+    /// The transport layer as read.
     pub l4: L4,
     /// The destination of the packet an ICMP error quotes ([`Transport::IcmpError`]), else 0.
     pub quoted: Addr,
@@ -186,13 +213,18 @@ pub enum Outcome {
 /// than an enum with a payload, for the same reason as [`L4`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Parsed {
+    /// What the frame is.
     pub outcome: Outcome,
+    /// The IP packet, for `Outcome::Ip`.
     pub packet: Packet,
 }
 
 impl Parsed {
+    /// Not IP.
     pub const NON_IP: Parsed = Parsed::not_ip(Outcome::NonIp);
+    /// Not even the addresses can be read.
     pub const MALFORMED: Parsed = Parsed::not_ip(Outcome::Malformed);
+    /// More VLAN tags than the parser reads.
     pub const TOO_MANY_TAGS: Parsed = Parsed::not_ip(Outcome::TooManyTags);
 
     #[inline(always)]
@@ -203,6 +235,7 @@ impl Parsed {
         Parsed { outcome, packet }
     }
 
+    /// An IP packet.
     #[inline(always)]
     pub const fn ip(packet: Packet) -> Self {
         Parsed { outcome: Outcome::Ip, packet }
@@ -250,6 +283,8 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Parses a frame: Ethernet, VLAN tags, the IP header and its extensions, then the transport
+/// header (or, for an ICMP error, the packet it quotes).
 #[inline(always)]
 pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     let Some(eth) = load::<ETH_HLEN, F>(ctx, 0) else { return Parsed::MALFORMED };

@@ -1,8 +1,8 @@
 //! The classifier: the one walk from a parsed packet to a verdict. The XDP program runs it over
 //! the `POLICY` map, the tc program runs its outbound half, and `dataplane explain` and the
 //! tests' twin run it over the compiled image in userspace, so the kernel and `explain` cannot
-//! disagree. Generic over the image ([`Image`]) and over the state that outlives a packet
-//! ([`State`]: fragments and tracked connections), as the parser is generic over the frame.
+//! disagree. Generic over the image ([`Image`]) and over what outlives a packet
+//! ([`Memory`]: fragments and tracked connections), as the parser is generic over the frame.
 //!
 //! Per packet (see docs/policy.md, "Lookups per packet"):
 //! 1. destination trie -> destination class (miss: unprotected);
@@ -36,7 +36,7 @@ impl Image for [u64] {
 
 /// What outlives a packet: the datagrams whose first fragment passed, and the connections the
 /// protected servers opened.
-pub trait State {
+pub trait Memory {
     /// A later fragment: the slot its datagram's first fragment passed with.
     fn fragment(&mut self, p: &Packet) -> Option<u32>;
     /// A first fragment passed with `slot`: its later fragments follow it.
@@ -50,10 +50,10 @@ pub trait State {
     fn related(&mut self, k: &Key, server: &Addr) -> Option<u32>;
 }
 
-/// No state: the verdict a packet gets from the policy alone (`explain`).
-pub struct Stateless;
+/// No memory: the verdict a packet gets from the policy alone (`explain`).
+pub struct NoMemory;
 
-impl State for Stateless {
+impl Memory for NoMemory {
     fn fragment(&mut self, _: &Packet) -> Option<u32> {
         None
     }
@@ -71,14 +71,17 @@ pub const NO_SLOT: u32 = u32::MAX;
 /// Slot bit: an outbound flow's slot, counted on its replies (`REPLY_FLOWS`).
 pub const REPLY_SLOT: u32 = 1 << 31;
 
+/// What the walk answers for a packet: why it passes or drops, and which flow counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// Pass or drop, and why.
     pub reason: Reason,
     /// The credited flow's slot, [`NO_SLOT`], or an outbound slot with [`REPLY_SLOT`].
     pub slot: u32,
 }
 
 impl Verdict {
+    /// A verdict no flow counts.
     #[inline(always)]
     pub const fn new(reason: Reason) -> Self {
         Verdict { reason, slot: NO_SLOT }
@@ -212,14 +215,20 @@ fn flow_verdict(v: u32) -> Verdict {
 /// packet (or of the one an ICMP error quotes, reversed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Key {
+    /// IPv6 (else IPv4).
     pub v6: bool,
+    /// TCP or UDP.
     pub proto: u8,
+    /// The source address, which the class's source trie maps to a policy.
     pub src: Addr,
+    /// Source port.
     pub sport: u16,
+    /// Destination port.
     pub dport: u16,
 }
 
 impl Key {
+    /// The key of a TCP or UDP packet with these ports.
     #[inline(always)]
     pub fn of(p: &Packet, sport: u16, dport: u16) -> Self {
         Key { v6: p.v6, proto: p.proto, src: p.src, sport, dport }
@@ -237,7 +246,7 @@ pub fn flow<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Verdic
 fn flow_value<I: Image + ?Sized>(img: &I, dir: u32, class: u32, k: &Key) -> Option<u32> {
     let h = header(dir);
     let proto = proto_index(k.proto);
-    if img.word(port_filter(dir) + (proto << 10) + (k.dport as u32 >> 6))? & (1 << (k.dport & 63)) == 0 {
+    if img.word(port_filter_word(dir, proto, k.dport))? & port_filter_bit(k.dport) == 0 {
         return Some(0);
     }
     let records = img.word(h + H_RECORDS)?;
@@ -315,11 +324,11 @@ pub fn quoted_key(p: &Packet) -> Key {
 /// quoted packet belongs to a connection the server opened and is tracked; otherwise it is
 /// `icmp_unrelated`, as nftables' conntrack drops errors that are not `related`.
 #[inline(always)]
-pub fn related<S: State>(state: &mut S, p: &Packet, k: &Key, v: Verdict) -> Verdict {
+pub fn related<M: Memory>(memory: &mut M, p: &Packet, k: &Key, v: Verdict) -> Verdict {
     if v.reason == Reason::PassFlow {
         return Verdict { reason: Reason::PassIcmp, slot: v.slot };
     }
-    match state.related(k, &p.dst) {
+    match memory.related(k, &p.dst) {
         Some(slot) => Verdict { reason: Reason::PassIcmp, slot: slot | REPLY_SLOT },
         None => Verdict::new(Reason::DropIcmpUnrelated),
     }
@@ -345,7 +354,7 @@ pub fn config<I: Image + ?Sized>(img: &I, run: &crate::RunConfig) -> Option<Conf
 /// drop is the reply of a connection a protected server opened. Remembers first fragments that
 /// pass, so that their later fragments follow.
 #[inline(always)]
-pub fn judge<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, parsed: &Parsed) -> Verdict {
+pub fn judge<I: Image + ?Sized, M: Memory>(img: &I, memory: &mut M, config: &Config, parsed: &Parsed) -> Verdict {
     let p = match parsed.outcome {
         Outcome::NonIp => return Verdict::new(Reason::PassNonIp),
         // The destination cannot be read: it might be protected, so never pass it.
@@ -353,23 +362,23 @@ pub fn judge<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Confi
         Outcome::TooManyTags => return Verdict::new(Reason::DropUnparsed),
         Outcome::Ip => &parsed.packet,
     };
-    let mut v = decide(img, state, config, p);
+    let mut v = decide(img, memory, config, p);
     if v.reason.is_drop() {
         if let Some((sport, dport, flags)) = ports(p) {
-            if let Some(slot) = state.reply(p, sport, dport, flags) {
+            if let Some(slot) = memory.reply(p, sport, dport, flags) {
                 v = Verdict { reason: Reason::PassReply, slot: slot | REPLY_SLOT };
             }
         }
     }
     if p.frag == Frag::First && !v.reason.is_drop() {
-        state.first_fragment_passed(p, v.slot);
+        memory.first_fragment_passed(p, v.slot);
     }
     v
 }
 
 /// The policy's verdict on an arriving IP packet.
 #[inline(always)]
-pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Config, p: &Packet) -> Verdict {
+pub fn decide<I: Image + ?Sized, M: Memory>(img: &I, memory: &mut M, config: &Config, p: &Packet) -> Verdict {
     let Some(class) = dst_class(img, INBOUND, p.v6, &p.dst) else {
         return Verdict::new(if config.flags & CONFIG_DROP_UNPROTECTED != 0 {
             Reason::DropUnprotected
@@ -384,7 +393,7 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
         _ => {}
     }
     if p.frag == Frag::Later {
-        return match state.fragment(p) {
+        return match memory.fragment(p) {
             Some(slot) => Verdict { reason: Reason::PassFragment, slot },
             None => Verdict::new(Reason::DropFragment),
         };
@@ -399,7 +408,7 @@ pub fn decide<I: Image + ?Sized, S: State>(img: &I, state: &mut S, config: &Conf
     };
     let v = flow(img, INBOUND, class, &k);
     if error {
-        related(state, p, &k, v)
+        related(memory, p, &k, v)
     } else {
         v
     }

@@ -1,6 +1,6 @@
 //! The maps the shared classifier walk (`dataplane_common::walk`) reads in the kernel: the two
-//! policy images (the one in force, and the one a reload writes), the run's switches, and the
-//! state it consults (fragments here, tracked connections in `flowtable`).
+//! policy images (the one in force, and the one a reload writes), the run's switches, and what
+//! outlives a packet (`walk::Memory`: fragments here, tracked connections in `flowtable`).
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -11,7 +11,7 @@ use aya_ebpf::{
 use dataplane_common::{
     image::{PAGE_SHIFT, PAGE_WORDS},
     parse::{Addr, Packet, Parsed},
-    walk::{self, Image, Key, State, Verdict},
+    walk::{self, Image, Key, Memory, Verdict},
     Config, FragKey, Reason, RunConfig,
 };
 
@@ -78,7 +78,7 @@ pub struct Kernel<'a> {
     pub config: &'a Config,
 }
 
-impl State for Kernel<'_> {
+impl Memory for Kernel<'_> {
     #[inline(always)]
     fn fragment(&mut self, p: &Packet) -> Option<u32> {
         // Safety: the value is a plain u32 copied out at once.

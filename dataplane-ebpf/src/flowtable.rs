@@ -20,8 +20,8 @@ use dataplane_common::{
     image::proto_index,
     parse::{Addr, Packet, IPPROTO_TCP, IPPROTO_UDP},
     walk::{self, ports, Key},
-    CacheKeyV4, CacheKeyV6, Config, FlowEntry, Reason, CT_CLOSING, CT_ESTABLISHED, CT_STAT_COUNT, CT_STAT_INSERTS,
-    CT_STAT_REFUSED, CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
+    Config, ConnKeyV4, ConnKeyV6, FlowEntry, Reason, CT_CLOSING, CT_ESTABLISHED, CT_STAT_COUNT, CT_STAT_INSERTS, CT_STAT_REFUSED,
+    CT_STAT_REMOVALS, CT_SYN_SENT, CT_UDP,
 };
 
 use crate::classify;
@@ -34,9 +34,9 @@ const NO_COMMON_LRU: u32 = 2;
 
 // Sized by the loader (site option `conntrack-size`). Per-CPU LRU lists avoid contention.
 #[map]
-static FLOW_V4: LruHashMap<CacheKeyV4, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
+static FLOW_V4: LruHashMap<ConnKeyV4, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
 #[map]
-static FLOW_V6: LruHashMap<CacheKeyV6, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
+static FLOW_V6: LruHashMap<ConnKeyV6, FlowEntry> = LruHashMap::with_max_entries(1, NO_COMMON_LRU);
 /// Per (protocol, server port): `bpf_jiffies64` of the last packet of any tracked connection on
 /// that port, either way.
 #[map]
@@ -114,8 +114,8 @@ impl Tuple {
     }
 
     #[inline(always)]
-    fn key4(&self) -> CacheKeyV4 {
-        CacheKeyV4 {
+    fn key4(&self) -> ConnKeyV4 {
+        ConnKeyV4 {
             src: self.peer.v4(),
             dst: self.server.v4(),
             sport: self.peer_port,
@@ -125,8 +125,8 @@ impl Tuple {
     }
 
     #[inline(always)]
-    fn key6(&self) -> CacheKeyV6 {
-        CacheKeyV6 {
+    fn key6(&self) -> ConnKeyV6 {
+        ConnKeyV6 {
             src: [self.peer.hi, self.peer.lo],
             dst: [self.server.hi, self.server.lo],
             sport: self.peer_port,

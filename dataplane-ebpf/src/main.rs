@@ -21,7 +21,7 @@ use aya_log_ebpf::debug;
 use dataplane_common::{
     parse::{self, Frame},
     walk::{ports, NO_SLOT, REPLY_SLOT},
-    CacheKeyV4, CacheKeyV6, Counter, Reason, CONFIG_FORWARD, CONFIG_MONITOR, REASON_COUNT,
+    ConnKeyV4, ConnKeyV6, Counter, Reason, CONFIG_FORWARD, CONFIG_MONITOR, REASON_COUNT,
 };
 
 /// Packets and bytes per `Reason`.
@@ -107,9 +107,9 @@ pub fn baseline(_ctx: XdpContext) -> u32 {
 
 // The floor program's table: what one 5-tuple lookup costs (the bench fills it).
 #[map]
-static FLOOR_V4: HashMap<CacheKeyV4, u32> = HashMap::with_max_entries(1024, 0);
+static FLOOR_V4: HashMap<ConnKeyV4, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
-static FLOOR_V6: HashMap<CacheKeyV6, u32> = HashMap::with_max_entries(1024, 0);
+static FLOOR_V6: HashMap<ConnKeyV6, u32> = HashMap::with_max_entries(1024, 0);
 
 /// The floor `cargo xtask bench` measures against: the least a per-flow filter does. Parse
 /// Ethernet, IPv4 or IPv6 and the ports, one hash lookup keyed by the 5-tuple, one per-CPU packet
@@ -123,10 +123,10 @@ pub fn floor(ctx: XdpContext) -> u32 {
     // Safety: plain values copied out at once.
     let hit = unsafe {
         if p.v6 {
-            let k = CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 };
+            let k = ConnKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 };
             FLOOR_V6.get(k).copied()
         } else {
-            let k = CacheKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
+            let k = ConnKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
             FLOOR_V4.get(k).copied()
         }
     };

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use dataplane::compile::tables::Tables;
 use dataplane_common::parse::{parse, Addr, Bytes, Packet};
-use dataplane_common::walk::{self, Key, State, NO_SLOT};
+use dataplane_common::walk::{self, Key, Memory, NO_SLOT};
 use dataplane_common::Config;
 
 use crate::{Observed, XDP_DROP, XDP_PASS};
@@ -27,7 +27,7 @@ pub struct Twin {
 #[derive(Default)]
 struct Frags(HashMap<(Addr, Addr, u32, u8), u32>);
 
-impl State for Frags {
+impl Memory for Frags {
     fn fragment(&mut self, p: &Packet) -> Option<u32> {
         self.0.get(&(p.src, p.dst, p.frag_id, p.proto)).copied()
     }

@@ -14,7 +14,7 @@ use dataplane::{
     kernel::{load, maps},
     observe::fill::TableFill,
 };
-use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry, Reason, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
+use dataplane_common::{ConnKeyV4, ConnKeyV6, FlowEntry, Reason, CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
 use dataplane_tests::{
     flood::{cpus, hold_in_dispatcher, per_cpu_packets, pin_to_cpu},
     packet::{FragSpec, Pkt},
@@ -263,16 +263,13 @@ fn a_flood_of_allowed_tuples_on_every_cpu_evicts_no_connection_a_server_opened()
         }
     }
     // The tables hold exactly the tracked connections: nothing inserted, nothing evicted.
-    let v4 = HashMap::<_, CacheKeyV4, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V4).unwrap()).unwrap();
-    let keys4: HashSet<CacheKeyV4> = v4.keys().map(Result::unwrap).collect();
-    let key4 = |src: Ipv4Addr, sport, dport, proto| CacheKeyV4 { src: src.into(), dst: server4.into(), sport, dport, proto };
+    let v4 = HashMap::<_, ConnKeyV4, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V4).unwrap()).unwrap();
+    let keys4: HashSet<ConnKeyV4> = v4.keys().map(Result::unwrap).collect();
+    let key4 = |src: Ipv4Addr, sport, dport, proto| ConnKeyV4 { src: src.into(), dst: server4.into(), sport, dport, proto };
     assert_eq!(keys4, HashSet::from([key4(dns4, 53, 40053, 17), key4(ldap, 389, 41000, 6)]));
-    let v6 = HashMap::<_, CacheKeyV6, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V6).unwrap()).unwrap();
-    let keys6: HashSet<CacheKeyV6> = v6.keys().map(Result::unwrap).collect();
-    assert_eq!(
-        keys6,
-        HashSet::from([CacheKeyV6 { src: v6_key(dns6), dst: v6_key(server6), sport: 53, dport: 40054, proto: 17 }])
-    );
+    let v6 = HashMap::<_, ConnKeyV6, FlowEntry>::try_from(h.ebpf.map(maps::MAP_FLOW_V6).unwrap()).unwrap();
+    let keys6: HashSet<ConnKeyV6> = v6.keys().map(Result::unwrap).collect();
+    assert_eq!(keys6, HashSet::from([ConnKeyV6 { src: v6_key(dns6), dst: v6_key(server6), sport: 53, dport: 40054, proto: 17 }]));
     let (inserts, removals, refused) = ct_events(&h);
     let fill = [maps::MAP_FLOW_V4, maps::MAP_FLOW_V6].map(|m| TableFill::read_loaded(&h.ebpf, m).unwrap());
     println!("after the flood: inserted {inserts}, removed {removals}, refused {refused}; tables {fill:?}");

@@ -175,9 +175,9 @@ fn every_packet_is_judged_by_the_image_in_force() {
     for i in 0..200u16 {
         h.run(&Pkt::tcp(ip("192.0.2.8"), ip("10.0.0.1"), 1000 + i, 80 + i % 2).build()).unwrap();
     }
-    use dataplane_common::{CacheKeyV4, CacheKeyV6, FlowEntry};
-    let v4: aya::maps::HashMap<_, CacheKeyV4, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V4").unwrap()).unwrap();
-    let v6: aya::maps::HashMap<_, CacheKeyV6, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V6").unwrap()).unwrap();
+    use dataplane_common::{ConnKeyV4, ConnKeyV6, FlowEntry};
+    let v4: aya::maps::HashMap<_, ConnKeyV4, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V4").unwrap()).unwrap();
+    let v6: aya::maps::HashMap<_, ConnKeyV6, FlowEntry> = aya::maps::HashMap::try_from(h.ebpf.map("FLOW_V6").unwrap()).unwrap();
     assert_eq!(v4.keys().count() + v6.keys().count(), 0, "arriving packets left entries");
     // Take TCP 80 out of the policy: the same flow's next packet is dropped.
     let mut without = tables.clone();

@@ -13,7 +13,7 @@ pub mod verdict;
 use std::net::IpAddr;
 
 use dataplane_common::parse::{self, Frag, L4};
-use dataplane_common::walk::{self, Stateless, Verdict};
+use dataplane_common::walk::{self, NoMemory, Verdict};
 use dataplane_common::{Config, Reason};
 
 use crate::compile::tables::Tables;
@@ -140,7 +140,7 @@ impl Classifier {
 
     /// The kernel's verdict on a whole packet arriving at a protected host.
     pub fn classify(&self, p: &Probe) -> Verdict {
-        walk::decide(self.image.as_slice(), &mut Stateless, &self.config, &p.parsed())
+        walk::decide(self.image.as_slice(), &mut NoMemory, &self.config, &p.parsed())
     }
 
     /// Whether the destination is an address of a protected role.
@@ -150,9 +150,8 @@ impl Classifier {
 
     /// Whether some inbound flow names this protocol and destination port (the port filter).
     pub fn port_named(&self, proto: u8, dport: u16) -> bool {
-        use dataplane_common::image::{port_filter, proto_index, INBOUND};
-        let word = port_filter(INBOUND) as usize + ((proto_index(proto) as usize) << 10) + (dport as usize >> 6);
-        self.image[word] & (1 << (dport & 63)) != 0
+        use dataplane_common::image::{port_filter_bit, port_filter_word, proto_index, INBOUND};
+        self.image[port_filter_word(INBOUND, proto_index(proto), dport) as usize] & port_filter_bit(dport) != 0
     }
 
     /// The verdict on a packet to an address no protected role holds.

@@ -78,10 +78,9 @@ impl Writer {
     /// A direction's header, port filter, destination tries and (empty) records; returns where
     /// the class records and the policy records start.
     fn head(&mut self, dir: u32, d: &Direction) -> (u32, u32) {
-        let filter = port_filter(dir) as usize;
         for &(proto, a, b) in &d.filter {
-            let base = filter + ((proto_index(proto) as usize) << 10);
-            set_bits(&mut self.words[base..base + 1024], a as usize, b as usize);
+            let base = port_filter_word(dir, proto_index(proto), 0) as usize;
+            set_bits(&mut self.words[base..base + PORT_FILTER_PROTO_WORDS as usize], a as usize, b as usize);
         }
         let before = self.words.len();
         let classes = self.alloc(d.classes.len() * DST_RECORD_WORDS as usize);
@@ -233,7 +232,7 @@ impl Writer {
     }
 }
 
-/// Sets bits `a..=b` of a bitmap.
+/// Sets bits `a..=b` of a bitmap: bit `i` is bit `i % 64` of word `i / 64`, as [`port_filter_bit`] reads it.
 fn set_bits(words: &mut [u64], a: usize, b: usize) {
     for (w, word) in words.iter_mut().enumerate().take(b / 64 + 1).skip(a / 64) {
         let lo = if w == a / 64 { a % 64 } else { 0 };
@@ -286,6 +285,7 @@ fn sport_first(d: &Direction) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane_common::parse::{IPPROTO_TCP, IPPROTO_UDP};
     use dataplane_common::walk::{self, Addr};
     use proptest::prelude::*;
 
@@ -347,6 +347,27 @@ mod tests {
                 assert_eq!(got, Some(if i < 20 { i as u32 + 1 } else { 99 }), "v6 {v6}, host {i}");
             }
         }
+    }
+
+    /// The ranges the compiler sets are the bits the walk reads, and no others.
+    #[test]
+    fn port_filter_bits_are_the_walks() {
+        let mut words = vec![0u64; IMAGE_MIN_WORDS as usize];
+        let ranges = [(IPPROTO_TCP, 22, 22), (IPPROTO_TCP, 60, 130), (IPPROTO_UDP, 0, 0), (IPPROTO_UDP, 65000, 65535)];
+        for &(proto, a, b) in &ranges {
+            let base = port_filter_word(OUTBOUND, proto_index(proto), 0) as usize;
+            set_bits(&mut words[base..base + PORT_FILTER_PROTO_WORDS as usize], a, b);
+        }
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let set = words[port_filter_word(OUTBOUND, proto_index(proto), port) as usize] & port_filter_bit(port) != 0;
+                let want = ranges.iter().any(|&(p, a, b)| p == proto && (a..=b).contains(&(port as usize)));
+                assert_eq!(set, want, "proto {proto}, port {port}");
+            }
+        }
+        let filter = port_filter(OUTBOUND) as usize..port_filter(OUTBOUND) as usize + PORT_FILTER_WORDS as usize;
+        let ones = |w: &[u64]| w.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(ones(&words), ones(&words[filter]), "a bit outside the direction's filter");
     }
 
     proptest! {

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane::{classify, classify::Outcome, compile, compile::tables::Tables, kernel::load, policy::Policy};
-use dataplane_common::{CacheKeyV4, CacheKeyV6, Reason};
+use dataplane_common::{ConnKeyV4, ConnKeyV6, Reason};
 use dataplane_tests::packet::Pkt;
 
 const REPEAT: u32 = 1_000_000;
@@ -297,12 +297,12 @@ fn fill_floor(ebpf: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
     let Some(p) = parsed.ip_packet() else { return Ok(()) };
     let Some((sport, dport, _)) = dataplane_common::walk::ports(p) else { return Ok(()) };
     if p.v6 {
-        let mut m: aya::maps::HashMap<_, CacheKeyV6, u32> =
+        let mut m: aya::maps::HashMap<_, ConnKeyV6, u32> =
             aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
-        m.insert(CacheKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 }, 1, 0)?;
+        m.insert(ConnKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 }, 1, 0)?;
     } else {
-        let key = CacheKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
-        let mut m: aya::maps::HashMap<_, CacheKeyV4, u32> =
+        let key = ConnKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
+        let mut m: aya::maps::HashMap<_, ConnKeyV4, u32> =
             aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
         m.insert(key, 1, 0)?;
     }
