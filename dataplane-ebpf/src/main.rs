@@ -1,28 +1,27 @@
 //! The XDP program: parse each packet, classify it against the compiled maps, pass documented
-//! flows, drop the rest, and count every verdict per reason and per flow, per CPU.
+//! flows, drop the rest, and count every verdict per reason and per flow, per CPU. This object is
+//! what `dataplane run` loads: only what enforces (the bench's programs are in src/bench/).
 #![no_std]
 #![no_main]
 
-mod bench;
-mod bench_forward;
 mod classify;
 mod events;
 mod flowtable;
 mod forward;
-mod frame;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use dataplane_common::{
     parse::{self, Frame},
-    walk::{ports, NO_SLOT, REPLY_SLOT},
-    ConnKeyV4, ConnKeyV6, Counter, Reason, CONFIG_FORWARD, CONFIG_MONITOR, REASON_COUNT,
+    walk::{NO_SLOT, REPLY_SLOT},
+    Counter, Reason, CONFIG_FORWARD, CONFIG_MONITOR, REASON_COUNT,
 };
+use dataplane_ebpf::{count, frame};
 
 /// Packets and bytes per `Reason`.
 #[map]
@@ -97,56 +96,6 @@ pub fn egress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn clock(_ctx: XdpContext) -> u32 {
     flowtable::now() as u32
-}
-
-/// Passes everything: the baseline `cargo xtask bench` measures the classifier against.
-#[xdp]
-pub fn baseline(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-// The floor program's table: what one 5-tuple lookup costs (the bench fills it).
-#[map]
-static FLOOR_V4: HashMap<ConnKeyV4, u32> = HashMap::with_max_entries(1024, 0);
-#[map]
-static FLOOR_V6: HashMap<ConnKeyV6, u32> = HashMap::with_max_entries(1024, 0);
-
-/// The floor `cargo xtask bench` measures against: the least a per-flow filter does. Parse
-/// Ethernet, IPv4 or IPv6 and the ports, one hash lookup keyed by the 5-tuple, one per-CPU packet
-/// and byte counter.
-#[xdp]
-pub fn floor(ctx: XdpContext) -> u32 {
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let parsed = parse::parse(&frame::Xdp(&ctx));
-    let Some(p) = parsed.ip_packet() else { return xdp_action::XDP_PASS };
-    let Some((sport, dport, _)) = ports(p) else { return xdp_action::XDP_PASS };
-    // Safety: plain values copied out at once.
-    let hit = unsafe {
-        if p.v6 {
-            let k = ConnKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 };
-            FLOOR_V6.get(k).copied()
-        } else {
-            let k = ConnKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
-            FLOOR_V4.get(k).copied()
-        }
-    };
-    count(&REASONS, hit.unwrap_or(0) & 7, bytes);
-    if hit.is_some() {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
-}
-
-#[inline(always)]
-fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
-    if let Some(c) = map.get_ptr_mut(index) {
-        // Safety: a per-CPU slot is only touched by this CPU, and XDP does not preempt itself.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
-    }
 }
 
 #[cfg(not(test))]

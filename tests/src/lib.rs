@@ -1,6 +1,7 @@
 //! Helpers for the tests that need a real kernel: crafted frames through BPF_PROG_TEST_RUN, and
 //! network namespaces joined by a veth pair for real traffic.
 
+pub mod bench_object;
 pub mod daemon;
 pub mod flood;
 pub mod fuzz;

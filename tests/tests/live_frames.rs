@@ -8,8 +8,8 @@ mod live;
 
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::{Context, Result};
-use aya::{maps::PerCpuArray, programs::XdpMode, Ebpf};
+use anyhow::Result;
+use aya::{programs::XdpMode, Ebpf};
 use dataplane::{
     daemon::compile_site,
     kernel::load,
@@ -17,6 +17,7 @@ use dataplane::{
     observe::counters::Counters,
 };
 use dataplane_common::Reason;
+use dataplane_tests::bench_object::{self, Program};
 use live::{Injection, Rewrite};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -41,9 +42,8 @@ fn udp_in(ns: &str) -> u64 {
     names.split_whitespace().skip(1).zip(values).filter(|(n, _)| ["InDatagrams", "NoPorts"].contains(n)).map(|(_, v)| v).sum()
 }
 
-fn bench_pass_count(e: &Ebpf) -> Result<u64> {
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(e.map("BENCH_COUNT").context("BENCH_COUNT")?)?;
-    Ok(map.get(&1, 0)?.iter().sum())
+fn bench_pass_count(bench: &Ebpf) -> Result<u64> {
+    bench_object::counted(bench, Program::CountPass)
 }
 
 #[test]
@@ -57,8 +57,10 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
         }
     })
     .unwrap();
+    // The product's object with the site; the injector and count-and-pass of the bench's.
     let mut ebpf = load::load(&tables).unwrap().ebpf;
-    live::load_injector(&mut ebpf).unwrap();
+    let mut bench = bench_object::load().unwrap();
+    live::load_injector(&mut bench).unwrap();
     let template = live::udp_template(
         Ipv4Addr::new(198, 18, 0, 1),
         SERVER,
@@ -76,14 +78,13 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
     let allowed = Rewrite::sources(Ipv4Addr::new(10, 201, 0, 4), 3);
 
     // Count-and-pass: every frame arrives, and the stack takes every one as a valid UDP datagram.
-    let pass = load::program_named(&mut ebpf, "bench_pass").unwrap();
-    pass.load().unwrap();
+    let pass = bench_object::program(&mut bench, Program::CountPass).unwrap();
     let link = in_netns(&lab.server, || pass.attach(SERVER_IF, XdpMode::Driver)).unwrap().unwrap();
     for rewrite in [Rewrite::None, denied] {
         let mut udp = vec![];
-        let r = live::inject(&mut ebpf, &inj(rewrite), &mut |e| {
+        let r = live::inject(&mut bench, &inj(rewrite), &mut |bench| {
             udp.push(udp_in(&lab.server));
-            bench_pass_count(e)
+            bench_pass_count(bench)
         })
         .unwrap();
         assert!(r.injected >= 1 << 14, "{rewrite:?}: {r:?}");
@@ -92,15 +93,15 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
         assert_eq!(udp[1] - udp[0], r.injected, "{rewrite:?}: every frame is a valid UDP datagram to the stack: {r:?}");
         assert!(r.mpps() > 0.0 && r.mpps().is_finite());
     }
-    in_netns(&lab.server, || load::program_named(&mut ebpf, "bench_pass").unwrap().detach(link).unwrap()).unwrap();
+    in_netns(&lab.server, || bench_object::program(&mut bench, Program::CountPass).unwrap().detach(link).unwrap()).unwrap();
 
     // The dataplane program: the denied flood is all dropped, the allowed one all passed.
     let prog = load::program(&mut ebpf).unwrap();
     let _link = in_netns(&lab.server, || prog.attach(SERVER_IF, XdpMode::Driver)).unwrap().unwrap();
     for (rewrite, allow) in [(denied, false), (allowed, true)] {
         let mut passed = vec![];
-        let r = live::inject(&mut ebpf, &inj(rewrite), &mut |e| {
-            let c = Counters::read(e)?;
+        let r = live::inject(&mut bench, &inj(rewrite), &mut |_| {
+            let c = Counters::read(&ebpf)?;
             passed.push(Reason::ALL.iter().filter(|r| !r.is_drop()).map(|&r| c.reason(r).packets).sum::<u64>());
             Ok(c.reasons.iter().map(|r| r.packets).sum())
         })

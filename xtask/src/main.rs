@@ -1,4 +1,4 @@
-//! `cargo xtask`: builds the eBPF object and the controller, and runs the project's jobs.
+//! `cargo xtask`: builds the eBPF objects and the controller, and runs the project's jobs.
 
 mod fuzz;
 mod setup;
@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the eBPF object and the `dataplane` binary (installs missing build tools).
+    /// Build the eBPF objects (the product's and the bench's) and the `dataplane` binary (installs
+    /// missing build tools).
     Build,
     /// Run every test, including those that load the program into the kernel (needs root).
     Test {
@@ -179,20 +180,28 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// The eBPF object the controller embeds (see dataplane-user/build.rs).
+/// The eBPF object the controller embeds (see dataplane-user/build.rs): only what enforces.
 fn ebpf_object() -> PathBuf {
     workspace().join("dataplane-ebpf/target/bpfel-unknown-none/release/dataplane")
+}
+
+/// The bench's eBPF object (empty and floor programs, live-frames injectors, count-and-drop and
+/// count-and-pass), which only the benches and tests load (tests/src/bench_object.rs).
+fn bench_object() -> PathBuf {
+    workspace().join("dataplane-ebpf/target/bpfel-unknown-none/release/dataplane-bench")
 }
 
 fn build_ebpf() -> Result<()> {
     let toolchain = setup::bpf_toolchain()?;
     setup::ensure_bpf_linker()?;
-    say(&format!("building the eBPF object with {}", toolchain.description));
+    say(&format!("building the eBPF objects with {}", toolchain.description));
     let mut cmd = Command::new("cargo");
     cmd.args(&toolchain.cargo_prefix).args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
-    check(ebpf_cargo(cmd, &toolchain).status(), "building the eBPF object")?;
-    if !ebpf_object().exists() {
-        bail!("the eBPF build did not produce {}", ebpf_object().display());
+    check(ebpf_cargo(cmd, &toolchain).status(), "building the eBPF objects")?;
+    for object in [ebpf_object(), bench_object()] {
+        if !object.exists() {
+            bail!("the eBPF build did not produce {}", object.display());
+        }
     }
     Ok(())
 }
@@ -213,12 +222,13 @@ fn ebpf_cargo(mut cmd: Command, toolchain: &setup::BpfToolchain) -> Command {
     cmd
 }
 
-/// Runs host cargo in the workspace with the eBPF object to embed.
+/// Runs host cargo in the workspace with the eBPF object to embed and the bench's object.
 fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
         .current_dir(workspace())
         .env("DATAPLANE_EBPF_OBJECT", ebpf_object())
+        .env("DATAPLANE_BENCH_OBJECT", bench_object())
         .env("DATAPLANE_BIN", workspace().join("target/debug/dataplane"))
         .env("DATAPLANE_FAULT_BIN", workspace().join("target/debug/dataplane-fault"))
         .status();

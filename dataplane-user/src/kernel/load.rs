@@ -158,11 +158,6 @@ pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
     Ok(ebpf.program_mut(EGRESS).context("tc program missing from the object")?.try_into()?)
 }
 
-/// The program that passes everything, for benchmarks.
-pub const BASELINE: &str = "baseline";
-/// The floor program for benchmarks: parse, one 5-tuple hash lookup, one per-CPU counter.
-pub const FLOOR: &str = "floor";
-
 /// The controller's log level as aya-log numbers it (0: off, 1: error ... 5: trace).
 fn log_level() -> u8 {
     match log::max_level() {

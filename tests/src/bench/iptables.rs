@@ -1,9 +1,10 @@
 //! The site's inbound policy as classic iptables / ip6tables rules, for the packet-rate bench's
-//! iptables comparison: the same layout as `dataplane export --format nft` (src/export.rs), in
-//! the raw table's PREROUTING chain (the hook and priority of the exported nftables chain: before
-//! routing and before conntrack), written as plain rules: no ipset, so a role's addresses are one
-//! rule per (source CIDR, destination CIDR), and destination ports are `--dport a:b` or
-//! `-m multiport --dports` lists of at most 15 ports (a range counts as two).
+//! iptables comparison: the same layout as `dataplane export --format nft`
+//! (dataplane-user/src/export/nft.rs), in the raw table's PREROUTING chain (the hook and priority
+//! of the exported nftables chain: before routing and before conntrack), written as plain rules:
+//! no ipset, so a role's addresses are one rule per (source CIDR, destination CIDR), and
+//! destination ports are `--dport a:b` or `-m multiport --dports` lists of at most 15 ports (a
+//! range counts as two).
 //!
 //! Chains (per family):
 //! - `PREROUTING -j dp_inbound`;
@@ -11,8 +12,8 @@
 //!   unprotected (accept, or drop per the site);
 //! - `dp_protected`: ICMP control types accept (echo per the site), other ICMP drops; TCP and UDP
 //!   jump to `dp_flows`; every other protocol drops;
-//! - `dp_flows`: deny flows (DROP) then allow flows (ACCEPT), grouped as the nft export groups
-//!   them (same roles, protocol, source ports and action), then DROP (no flow).
+//! - `dp_flows`: deny flows (DROP) then allow flows (ACCEPT), in the nft export's groups
+//!   (`export::nft::groups`: same roles, protocol, source ports and action), then DROP (no flow).
 //!
 //! A packet that matches no flow is compared with every rule of `dp_flows`: the linear cost that
 //! iptables without ipset has and nftables sets and the XDP tables do not.

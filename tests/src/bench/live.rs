@@ -1,9 +1,11 @@
 //! The live-frames injector: packets at the rate one CPU can take them, without a sender's socket
 //! path. Reusable by any bench; include it with `#[path = "../bench/live.rs"] mod live;`
-//! (it depends only on the `dataplane` and `dataplane_tests` crates, aya and libc).
+//! (it depends only on the `dataplane` and `dataplane_tests` crates, aya and libc). The program
+//! under test on the peer end may be of another object (the product's): the two meet only at the
+//! veth.
 //!
 //! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18+, batches of [`BATCH`])
-//! runs `bench_inject` (dataplane-ebpf/src/bench.rs) on copies of a template frame; it rewrites
+//! runs `bench_inject` (dataplane-ebpf/src/bench/live.rs) on copies of a template frame; it rewrites
 //! each copy as [`Rewrite`] says and redirects it (`bpf_redirect`) into a veth end. The frames
 //! cross to the peer end, whose XDP program (attached natively, `XdpMode::Driver`) sees them as
 //! it would a NIC's: an `xdp_buff` in a NAPI poll, before any skb. The test run's batch ends
@@ -12,19 +14,21 @@
 //! under test and (for XDP_PASS) the stack behind it all run on that CPU.
 //!
 //! API:
-//! - [`load_injector`]`(&mut ebpf)`: loads `bench_inject` of the dataplane object (`load::load`);
-//!   [`inject`] calls it, it is there for callers that want the error early.
+//! - [`load_injector`]`(&mut bench)`: loads `bench_inject` of the bench's object
+//!   (`dataplane_tests::bench_object::load`); [`inject`] calls it, it is there for callers that
+//!   want the error early.
 //! - [`udp_template`]`(src, dst, sport, dport, dst_mac, src_mac)`: a 60-byte Ethernet/IPv4/UDP
 //!   frame (64 on the wire: the minimum frame) with a correct IPv4 checksum and no UDP checksum.
 //!   A template of your own must be Ethernet, IPv4 without options, then UDP (or anything with a
 //!   16-bit source port at offset 34 and no checksum over the source: the injector fixes the IPv4
 //!   header checksum only). Its destination MAC should be the peer end's, or the peer's stack
 //!   drops what XDP passes as not for this host.
-//! - [`inject`]`(&mut ebpf, &Injection { netns, ifindex, template, rewrite, cpu, run }, &mut count)`:
+//! - [`inject`]`(&mut bench, &Injection { netns, ifindex, template, rewrite, cpu, run }, &mut count)`:
 //!   warms up, then injects for `run` (about ten test-run calls) on `cpu`, in `netns` (the
-//!   namespace `ifindex` belongs to; `bpf_redirect` resolves it there). `count(&ebpf)` returns a
+//!   namespace `ifindex` belongs to; `bpf_redirect` resolves it there). `count(&bench)` returns a
 //!   counter of frames that arrived where the caller measures (e.g. the program's per-reason
-//!   counters, or the counters of the interface a gateway forwards to); it is read after the
+//!   counters, which the caller reads from its own object, or count-and-pass's of the bench's
+//!   object, or the counters of the interface a gateway forwards to); it is read after the
 //!   warm-up and after the run, and frames are counted, not injected, so a full veth ring or
 //!   frames lost on the way do not count. Returns a [`Rate`]: [`Rate::mpps`] is the headline.
 //!
@@ -48,15 +52,16 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions},
     Ebpf,
 };
-use dataplane::kernel::{load, netns::in_netns};
-use dataplane_tests::packet::{udp_header, Pkt};
+use dataplane::kernel::netns::in_netns;
+use dataplane_tests::{
+    bench_object::{self, Program},
+    packet::{udp_header, Pkt},
+};
 
 /// Frames per batch of the live test run (the kernel's default; at most 256).
 pub const BATCH: u32 = 64;
 /// 10 GbE at the minimum frame size (64 bytes + 20 of preamble and gap), in Mpps.
 pub const LINE_RATE_MPPS: f64 = 14.88;
-/// The injector's program name in the dataplane object.
-pub const INJECT: &str = "bench_inject";
 
 /// What the injector does to each copy of the template.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,13 +136,9 @@ fn per_us(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9) / 1e6
 }
 
-/// Loads the injector program of the dataplane object, once.
-pub fn load_injector(ebpf: &mut Ebpf) -> Result<()> {
-    let prog = load::program_named(ebpf, INJECT)?;
-    if prog.fd().is_err() {
-        prog.load().with_context(|| format!("loading {INJECT}"))?;
-    }
-    Ok(())
+/// Loads the injector program of the bench's object, once.
+pub fn load_injector(bench: &mut Ebpf) -> Result<()> {
+    bench_object::program(bench, Program::Inject).map(|_| ())
 }
 
 /// A 60-byte IPv4 UDP frame `src:sport -> dst:dport` with these MAC addresses, a correct IPv4
@@ -156,22 +157,22 @@ pub fn udp_template(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, dst_ma
 }
 
 /// Injects for `inj.run` and measures; see the module's documentation.
-pub fn inject(ebpf: &mut Ebpf, inj: &Injection, count: &mut dyn FnMut(&Ebpf) -> Result<u64>) -> Result<Rate> {
+pub fn inject(bench: &mut Ebpf, inj: &Injection, count: &mut dyn FnMut(&Ebpf) -> Result<u64>) -> Result<Rate> {
     if inj.template.len() < 14 + 20 + 8 || inj.template[12..14] != [0x08, 0x00] || inj.template[14] != 0x45 {
         bail!("the template must be Ethernet, IPv4 without options, then a transport header ({} bytes)", inj.template.len());
     }
-    load_injector(ebpf)?;
-    configure(ebpf, inj)?;
+    load_injector(bench)?;
+    configure(bench, inj)?;
     let softirqd = ksoftirqd(inj.cpu);
     let old = pin(inj.cpu)?;
-    let rate = measure(ebpf, inj, softirqd, count);
+    let rate = measure(bench, inj, softirqd, count);
     unpin(&old);
     rate
 }
 
 /// One test run of `n` live frames in the current namespace; its clock.
-fn live(ebpf: &mut Ebpf, template: &[u8], n: u32) -> Result<Duration> {
-    let prog = load::program_named(ebpf, INJECT)?;
+fn live(bench: &mut Ebpf, template: &[u8], n: u32) -> Result<Duration> {
+    let prog = bench_object::program(bench, Program::Inject)?;
     let opts = TestRunOptions {
         data_in: Some(template),
         repeat: n,
@@ -181,18 +182,23 @@ fn live(ebpf: &mut Ebpf, template: &[u8], n: u32) -> Result<Duration> {
     Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+)")?.duration * n)
 }
 
-fn measure(ebpf: &mut Ebpf, inj: &Injection, softirqd: Option<u32>, count: &mut dyn FnMut(&Ebpf) -> Result<u64>) -> Result<Rate> {
+fn measure(
+    bench: &mut Ebpf,
+    inj: &Injection,
+    softirqd: Option<u32>,
+    count: &mut dyn FnMut(&Ebpf) -> Result<u64>,
+) -> Result<Rate> {
     // Warm up (caches, the page pool's first pages, the peer's ring), untimed and uncounted.
-    in_netns(inj.netns, || live(ebpf, inj.template, 1 << 16))??;
+    in_netns(inj.netns, || live(bench, inj.template, 1 << 16))??;
     std::thread::sleep(Duration::from_millis(10));
-    let c0 = count(ebpf)?;
+    let c0 = count(bench)?;
     let (r0, k0) = (thread_run()?, softirqd.map(sched_run).transpose()?);
     let started = Instant::now();
     let (mut n, mut injected, mut test_run, mut calls) = (1u32 << 16, 0u64, Duration::ZERO, 0);
     in_netns(inj.netns, || -> Result<()> {
         while started.elapsed() < inj.run && calls < 1000 {
             let t = Instant::now();
-            test_run += live(ebpf, inj.template, n)?;
+            test_run += live(bench, inj.template, n)?;
             injected += u64::from(n);
             calls += 1;
             // About ten calls per run.
@@ -205,7 +211,7 @@ fn measure(ebpf: &mut Ebpf, inj: &Injection, softirqd: Option<u32>, count: &mut 
     let (r1, k1) = (thread_run()?, softirqd.map(sched_run).transpose()?);
     // Let the last batch's deferred work, if any, finish before reading the counter.
     std::thread::sleep(Duration::from_millis(10));
-    let c1 = count(ebpf)?;
+    let c1 = count(bench)?;
     let ksoftirqd = match (k0, k1) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
@@ -213,8 +219,8 @@ fn measure(ebpf: &mut Ebpf, inj: &Injection, softirqd: Option<u32>, count: &mut 
     Ok(Rate { injected, counted: c1.saturating_sub(c0), test_run, ksoftirqd, thread: r1.saturating_sub(r0), wall })
 }
 
-/// The injector's configuration (layout: `BENCH_INJECT` in dataplane-ebpf/src/bench.rs).
-fn configure(ebpf: &mut Ebpf, inj: &Injection) -> Result<()> {
+/// The injector's configuration (layout: `BENCH_INJECT` in dataplane-ebpf/src/bench/live.rs).
+fn configure(bench: &mut Ebpf, inj: &Injection) -> Result<()> {
     let h = &inj.template[14..34];
     let word = |i: usize| u32::from(u16::from_be_bytes([h[2 * i], h[2 * i + 1]]));
     // Every header word but the checksum (5) and the source address (6, 7).
@@ -224,7 +230,7 @@ fn configure(ebpf: &mut Ebpf, inj: &Injection) -> Result<()> {
         Rewrite::Sources { a, b, b_share } => (1, a, b, b_share.min(65536)),
     };
     let config: [u32; 8] = [inj.ifindex, flags, u32::from(a), am, u32::from(b), bm, share, csum_base];
-    let mut map: Array<_, [u32; 8]> = Array::try_from(ebpf.map_mut("BENCH_INJECT").context("BENCH_INJECT map")?)?;
+    let mut map: Array<_, [u32; 8]> = Array::try_from(bench.map_mut("BENCH_INJECT").context("BENCH_INJECT map")?)?;
     map.set(0, config, 0)?;
     Ok(())
 }

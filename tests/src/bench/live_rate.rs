@@ -16,7 +16,8 @@
 //!
 //! Frames are counted where they arrive (the program's per-reason counters, or the bench
 //! programs' counter), and the stack's UDP counters say what reached UDP (a socket-less port:
-//! the stack drops it there, with an ICMP error within the kernel's rate limit).
+//! the stack drops it there, with an ICMP error within the kernel's rate limit). The injector,
+//! count-and-drop and count-and-pass are of the bench's object, this program of the product's.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -27,8 +28,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::PerCpuArray,
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, XdpMode},
+    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
 use dataplane::{
@@ -38,7 +38,10 @@ use dataplane::{
     lab::netns::{in_netns, Lab, CLIENT_IF, SERVER_IF},
     observe::counters::Counters,
 };
-use dataplane_tests::rng::Rng;
+use dataplane_tests::{
+    bench_object::{self, Program},
+    rng::Rng,
+};
 
 use super::live::{self, Injection, Rewrite, LINE_RATE_MPPS};
 
@@ -48,9 +51,6 @@ const DPORT: u16 = 5060;
 const DENY: (Ipv4Addr, u32) = (Ipv4Addr::new(198, 18, 0, 0), 0x1_ffff);
 /// Allowed sources: 10.201.0.4/30, in `any-ip` (10.201.0.0/29).
 const ALLOW: (Ipv4Addr, u32) = (Ipv4Addr::new(10, 201, 0, 4), 3);
-
-const DROP: &str = "bench_drop";
-const PASS: &str = "bench_pass";
 
 pub struct Opts {
     /// Time per sample.
@@ -102,6 +102,24 @@ struct System {
     floods: &'static [Flood],
 }
 
+/// This program loaded with the site (the product's object), and the bench's object: the
+/// injector, count-and-drop, count-and-pass.
+struct Objects {
+    product: Ebpf,
+    bench: Ebpf,
+}
+
+impl Objects {
+    /// The XDP program the system with `key` runs on veth-s, loaded.
+    fn program(&mut self, key: &str) -> Result<&mut Xdp> {
+        match key {
+            "floor" => bench_object::program(&mut self.bench, Program::CountDrop),
+            "xdp" => load::program(&mut self.product),
+            _ => bench_object::program(&mut self.bench, Program::CountPass),
+        }
+    }
+}
+
 const SYSTEMS: [System; 5] = [
     System { key: "floor", label: "count-and-drop", floods: &[DENIED, ONE_FRAME] },
     System { key: "xdp", label: "this program", floods: &[DENIED, ONE_FRAME, ALLOWED, MIXED] },
@@ -125,10 +143,10 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
         }
         Ok(())
     })??;
-    let mut ebpf = load::load(&tables)?.ebpf;
-    live::load_injector(&mut ebpf)?;
-    for p in [DROP, PASS] {
-        load::program_named(&mut ebpf, p)?.load().with_context(|| format!("loading {p}"))?;
+    let mut objects = Objects { product: load::load(&tables)?.ebpf, bench: bench_object::load()? };
+    live::load_injector(&mut objects.bench)?;
+    for p in [Program::CountDrop, Program::CountPass] {
+        bench_object::program(&mut objects.bench, p)?;
     }
     let template = live::udp_template(
         Ipv4Addr::from(u32::from(DENY.0) + 1),
@@ -179,7 +197,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
         for k in 0..systems.len() {
             let si = (k + rep) % systems.len();
             let sys = systems[si];
-            let Some(attached) = setup(&mut ebpf, &lab, &site, sys, ipt.as_ref(), rep == 0)? else { continue };
+            let Some(attached) = setup(&mut objects, &lab, &site, sys, ipt.as_ref(), rep == 0)? else { continue };
             let result = (|| -> Result<()> {
                 for (fi, flood) in sys.floods.iter().enumerate() {
                     let inj = Injection {
@@ -193,8 +211,9 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
                     // The counter, and what reached UDP and what the program passed, read at the
                     // same two moments.
                     let mut reads: Vec<(u64, Option<u64>)> = vec![];
-                    let rate = live::inject(&mut ebpf, &inj, &mut |e| {
-                        let (n, passed) = counted(e, sys.key)?;
+                    let product = &objects.product;
+                    let rate = live::inject(&mut objects.bench, &inj, &mut |bench| {
+                        let (n, passed) = counted(product, bench, sys.key)?;
                         reads.push((udp_in(&lab)?, passed));
                         Ok(n)
                     })?;
@@ -210,7 +229,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
                 }
                 Ok(())
             })();
-            teardown(&mut ebpf, &lab, sys, attached, ipt.as_ref());
+            teardown(&mut objects, &lab, sys, attached, ipt.as_ref());
             result?;
         }
     }
@@ -258,16 +277,16 @@ pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
     println!("reached: the least share of the injected frames that reached the system (over the samples); to UDP: of those, the");
     println!("share the stack's UDP layer received; passed: the share this program's counters passed.");
 
-    let alone = program_alone(&mut ebpf, &template)?;
+    let alone = program_alone(&mut objects, &template)?;
     report(&figures, alone);
     Ok(figures)
 }
 
 /// The ns per frame of this program and of count-and-drop on the template (denied) frame through
 /// plain BPF_PROG_TEST_RUN (repeat, no injector, no veth): the program's own cost.
-fn program_alone(ebpf: &mut Ebpf, frame: &[u8]) -> Result<(f64, f64)> {
-    let mut one = |name: &str| -> Result<f64> {
-        let prog = load::program_named(ebpf, name)?;
+fn program_alone(objects: &mut Objects, frame: &[u8]) -> Result<(f64, f64)> {
+    let mut one = |key: &str| -> Result<f64> {
+        let prog = objects.program(key)?;
         let mut xs = vec![];
         for _ in 0..5 {
             let opts = TestRunOptions { data_in: Some(frame), repeat: 1_000_000, ..TestRunOptions::default() };
@@ -275,7 +294,7 @@ fn program_alone(ebpf: &mut Ebpf, frame: &[u8]) -> Result<(f64, f64)> {
         }
         Ok(median(xs))
     };
-    Ok((one(load::PROGRAM)?, one(DROP)?))
+    Ok((one("xdp")?, one("floor")?))
 }
 
 fn report(figures: &[Figure], (alone, floor_alone): (f64, f64)) {
@@ -357,33 +376,24 @@ fn check_floods(c: &classify::Classifier) -> Result<()> {
     Ok(())
 }
 
-fn program_of(key: &str) -> &'static str {
-    match key {
-        "floor" => DROP,
-        "xdp" => load::PROGRAM,
-        _ => PASS,
-    }
-}
-
 /// Attaches what the system needs on veth-s and loads its rules; None when it cannot run here.
 fn setup(
-    ebpf: &mut Ebpf,
+    objects: &mut Objects,
     lab: &Lab,
     site: &Path,
     sys: &System,
     ipt: Option<&(String, String, String)>,
     first: bool,
 ) -> Result<Option<XdpLinkId>> {
-    let program = program_of(sys.key);
     if sys.key == "iptables" && ipt.is_none() {
         if first {
             println!("{:<16} (skipped: no iptables-restore; apt-get install iptables)", sys.label);
         }
         return Ok(None);
     }
-    let prog = load::program_named(ebpf, program)?;
+    let prog = objects.program(sys.key)?;
     let link = in_netns(&lab.server, || prog.attach(SERVER_IF, XdpMode::Driver))?
-        .with_context(|| format!("attaching {program} natively to {SERVER_IF}"))?;
+        .with_context(|| format!("attaching the program of {} natively to {SERVER_IF}", sys.label))?;
     let loaded = match sys.key {
         "nftables" => super::load_nft(&lab.server, site).inspect(|&ok| {
             if !ok && first {
@@ -410,15 +420,14 @@ fn setup(
     match loaded {
         Ok(true) => Ok(Some(link)),
         other => {
-            let _ = in_netns(&lab.server, || load::program_named(ebpf, program).and_then(|p| Ok(p.detach(link)?)));
+            let _ = in_netns(&lab.server, || objects.program(sys.key).and_then(|p| Ok(p.detach(link)?)));
             other.map(|_| None)
         }
     }
 }
 
-fn teardown(ebpf: &mut Ebpf, lab: &Lab, sys: &System, link: XdpLinkId, ipt: Option<&(String, String, String)>) {
-    let program = program_of(sys.key);
-    let _ = in_netns(&lab.server, || load::program_named(ebpf, program).and_then(|p| Ok(p.detach(link)?)));
+fn teardown(objects: &mut Objects, lab: &Lab, sys: &System, link: XdpLinkId, ipt: Option<&(String, String, String)>) {
+    let _ = in_netns(&lab.server, || objects.program(sys.key).and_then(|p| Ok(p.detach(link)?)));
     if sys.key == "nftables" {
         let _ = Command::new("ip").args(["netns", "exec", &lab.server, "nft", "delete", "table", "inet", "dataplane"]).status();
     }
@@ -430,16 +439,15 @@ fn teardown(ebpf: &mut Ebpf, lab: &Lab, sys: &System, link: XdpLinkId, ipt: Opti
 }
 
 /// Frames the system under test counted so far, and of those passed (this program only).
-fn counted(ebpf: &Ebpf, key: &str) -> Result<(u64, Option<u64>)> {
+fn counted(product: &Ebpf, bench: &Ebpf, key: &str) -> Result<(u64, Option<u64>)> {
     if key == "xdp" {
-        let c = Counters::read(ebpf)?;
+        let c = Counters::read(product)?;
         let all = c.reasons.iter().map(|r| r.packets).sum();
         let passed = dataplane_common::Reason::ALL.iter().filter(|r| !r.is_drop()).map(|&r| c.reason(r).packets).sum();
         return Ok((all, Some(passed)));
     }
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map("BENCH_COUNT").context("BENCH_COUNT map")?)?;
-    let i = if key == "floor" { 0 } else { 1 };
-    Ok((map.get(&i, 0)?.iter().sum(), None))
+    let program = if key == "floor" { Program::CountDrop } else { Program::CountPass };
+    Ok((bench_object::counted(bench, program)?, None))
 }
 
 /// Datagrams the server namespace's UDP layer received (to a socket, to no socket, in error).

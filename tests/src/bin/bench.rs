@@ -18,10 +18,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
 use dataplane::{classify, classify::Outcome, compile, compile::tables::Tables, kernel::load, policy::Policy};
 use dataplane_common::{ConnKeyV4, ConnKeyV6, Reason};
-use dataplane_tests::packet::Pkt;
+use dataplane_tests::{bench_object, packet::Pkt};
 
 const REPEAT: u32 = 1_000_000;
 
@@ -38,6 +41,40 @@ struct Figure {
     prog: f64,
     base: f64,
     floor: f64,
+}
+
+/// The programs a figure times: this program, and the empty and the floor program of the bench's
+/// object, on the same frame.
+#[derive(Clone, Copy, PartialEq)]
+enum Timed {
+    Program,
+    Empty,
+    Floor,
+}
+
+/// This program loaded with a site (the product's object), and the bench's object beside it.
+struct Rig {
+    ebpf: Ebpf,
+    bench: Ebpf,
+}
+
+impl Rig {
+    fn new(tables: &Tables) -> Result<Self> {
+        let mut rig = Self { ebpf: load::load(tables)?.ebpf, bench: bench_object::load()? };
+        for t in [Timed::Empty, Timed::Floor] {
+            rig.xdp(t)?;
+        }
+        Ok(rig)
+    }
+
+    /// The program, loaded.
+    fn xdp(&mut self, t: Timed) -> Result<&mut Xdp> {
+        match t {
+            Timed::Program => load::program(&mut self.ebpf),
+            Timed::Empty => bench_object::program(&mut self.bench, bench_object::Program::Baseline),
+            Timed::Floor => bench_object::program(&mut self.bench, bench_object::Program::Floor),
+        }
+    }
 }
 
 /// Compile and load of one synthetic site.
@@ -187,34 +224,31 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
     let site = root.join("tests/sites/floods.yaml");
     let policy = dataplane::policy::load_site(&site).context("loading tests/sites/floods.yaml")?;
     let tables = compile::compile(&policy)?;
-    let mut ebpf = load::load(&tables)?.ebpf;
-    for p in [load::BASELINE, load::FLOOR] {
-        load::program_named(&mut ebpf, p)?.load()?;
-    }
+    let mut rig = Rig::new(&tables)?;
     // Single runs: the program must stay in the XDP dispatcher (see hold_in_dispatcher).
-    let _idle = dataplane_tests::flood::hold_in_dispatcher(load::program(&mut ebpf)?, &format!("dpflood{}", std::process::id()))?;
+    let _idle = dataplane_tests::flood::hold_in_dispatcher(rig.xdp(Timed::Program)?, &format!("dpflood{}", std::process::id()))?;
     let server: IpAddr = "10.203.0.1".parse()?;
     let frame =
         |i: u32| Pkt::udp(IpAddr::from([10, 203, 0, 16 + (i / 4096) as u8]), server, 1024 + (i % 4096) as u16, 5060).build();
     // The repeated tuple is one the flood never sends, from one of its sources.
     let repeated = Pkt::udp(IpAddr::from([10, 203, 0, 16]), server, 40000, 5060).build();
-    fill_floor(&mut ebpf, &repeated)?;
+    fill_floor(&mut rig.bench, &repeated)?;
     let (mut fresh, mut same, mut floor) = (vec![], vec![], vec![]);
     for i in 0..FLOOD_TUPLES {
         let new = frame(i);
         let mut runs =
-            [(&new, &mut fresh, load::PROGRAM), (&repeated, &mut same, load::PROGRAM), (&repeated, &mut floor, load::FLOOR)];
+            [(&new, &mut fresh, Timed::Program), (&repeated, &mut same, Timed::Program), (&repeated, &mut floor, Timed::Floor)];
         // Each kind first in turn: the first run after the system call's own work is no cheaper.
         runs.rotate_left(i as usize % 3);
         for (frame, out, program) in runs {
-            let (verdict, ns) = single_run(&mut ebpf, program, frame)?;
-            if program == load::PROGRAM && verdict != dataplane_tests::XDP_PASS {
+            let (verdict, ns) = single_run(&mut rig, program, frame)?;
+            if program == Timed::Program && verdict != dataplane_tests::XDP_PASS {
                 bail!("the flood's packet {i} was not passed (XDP action {verdict}): tests/sites/floods.yaml changed?");
             }
             out.push(ns);
         }
     }
-    let [prog, base, floor_many] = medians(&mut ebpf, [load::PROGRAM, load::BASELINE, load::FLOOR], &repeated, args.samples)?;
+    let [prog, base, floor_many] = medians(&mut rig, ALL_TIMED, &repeated, args.samples)?;
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[v.len() * 9 / 10])
@@ -243,9 +277,9 @@ fn flood_cost(root: &Path, args: &Args) -> Result<()> {
 }
 
 /// One run of `program` on `frame`: its XDP action and the ns the kernel timed.
-fn single_run(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, f64)> {
+fn single_run(rig: &mut Rig, program: Timed, frame: &[u8]) -> Result<(u32, f64)> {
     let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-    let r = load::program_named(ebpf, program)?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    let r = rig.xdp(program)?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
@@ -264,17 +298,14 @@ fn measure_case(
     figures: &mut Vec<Figure>,
     extras: bool,
 ) -> Result<()> {
-    let mut ebpf = load::load(tables)?.ebpf;
-    for p in [load::BASELINE, load::FLOOR] {
-        load::program_named(&mut ebpf, p)?.load()?;
-    }
+    let mut rig = Rig::new(tables)?;
     let mut samples = sample_packets(policy, tables, extras)?;
     if extras {
-        samples.extend(reply_packets(&mut ebpf, policy, tables)?);
+        samples.extend(reply_packets(&mut rig.ebpf, policy, tables)?);
     }
     for (kind, frame) in samples {
-        fill_floor(&mut ebpf, &frame)?;
-        let [prog, base, floor] = medians(&mut ebpf, [load::PROGRAM, load::BASELINE, load::FLOOR], &frame, args.samples)?;
+        fill_floor(&mut rig.bench, &frame)?;
+        let [prog, base, floor] = medians(&mut rig, ALL_TIMED, &frame, args.samples)?;
         println!(
             "{:<28} {:<24} {:>8.1} {:>7.1} {:>7.1} {:>7.2}x {:>7.2}x",
             label,
@@ -290,32 +321,36 @@ fn measure_case(
     Ok(())
 }
 
-/// Puts the frame's 5-tuple in the floor program's table, so that its lookup is a hit.
-fn fill_floor(ebpf: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
+/// Puts the frame's 5-tuple in the floor program's table (in the bench's object), so that its
+/// lookup is a hit.
+fn fill_floor(bench: &mut Ebpf, frame: &[u8]) -> Result<()> {
     use dataplane_common::parse::{parse, Bytes};
     let parsed = parse(&Bytes(frame));
     let Some(p) = parsed.ip_packet() else { return Ok(()) };
     let Some((sport, dport, _)) = dataplane_common::walk::ports(p) else { return Ok(()) };
     if p.v6 {
         let mut m: aya::maps::HashMap<_, ConnKeyV6, u32> =
-            aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
+            aya::maps::HashMap::try_from(bench.map_mut("FLOOR_V6").context("FLOOR_V6")?)?;
         m.insert(ConnKeyV6 { src: [p.src.hi, p.src.lo], dst: [p.dst.hi, p.dst.lo], sport, dport, proto: p.proto as u32 }, 1, 0)?;
     } else {
         let key = ConnKeyV4 { src: p.src.v4(), dst: p.dst.v4(), sport, dport, proto: p.proto as u32 };
         let mut m: aya::maps::HashMap<_, ConnKeyV4, u32> =
-            aya::maps::HashMap::try_from(ebpf.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
+            aya::maps::HashMap::try_from(bench.map_mut("FLOOR_V4").context("FLOOR_V4")?)?;
         m.insert(key, 1, 0)?;
     }
     Ok(())
 }
 
+/// This program, the empty one and the floor, in the order of a figure's columns.
+const ALL_TIMED: [Timed; 3] = [Timed::Program, Timed::Empty, Timed::Floor];
+
 /// The median ns per run of each program on `frame`, their samples taken in turn so that a slow
 /// phase of the machine weighs on all of them alike.
-fn medians<const N: usize>(ebpf: &mut aya::Ebpf, programs: [&str; N], frame: &[u8], n: usize) -> Result<[f64; N]> {
+fn medians<const N: usize>(rig: &mut Rig, programs: [Timed; N], frame: &[u8], n: usize) -> Result<[f64; N]> {
     let mut samples = [(); N].map(|_| Vec::with_capacity(n));
     for _ in 0..n {
-        for (i, p) in programs.iter().enumerate() {
-            samples[i].push(median_ns(ebpf, p, frame, 1)?);
+        for (i, &p) in programs.iter().enumerate() {
+            samples[i].push(median_ns(rig, p, frame, 1)?);
         }
     }
     Ok(samples.map(|mut s| {
@@ -324,8 +359,8 @@ fn medians<const N: usize>(ebpf: &mut aya::Ebpf, programs: [&str; N], frame: &[u
     }))
 }
 
-fn median_ns(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8], n: usize) -> Result<f64> {
-    let prog = load::program_named(ebpf, program)?;
+fn median_ns(rig: &mut Rig, program: Timed, frame: &[u8], n: usize) -> Result<f64> {
+    let prog = rig.xdp(program)?;
     let mut samples = vec![];
     for _ in 0..n {
         let opts = TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..Default::default() };
@@ -336,9 +371,9 @@ fn median_ns(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8], n: usize) -> Res
     Ok(samples[n / 2])
 }
 
-fn run_verdict(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<u32> {
+fn run_verdict(rig: &mut Rig, program: Timed, frame: &[u8]) -> Result<u32> {
     let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-    Ok(load::program_named(ebpf, program)?.test_run(opts)?.return_value)
+    Ok(rig.xdp(program)?.test_run(opts)?.return_value)
 }
 
 fn build(p: &classify::Probe) -> Vec<u8> {
@@ -415,7 +450,7 @@ fn role_addrs(policy: &Policy, v6: bool) -> Vec<IpAddr> {
 /// A reply of a connection a protected server opened, found from the outbound flows: the
 /// connection is recorded through the egress program first (for TCP, the server's SYN and the
 /// peer's SYN-ACK), then the reply is what the bench times.
-fn reply_packets(ebpf: &mut aya::Ebpf, policy: &Policy, t: &Tables) -> Result<Vec<(String, Vec<u8>)>> {
+fn reply_packets(ebpf: &mut Ebpf, policy: &Policy, t: &Tables) -> Result<Vec<(String, Vec<u8>)>> {
     let Some(c) = classify::Classifier::new_outbound(t) else { return Ok(vec![]) };
     let mut frames = vec![];
     for v6 in [false, true] {
@@ -437,7 +472,7 @@ fn reply_packets(ebpf: &mut aya::Ebpf, policy: &Policy, t: &Tables) -> Result<Ve
     Ok(frames)
 }
 
-fn run_once(ebpf: &mut aya::Ebpf, program: &str, frame: &[u8]) -> Result<()> {
+fn run_once(ebpf: &mut Ebpf, program: &str, frame: &[u8]) -> Result<()> {
     let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     if program == load::EGRESS {
         load::egress(ebpf)?.test_run(opts)?;
@@ -518,10 +553,7 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let id = v[0]["xdp"][0]["id"].as_u64().context("no XDP program on v0")?;
 
     let lab = dataplane::daemon::compile_site(&root.join("policies/sites/lab.yaml"))?;
-    let mut ebpf = load::load(&lab)?.ebpf;
-    for p in [load::BASELINE, load::FLOOR] {
-        load::program_named(&mut ebpf, p)?.load()?;
-    }
+    let mut rig = Rig::new(&lab)?;
     let (ext, prot, ext6, prot6): (IpAddr, IpAddr, IpAddr, IpAddr) =
         ("10.200.0.9".parse()?, "10.200.0.1".parse()?, "fd00:200::9".parse()?, "fd00:200::1".parse()?);
     let (stranger, stranger6): (IpAddr, IpAddr) = ("198.18.77.77".parse()?, "2001:db8:ffff::77".parse()?);
@@ -576,12 +608,12 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
         }
         xs.sort_by(f64::total_cmp);
         let xdpf = xs[xs.len() / 2];
-        let got = run_verdict(&mut ebpf, load::PROGRAM, &frame)?;
+        let got = run_verdict(&mut rig, Timed::Program, &frame)?;
         if u64::from(got) != want {
             bail!("this program returned {got} for {kind}, expected {want}");
         }
-        fill_floor(&mut ebpf, &frame)?;
-        let [ours, base, floor] = medians(&mut ebpf, [load::PROGRAM, load::BASELINE, load::FLOOR], &frame, args.samples)?;
+        fill_floor(&mut rig.bench, &frame)?;
+        let [ours, base, floor] = medians(&mut rig, ALL_TIMED, &frame, args.samples)?;
         println!(
             "  {:<30} {:>7.1} {:>7.1} {:>8.1} {:>10.1} {:>10.2}x {:>12.2}x",
             kind,

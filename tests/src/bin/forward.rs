@@ -16,7 +16,8 @@
 //!
 //! The injector is this bench's own (`bench_forward_inject`): it writes the template's headers
 //! into every frame, since forwarding rewrites them in the recycled pages; the measurement is
-//! that of tests/src/bench/live.rs (whose template and CPU helpers it uses).
+//! that of tests/src/bench/live.rs (whose template and CPU helpers it uses). The injector,
+//! count-and-drop and count-and-pass are of the bench's object, this program of the product's.
 //!
 //! Everything runs on one CPU (`--cpu N`, default the last one): the injector, both veth
 //! crossings, the program or the ruleset, and the kernel's forwarding. Goal: XDP forwarding >=
@@ -33,7 +34,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::PerCpuArray,
-    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, XdpMode},
+    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
 use dataplane::{
@@ -43,7 +44,10 @@ use dataplane::{
 };
 use dataplane_common::{forward::FWD_STAT_REDIRECTED, CONFIG_FORWARD};
 
-use dataplane_tests::flood::mac;
+use dataplane_tests::{
+    bench_object::{self, Program},
+    flood::mac,
+};
 
 #[path = "../bench/live.rs"]
 mod live;
@@ -65,6 +69,15 @@ impl Way {
             Way::XdpForward => "xdp forward",
             Way::XdpPass => "xdp pass + kernel",
             Way::Nft => "nft + kernel",
+        }
+    }
+
+    /// The program on the gateway's outside interface: this program (`product`), or
+    /// count-and-pass of the bench's object.
+    fn program<'a>(self, product: &'a mut Ebpf, bench: &'a mut Ebpf) -> Result<&'a mut Xdp> {
+        match self {
+            Way::XdpForward | Way::XdpPass => load::program(product),
+            Way::Nft => bench_object::program(bench, Program::CountPass),
         }
     }
 }
@@ -112,12 +125,12 @@ fn main() -> Result<()> {
     let tables = compile_site(&site)?;
     let nft = nft_forward_ruleset(&site)?;
     let load::Object { mut ebpf, mut policy } = load::load(&tables)?;
+    let mut bench = bench_object::load()?;
     // Count-and-drop on the server's end: counts what crossed, and lets that veth take frames
     // redirected to its peer.
-    load::program_named(&mut ebpf, "bench_drop")?.load()?;
-    let counter_link = attach(&mut ebpf, &gw.server, "bench_drop", SERVER_IF)?;
-    load::program_named(&mut ebpf, "bench_pass")?.load()?;
-    load::program_named(&mut ebpf, INJECT)?.load().context("loading the injector")?;
+    let counter_link = attach(bench_object::program(&mut bench, Program::CountDrop)?, &gw.server, SERVER_IF)?;
+    bench_object::program(&mut bench, Program::CountPass)?;
+    bench_object::program(&mut bench, Program::ForwardInject).context("loading the injector")?;
     let client_if = in_netns(&gw.client, || if_index(CLIENT_IF))?;
     let inside = in_netns(&gw.gateway, || if_index(INSIDE_IF))?;
     let outside = in_netns(&gw.gateway, || if_index(OUTSIDE_IF))?;
@@ -130,11 +143,11 @@ fn main() -> Result<()> {
     let mut checks = vec![(0u64, 0u64); Way::ALL.len()];
     for _ in 0..samples {
         for (i, way) in Way::ALL.into_iter().enumerate() {
-            let link = setup(&mut ebpf, &mut policy, &gw, way, &nft)?;
+            let link = setup(&mut ebpf, &mut bench, &mut policy, &gw, way, &nft)?;
             let (f0, k0) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
-            let rate = inject(&mut ebpf, &gw.client, client_if, &template, cpu, run);
+            let rate = inject(&mut bench, &gw.client, client_if, &template, cpu, run);
             let (f1, k1) = (forwarded_in_xdp(&ebpf)?, dataplane::lab::gateway::forwarded(&gw.gateway));
-            teardown(&mut ebpf, &gw, way, link);
+            teardown(&mut ebpf, &mut bench, &gw, way, link);
             let rate = rate?;
             if verbose {
                 println!("    {}: {rate:?}, forwarded in XDP {}, by the kernel {}", way.label(), f1 - f0, k1 - k0);
@@ -144,7 +157,8 @@ fn main() -> Result<()> {
             checks[i].1 += k1 - k0;
         }
     }
-    let _ = in_netns(&gw.server, || load::program_named(&mut ebpf, "bench_drop").and_then(|p| Ok(p.detach(counter_link)?)));
+    let _ =
+        in_netns(&gw.server, || bench_object::program(&mut bench, Program::CountDrop).and_then(|p| Ok(p.detach(counter_link)?)));
 
     println!(
         "  {:<20} {:>8} {:>9} {:>10} {:>10} {:>16} {:>16}",
@@ -197,13 +211,12 @@ fn nft_forward_ruleset(site: &Path) -> Result<String> {
     Ok(text.replace(hook, "type filter hook forward priority filter;"))
 }
 
-fn setup(ebpf: &mut Ebpf, policy: &mut PolicyMaps, gw: &Gateway, way: Way, nft: &str) -> Result<XdpLinkId> {
+fn setup(ebpf: &mut Ebpf, bench: &mut Ebpf, policy: &mut PolicyMaps, gw: &Gateway, way: Way, nft: &str) -> Result<XdpLinkId> {
     match way {
         Way::XdpForward | Way::XdpPass => {
             let mut run = policy.run_config()?;
             run.flags = if way == Way::XdpForward { run.flags | CONFIG_FORWARD } else { run.flags & !CONFIG_FORWARD };
             policy.write_run_config(run)?;
-            attach(ebpf, &gw.gateway, load::PROGRAM, OUTSIDE_IF)
         }
         Way::Nft => {
             let path = std::env::temp_dir().join("i18-forward.nft");
@@ -216,14 +229,13 @@ fn setup(ebpf: &mut Ebpf, policy: &mut PolicyMaps, gw: &Gateway, way: Way, nft: 
             if !status.success() {
                 bail!("nft -f {} failed", path.display());
             }
-            attach(ebpf, &gw.gateway, "bench_pass", OUTSIDE_IF)
         }
     }
+    attach(way.program(ebpf, bench)?, &gw.gateway, OUTSIDE_IF)
 }
 
-fn teardown(ebpf: &mut Ebpf, gw: &Gateway, way: Way, link: XdpLinkId) {
-    let program = if way == Way::Nft { "bench_pass" } else { load::PROGRAM };
-    let _ = in_netns(&gw.gateway, || load::program_named(ebpf, program).and_then(|p| Ok(p.detach(link)?)));
+fn teardown(ebpf: &mut Ebpf, bench: &mut Ebpf, gw: &Gateway, way: Way, link: XdpLinkId) {
+    let _ = in_netns(&gw.gateway, || way.program(ebpf, bench).and_then(|p| Ok(p.detach(link)?)));
     if way == Way::Nft {
         let _ = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", gw.gateway))
@@ -232,9 +244,8 @@ fn teardown(ebpf: &mut Ebpf, gw: &Gateway, way: Way, link: XdpLinkId) {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, ns: &str, program: &str, ifname: &str) -> Result<XdpLinkId> {
-    let prog = load::program_named(ebpf, program)?;
-    in_netns(ns, || prog.attach(ifname, XdpMode::Driver))?.with_context(|| format!("attaching {program} natively to {ifname}"))
+fn attach(prog: &mut Xdp, ns: &str, ifname: &str) -> Result<XdpLinkId> {
+    in_netns(ns, || prog.attach(ifname, XdpMode::Driver))?.with_context(|| format!("attaching XDP natively to {ifname} in {ns}"))
 }
 
 /// What one injection measured (as `live::Rate`, with this bench's injector).
@@ -260,24 +271,24 @@ impl Rate {
     }
 }
 
-/// The injector (`bench_forward_inject`, dataplane-ebpf/src/bench_forward.rs) in live-frames
+/// The injector (`bench_forward_inject`, dataplane-ebpf/src/bench/forward.rs) in live-frames
 /// test runs on `cpu`, in namespace `ns`, redirecting into `ifindex`, for about `run` after a
 /// warm-up; frames counted behind the gateway. The method of tests/src/bench/live.rs: the test
 /// runs' clock holds this CPU's work on the frames, softirqs included; ksoftirqd's time on the
 /// CPU over the run is added.
-fn inject(ebpf: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, run: Duration) -> Result<Rate> {
+fn inject(bench: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, run: Duration) -> Result<Rate> {
     let mut config = [0u32; 18];
     config[0] = ifindex;
     for i in 0..17 {
         config[1 + i] = u32::from(u16::from_ne_bytes([template[2 * i], template[2 * i + 1]]));
     }
     let mut map: aya::maps::Array<_, [u32; 18]> =
-        aya::maps::Array::try_from(ebpf.map_mut("BENCH_FWD").context("BENCH_FWD map")?)?;
+        aya::maps::Array::try_from(bench.map_mut("BENCH_FWD").context("BENCH_FWD map")?)?;
     map.set(0, config, 0)?;
     let softirqd = ksoftirqd(cpu);
     let old = pin(cpu)?;
-    let live = |ebpf: &mut Ebpf, n: u32| -> Result<Duration> {
-        let prog = load::program_named(ebpf, INJECT)?;
+    let live = |bench: &mut Ebpf, n: u32| -> Result<Duration> {
+        let prog = bench_object::program(bench, Program::ForwardInject)?;
         let opts = TestRunOptions {
             data_in: Some(template),
             repeat: n,
@@ -287,16 +298,16 @@ fn inject(ebpf: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, 
         Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN with live frames (kernel 5.18+)")?.duration * n)
     };
     let rate = (|| -> Result<Rate> {
-        in_netns(ns, || live(ebpf, WARMUP))??;
+        in_netns(ns, || live(bench, WARMUP))??;
         std::thread::sleep(Duration::from_millis(10));
-        let c0 = counted(ebpf)?;
+        let c0 = counted(bench)?;
         let k0 = softirqd.map(sched_run).transpose()?;
         let started = Instant::now();
         let (mut n, mut injected, mut test_run, mut calls) = (1u32 << 16, 0u64, Duration::ZERO, 0);
         in_netns(ns, || -> Result<()> {
             while started.elapsed() < run && calls < 1000 {
                 let t = Instant::now();
-                test_run += live(ebpf, n)?;
+                test_run += live(bench, n)?;
                 injected += u64::from(n);
                 calls += 1;
                 let took = t.elapsed().as_secs_f64().max(1e-6);
@@ -307,7 +318,7 @@ fn inject(ebpf: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, 
         let wall = started.elapsed();
         let k1 = softirqd.map(sched_run).transpose()?;
         std::thread::sleep(Duration::from_millis(10));
-        let counted = counted(ebpf)?.saturating_sub(c0);
+        let counted = counted(bench)?.saturating_sub(c0);
         let ksoftirqd = match (k0, k1) {
             (Some(a), Some(b)) => b.saturating_sub(a),
             _ => Duration::ZERO,
@@ -319,7 +330,6 @@ fn inject(ebpf: &mut Ebpf, ns: &str, ifindex: u32, template: &[u8], cpu: usize, 
     rate
 }
 
-const INJECT: &str = "bench_forward_inject";
 /// Frames of each sample's untimed, uncounted warm-up.
 const WARMUP: u32 = 1 << 16;
 
@@ -350,9 +360,8 @@ fn ksoftirqd(cpu: usize) -> Option<u32> {
 }
 
 /// Frames count-and-drop counted on the server's end.
-fn counted(ebpf: &Ebpf) -> Result<u64> {
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map("BENCH_COUNT").context("BENCH_COUNT map")?)?;
-    Ok(map.get(&0, 0)?.iter().sum())
+fn counted(bench: &Ebpf) -> Result<u64> {
+    bench_object::counted(bench, Program::CountDrop)
 }
 
 fn forwarded_in_xdp(ebpf: &Ebpf) -> Result<u64> {

@@ -1,5 +1,5 @@
-//! Bench-only: the injector of the gateway forwarding bench (tests/src/bin/forward.rs). Not
-//! loaded by `dataplane`.
+//! The injector of the gateway forwarding bench (tests/src/bin/forward.rs), in the bench's
+//! object: not in the object `dataplane` loads.
 //!
 //! A forwarding path rewrites the frame in place (MACs, TTL, checksum), the XDP forwarder and
 //! the kernel's alike, and the live-frames test run recycles its pages without copying the

@@ -1,5 +1,5 @@
-//! Bench-only XDP programs for the live-frames packet-rate bench (tests/src/bench/live.rs).
-//! None of them is loaded by `dataplane`; the bench loads them from the same object.
+//! The live-frames packet-rate bench's XDP programs (tests/src/bench/live.rs), in the bench's
+//! object: none of them is in the object `dataplane` loads.
 //!
 //! - `bench_inject`: the injector. `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` runs it
 //!   on each copy of a template frame (Ethernet, IPv4 without options, UDP); it rewrites the
