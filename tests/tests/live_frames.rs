@@ -85,8 +85,12 @@ fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
         let r = live::inject(&mut bench, &inj(rewrite), &mut |bench| {
             udp.push(udp_in(&lab.server));
             bench_pass_count(bench)
-        })
-        .unwrap();
+        });
+        let r = match r {
+            // Nothing here can be checked; the cost bench and the veth tests still run.
+            Err(e) if live::refused(&e) => return eprintln!("SKIPPED: {}: {e:#}", live::REFUSED),
+            r => r.unwrap(),
+        };
         assert!(r.injected >= 1 << 14, "{rewrite:?}: {r:?}");
         // A few of the lab's own frames (IPv6 neighbour discovery, MLD) may cross meanwhile.
         assert!((r.injected..r.injected + 32).contains(&r.counted), "{rewrite:?}: every injected frame reaches veth-s: {r:?}");

@@ -156,6 +156,15 @@ pub fn udp_template(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, dst_ma
     f
 }
 
+/// Whether `e` is the kernel refusing live frames outright (EPERM): a sandboxed kernel may not
+/// allow `BPF_F_TEST_XDP_LIVE_FRAMES` at all, for any program. Callers say so and go on without.
+pub fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)))
+}
+
+/// What the benches print instead of live-frames figures on a kernel that refuses them.
+pub const REFUSED: &str = "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM)";
+
 /// Injects for `inj.run` and measures; see the module's documentation.
 pub fn inject(bench: &mut Ebpf, inj: &Injection, count: &mut dyn FnMut(&Ebpf) -> Result<u64>) -> Result<Rate> {
     if inj.template.len() < 14 + 20 + 8 || inj.template[12..14] != [0x08, 0x00] || inj.template[14] != 0x45 {

@@ -105,7 +105,14 @@ fn main() -> Result<()> {
                 |l| l.split(',').map(str::to_string).collect(),
             ),
         };
-        live_rate::run(&root, &opts)?;
+        match live_rate::run(&root, &opts) {
+            Err(e) if live::refused(&e) => {
+                println!("\nlive frames: {}: no packet-rate figures from them on this host", live::REFUSED)
+            }
+            r => {
+                r?;
+            }
+        }
     }
     if socket_part {
         packet_rate(&root, run)?;
