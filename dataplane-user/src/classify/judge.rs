@@ -81,11 +81,11 @@ impl Judge {
 
     /// The flow a slot of this direction counts.
     pub fn info(&self, dir: Dir, slot: Option<usize>) -> Option<&FlowInfo> {
-        let t = match dir {
-            Dir::In => &self.tables,
-            Dir::Out => self.tables.outbound.as_deref()?,
+        let flows = match dir {
+            Dir::In => &self.tables.flows,
+            Dir::Out => &self.tables.outbound.as_ref()?.flows,
         };
-        t.flows.get(slot?)
+        flows.get(slot?)
     }
 
     /// `explain`'s answer (`reason` "outbound" for a tracked outbound connection).

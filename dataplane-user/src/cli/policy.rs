@@ -330,8 +330,8 @@ struct Answer<'a> {
     direction: Option<&'static str>,
 }
 
-fn answer<'a>(t: &'a Tables, d: &Decision) -> Answer<'a> {
-    let info = d.flow.and_then(|s| t.flows.get(s));
+fn answer<'a>(flows: &'a [crate::compile::tables::FlowInfo], d: &Decision) -> Answer<'a> {
+    let info = d.flow.and_then(|s| flows.get(s));
     Answer {
         verdict: if d.allow { "allow" } else { "deny" },
         flow: info.map(|f| f.id.as_str()),
@@ -357,13 +357,13 @@ impl<'a> Explainer<'a> {
 
     fn answer(&self, p: &Packet, dir: Direction) -> Answer<'a> {
         match dir {
-            Direction::In => answer(self.tables, &self.inbound.classify(p)),
+            Direction::In => answer(&self.tables.flows, &self.inbound.classify(p)),
             Direction::Out => {
                 let d = match &self.outbound {
                     Some(c) => c.classify_outbound(p),
                     None => Decision { allow: false, flow: None, reason: Reason::DropNoFlow },
                 };
-                let out = self.tables.outbound.as_deref().unwrap_or(self.tables);
+                let out = self.tables.outbound.as_ref().map_or(&self.tables.flows, |o| &o.flows);
                 let mut a = answer(out, &d);
                 if d.allow {
                     a.reason = "outbound";

@@ -127,7 +127,7 @@ impl Pins {
             site: site.to_path_buf(),
             interfaces: interfaces.to_vec(),
             flows: tables.flows.clone(),
-            outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
+            outbound: tables.outbound_flows().to_vec(),
             persist: self.persist,
             generation: tables.config.generation,
             capacity,

@@ -177,8 +177,7 @@ pub fn traffic(net: &Net, tables: &crate::compile::tables::Tables, rounds: u32) 
         println!("\nlab: round {} of {}", round + 1, rounds);
         mismatches += run_round(net, &servers, &classifier, tables, round)?;
         mismatches += run_outbound(net, tables, round)?;
-        let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
-        print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
+        print!("{}", Stats::read_pinned(&tables.flows, tables.outbound_flows())?.render());
     }
     drop((servers, peers));
     Ok(mismatches)
@@ -322,7 +321,7 @@ fn run_outbound(net: &Net, tables: &crate::compile::tables::Tables, round: u32) 
         let packet = classify::Packet { src: server, dst: dns, proto: 17, sport, dport: port, icmp_type: None, quote: None };
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
         let tracked = expect.as_ref().is_some_and(|d| d.allow);
-        let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
+        let flow = expect.and_then(|d| d.flow).and_then(|s| tables.outbound_flows().get(s).map(|f| f.id.clone()));
         let answered =
             netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
         if answered != tracked {
