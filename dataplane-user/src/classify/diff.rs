@@ -22,7 +22,7 @@ use crate::classify::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::kernel::state::Enforced;
 use crate::policy::cidr::mask;
 use crate::policy::ports::{format_ranges, PortSpec};
-use crate::policy::sources::{Loaded, Sources};
+use crate::policy::sources::{Loaded, SiteFiles, Sources};
 use crate::policy::{Catalog, Cidr, Flow, FlowDecl, OptionValues, Policy};
 
 #[derive(clap::Args, Debug)]
@@ -66,14 +66,14 @@ pub fn exit(a: DiffArgs) -> ! {
 pub fn diff(a: &DiffArgs) -> Result<bool> {
     let dir = a.catalog_dir.as_deref();
     let (old, what) = match &a.from {
-        Some(from) => (Loaded::read(from, dir)?, from.display().to_string()),
+        Some(from) => (SiteFiles::new(from, dir).read()?, from.display().to_string()),
         None => {
             let e = Enforced::read(a.state.as_deref())?;
             let what = e.describe();
             (e.loaded, what)
         }
     };
-    let new = Loaded::read(&a.site, dir)?;
+    let new = SiteFiles::new(&a.site, dir).read()?;
     let d = compute(&old, &new, Some(a.examples))?;
     if a.json {
         let mut v = serde_json::to_value(&d)?;

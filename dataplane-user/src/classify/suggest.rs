@@ -29,7 +29,7 @@ use crate::kernel::state::Enforced;
 use crate::policy::cidr::mask;
 use crate::policy::options::OptionKind;
 use crate::policy::ports::PortSpec;
-use crate::policy::sources::Loaded;
+use crate::policy::sources::{Loaded, SiteFiles};
 use crate::policy::{catalog_dir, load_all_catalogs, Action, Cidr, OptValue, OptionValues, Policy};
 
 #[derive(clap::Args, Debug)]
@@ -64,7 +64,7 @@ pub struct SuggestArgs {
 
 pub fn suggest(a: SuggestArgs) -> Result<()> {
     let (base, what) = match &a.site {
-        Some(site) => (Loaded::read(site, a.catalog_dir.as_deref())?, site.display().to_string()),
+        Some(site) => (SiteFiles::new(site, a.catalog_dir.as_deref()).read()?, site.display().to_string()),
         None => {
             let e = Enforced::read(a.state.as_deref())?;
             let what = e.describe();

@@ -11,7 +11,7 @@ mod fault;
 pub mod reload;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use log::{info, warn};
@@ -21,9 +21,10 @@ pub use crate::kernel::attach::{Attached, Mode};
 use crate::{
     kernel::attach::if_index,
     observe::{counters::Counters, fill, metrics},
+    policy::sources::SiteFiles,
 };
 use enforcer::compile_guarded;
-pub use enforcer::{compile_site, Enforcer, StartOptions};
+pub use enforcer::{compile_site, Enforcer, Guard, StartOptions};
 use reload::reload_logged;
 use watch::Fingerprint;
 
@@ -32,6 +33,9 @@ pub struct RunArgs {
     /// Site file (policies/sites/*.yaml).
     #[arg(long)]
     pub site: PathBuf,
+    /// Catalog directory (default: $DATAPLANE_CATALOG_DIR, <site dir>/../catalog, ...).
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
     /// Interface to enforce on (repeat for several).
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
@@ -77,16 +81,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.forward && a.ifaces.len() < 2 {
         warn!("--forward: frames are forwarded in XDP only out of another --iface interface; with one, every allowed packet takes the kernel's path (name the inside interface too)");
     }
+    // The catalog directory is found once: reloads read the same one.
+    let files = SiteFiles::new(&a.site, a.catalog_dir.as_deref());
     // Before compiling: an edit made while starting is then seen as a change, and reloaded.
-    let seen = watch::fingerprint(&a.site);
-    // Monitor mode drops nothing, so it cannot lock anyone out.
-    let guard = (!a.monitor).then_some(a.force);
-    let (tables, sources) = compile_guarded(&a.site, guard)?;
+    let seen = watch::fingerprint(&files);
+    let guard = Guard::for_run(a.monitor, a.force);
+    let (tables, sources) = compile_guarded(&files, guard)?;
     // Bound before loading, so that a port in use fails before anything is attached.
     let server = a.metrics.map(metrics::Server::bind).transpose()?;
-    let opts = StartOptions { monitor: a.monitor, persist: a.persist, forward: a.forward, sources: Some(sources) };
-    let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, opts)?;
-    enforcer.guard = guard;
+    let opts = StartOptions { monitor: a.monitor, persist: a.persist, forward: a.forward, guard, sources: Some(sources) };
+    let (enforcer, modes) = Enforcer::start(files, tables, &a.ifaces, a.mode, None, opts)?;
     let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
     let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
     let persist = if a.persist { ", persisted: keeps enforcing after exit (dataplane detach removes it)" } else { "" };
@@ -102,7 +106,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(addr) = a.metrics {
         println!("metrics: http://{addr}/metrics");
     }
-    let enforcer = serve(enforcer, &a.site, seen, server, info)?;
+    let enforcer = serve(enforcer, seen, server, info)?;
     if a.persist {
         info!("stopping; the policy keeps enforcing on {} (persisted)", a.ifaces.join(", "));
     } else {
@@ -116,7 +120,6 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// and passes what the program logs to the log meanwhile.
 fn serve(
     mut enforcer: Enforcer,
-    site: &Path,
     mut seen: Fingerprint,
     server: Option<metrics::Server>,
     info: metrics::MetricsInfo,
@@ -145,7 +148,7 @@ fn serve(
                 _ = term.recv() => return Ok(enforcer),
                 r = &mut serving => return Err(r.context("the metrics server stopped").unwrap_err()),
                 _ = hup.recv() => {
-                    reload_logged(&mut enforcer, site, &info, "SIGHUP");
+                    reload_logged(&mut enforcer, &info, "SIGHUP");
                     logs = program_log(&mut enforcer)?;
                 }
                 _ = minute.tick() => {
@@ -156,10 +159,10 @@ fn serve(
                 _ = tick.tick() => {
                     enforcer.watch_interfaces();
                     fill::watch(&enforcer.ebpf);
-                    let now = watch::fingerprint(site);
+                    let now = watch::fingerprint(enforcer.files());
                     if now != seen {
                         seen = now;
-                        reload_logged(&mut enforcer, site, &info, "the site or a catalog changed");
+                        reload_logged(&mut enforcer, &info, "the site or a catalog changed");
                         logs = program_log(&mut enforcer)?;
                     }
                 }

@@ -5,7 +5,7 @@ pub mod nft;
 
 use std::path::PathBuf;
 
-use crate::{compile, policy};
+use crate::{compile, policy, policy::sources::SiteFiles};
 
 /// Output formats of `export`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
-    let dir = policy::catalog_dir(a.catalog_dir.as_deref(), Some(&a.site));
-    let p = policy::load_site_from(&a.site, &dir)?;
+    let files = SiteFiles::new(&a.site, a.catalog_dir.as_deref());
+    let p = policy::load_site_from(&files.site, &files.catalog_dir)?;
     // Refuse what `run` would refuse (the same validation and limits).
     compile::compile(&p)?;
     match a.format {

@@ -25,6 +25,7 @@ use crate::{
     classify,
     daemon::{compile_site, Enforcer, Mode},
     observe::stats::Stats,
+    policy::sources::SiteFiles,
 };
 use netns::{Lab, Servers, SERVER_IF};
 
@@ -111,9 +112,10 @@ pub fn lab(a: LabArgs) -> Result<()> {
     stop_on_signals();
     let site = a.site.unwrap_or_else(|| default_site(if a.gateway { "lab-gateway.yaml" } else { "lab.yaml" }));
     println!("lab: compiling {}", site.display());
-    let tables = compile_site(&site)?;
+    let files = SiteFiles::new(&site, None);
+    let tables = compile_site(&files)?;
     if a.gateway {
-        return crate::lab::gateway::lab(&site, tables, a.rounds, a.forward);
+        return crate::lab::gateway::lab(files, tables, a.rounds, a.forward);
     }
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
@@ -128,7 +130,7 @@ pub fn lab(a: LabArgs) -> Result<()> {
     )?;
 
     let (enforcer, modes) =
-        Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
+        Enforcer::start(files, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
     let tables = &enforcer.tables;
     println!(
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
