@@ -214,3 +214,26 @@ fn program_log(enforcer: &mut Enforcer) -> Result<Option<ProgramLog>> {
     // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.
     Ok(Some(unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("{e}"))?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: super::RunArgs,
+    }
+
+    #[test]
+    fn run_takes_a_catalog_dir() {
+        let parse = |extra: &[&str]| {
+            let argv = ["run", "--site", "s.yaml", "--iface", "eth0"].iter().chain(extra);
+            Run::try_parse_from(argv).expect("run's arguments parse").args
+        };
+        assert_eq!(parse(&["--catalog-dir", "/srv/catalog"]).catalog_dir.as_deref(), Some(Path::new("/srv/catalog")));
+        assert_eq!(parse(&[]).catalog_dir, None);
+    }
+}
