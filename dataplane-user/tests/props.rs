@@ -263,7 +263,7 @@ proptest! {
     ) {
         let policy = build(&roles, &flows, drop, echo);
         let tables = compile(&policy).expect("compiles");
-        match tables.outbound.as_deref() {
+        match tables.outbound.as_ref() {
             None => prop_assert!(policy.out_flows.is_empty()),
             Some(out) => {
                 let infos: Vec<_> = policy.out_flows.iter().map(|f| f.info.clone()).collect();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use dataplane::policy::options::OptionKind;
-use dataplane::policy::sources::Loaded;
+use dataplane::policy::sources::SiteFiles;
 use dataplane::policy::OptValue;
 use serde_json::{json, Value};
 
@@ -235,7 +235,7 @@ fn diff_errors_exit_2_with_position() {
 /// A state file as `run` writes it; `sources`: with the texts (this version) or without (an
 /// earlier one).
 fn state_file(dir: &Path, site: &str, sources: bool) -> String {
-    let loaded = Loaded::read(Path::new(site), Some(&dir.join("catalog"))).expect("site loads");
+    let loaded = SiteFiles::new(Path::new(site), Some(&dir.join("catalog"))).read().expect("site loads");
     let mut st = json!({"format": 2, "pid": 0, "site": site, "interfaces": ["eth0"], "flows": [], "monitor": true});
     if sources {
         st["sources"] = serde_json::to_value(&loaded.sources).unwrap();
@@ -268,7 +268,7 @@ fn diff_against_the_recorded_state() {
 
 /// Changes of one option's value (every other value of each option, at most `n`) for a site.
 fn option_variants(site: &Path, n: usize) -> Vec<(String, OptValue)> {
-    let l = Loaded::read(site, None).expect("example site loads");
+    let l = SiteFiles::new(site, None).read().expect("example site loads");
     let mut out = Vec::new();
     for c in &l.policy.catalogs {
         let values = dataplane::policy::OptionValues::resolve(&c.options, &l.site.options.0);

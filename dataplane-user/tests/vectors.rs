@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use dataplane::classify::request::Request;
 use dataplane::classify::{Classifier, Outcome};
 use dataplane::compile::compile;
-use dataplane::policy::{catalog_dir, load_site_from};
+use dataplane::policy::load_site;
 
 fn vector_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/vectors");
@@ -48,7 +48,7 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
         return fail("no `site:`".into());
     };
     let site = path.parent().unwrap_or(Path::new(".")).join(site);
-    let policy = match load_site_from(&site, &catalog_dir(None, Some(&site))) {
+    let policy = match load_site(&site) {
         Ok(p) => p,
         Err(e) => return fail(format!("{e:#}")),
     };

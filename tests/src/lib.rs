@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use dataplane::{
-    compile::tables::Tables,
+    compile::tables::{Outbound, Tables},
     kernel::{images::PolicyMaps, load},
     observe::counters::Counters,
 };
@@ -103,7 +103,7 @@ pub fn simple_tables() -> Tables {
     Tables {
         flows: vec![flow("web", "tcp", "any", "server"), flow("media", "udp", "any", "server")],
         dir,
-        outbound: Some(Box::new(simple_outbound())),
+        outbound: Some(simple_outbound()),
         config: dataplane_common::Config {
             generation: 1,
             ct_tcp_established: 3600,
@@ -117,13 +117,13 @@ pub fn simple_tables() -> Tables {
 
 /// Outbound part of `simple_tables`: the protected servers (10.0.0.1, fd00::1) may query DNS
 /// (UDP 53, outbound slot 0) and LDAP (TCP 389, slot 1) on 192.0.2.0/24 and 2001:db8::/32.
-pub fn simple_outbound() -> Tables {
+pub fn simple_outbound() -> Outbound {
     let dir = direction(
         [cidr("192.0.2.0/24"), cidr("2001:db8::/32")],
         [cidr("10.0.0.1/32"), cidr("fd00::1/128")],
         [(17, 53, 53, 0), (6, 389, 389, 1)],
     );
-    Tables { flows: vec![flow("dns", "udp", "server", "peer"), flow("ldap", "tcp", "server", "peer")], dir, ..Default::default() }
+    Outbound { flows: vec![flow("dns", "udp", "server", "peer"), flow("ldap", "tcp", "server", "peer")], dir }
 }
 
 fn cidr(s: &str) -> dataplane::policy::Cidr {

@@ -218,7 +218,8 @@ impl Site {
 
     fn file(name: &str) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/sites").join(format!("{name}.yaml"));
-        let tables = dataplane::daemon::compile_site(&path).unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
+        let tables = dataplane::daemon::compile_site(&dataplane::policy::sources::SiteFiles::new(&path, None))
+            .unwrap_or_else(|e| panic!("compiling {}: {e:#}", path.display()));
         Site::new(name, tables)
     }
 

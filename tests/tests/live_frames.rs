@@ -49,7 +49,7 @@ fn bench_pass_count(bench: &Ebpf) -> Result<u64> {
 #[test]
 fn injected_frames_reach_the_peer_valid_and_get_their_verdicts() {
     let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("sites/e2e.yaml");
-    let tables = compile_site(&site).unwrap();
+    let tables = compile_site(&dataplane::policy::sources::SiteFiles::new(&site, None)).unwrap();
     let lab = Lab::new("i13-live", &["10.201.0.1/24"], &["10.201.0.2/24"]).unwrap();
     in_netns(&lab.server, || {
         for f in ["all", "default", SERVER_IF] {

@@ -114,9 +114,10 @@ fn metrics_endpoint_counts_real_traffic() {
     let site = root().join("tests/sites/e2e.yaml");
     std::env::set_var("DATAPLANE_CATALOG_DIR", root().join("policies/catalog"));
     let lab = Lab::new("dpt-metrics", &["10.201.0.1/24"], &["10.201.0.2/24", "10.201.0.5/24", "10.201.0.9/24"]).unwrap();
-    let compiled = compile_site(&site).unwrap();
+    let files = dataplane::policy::sources::SiteFiles::new(&site, None);
+    let compiled = compile_site(&files).unwrap();
     let (enforcer, modes) =
-        Enforcer::start(&site, compiled, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default()).unwrap();
+        Enforcer::start(files, compiled, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default()).unwrap();
     // On their stable counter slots, as `dataplane stats` reads them.
     let tables = enforcer.tables.clone();
     let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();

@@ -339,9 +339,15 @@ fn run_site(site: &Path, seed: u64) {
     nft(&lab.server, &["delete", "table", "inet", "dataplane"], None);
 
     // 2. The XDP program.
-    let (enforcer, modes) =
-        Enforcer::start(site, tables.clone(), &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())
-            .unwrap();
+    let (enforcer, modes) = Enforcer::start(
+        dataplane::policy::sources::SiteFiles::new(site, None),
+        tables.clone(),
+        &[SERVER_IF.to_string()],
+        Mode::Auto,
+        Some(&lab.server),
+        Default::default(),
+    )
+    .unwrap();
     let by_xdp = arrived(&lab, &probes, &frames, &ids);
     drop(enforcer);
 

@@ -41,11 +41,11 @@ impl Judge {
 
     /// The flow a slot of this direction counts.
     pub fn info(&self, dir: Direction, slot: Option<usize>) -> Option<&FlowInfo> {
-        let t = match dir {
-            Direction::In => &self.tables,
-            Direction::Out => self.tables.outbound.as_deref()?,
+        let flows = match dir {
+            Direction::In => &self.tables.flows,
+            Direction::Out => &self.tables.outbound.as_ref()?.flows,
         };
-        t.flows.get(slot?)
+        flows.get(slot?)
     }
 
     /// `explain`'s answer (reason `outbound` for a connection an outbound flow documents).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::policy::sources::Loaded;
+use crate::policy::sources::{Loaded, SiteFiles};
 
 /// `--catalog-dir DIR`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -27,15 +27,27 @@ pub struct SiteArgs {
 }
 
 impl SiteArgs {
+    /// The site's files: the catalog directory resolved once, here at the command line's edge.
+    pub fn files(&self) -> SiteFiles {
+        self.catalogs.files(&self.site)
+    }
+
     /// Reads and resolves the site (errors name file:line:column and field).
     pub fn read(&self) -> Result<Loaded> {
-        read_site(&self.site, &self.catalogs)
+        self.files().read()
+    }
+}
+
+impl CatalogDirArg {
+    /// `site` with the catalog directory these flags name, else the default rules.
+    pub fn files(&self, site: &Path) -> SiteFiles {
+        SiteFiles::new(site, self.catalog_dir.as_deref())
     }
 }
 
 /// Reads and resolves `site` with the catalogs of `dir`.
 pub fn read_site(site: &Path, dir: &CatalogDirArg) -> Result<Loaded> {
-    Loaded::read(site, dir.catalog_dir.as_deref())
+    dir.files(site).read()
 }
 
 /// `--state FILE`: the running dataplane's state file.

@@ -10,13 +10,12 @@ pub mod export;
 pub mod lab;
 pub mod observe;
 pub mod rollout;
+pub mod run;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-use crate::daemon;
 
 #[derive(Parser)]
 #[command(name = "dataplane", version, about, long_about = None)]
@@ -45,7 +44,7 @@ pub enum Command {
     /// Write the site's inbound policy in another firewall's language (nftables).
     Export(export::ExportArgs),
     /// Compile, load and attach the XDP program; enforce until SIGINT or SIGTERM.
-    Run(daemon::RunArgs),
+    Run(run::RunArgs),
     /// Per-flow packets and bytes and drop reasons, read from the pinned maps.
     Stats(observe::StatsArgs),
     /// Follow the drop events of the running dataplane (rate-limited), with the nearest flow.
@@ -84,7 +83,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Explain(a) => done(explain::explain(a)),
         Command::Diff(a) => rollout::diff(a),
         Command::Export(a) => done(export::export(a)),
-        Command::Run(a) => done(daemon::run(a)),
+        Command::Run(a) => done(run::run(a)),
         Command::Stats(a) => done(observe::stats(a)),
         Command::Events(a) => done(observe::events(a)),
         Command::Suggest(a) => done(rollout::suggest(a)),

@@ -35,9 +35,8 @@ pub struct DiffArgs {
 /// Prints the diff; exits like diff(1): 0 when the enforced behaviour is the same, 1 when it
 /// differs (an error exits 2, see `cli::run`).
 pub fn diff(a: DiffArgs) -> Result<ExitCode> {
-    let read = |site: &std::path::Path| read_site(site, &a.catalogs);
-    let old = Baseline::read(a.from.as_deref(), a.state.state.as_deref(), read)?;
-    let new = read(&a.site)?;
+    let old = Baseline::read(a.from.as_deref().map(|f| a.catalogs.files(f)), a.state.state.as_deref())?;
+    let new = read_site(&a.site, &a.catalogs)?;
     let d = diff::compute(&old.loaded, &new, Some(a.examples))?;
     if a.json {
         let mut v = serde_json::to_value(&d)?;
@@ -78,7 +77,7 @@ pub struct SuggestArgs {
 }
 
 pub fn suggest(a: SuggestArgs) -> Result<()> {
-    let base = Baseline::read(a.site.as_deref(), a.state.state.as_deref(), |site| read_site(site, &a.catalogs))?;
+    let base = Baseline::read(a.site.as_deref().map(|s| a.catalogs.files(s)), a.state.state.as_deref())?;
     let mut drops = Drops::new(a.max_tuples);
     match (&a.events, a.follow) {
         (Some(file), _) => drops.read_file(file)?,
@@ -88,7 +87,8 @@ pub fn suggest(a: SuggestArgs) -> Result<()> {
         })?,
         (None, None) => bail!("give --events FILE or --follow SECONDS"),
     }
-    let dir = crate::policy::catalog_dir(a.catalogs.catalog_dir.as_deref(), Some(&base.loaded.site.path));
+    // The other catalogs of the directory the policy was read from: what they document is a hint.
+    let dir = a.catalogs.catalog_dir.clone().unwrap_or_else(|| base.files.catalog_dir.clone());
     let report = suggest::analyse(&base.loaded, &drops, a.top, &dir)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;

@@ -61,7 +61,7 @@ pub fn policy_hash(tables: &Tables) -> String {
         h.bytes(&w.to_le_bytes());
     }
     h.flows(b"flows", &tables.flows);
-    h.flows(b"outbound", tables.outbound.as_ref().map_or(&[][..], |o| &o.flows));
+    h.flows(b"outbound", tables.outbound_flows());
     h.section(b"conntrack", 4);
     h.bytes(&tables.conntrack_size.to_le_bytes());
     format!("{:016x}", h.0)

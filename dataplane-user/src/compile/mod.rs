@@ -39,7 +39,7 @@ use std::collections::HashMap;
 pub(crate) type FastMap<K, V> = HashMap<K, V, intern::FastHash>;
 use std::time::{Duration, Instant};
 
-use crate::compile::tables::{Direction, Prefixes, Tables};
+use crate::compile::tables::{Direction, Outbound, Prefixes, Tables};
 use crate::policy::{Cidr, Policy};
 use classes::{label, Labeled, Sets};
 use intern::Interner;
@@ -129,7 +129,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let mut outbound_summary = None;
     if let Some((compiled, flows, out)) = outbound {
         let (dir, c) = compiled?;
-        t.outbound = Some(Box::new(Tables { flows, dir, config: t.config, outbound: None, conntrack_size: t.conntrack_size }));
+        t.outbound = Some(Outbound { flows, dir });
         outbound_summary = Some(OutboundSummary {
             peer_roles: out.protected().count(),
             catalog_flows: out.catalog_flows,

@@ -34,8 +34,8 @@ fn counters(name: &'static str, entries: usize) -> MapSize {
 /// The `POLICY` image by structure (both directions; their sum is the map's size), then the
 /// flow counter arrays.
 pub fn map_sizes(t: &Tables) -> Vec<MapSize> {
-    let (_, b) = super::image::build_with_breakdown(&t.config, &t.dir, t.outbound.as_deref().map(|o| &o.dir));
-    let out_slots = t.outbound.as_deref().map_or(0, |o| o.flows.len());
+    let (_, b) = super::image::build_with_breakdown(&t.config, &t.dir, t.outbound.as_ref().map(|o| &o.dir));
+    let out_slots = t.outbound_flows().len();
     vec![
         words("POLICY:header", b.header),
         words("POLICY:dst_tries", b.dst_tries),

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::compile::tables::{FlowInfo, PortValue, Tables};
+use crate::compile::tables::{Direction, FlowInfo, PortValue, Tables};
 use crate::policy::FlowKey;
 
 /// Stable slots of one direction: `flows[slot]` is the flow counted in `slot`.
@@ -34,16 +34,16 @@ impl Slots {
             .collect()
     }
 
-    /// Rewrites `t` (one direction) onto stable slots.
-    fn apply(&mut self, t: &mut Tables) {
-        let map = self.assign(&t.flows);
-        for v in t.dir.ports.iter_mut().flat_map(|p| p.values.iter_mut()) {
+    /// Rewrites one direction's `flows` and the port tables of its classifier `dir` onto stable slots.
+    fn apply(&mut self, flows: &mut Vec<FlowInfo>, dir: &mut Direction) {
+        let map = self.assign(flows);
+        for v in dir.ports.iter_mut().flat_map(|p| p.values.iter_mut()) {
             // The other kinds name no flow (a source-port table's id is not a slot).
             if let PortValue::Flow { slot, .. } = v {
                 *slot = map[*slot as usize];
             }
         }
-        t.flows = self.flows.clone();
+        *flows = self.flows.clone();
     }
 }
 
@@ -65,9 +65,9 @@ impl StableSlots {
 
     /// Rewrites freshly compiled tables so that every flow counts in its stable slot.
     pub fn apply(&mut self, t: &mut Tables) {
-        self.inbound.apply(t);
-        if let Some(out) = t.outbound.as_deref_mut() {
-            self.outbound.apply(out);
+        self.inbound.apply(&mut t.flows, &mut t.dir);
+        if let Some(out) = t.outbound.as_mut() {
+            self.outbound.apply(&mut out.flows, &mut out.dir);
         }
     }
 }

@@ -67,22 +67,37 @@ pub struct Direction {
     pub filter: Vec<(u8, u16, u16)>,
 }
 
+/// The compiled policy: the inbound direction (packets to the protected servers), the outbound
+/// one, and what the program is configured with.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
+    /// Inbound flows: `flows[slot]` is the flow counted in `slot`.
     pub flows: Vec<FlowInfo>,
     pub dir: Direction,
     pub config: Config,
-    /// The same for packets a protected server sends (egress): destinations are the peers,
-    /// sources the protected roles, `flows` the outbound flows. None when no selected flow
-    /// starts at a protected role.
-    pub outbound: Option<Box<Tables>>,
+    /// Packets a protected server sends (egress). None when no selected flow starts at a
+    /// protected role.
+    pub outbound: Option<Outbound>,
     /// Entries of the connection-tracking table (per IP version).
     pub conntrack_size: u32,
+}
+
+/// The outbound half of a policy: destinations are the peers, sources the protected roles;
+/// `flows[slot]` is the outbound flow counted in `slot` (and its replies in the reply counters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outbound {
+    pub flows: Vec<FlowInfo>,
+    pub dir: Direction,
 }
 
 impl Tables {
     /// The policy image of both directions, as the `POLICY` map holds it.
     pub fn image(&self) -> Vec<u64> {
-        crate::compile::image::build(&self.config, &self.dir, self.outbound.as_deref().map(|o| &o.dir))
+        crate::compile::image::build(&self.config, &self.dir, self.outbound.as_ref().map(|o| &o.dir))
+    }
+
+    /// Counter slots of the outbound (and reply) counters: one per outbound flow.
+    pub fn outbound_flows(&self) -> &[FlowInfo] {
+        self.outbound.as_ref().map_or(&[], |o| &o.flows)
     }
 }

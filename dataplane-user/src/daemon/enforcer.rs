@@ -1,8 +1,6 @@
 //! The enforcer: the program loaded with a policy, attached to each interface, its maps pinned
 //! and its state recorded; what `run`, the lab and the tests hold while they enforce.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::Result;
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use log::{info, warn};
@@ -19,7 +17,7 @@ use crate::{
         load::{self, CounterSlots, Object},
         netns, pins, state,
     },
-    policy::sources::{Loaded, Sources},
+    policy::sources::{Loaded, SiteFiles, Sources},
     rollout::lockout,
 };
 
@@ -30,25 +28,104 @@ pub struct StartOptions {
     pub persist: bool,
     /// XDP forwarding of allowed packets (`run --forward`).
     pub forward: bool,
+    /// The lockout guard of reloads.
+    pub guard: Guard,
     /// What the tables were compiled from, for the state (`diff`); None: read the site again.
     pub sources: Option<Sources>,
 }
 
-/// Validates and compiles a site into the tables the maps will hold.
-pub fn compile_site(site: &Path) -> Result<Tables> {
-    compile_guarded(site, None).map(|(tables, _)| tables)
+/// The lockout guard (`classify::lockout`): what becomes of a policy that would cut the
+/// management connection this process runs over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Guard {
+    /// Not checked: monitor mode drops nothing, so it locks no one out (also the lab and tests).
+    #[default]
+    Off,
+    /// Refused: the policy is not put in force.
+    Refuse,
+    /// Put in force with a warning (`run --force`).
+    Warn,
 }
 
-/// As `compile_site`; with `Some(force)`, also refuses (or with force, warns about) a site that
-/// would lock the operator out (see `lockout`).
-/// Also returns the texts compiled, read once, so that the state records exactly them.
-pub(super) fn compile_guarded(site: &Path, guard: Option<bool>) -> Result<(Tables, Sources)> {
-    let Loaded { policy, sources, .. } = Loaded::read(site, None)?;
-    let tables = compile::compile(&policy)?;
-    if let Some(force) = guard {
-        lockout::guard(&policy, &tables, lockout::ssh_session_from_env().as_ref(), force)?;
+impl Guard {
+    /// `run`'s guard: off in monitor mode, else refusing unless `--force`.
+    pub fn for_run(monitor: bool, force: bool) -> Guard {
+        match (monitor, force) {
+            (true, _) => Guard::Off,
+            (false, false) => Guard::Refuse,
+            (false, true) => Guard::Warn,
+        }
     }
+}
+
+/// Validates and compiles a site into the tables the maps will hold.
+pub fn compile_site(files: &SiteFiles) -> Result<Tables> {
+    compile_guarded(files, Guard::Off).map(|(tables, _)| tables)
+}
+
+/// Validates and compiles a site, read once, and applies the lockout `guard`. Also returns the
+/// texts compiled, so that the state records exactly them.
+pub(super) fn compile_guarded(files: &SiteFiles, guard: Guard) -> Result<(Tables, Sources)> {
+    let Loaded { policy, sources, .. } = files.read()?;
+    let tables = compile::compile(&policy)?;
+    let force = match guard {
+        Guard::Off => return Ok((tables, sources)),
+        Guard::Refuse => false,
+        Guard::Warn => true,
+    };
+    lockout::guard(&policy, &tables, lockout::ssh_session_from_env().as_ref(), force)?;
     Ok((tables, sources))
+}
+
+/// One interface the policy is enforced on.
+pub(super) struct Attachment {
+    pub(super) iface: String,
+    /// Its links; None while the interface is gone (the kernel detached them with it).
+    pub(super) xdp: Option<XdpLinkId>,
+    pub(super) egress: Option<SchedClassifierLinkId>,
+    /// The index the interface had when attached (0: gone). A new index means the interface was
+    /// removed and created again.
+    pub(super) ifindex: u32,
+}
+
+impl Attachment {
+    fn new(iface: &str) -> Self {
+        Attachment { iface: iface.to_owned(), xdp: None, egress: None, ifindex: 0 }
+    }
+
+    /// Attaches the XDP program (in the interface's network namespace).
+    pub(super) fn attach_xdp(&mut self, ebpf: &mut aya::Ebpf, mode: Mode) -> Result<Attached> {
+        let (link, used) = attach::xdp(load::program(ebpf)?, &self.iface, mode)?;
+        self.xdp = Some(link);
+        Ok(used)
+    }
+
+    /// Attaches the tc egress program (in the interface's network namespace).
+    pub(super) fn attach_tc(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.egress = Some(attach::tc(load::egress(ebpf)?, &self.iface)?);
+        Ok(())
+    }
+
+    /// Forgets the links (the kernel detached them with the interface) and their pins.
+    pub(super) fn drop_links(&mut self, ebpf: &mut aya::Ebpf) {
+        if let (Some(l), Ok(prog)) = (self.xdp.take(), load::program(ebpf)) {
+            let _ = prog.take_link(l);
+        }
+        if let (Some(l), Ok(prog)) = (self.egress.take(), load::egress(ebpf)) {
+            let _ = prog.take_link(l);
+        }
+        pins::unpin_links(&self.iface);
+    }
+
+    /// Detaches both programs.
+    fn detach(&mut self, ebpf: &mut aya::Ebpf) {
+        if let (Some(l), Ok(prog)) = (self.xdp.take(), load::program(ebpf)) {
+            let _ = prog.detach(l);
+        }
+        if let (Some(l), Ok(prog)) = (self.egress.take(), load::egress(ebpf)) {
+            let _ = prog.detach(l);
+        }
+    }
 }
 
 /// The program, loaded with a policy, attached to interfaces and pinned for `stats`; reloadable.
@@ -56,29 +133,22 @@ pub struct Enforcer {
     pub ebpf: aya::Ebpf,
     /// The policy images and the run config of `ebpf`.
     pub(super) policy: PolicyMaps,
-    /// The tables enforced now, on stable counter slots.
+    /// The tables enforced now, on stable counter slots; their config carries the generation
+    /// and the run's flags.
     pub tables: Tables,
-    /// Policy generation: 1 at start, one more per reload.
-    pub generation: u32,
-    /// Per interface (in `ifaces` order): its links, None while the interface is gone.
-    pub(super) links: Vec<Option<XdpLinkId>>,
-    pub(super) egress_links: Vec<Option<SchedClassifierLinkId>>,
-    /// Per interface: the index it had when attached (0: gone). A new index means the interface
-    /// was removed and created again.
-    pub(super) ifindex: Vec<u32>,
+    /// The interfaces, in the order given.
+    pub(super) attachments: Vec<Attachment>,
     pub(super) mode: Mode,
     /// The network namespace the interfaces are in, when not this process's (the lab).
     pub(super) netns: Option<String>,
     pub(super) pins: state::Pins,
     pub(super) slots: StableSlots,
-    pub(super) site: PathBuf,
-    pub(super) ifaces: Vec<String>,
-    /// `CONFIG_*` flags every policy gets (monitor mode).
-    pub(super) flags: u32,
+    /// Where the policy is read from, at start and at every reload.
+    pub(super) files: SiteFiles,
     /// Counter slots the shared counter maps hold (fixed at start).
     pub(super) capacity: CounterSlots,
-    /// The lockout guard for reloads: None (off), or Some(force).
-    pub guard: Option<bool>,
+    /// The lockout guard of reloads.
+    pub guard: Guard,
     /// What the enforced policy was compiled from (the state records it for `diff`).
     pub sources: Option<Sources>,
     /// When the last reload swapped the policy image (None: none since the program was loaded).
@@ -89,7 +159,7 @@ impl Enforcer {
     /// Loads `tables`, pins the maps and records the state, then attaches to each interface
     /// (`netns`: inside that network namespace). Returns the mode used per interface.
     pub fn start(
-        site: &Path,
+        files: SiteFiles,
         mut tables: Tables,
         ifaces: &[String],
         mode: Mode,
@@ -114,8 +184,7 @@ impl Enforcer {
             None => StableSlots::default(),
         };
         slots.apply(&mut tables);
-        let flags = if opts.monitor { CONFIG_MONITOR } else { 0 } | if opts.forward { CONFIG_FORWARD } else { 0 };
-        tables.config.flags |= flags;
+        tables.config.flags |= if opts.monitor { CONFIG_MONITOR } else { 0 } | if opts.forward { CONFIG_FORWARD } else { 0 };
         let mut capacity = CounterSlots::with_room(&tables);
         if let Some(old) = &adopted {
             tables.config.generation = old.generation + 1;
@@ -125,54 +194,71 @@ impl Enforcer {
         }
         let Object { mut ebpf, policy } = load::load_with(&tables, &shared(capacity))?;
         fault::point("start:loaded");
-        let sources = opts.sources.or_else(|| Loaded::read(site, None).ok().map(|l| l.sources));
-        pins.record(&ebpf, &policy, site, &tables, ifaces, capacity, sources.as_ref())?;
+        let sources = opts.sources.or_else(|| files.read().ok().map(|l| l.sources));
+        pins.record(&ebpf, &policy, &files, &tables, ifaces, capacity, sources.as_ref())?;
         fault::point("start:recorded");
-        let (mut links, mut egress_links, mut modes, mut ifindex) = (vec![], vec![], vec![], vec![]);
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
             Some(ns) => netns::in_netns(ns, f)?,
             None => f(),
         };
+        let (mut attachments, mut modes) = (Vec::new(), Vec::new());
         for iface in ifaces {
+            let mut a = Attachment::new(iface);
             in_ns(&mut || {
-                let (link, used) = attach::xdp(load::program(&mut ebpf)?, iface, mode)?;
-                links.push(Some(link));
-                modes.push(used);
+                modes.push(a.attach_xdp(&mut ebpf, mode)?);
                 fault::point("start:attached-xdp");
-                egress_links.push(Some(attach::tc(load::egress(&mut ebpf)?, iface)?));
-                ifindex.push(if_index(iface));
+                a.attach_tc(&mut ebpf)?;
+                a.ifindex = if_index(iface);
                 Ok(())
             })?;
+            attachments.push(a);
         }
         if opts.forward {
+            let ifindex: Vec<u32> = attachments.iter().map(|a| a.ifindex).collect();
             in_ns(&mut || forward::fill(&mut ebpf, &ifindex))?;
         }
         for gone in pins::remove_other_links(ifaces) {
             info!("detached {gone}, which a previous run left enforcing on an interface this run does not name");
         }
         fault::point("start:attached");
-        let generation = tables.config.generation;
         let enforcer = Self {
             ebpf,
             policy,
             tables,
-            generation,
-            links,
-            egress_links,
-            ifindex,
+            attachments,
             mode,
             netns: netns.map(str::to_owned),
             pins,
             slots,
-            site: site.to_path_buf(),
-            ifaces: ifaces.to_vec(),
-            flags,
+            files,
             capacity,
-            guard: None,
+            guard: opts.guard,
             sources,
             swapped: None,
         };
         Ok((enforcer, modes))
+    }
+
+    /// Policy generation: 1 at start (or one more than a run whose maps were adopted), one more
+    /// per reload.
+    pub fn generation(&self) -> u32 {
+        self.tables.config.generation
+    }
+
+    /// Where the policy is read from.
+    pub fn files(&self) -> &SiteFiles {
+        &self.files
+    }
+
+    /// The interfaces enforced on, in the order given.
+    pub fn ifaces(&self) -> Vec<String> {
+        self.attachments.iter().map(|a| a.iface.clone()).collect()
+    }
+
+    /// The `CONFIG_*` flags of the run rather than of the policy (monitor mode, forwarding),
+    /// which every policy it loads gets.
+    pub(super) fn run_flags(&self) -> u32 {
+        self.tables.config.flags & (CONFIG_MONITOR | CONFIG_FORWARD)
     }
 }
 
@@ -191,10 +277,10 @@ pub(super) fn shared(slots: CounterSlots) -> load::Shared {
 impl Enforcer {
     /// With `--forward`: the interfaces present now, as forwarding targets (in their namespace).
     pub(super) fn fill_forward_ports(&mut self) -> Result<()> {
-        if self.flags & CONFIG_FORWARD == 0 {
+        if self.run_flags() & CONFIG_FORWARD == 0 {
             return Ok(());
         }
-        let now: Vec<u32> = self.ifaces.iter().map(|i| if_index(i)).collect();
+        let now: Vec<u32> = self.attachments.iter().map(|a| if_index(&a.iface)).collect();
         forward::fill(&mut self.ebpf, &now)
     }
 
@@ -209,15 +295,21 @@ impl Enforcer {
 
 impl Drop for Enforcer {
     fn drop(&mut self) {
-        if let Ok(prog) = load::program(&mut self.ebpf) {
-            for link in self.links.drain(..).flatten() {
-                let _ = prog.detach(link);
-            }
+        for a in &mut self.attachments {
+            a.detach(&mut self.ebpf);
         }
-        if let Ok(prog) = load::egress(&mut self.ebpf) {
-            for link in self.egress_links.drain(..).flatten() {
-                let _ = prog.detach(link);
-            }
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Guard;
+
+    #[test]
+    fn monitor_mode_has_no_guard_and_force_only_warns() {
+        assert_eq!(Guard::for_run(true, false), Guard::Off);
+        assert_eq!(Guard::for_run(true, true), Guard::Off);
+        assert_eq!(Guard::for_run(false, false), Guard::Refuse);
+        assert_eq!(Guard::for_run(false, true), Guard::Warn);
     }
 }

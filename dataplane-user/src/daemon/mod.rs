@@ -11,7 +11,7 @@ mod fault;
 pub mod reload;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use log::{info, warn};
@@ -21,46 +21,27 @@ pub use crate::kernel::attach::{Attached, Mode};
 use crate::{
     kernel::attach::if_index,
     observe::{counters::Counters, fill, metrics},
+    policy::sources::SiteFiles,
 };
 use enforcer::compile_guarded;
-pub use enforcer::{compile_site, Enforcer, StartOptions};
+pub use enforcer::{compile_site, Enforcer, Guard, StartOptions};
 use reload::reload_logged;
 use watch::Fingerprint;
 
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// Site file (policies/sites/*.yaml).
-    #[arg(long)]
-    pub site: PathBuf,
-    /// Interface to enforce on (repeat for several).
-    #[arg(long = "iface", required = true)]
+/// How `run` enforces a site (`cli::run::RunArgs` says what each means).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
     pub ifaces: Vec<String>,
-    /// native: in the driver; skb: generic mode; auto: native, else skb with a warning.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (without a value: loopback only,
-    /// 127.0.0.1:9750).
-    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9750")]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Count what would be dropped, drop nothing (for a safe rollout).
-    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     pub monitor: bool,
-    /// Enforce even if the site would cut the management connection this runs over.
-    #[arg(long)]
     pub force: bool,
-    /// Keep enforcing after this process exits (links and maps stay pinned); a later run adopts
-    /// them without a gap, and `dataplane detach` removes them. Without it a clean stop
-    /// (SIGINT, SIGTERM) detaches; a crash or SIGKILL never does: the last policy stays.
-    #[arg(long)]
     pub persist: bool,
-    /// Gateway: forward the allowed packets to protected servers in XDP when the kernel's FIB
-    /// and neighbour table route them out of another --iface interface; the rest takes the
-    /// kernel's path as without it (docs/operations.md, "Gateway").
-    #[arg(long)]
     pub forward: bool,
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
+/// `dataplane run`: enforces the site of `files` until SIGINT or SIGTERM.
+pub fn run(files: SiteFiles, a: RunOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
     }
@@ -78,23 +59,22 @@ pub fn run(a: RunArgs) -> Result<()> {
         warn!("--forward: frames are forwarded in XDP only out of another --iface interface; with one, every allowed packet takes the kernel's path (name the inside interface too)");
     }
     // Before compiling: an edit made while starting is then seen as a change, and reloaded.
-    let seen = watch::fingerprint(&a.site);
-    // Monitor mode drops nothing, so it cannot lock anyone out.
-    let guard = (!a.monitor).then_some(a.force);
-    let (tables, sources) = compile_guarded(&a.site, guard)?;
+    let seen = watch::fingerprint(&files);
+    let guard = Guard::for_run(a.monitor, a.force);
+    let (tables, sources) = compile_guarded(&files, guard)?;
     // Bound before loading, so that a port in use fails before anything is attached.
     let server = a.metrics.map(metrics::Server::bind).transpose()?;
-    let opts = StartOptions { monitor: a.monitor, persist: a.persist, forward: a.forward, sources: Some(sources) };
-    let (mut enforcer, modes) = Enforcer::start(&a.site, tables, &a.ifaces, a.mode, None, opts)?;
-    enforcer.guard = guard;
-    let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&a.site, &enforcer.tables));
+    let opts = StartOptions { monitor: a.monitor, persist: a.persist, forward: a.forward, guard, sources: Some(sources) };
+    let site = files.site.clone();
+    let (enforcer, modes) = Enforcer::start(files, tables, &a.ifaces, a.mode, None, opts)?;
+    let info = metrics::MetricsInfo::new(&a.ifaces, &modes, metrics::PolicyInfo::new(&site, &enforcer.tables));
     let monitor = if a.monitor { ", monitor mode: would-be drops are counted, nothing is dropped" } else { "" };
     let persist = if a.persist { ", persisted: keeps enforcing after exit (dataplane detach removes it)" } else { "" };
     let forward = if a.forward { ", forwarding allowed packets in XDP" } else { "" };
     for (iface, mode) in a.ifaces.iter().zip(&modes) {
         println!(
             "{iface}: enforcing {} in {mode} mode: {} flows, {} protected prefixes{monitor}{persist}{forward}; counters: dataplane stats",
-            a.site.display(),
+            site.display(),
             enforcer.tables.flows.len(),
             enforcer.tables.dir.dst_v4.len() + enforcer.tables.dir.dst_v6.len()
         );
@@ -102,7 +82,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(addr) = a.metrics {
         println!("metrics: http://{addr}/metrics");
     }
-    let enforcer = serve(enforcer, &a.site, seen, server, info)?;
+    let enforcer = serve(enforcer, seen, server, info)?;
     if a.persist {
         info!("stopping; the policy keeps enforcing on {} (persisted)", a.ifaces.join(", "));
     } else {
@@ -116,7 +96,6 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// and passes what the program logs to the log meanwhile.
 fn serve(
     mut enforcer: Enforcer,
-    site: &Path,
     mut seen: Fingerprint,
     server: Option<metrics::Server>,
     info: metrics::MetricsInfo,
@@ -145,7 +124,7 @@ fn serve(
                 _ = term.recv() => return Ok(enforcer),
                 r = &mut serving => return Err(r.context("the metrics server stopped").unwrap_err()),
                 _ = hup.recv() => {
-                    reload_logged(&mut enforcer, site, &info, "SIGHUP");
+                    reload_logged(&mut enforcer, &info, "SIGHUP");
                     logs = program_log(&mut enforcer)?;
                 }
                 _ = minute.tick() => {
@@ -156,10 +135,10 @@ fn serve(
                 _ = tick.tick() => {
                     enforcer.watch_interfaces();
                     fill::watch(&enforcer.ebpf);
-                    let now = watch::fingerprint(site);
+                    let now = watch::fingerprint(enforcer.files());
                     if now != seen {
                         seen = now;
-                        reload_logged(&mut enforcer, site, &info, "the site or a catalog changed");
+                        reload_logged(&mut enforcer, &info, "the site or a catalog changed");
                         logs = program_log(&mut enforcer)?;
                     }
                 }

@@ -1,8 +1,6 @@
 //! Reloading: the site compiled again and put in force on every interface at once, with
 //! nothing verified again; on any error the running policy keeps enforcing.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use log::info;
 
@@ -26,7 +24,7 @@ impl Enforcer {
     /// connections and fragments live in the shared maps and carry over. On any error nothing
     /// changes: the running policy keeps enforcing.
     pub fn reload(&mut self) -> Result<()> {
-        let (mut tables, sources) = compile_guarded(&self.site, self.guard)?;
+        let (mut tables, sources) = compile_guarded(&self.files, self.guard)?;
         fault::point("reload:compiled");
         self.slots.apply(&mut tables);
         if !self.capacity.fits(&tables) {
@@ -38,8 +36,8 @@ impl Enforcer {
                 self.capacity.outbound
             );
         }
-        tables.config.flags |= self.flags;
-        tables.config.generation = self.generation + 1;
+        tables.config.flags |= self.run_flags();
+        tables.config.generation = self.generation() + 1;
         // The image about to be overwritten was in force until the last swap: leave packets
         // that were walking it (they take microseconds) time to finish.
         if let Some(at) = self.swapped {
@@ -54,11 +52,18 @@ impl Enforcer {
             info!("the new policy image outgrows the image maps: loading the program with larger ones");
             self.reload_program(&tables)?;
         }
-        self.generation = tables.config.generation;
-        self.pins.record(&self.ebpf, &self.policy, &self.site, &tables, &self.ifaces, self.capacity, Some(&sources))?;
+        // In force from here on, whether or not the state can be written.
         self.tables = tables;
         self.sources = Some(sources);
-        Ok(())
+        self.pins.record(
+            &self.ebpf,
+            &self.policy,
+            &self.files,
+            &self.tables,
+            &self.ifaces(),
+            self.capacity,
+            self.sources.as_ref(),
+        )
     }
 
     /// A new program with larger policy maps replaces the old one behind each link
@@ -69,26 +74,18 @@ impl Enforcer {
         // An interface removed since the last look has a link the kernel detached: updating it
         // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
         self.watch_interfaces();
-        for link in std::mem::take(&mut self.links) {
-            let switched = match link {
-                Some(l) => {
-                    let l = load::program(&mut self.ebpf)?.take_link(l)?;
-                    Some(load::program(&mut new)?.attach_to_link(l).context("switching an XDP link")?)
-                }
-                None => None,
-            };
-            self.links.push(switched);
+        for a in &mut self.attachments {
+            if let Some(l) = a.xdp.take() {
+                let l = load::program(&mut self.ebpf)?.take_link(l)?;
+                a.xdp = Some(load::program(&mut new)?.attach_to_link(l).context("switching an XDP link")?);
+            }
         }
         fault::point("reload:switched-xdp");
-        for link in std::mem::take(&mut self.egress_links) {
-            let switched = match link {
-                Some(l) => {
-                    let l = load::egress(&mut self.ebpf)?.take_link(l)?;
-                    Some(load::egress(&mut new)?.attach_to_link(l).context("switching a tc link")?)
-                }
-                None => None,
-            };
-            self.egress_links.push(switched);
+        for a in &mut self.attachments {
+            if let Some(l) = a.egress.take() {
+                let l = load::egress(&mut self.ebpf)?.take_link(l)?;
+                a.egress = Some(load::egress(&mut new)?.attach_to_link(l).context("switching a tc link")?);
+            }
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
@@ -105,17 +102,17 @@ impl Enforcer {
 const SWAP_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Reloads and logs the outcome; the running policy stays on any error.
-pub(super) fn reload_logged(enforcer: &mut Enforcer, site: &Path, info: &metrics::MetricsInfo, why: &str) {
+pub(super) fn reload_logged(enforcer: &mut Enforcer, info: &metrics::MetricsInfo, why: &str) {
     let started = std::time::Instant::now();
     let before = enforcer.sources.clone();
     match enforcer.reload() {
         Ok(()) => {
-            info.set_policy(metrics::PolicyInfo::new(site, &enforcer.tables));
+            info.set_policy(metrics::PolicyInfo::new(&enforcer.files.site, &enforcer.tables));
             info.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(
                 "reloaded ({why}) in {:.1?}: generation {}, {} flows",
                 started.elapsed(),
-                enforcer.generation,
+                enforcer.generation(),
                 enforcer.tables.flows.len()
             );
             info!("{}", diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));

@@ -1,18 +1,15 @@
 //! What `run` watches while it enforces: interfaces removed and created again (the policy is
 //! attached anew), and the site and catalog files (a change means reload).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use log::warn;
 
-use super::enforcer::Enforcer;
+use super::enforcer::{Attachment, Enforcer};
 use crate::{
-    kernel::{
-        attach::{self, if_index, Attached},
-        load, pins,
-    },
-    policy,
+    kernel::attach::{if_index, Attached},
+    policy::sources::SiteFiles,
 };
 
 impl Enforcer {
@@ -20,15 +17,16 @@ impl Enforcer {
     /// took its links with it (the kernel detaches them); one that is back gets the running
     /// policy attached anew. Each change is logged.
     pub fn watch_interfaces(&mut self) {
-        for i in 0..self.ifaces.len() {
-            let now = self.in_netns(|e| if_index(&e.ifaces[i])).unwrap_or(0);
-            if now == self.ifindex[i] {
+        for i in 0..self.attachments.len() {
+            let now = self.in_netns(|e| if_index(&e.attachments[i].iface)).unwrap_or(0);
+            let Attachment { iface, ifindex, .. } = &self.attachments[i];
+            if now == *ifindex {
                 continue;
             }
-            let iface = self.ifaces[i].clone();
-            if self.ifindex[i] != 0 {
+            let (iface, was) = (iface.clone(), *ifindex);
+            if was != 0 {
                 // Whatever it is now, the links went with the old interface.
-                self.drop_links(i);
+                self.attachments[i].drop_links(&mut self.ebpf);
             }
             if now == 0 {
                 log::error!("{iface}: the interface is gone, and nothing is enforced on it; the policy is attached again when it comes back");
@@ -41,26 +39,15 @@ impl Enforcer {
                     }
                 }
             }
-            self.ifindex[i] = now;
+            self.attachments[i].ifindex = now;
         }
-    }
-
-    fn drop_links(&mut self, i: usize) {
-        if let (Some(l), Ok(prog)) = (self.links[i].take(), load::program(&mut self.ebpf)) {
-            let _ = prog.take_link(l);
-        }
-        if let (Some(l), Ok(prog)) = (self.egress_links[i].take(), load::egress(&mut self.ebpf)) {
-            let _ = prog.take_link(l);
-        }
-        pins::unpin_links(&self.ifaces[i]);
     }
 
     fn attach_again(&mut self, i: usize) -> Result<Attached> {
-        self.drop_links(i);
+        self.attachments[i].drop_links(&mut self.ebpf);
         self.in_netns(|e| {
-            let (link, mode) = attach::xdp(load::program(&mut e.ebpf)?, &e.ifaces[i], e.mode)?;
-            e.links[i] = Some(link);
-            e.egress_links[i] = Some(attach::tc(load::egress(&mut e.ebpf)?, &e.ifaces[i])?);
+            let mode = e.attachments[i].attach_xdp(&mut e.ebpf, e.mode)?;
+            e.attachments[i].attach_tc(&mut e.ebpf)?;
             e.fill_forward_ports()?;
             Ok(mode)
         })?
@@ -70,14 +57,11 @@ impl Enforcer {
 /// The files a site depends on, with their modification times.
 pub(super) type Fingerprint = Vec<(PathBuf, Option<std::time::SystemTime>)>;
 
-/// The files a site depends on, with their modification times: a change means reload.
-pub(super) fn fingerprint(site: &Path) -> Fingerprint {
-    let mut files = vec![site.to_path_buf()];
-    if let Ok(dir) = std::fs::read_dir(policy::catalog_dir(None, Some(site))) {
-        files.extend(dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")));
-    }
-    files.sort();
+/// The files the policy of `files` is read from, with their modification times: a change means
+/// reload.
+pub(super) fn fingerprint(files: &SiteFiles) -> Fingerprint {
     files
+        .watched()
         .into_iter()
         .map(|p| {
             let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();

@@ -82,7 +82,7 @@ impl From<CounterSlots> for (u32, u32) {
 
 /// Counter slots of the outbound flows of `tables`.
 pub fn outbound_slots(tables: &Tables) -> usize {
-    tables.outbound.as_deref().map_or(0, |o| o.flows.len())
+    tables.outbound_flows().len()
 }
 
 pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {

@@ -15,7 +15,7 @@ use crate::{
         maps::SHARED_MAPS,
         pins::{self, PIN_DIR},
     },
-    policy::sources::{Loaded, Sources},
+    policy::sources::{Loaded, SiteFiles, Sources},
 };
 
 pub const STATE_FILE: &str = "/run/dataplane/state.json";
@@ -30,6 +30,10 @@ pub struct State {
     pub format: u32,
     pub pid: u32,
     pub site: PathBuf,
+    /// The catalog directory the site was resolved with (absent from the states of earlier
+    /// versions: then found as `run` finds it).
+    #[serde(default)]
+    pub catalog_dir: Option<PathBuf>,
     pub interfaces: Vec<String>,
     /// Flow of each counter slot.
     pub flows: Vec<FlowInfo>,
@@ -59,6 +63,11 @@ impl State {
         let text = std::fs::read_to_string(STATE_FILE)
             .with_context(|| format!("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)"))?;
         serde_json::from_str(&text).with_context(|| format!("{STATE_FILE} is unreadable"))
+    }
+
+    /// The site and catalog directory the run reads its policy from.
+    pub fn files(&self) -> SiteFiles {
+        SiteFiles::new(&self.site, self.catalog_dir.as_deref())
     }
 }
 
@@ -109,7 +118,7 @@ impl Pins {
         &self,
         ebpf: &Ebpf,
         policy: &PolicyMaps,
-        site: &Path,
+        files: &SiteFiles,
         tables: &Tables,
         interfaces: &[String],
         capacity: CounterSlots,
@@ -124,10 +133,11 @@ impl Pins {
         let state = State {
             format: STATE_FORMAT,
             pid: std::process::id(),
-            site: site.to_path_buf(),
+            site: files.site.clone(),
+            catalog_dir: Some(files.catalog_dir.clone()),
             interfaces: interfaces.to_vec(),
             flows: tables.flows.clone(),
-            outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
+            outbound: tables.outbound_flows().to_vec(),
             persist: self.persist,
             generation: tables.config.generation,
             capacity,
@@ -172,6 +182,8 @@ pub fn remove_maps() {
 /// The policy a dataplane enforces, from its state file.
 pub struct Enforced {
     pub loaded: Loaded,
+    /// The site and catalog directory the daemon reads its policy from.
+    pub files: SiteFiles,
     pub pid: u32,
     /// The daemon that wrote the state still runs (else the policy was persisted, or the daemon
     /// was killed: it enforces all the same).
@@ -191,11 +203,12 @@ impl Enforced {
         })?;
         let st: State = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
         let running = Path::new(&format!("/proc/{}", st.pid)).exists();
+        let files = st.files();
         let (loaded, recorded) = match &st.sources {
             Some(s) => (s.load().context("the policy recorded in the state")?, true),
-            None => (Loaded::read(&st.site, None)?, false),
+            None => (files.read()?, false),
         };
-        Ok(Enforced { loaded, pid: st.pid, running, recorded, monitor: st.monitor })
+        Ok(Enforced { loaded, files, pid: st.pid, running, recorded, monitor: st.monitor })
     }
 
     /// "the policy pid 123 enforces" and the like, for headers.
@@ -207,5 +220,27 @@ impl Enforced {
         let mode = if self.monitor { ", monitor mode" } else { "" };
         let disk = if self.recorded { "" } else { "; the state records no sources, so the file as it is now" };
         format!("{} ({who}{mode}{disk})", self.loaded.site.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = r#"{"format": 2, "pid": 1, "site": "/etc/dataplane/sites/edge.yaml", "interfaces": ["eth0"], "flows": []}"#;
+
+    #[test]
+    fn states_without_a_catalog_dir_still_parse() {
+        let st: State = serde_json::from_str(OLD).expect("a state of an earlier version parses");
+        assert_eq!(st.catalog_dir, None);
+        assert_eq!(st.files().site, Path::new("/etc/dataplane/sites/edge.yaml"));
+    }
+
+    #[test]
+    fn the_recorded_catalog_dir_is_the_one_used() {
+        let mut v: serde_json::Value = serde_json::from_str(OLD).unwrap();
+        v["catalog_dir"] = "/srv/catalog".into();
+        let st: State = serde_json::from_value(v).unwrap();
+        assert_eq!(st.files(), SiteFiles { site: st.site.clone(), catalog_dir: "/srv/catalog".into() });
     }
 }

@@ -12,6 +12,7 @@ use std::{process::Command, time::Duration};
 use anyhow::{bail, Context, Result};
 
 use crate::lab::netns::{in_netns, ip};
+use crate::policy::sources::SiteFiles;
 
 /// The gateway's interface toward the clients: the one `dataplane run --iface` names.
 pub const OUTSIDE_IF: &str = "gw-outside";
@@ -141,7 +142,7 @@ const LAB_ADDRS: crate::lab::Addrs = crate::lab::Addrs {
 
 /// The gateway lab: the three namespaces, `tables` enforced on the gateway's outside interface,
 /// the lab's traffic from the outside client to the inside server and from the server out.
-pub fn lab(site: &std::path::Path, tables: crate::compile::tables::Tables, rounds: u32, forward: bool) -> Result<()> {
+pub fn lab(files: SiteFiles, tables: crate::compile::tables::Tables, rounds: u32, forward: bool) -> Result<()> {
     use crate::daemon::{Enforcer, Mode, StartOptions};
     println!("lab: creating namespaces dp-gw-c (outside client), dp-gw-g (gateway, forwarding) and dp-gw-s (inside server)");
     let client: Vec<String> = LAB_ADDRS
@@ -171,7 +172,7 @@ pub fn lab(site: &std::path::Path, tables: crate::compile::tables::Tables, round
         ifaces.push(INSIDE_IF.to_string());
     }
     let opts = StartOptions { forward, ..Default::default() };
-    let (enforcer, modes) = Enforcer::start(site, tables, &ifaces, Mode::Auto, Some(&gw.gateway), opts)?;
+    let (enforcer, modes) = Enforcer::start(files, tables, &ifaces, Mode::Auto, Some(&gw.gateway), opts)?;
     println!(
         "lab: XDP attached to {OUTSIDE_IF} in dp-gw-g ({} mode), tc egress too: what reaches the server is judged as it enters the gateway, \
          the server's own connections are recorded as they leave it",

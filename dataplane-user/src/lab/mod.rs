@@ -26,6 +26,7 @@ use crate::{
     classify::{self, verdict::Action, Outcome},
     daemon::{compile_site, Enforcer, Mode},
     observe::stats::Stats,
+    policy::sources::SiteFiles,
 };
 use netns::{Lab, Servers, SERVER_IF};
 
@@ -100,9 +101,10 @@ pub fn lab(site: Option<PathBuf>, rounds: u32, topology: Topology) -> Result<()>
     let default = if topology == Topology::Direct { "lab.yaml" } else { "lab-gateway.yaml" };
     let site = site.unwrap_or_else(|| default_site(default));
     println!("lab: compiling {}", site.display());
-    let tables = compile_site(&site)?;
+    let files = SiteFiles::new(&site, None);
+    let tables = compile_site(&files)?;
     if let Topology::Gateway { forward } = topology {
-        return crate::lab::gateway::lab(&site, tables, rounds, forward);
+        return crate::lab::gateway::lab(files, tables, rounds, forward);
     }
 
     println!("lab: creating namespaces dp-lab-c (client) and dp-lab-s (server) joined by a veth pair");
@@ -117,7 +119,7 @@ pub fn lab(site: Option<PathBuf>, rounds: u32, topology: Topology) -> Result<()>
     )?;
 
     let (enforcer, modes) =
-        Enforcer::start(&site, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
+        Enforcer::start(files, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
     let tables = &enforcer.tables;
     println!(
         "lab: XDP attached to {SERVER_IF} in dp-lab-s ({} mode): {} flows, {} protected prefixes",
@@ -166,8 +168,7 @@ pub fn traffic(net: &Net, tables: &crate::compile::tables::Tables, rounds: u32) 
         println!("\nlab: round {} of {}", round + 1, rounds);
         mismatches += run_round(net, &servers, &classifier, tables, round)?;
         mismatches += run_outbound(net, tables, round)?;
-        let outbound = tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default();
-        print!("{}", Stats::read_pinned(&tables.flows, &outbound)?.render());
+        print!("{}", Stats::read_pinned(&tables.flows, tables.outbound_flows())?.render());
     }
     drop((servers, peers));
     Ok(mismatches)
@@ -315,7 +316,7 @@ fn run_outbound(net: &Net, tables: &crate::compile::tables::Tables, round: u32) 
         let packet = classify::Probe::ported(server, dns, 17, sport, port);
         let expect = outbound.as_ref().map(|c| c.classify_outbound(&packet));
         let tracked = expect.as_ref().is_some_and(allows);
-        let flow = expect.and_then(|d| d.flow()).and_then(|s| tables.outbound.as_ref().map(|o| o.flows[s].id.clone()));
+        let flow = expect.and_then(|d| d.flow()).and_then(|s| tables.outbound_flows().get(s).map(|f| f.id.clone()));
         let answered =
             netns::udp_query(net.server, SocketAddr::new(server, sport), SocketAddr::new(dns, port), Duration::from_millis(500))?;
         if answered != tracked {

@@ -138,7 +138,7 @@ fn proto_name(p: u8) -> String {
 pub fn follow(timeout: Option<Duration>, mut each: impl FnMut(&Event) -> Result<bool>) -> Result<()> {
     let st = state::State::read()?;
     // Only for the nearest-flow hint: events are shown without it if the site no longer loads.
-    let policy = crate::policy::load_site(&st.site).ok();
+    let policy = st.files().read().ok().map(|l| l.policy);
     let path = pins::pin_path(MAP_DROP_EVENTS);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data))?;

@@ -81,7 +81,7 @@ impl PolicyInfo {
             hash: policy_hash(tables),
             monitor: tables.config.flags & CONFIG_MONITOR != 0,
             flows: tables.flows.clone(),
-            outbound: tables.outbound.as_ref().map(|o| o.flows.clone()).unwrap_or_default(),
+            outbound: tables.outbound_flows().to_vec(),
         }
     }
 }

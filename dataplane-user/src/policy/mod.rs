@@ -265,7 +265,7 @@ pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
 
 /// Loads and checks a site with its catalogs from the default catalog directory ([`catalog_dir`]).
 pub fn load_site(path: &Path) -> anyhow::Result<Policy> {
-    load_site_from(path, &catalog_dir(None, Some(path)))
+    load_site_from(path, &sources::SiteFiles::new(path, None).catalog_dir)
 }
 
 /// Loads and checks a site with its catalogs from `catalog_dir`.

@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::catalog::{catalog_files, parse_catalog, Catalog};
+#[cfg(doc)]
+use crate::policy::catalog_dir;
 use crate::policy::site::{parse_site, Site};
-use crate::policy::{catalog_dir, Policy};
+use crate::policy::Policy;
 
 /// One file as it was read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,21 +29,28 @@ pub struct Sources {
     pub catalogs: Vec<SourceFile>,
 }
 
-/// A site read from its sources: the texts, the checked site, and its resolved policy.
-#[derive(Clone, Debug)]
-pub struct Loaded {
-    pub sources: Sources,
-    pub site: Site,
-    pub policy: Policy,
+/// Where a site's policy comes from: the site file and the catalog directory its catalogs are
+/// selected from. Resolved once, where the command line is read ([`catalog_dir`]'s rules), and
+/// kept: a reload, the file watch and the state file then use the same directory whatever the
+/// environment or the working directory says later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteFiles {
+    pub site: PathBuf,
+    pub catalog_dir: PathBuf,
 }
 
-impl Loaded {
-    /// Reads and resolves `site` with the catalogs it selects from `dir` (default: as `run`
-    /// finds them, [`catalog_dir`]). Errors name file:line:column and field.
-    pub fn read(site: &Path, dir: Option<&Path>) -> Result<Loaded> {
-        let dir = catalog_dir(dir, Some(site));
+impl SiteFiles {
+    /// `site` with the catalogs of `catalog_dir` (default: as [`catalog_dir`] finds them).
+    pub fn new(site: &Path, catalog_dir: Option<&Path>) -> SiteFiles {
+        SiteFiles { site: site.to_owned(), catalog_dir: crate::policy::catalog_dir(catalog_dir, Some(site)) }
+    }
+
+    /// Reads and resolves the site with the catalogs it selects. Errors name file:line:column
+    /// and field.
+    pub fn read(&self) -> Result<Loaded> {
+        let site = self.site.as_path();
         let text = std::fs::read_to_string(site).with_context(|| format!("reading site {}", site.display()))?;
-        let available = catalog_files(&dir)?;
+        let available = catalog_files(&self.catalog_dir)?;
         let mut read = Vec::new();
         let (parsed, catalogs) = parse_site(site, &text, &available, |paths| {
             read = paths.iter().map(|p| read_file(p, "catalog")).collect::<Result<_>>()?;
@@ -56,6 +65,25 @@ impl Loaded {
         let policy = Policy::resolve(&parsed, catalogs)?;
         Ok(Loaded { sources, site: parsed, policy })
     }
+
+    /// The files a change of which changes the policy: the site and every catalog of the
+    /// directory (a new catalog may be one the site selects), sorted.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.site.clone()];
+        if let Ok(dir) = std::fs::read_dir(&self.catalog_dir) {
+            files.extend(dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")));
+        }
+        files.sort();
+        files
+    }
+}
+
+/// A site read from its sources: the texts, the checked site, and its resolved policy.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub sources: Sources,
+    pub site: Site,
+    pub policy: Policy,
 }
 
 impl Sources {
@@ -108,4 +136,34 @@ fn parse_all(files: &[SourceFile]) -> Result<Vec<Catalog>> {
         out.push(c);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/outbound")
+    }
+
+    #[test]
+    fn the_catalog_dir_given_is_the_one_read_and_watched() {
+        let files = SiteFiles::new(&data().join("sites/outbound.yaml"), Some(&data().join("catalog")));
+        assert_eq!(files.catalog_dir, data().join("catalog"));
+        let loaded = files.read().expect("the outbound test site loads");
+        assert!(!loaded.sources.catalogs.is_empty());
+        assert!(loaded.sources.catalogs.iter().all(|c| c.path.starts_with(&files.catalog_dir)));
+        let watched = files.watched();
+        assert!(watched.contains(&files.site));
+        for c in &loaded.sources.catalogs {
+            assert!(watched.contains(&c.path), "{}", c.path.display());
+        }
+    }
+
+    #[test]
+    fn a_missing_catalog_dir_fails_the_read() {
+        let files = SiteFiles::new(&data().join("sites/outbound.yaml"), Some(&data().join("no-such-dir")));
+        assert!(files.read().is_err());
+        assert_eq!(files.watched(), vec![files.site.clone()]);
+    }
 }

@@ -6,23 +6,25 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::kernel::state::Enforced;
-use crate::policy::sources::Loaded;
+use crate::policy::sources::{Loaded, SiteFiles};
 
 /// The side a site is compared with, and how to name it in a report.
 pub struct Baseline {
     pub loaded: Loaded,
+    /// Where it was read from: the file given, or the files the daemon reads.
+    pub files: SiteFiles,
     /// "policies/sites/a.yaml", or the enforced policy with its daemon and mode.
     pub describe: String,
 }
 
 impl Baseline {
-    /// `from` when given (read with `read`), else the enforced policy of `state`.
-    pub fn read(from: Option<&Path>, state: Option<&Path>, read: impl Fn(&Path) -> Result<Loaded>) -> Result<Baseline> {
+    /// `from` when given, else the enforced policy of `state`.
+    pub fn read(from: Option<SiteFiles>, state: Option<&Path>) -> Result<Baseline> {
         match from {
-            Some(from) => Ok(Baseline { loaded: read(from)?, describe: from.display().to_string() }),
+            Some(files) => Ok(Baseline { loaded: files.read()?, describe: files.site.display().to_string(), files }),
             None => {
                 let e = Enforced::read(state)?;
-                Ok(Baseline { describe: e.describe(), loaded: e.loaded })
+                Ok(Baseline { describe: e.describe(), loaded: e.loaded, files: e.files })
             }
         }
     }

@@ -130,7 +130,7 @@ const SYSTEMS: [System; 5] = [
 
 pub fn run(root: &Path, opts: &Opts) -> Result<Vec<Figure>> {
     let site = root.join("tests/sites/e2e.yaml");
-    let tables = compile_site(&site)?;
+    let tables = compile_site(&dataplane::policy::sources::SiteFiles::new(&site, None))?;
     check_floods(&classify::Classifier::new(&tables))?;
     let cpu = match opts.cpu {
         Some(c) => c,

@@ -552,7 +552,10 @@ fn xdp_filter(root: &Path, args: &Args) -> Result<Xdpf> {
     let v: serde_json::Value = serde_json::from_str(&out).context("bpftool net show")?;
     let id = v[0]["xdp"][0]["id"].as_u64().context("no XDP program on v0")?;
 
-    let lab = dataplane::daemon::compile_site(&root.join("policies/sites/lab.yaml"))?;
+    let lab = dataplane::daemon::compile_site(&dataplane::policy::sources::SiteFiles::new(
+        &root.join("policies/sites/lab.yaml"),
+        None,
+    ))?;
     let mut rig = Rig::new(&lab)?;
     let (ext, prot, ext6, prot6): (IpAddr, IpAddr, IpAddr, IpAddr) =
         ("10.200.0.9".parse()?, "10.200.0.1".parse()?, "fd00:200::9".parse()?, "fd00:200::1".parse()?);

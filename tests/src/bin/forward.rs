@@ -122,7 +122,7 @@ fn main() -> Result<()> {
     ])?;
     let template = live::udp_template(CLIENT, SERVER, 40000, 5060, mac(&gw.gateway, OUTSIDE_IF)?, mac(&gw.client, CLIENT_IF)?);
 
-    let tables = compile_site(&site)?;
+    let tables = compile_site(&dataplane::policy::sources::SiteFiles::new(&site, None))?;
     let nft = nft_forward_ruleset(&site)?;
     let load::Object { mut ebpf, mut policy } = load::load(&tables)?;
     let mut bench = bench_object::load()?;
@@ -207,8 +207,7 @@ fn main() -> Result<()> {
 /// The nftables export of `site` with its chain in the forward hook (the export's own chain is
 /// at prerouting, priority raw: what a server needs; a gateway filters what it forwards).
 fn nft_forward_ruleset(site: &Path) -> Result<String> {
-    let dir = dataplane::policy::catalog_dir(None, Some(site));
-    let policy = dataplane::policy::load_site_from(site, &dir)?;
+    let policy = dataplane::policy::load_site(site)?;
     let text = dataplane::export::nft::render(&policy, &dataplane::export::nft::NftOptions::default())?.text;
     let hook = "type filter hook prerouting priority raw;";
     if !text.contains(hook) {

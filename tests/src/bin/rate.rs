@@ -191,8 +191,8 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
         let guard = match system {
             "xdp" => Some(
                 Enforcer::start(
-                    &site,
-                    compile_site(&site)?,
+                    dataplane::policy::sources::SiteFiles::new(&site, None),
+                    compile_site(&dataplane::policy::sources::SiteFiles::new(&site, None))?,
                     &[SERVER_IF.to_string()],
                     Mode::Native,
                     Some(&lab.server),
