@@ -498,7 +498,7 @@ fn apply(base: &Loaded, fix: &Fix, hosts: &[IpAddr]) -> Result<Policy> {
             None => site.roles.push((role.clone(), add)),
         }
     }
-    Policy::resolve(&site, base.policy.catalogs.clone())
+    Ok(Policy::resolve(&site, base.policy.catalogs.clone())?)
 }
 
 /// Every (option, other value) of the selected catalogs: each value of an enum or boolean; for an

@@ -313,7 +313,7 @@ fn counts_line(kind: &str, c: &crate::compile::Counts) -> String {
 }
 
 fn load(site: &Path, dir: Option<&Path>) -> anyhow::Result<Policy> {
-    policy::load_site_from(site, &catalog_dir(dir, Some(site)))
+    Ok(policy::load_site_from(site, &catalog_dir(dir, Some(site)))?)
 }
 
 /// One line of `explain` output.

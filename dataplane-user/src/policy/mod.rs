@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cidr;
+pub mod error;
 pub mod options;
 pub mod ports;
 pub mod site;
@@ -20,6 +21,7 @@ use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
 pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
+pub use error::{ErrorKind, PolicyError, Position};
 pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
 pub use ports::{PortSpec, Ranges};
 pub use site::Site;
@@ -125,7 +127,7 @@ impl Policy {
     }
 
     /// Builds a policy from a checked site and its catalogs (in the site's order).
-    pub fn resolve(site: &Site, catalogs: Vec<Catalog>) -> anyhow::Result<Policy> {
+    pub fn resolve(site: &Site, catalogs: Vec<Catalog>) -> Result<Policy, PolicyError> {
         let mut roles: Vec<Role> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for r in catalogs.iter().flat_map(|c| &c.roles) {
@@ -137,7 +139,9 @@ impl Policy {
                 }
             }
         }
-        let role_of = |id: &str| index.get(id).copied().ok_or_else(|| anyhow::anyhow!("unknown role `{id}`"));
+        let role_of = |id: &str| {
+            index.get(id).copied().ok_or_else(|| PolicyError::new(ErrorKind::UnknownRole, format!("unknown role `{id}`")))
+        };
         for r in roles.iter_mut().filter(|r| r.any) {
             r.cidrs = vec![Cidr::ANY_V4, Cidr::ANY_V6];
         }
@@ -147,7 +151,8 @@ impl Policy {
         for id in &site.protect {
             let i = role_of(id)?;
             if roles[i].cidrs.is_empty() {
-                anyhow::bail!("protected role `{id}` has no addresses");
+                let msg = format!("protected role `{id}` has no addresses");
+                return Err(PolicyError::new(ErrorKind::ProtectedRoleUnbound, msg));
             }
             roles[i].protected = true;
         }
@@ -264,18 +269,18 @@ pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
 }
 
 /// Loads and checks a site with its catalogs from the default catalog directory ([`catalog_dir`]).
-pub fn load_site(path: &Path) -> anyhow::Result<Policy> {
+pub fn load_site(path: &Path) -> Result<Policy, PolicyError> {
     load_site_from(path, &catalog_dir(None, Some(path)))
 }
 
 /// Loads and checks a site with its catalogs from `catalog_dir`.
-pub fn load_site_from(path: &Path, catalog_dir: &Path) -> anyhow::Result<Policy> {
+pub fn load_site_from(path: &Path, catalog_dir: &Path) -> Result<Policy, PolicyError> {
     let (site, catalogs) = site::load_site_file(path, catalog_dir)?;
     Policy::resolve(&site, catalogs)
 }
 
 /// Every catalog in `dir`, sorted by name (flow ids unique across them).
-pub fn load_all_catalogs(dir: &Path) -> anyhow::Result<Vec<Catalog>> {
+pub fn load_all_catalogs(dir: &Path) -> Result<Vec<Catalog>, PolicyError> {
     let files = catalog_files(dir)?;
     catalog::load_catalogs(&files.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
 }

@@ -6,8 +6,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::error::ErrorKind;
 use super::options::{check_catalog_option, OptValue, OptionKind, OptionValues, ValueSeed};
-use super::yaml::key_of;
+use super::yaml::{key_of, Fault};
 
 /// Sorted, disjoint, non-adjacent inclusive port ranges.
 pub type Ranges = Vec<(u16, u16)>;
@@ -130,6 +131,11 @@ fn parse_port_str(s: &str, sport: bool) -> Result<PortSpec, String> {
     }
 }
 
+/// A port spec error, raised with its kind.
+fn bad_ports<E: de::Error>(msg: impl Into<String>) -> E {
+    ErrorKind::BadPorts.fault(msg).raise()
+}
+
 /// Reads any port spec; `sport` allows `any`.
 #[derive(Clone, Copy)]
 pub(crate) struct SpecSeed {
@@ -149,14 +155,14 @@ impl<'de> Visitor<'de> for SpecSeed {
         f.write_str("a port spec: a port, a range like \"36000-59999\", a list, {by, cases} or {base, count}")
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortSpec, E> {
-        let p = port(n).map_err(E::custom)?;
+        let p = port(n).map_err(bad_ports)?;
         Ok(PortSpec::Range(p, p))
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortSpec, E> {
         self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<PortSpec, E> {
-        parse_port_str(s, self.sport).map_err(E::custom)
+        parse_port_str(s, self.sport).map_err(bad_ports)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PortSpec, A::Error> {
         let mut out = Vec::new();
@@ -164,7 +170,7 @@ impl<'de> Visitor<'de> for SpecSeed {
             out.push(s);
         }
         if out.is_empty() {
-            return Err(de::Error::custom("the port list is empty"));
+            return Err(ErrorKind::EmptyList.fault("the port list is empty").raise());
         }
         Ok(PortSpec::List(out))
     }
@@ -186,40 +192,41 @@ impl<'de> Visitor<'de> for SpecSeed {
         }
         match (by, cases, base, count) {
             (Some((option, kind)), Some(cases), None, None) => {
-                check_cases(&option, kind.as_ref(), &cases).map_err(de::Error::custom)?;
+                check_cases(&option, kind.as_ref(), &cases).map_err(Fault::raise)?;
                 Ok(PortSpec::By { option, cases })
             }
             (None, None, Some(base), Some((option, kind))) => {
                 if let Some(OptionKind::Int { max, .. }) = kind {
                     if base as i64 + max - 1 > 65535 {
-                        return Err(de::Error::custom(format!("base {base} + {option} (up to {max}) - 1 goes above port 65535")));
+                        return Err(bad_ports(format!("base {base} + {option} (up to {max}) - 1 goes above port 65535")));
                     }
                 }
                 Ok(PortSpec::Count { base, option })
             }
-            _ => Err(de::Error::custom(
-                "a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`",
-            )),
+            _ => {
+                Err(bad_ports("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`"))
+            }
         }
     }
 }
 
 /// Every value of the `by` option has exactly one case and every case is a value.
-fn check_cases(option: &str, kind: Option<&OptionKind>, cases: &[(OptValue, PortSpec)]) -> Result<(), String> {
+fn check_cases(option: &str, kind: Option<&OptionKind>, cases: &[(OptValue, PortSpec)]) -> Result<(), Fault> {
     let Some(kind) = kind else { return Ok(()) };
     let mut canon = Vec::new();
     for (v, _) in cases {
-        canon.push(kind.check(v).map_err(|e| format!("cases: {e}"))?);
+        canon.push(kind.check(v).map_err(|e| ErrorKind::BadValue.fault(format!("cases: {e}")))?);
     }
     for (i, v) in canon.iter().enumerate() {
         if canon[..i].contains(v) {
-            return Err(format!("cases: `{v}` is listed twice"));
+            return Err(ErrorKind::Duplicate.fault(format!("cases: `{v}` is listed twice")));
         }
     }
     let missing: Vec<String> =
         kind.values().unwrap_or_default().into_iter().filter(|v| !canon.contains(v)).map(|v| v.to_string()).collect();
     if !missing.is_empty() {
-        return Err(format!("cases: every value of `{option}` needs a case; missing: {}", missing.join(", ")));
+        let missing = missing.join(", ");
+        return Err(ErrorKind::BadPorts.fault(format!("cases: every value of `{option}` needs a case; missing: {missing}")));
     }
     Ok(())
 }
@@ -241,7 +248,7 @@ impl<'de> DeserializeSeed<'de> for OptionOf {
         let seed = super::yaml::StrWith("an option name", move |s: &str| {
             let (name, kind) = check_catalog_option(s)?;
             match &kind {
-                Some(k) if !ok(k) => Err(format!("option `{s}` is not {want} option")),
+                Some(k) if !ok(k) => Err(ErrorKind::BadPorts.fault(format!("option `{s}` is not {want} option"))),
                 _ => Ok((name, kind)),
             }
         });
@@ -265,7 +272,7 @@ impl<'de> Visitor<'de> for PortSeed {
         f.write_str("a port number 1-65535")
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<u16, E> {
-        port(n).map_err(E::custom)
+        port(n).map_err(bad_ports)
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<u16, E> {
         self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))

@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::catalog::{catalog_files, parse_catalog, Catalog};
+use crate::policy::error::PolicyError;
 use crate::policy::site::{parse_site, Site};
 use crate::policy::{catalog_dir, Policy};
+
+type Result<T> = std::result::Result<T, PolicyError>;
 
 /// One file as it was read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +42,7 @@ impl Loaded {
     /// finds them, [`catalog_dir`]). Errors name file:line:column and field.
     pub fn read(site: &Path, dir: Option<&Path>) -> Result<Loaded> {
         let dir = catalog_dir(dir, Some(site));
-        let text = std::fs::read_to_string(site).with_context(|| format!("reading site {}", site.display()))?;
+        let text = std::fs::read_to_string(site).map_err(|e| PolicyError::io("site", site, e))?;
         let available = catalog_files(&dir)?;
         let mut read = Vec::new();
         let (parsed, catalogs) = parse_site(site, &text, &available, |paths| {
@@ -77,7 +79,7 @@ fn stem(p: &Path) -> String {
 }
 
 fn read_file(p: &Path, what: &str) -> Result<SourceFile> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
+    let text = std::fs::read_to_string(p).map_err(|e| PolicyError::io(what, p, e))?;
     Ok(SourceFile { path: p.to_owned(), text })
 }
 
