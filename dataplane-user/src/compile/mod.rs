@@ -59,6 +59,36 @@ pub mod limits {
     pub const MAX_IMAGE_WORDS: usize = 1 << 29;
 }
 
+/// A policy the compiler refuses: past one of the [`limits`].
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{count} {side}flow slots exceed the limit of {limit}")]
+    TooManyFlows { side: Side, count: usize, limit: usize },
+    #[error("{count} {side}destination classes exceed the limit of {limit}")]
+    TooManyClasses { side: Side, count: usize, limit: usize },
+    #[error("{count} {side}policies exceed the limit of {limit}")]
+    TooManyPolicies { side: Side, count: usize, limit: usize },
+    #[error("the policy image would take {words} words ({} MiB), above the limit of {limit} words", words >> 17)]
+    ImageTooLarge { words: usize, limit: usize },
+}
+
+/// Which tables a [`CompileError`] is about: packets to protected roles, or those they send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Inbound,
+    Outbound,
+}
+
+/// Printed before the noun: nothing inbound, `outbound ` for the outbound tables.
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Inbound => "",
+            Side::Outbound => "outbound ",
+        })
+    }
+}
+
 /// What `compile` prints besides the map sizes.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
@@ -108,19 +138,19 @@ fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Compiles a policy into its tables.
-pub fn compile(p: &Policy) -> anyhow::Result<Tables> {
+pub fn compile(p: &Policy) -> Result<Tables, CompileError> {
     compile_with_summary(p).map(|(t, _)| t)
 }
 
-pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
+pub fn compile_with_summary(p: &Policy) -> Result<(Tables, Summary), CompileError> {
     let start = Instant::now();
     // The two directions, and the flows' labels, side by side.
     let ((inbound, flows), outbound) = rayon::join(
-        || rayon::join(|| compile_direction(p, ""), || flow_infos(&p.flows)),
+        || rayon::join(|| compile_direction(p, Side::Inbound), || flow_infos(&p.flows)),
         || {
             (!p.out_flows.is_empty()).then(|| {
                 let out = p.outbound_policy();
-                (compile_direction(&out, "outbound "), flow_infos(&out.flows), out)
+                (compile_direction(&out, Side::Outbound), flow_infos(&out.flows), out)
             })
         },
     );
@@ -140,11 +170,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let maps = map_sizes(&t);
     let words: usize = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
     if words > limits::MAX_IMAGE_WORDS {
-        anyhow::bail!(
-            "the policy image would take {words} words ({} MiB), above the limit of {} words",
-            words >> 17,
-            limits::MAX_IMAGE_WORDS
-        );
+        return Err(CompileError::ImageTooLarge { words, limit: limits::MAX_IMAGE_WORDS });
     }
     let summary = Summary {
         roles: p.roles.len(),
@@ -164,11 +190,11 @@ fn flow_infos(flows: &[crate::policy::Flow]) -> Vec<crate::policy::FlowInfo> {
     flows.iter().map(|f| f.info.clone()).collect()
 }
 
-/// The tables of one direction: `p.flows` against `p`'s protected roles. `kind` names the
-/// direction in errors ("" inbound, "outbound ").
-fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Direction, Counts)> {
+/// The tables of one direction: `p.flows` against `p`'s protected roles. `side` names the
+/// direction in errors.
+fn compile_direction(p: &Policy, side: Side) -> Result<(Direction, Counts), CompileError> {
     if p.flows.len() > limits::MAX_FLOWS {
-        anyhow::bail!("{} {kind}flow slots exceed the limit of {}", p.flows.len(), limits::MAX_FLOWS);
+        return Err(CompileError::TooManyFlows { side, count: p.flows.len(), limit: limits::MAX_FLOWS });
     }
     let mut dsets = Sets::default();
     let protected: Vec<(Cidr, u32)> = role_cidrs(p, |i| p.roles[i].protected);
@@ -190,7 +216,7 @@ fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Directio
         })
         .collect();
     if classes.len() > limits::MAX_CLASSES {
-        anyhow::bail!("{} {kind}destination classes exceed the limit of {}", classes.len(), limits::MAX_CLASSES);
+        return Err(CompileError::TooManyClasses { side, count: classes.len(), limit: limits::MAX_CLASSES });
     }
 
     let mut d = Direction::default();
@@ -198,7 +224,7 @@ fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Directio
     let sources = parts::build(classes.items(), |s: &mut Sources, flows| s.add_class(p, flows), Sources::merge);
     let policies = sources.policies.sets();
     if policies.len() > limits::MAX_POLICIES {
-        anyhow::bail!("{} {kind}policies exceed the limit of {}", policies.len(), limits::MAX_POLICIES);
+        return Err(CompileError::TooManyPolicies { side, count: policies.len(), limit: limits::MAX_POLICIES });
     }
     let mut pt = parts::build(&policies[1..], |t: &mut PortTables, slots| t.push_policy(slots, &p.flows), PortTables::merge);
     d.policies = std::mem::take(&mut pt.policies);
@@ -273,6 +299,17 @@ mod tests {
                 (one_ports.tables(), &one_ports.policies, one_ports.sport_tables())
             );
         }
+    }
+
+    /// The limits' messages, as `dataplane compile` prints them.
+    #[test]
+    fn limit_messages() {
+        let e = CompileError::TooManyFlows { side: Side::Outbound, count: 3, limit: 2 };
+        assert_eq!(e.to_string(), "3 outbound flow slots exceed the limit of 2");
+        let e = CompileError::TooManyClasses { side: Side::Inbound, count: 3, limit: 2 };
+        assert_eq!(e.to_string(), "3 destination classes exceed the limit of 2");
+        let e = CompileError::ImageTooLarge { words: 3 << 17, limit: 2 };
+        assert_eq!(e.to_string(), "the policy image would take 393216 words (3 MiB), above the limit of 2 words");
     }
 
     /// The compiled tables do not depend on the number of threads.
