@@ -23,7 +23,7 @@ pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
 pub use error::{ErrorKind, PolicyError, Position};
 pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
-pub use ports::{PortSpec, Ranges};
+pub use ports::{PortRanges, PortSpec};
 pub use site::Site;
 
 /// A role as the site sees it.
@@ -44,8 +44,8 @@ pub struct Flow {
     pub from: usize,
     pub to: usize,
     pub proto: u8,
-    pub sport: Ranges,
-    pub dport: Ranges,
+    pub sport: PortRanges,
+    pub dport: PortRanges,
     pub deny: bool,
 }
 

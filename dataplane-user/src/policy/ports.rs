@@ -10,8 +10,108 @@ use super::error::ErrorKind;
 use super::options::{check_catalog_option, OptValue, OptionKind, OptionValues, ValueSeed};
 use super::yaml::{key_of, Fault};
 
-/// Sorted, disjoint, non-adjacent inclusive port ranges.
-pub type Ranges = Vec<(u16, u16)>;
+/// Sorted, disjoint, non-adjacent inclusive port ranges: the ports a flow matches. Serialized
+/// as the list of `[first, last]` pairs; reads as a slice of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PortRanges(Vec<(u16, u16)>);
+
+impl PortRanges {
+    /// Every port, 0-65535.
+    pub fn any() -> Self {
+        PortRanges(vec![(0, u16::MAX)])
+    }
+
+    /// The ranges `v` covers: sorted, overlapping or adjacent ones merged.
+    pub fn new(mut v: Vec<(u16, u16)>) -> Self {
+        v.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
+        for (a, b) in v {
+            match out.last_mut() {
+                Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        PortRanges(out)
+    }
+
+    /// Whether `port` is in one of the ranges.
+    pub fn contains(&self, port: u16) -> bool {
+        let i = self.0.partition_point(|&(_, last)| last < port);
+        self.0.get(i).is_some_and(|&(first, _)| first <= port)
+    }
+
+    /// Whether this is every port.
+    pub fn is_any(&self) -> bool {
+        self.0 == [(0, u16::MAX)]
+    }
+
+    pub fn as_slice(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<(u16, u16)> {
+        self.0
+    }
+}
+
+impl std::ops::Deref for PortRanges {
+    type Target = [(u16, u16)];
+    fn deref(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+}
+
+impl AsRef<[(u16, u16)]> for PortRanges {
+    fn as_ref(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a PortRanges {
+    type Item = &'a (u16, u16);
+    type IntoIter = std::slice::Iter<'a, (u16, u16)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(u16, u16)> for PortRanges {
+    fn from_iter<I: IntoIterator<Item = (u16, u16)>>(iter: I) -> Self {
+        PortRanges::new(iter.into_iter().collect())
+    }
+}
+
+impl From<Vec<(u16, u16)>> for PortRanges {
+    fn from(v: Vec<(u16, u16)>) -> Self {
+        PortRanges::new(v)
+    }
+}
+
+impl PartialEq<[(u16, u16)]> for PortRanges {
+    fn eq(&self, other: &[(u16, u16)]) -> bool {
+        self.0 == other
+    }
+}
+
+impl<const N: usize> PartialEq<[(u16, u16); N]> for PortRanges {
+    fn eq(&self, other: &[(u16, u16); N]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<Vec<(u16, u16)>> for PortRanges {
+    fn eq(&self, other: &Vec<(u16, u16)>) -> bool {
+        &self.0 == other
+    }
+}
+
+/// `any`, `443`, `80,443,1024-65535`; `none` for no port (as [`format_ranges`]).
+impl fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&format_ranges(&self.0))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSpec {
@@ -33,10 +133,10 @@ pub enum PortSpec {
 
 impl PortSpec {
     /// The ports this spec names under `values`.
-    pub fn resolve(&self, values: &OptionValues) -> Ranges {
+    pub fn resolve(&self, values: &OptionValues) -> PortRanges {
         let mut out = Vec::new();
         self.collect(values, &mut out);
-        normalize(out)
+        PortRanges::new(out)
     }
 
     fn collect(&self, values: &OptionValues, out: &mut Vec<(u16, u16)>) {
@@ -60,19 +160,6 @@ impl PortSpec {
             }
         }
     }
-}
-
-/// Sorts and merges overlapping or adjacent ranges.
-pub fn normalize(mut v: Vec<(u16, u16)>) -> Ranges {
-    v.sort_unstable();
-    let mut out: Ranges = Vec::with_capacity(v.len());
-    for (a, b) in v {
-        match out.last_mut() {
-            Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }
 
 /// `any`, `443`, `80,443,1024-65535`; `none` for no port.
@@ -390,6 +477,21 @@ mod tests {
         assert_eq!(count.resolve(&v), vec![(7001, 7003)]);
         v.0.insert("zones".into(), OptValue::Int(0));
         assert_eq!(count.resolve(&v), vec![]);
+    }
+
+    #[test]
+    fn port_ranges() {
+        let r = PortRanges::new(vec![(443, 443), (80, 81), (82, 90), (1024, 65535), (85, 86)]);
+        assert_eq!(r, [(80, 90), (443, 443), (1024, 65535)]);
+        for (port, inside) in
+            [(0, false), (79, false), (80, true), (90, true), (91, false), (443, true), (1023, false), (65535, true)]
+        {
+            assert_eq!(r.contains(port), inside, "{port}");
+        }
+        assert!(!PortRanges::default().contains(0));
+        assert!(PortRanges::any().contains(0) && PortRanges::any().is_any());
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[80,90],[443,443],[1024,65535]]");
+        assert_eq!(r.to_string(), "80-90,443,1024-65535");
     }
 
     #[test]
