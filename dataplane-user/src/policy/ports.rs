@@ -423,10 +423,16 @@ impl<'de> Deserialize<'de> for DportSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::error::PolicyError;
+    use crate::policy::yaml::from_str;
 
-    fn parse(sport: bool, y: &str) -> Result<PortSpec, String> {
-        let d = serde_yaml::Deserializer::from_str(y);
-        SpecSeed { sport }.deserialize(d).map_err(|e| e.to_string())
+    fn parse(sport: bool, y: &str) -> Result<PortSpec, PolicyError> {
+        let file = std::path::Path::new("spec.yaml");
+        if sport {
+            from_str::<SportSpec>(file, y).map(|s| s.0)
+        } else {
+            from_str::<DportSpec>(file, y).map(|s| s.0)
+        }
     }
 
     #[test]
@@ -442,21 +448,24 @@ mod tests {
 
     #[test]
     fn errors() {
-        for (sport, y, want) in [
-            (false, "0", "port 0"),
-            (false, "65536", "above 65535"),
-            (false, "-1", "negative"),
-            (false, "200-100", "reversed"),
-            (false, "any", "only allowed for sport"),
-            (true, "1-70000", "above 65535"),
-            (false, "http", "not a port"),
-            (false, "[]", "empty"),
-            (false, "1.5", "port spec"),
-            (false, "{ by: x }", "either"),
-            (false, "{ foo: 1 }", "unknown key `foo`"),
+        use ErrorKind::*;
+        // The kind, and what the message says of the port.
+        for (sport, y, kind, want) in [
+            (false, "0", BadPorts, "port 0"),
+            (false, "65536", BadPorts, "above 65535"),
+            (false, "-1", BadPorts, "negative"),
+            (false, "200-100", BadPorts, "reversed"),
+            (false, "any", BadPorts, "only allowed for sport"),
+            (true, "1-70000", BadPorts, "above 65535"),
+            (false, "http", BadPorts, "not a port"),
+            (false, "[]", EmptyList, "empty"),
+            (false, "1.5", WrongType, "port spec"),
+            (false, "{ by: x }", BadPorts, "either"),
+            (false, "{ foo: 1 }", UnknownField, "unknown key `foo`"),
         ] {
             let e = parse(sport, y).unwrap_err();
-            assert!(e.contains(want), "{y}: {e}");
+            assert_eq!(e.kind, kind, "{y}: {e}");
+            assert!(e.message.contains(want), "{y}: {e}");
         }
     }
 

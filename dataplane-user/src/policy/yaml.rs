@@ -264,3 +264,21 @@ pub(crate) fn check_kebab(what: &str, s: &str) -> Result<(), Fault> {
         Err(ErrorKind::NotKebab.fault(format!("{what} `{s}` is not kebab-case (lowercase words joined by `-`)")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fault raised and dropped by a lenient pass does not give its kind to a later error.
+    #[test]
+    fn a_dropped_fault_is_not_the_kind_of_the_next_error() {
+        let _: serde_yaml::Error = ErrorKind::UnknownRole.fault("unknown role `x`").raise();
+        let e = from_str::<Vec<u16>>(Path::new("f.yaml"), "[1, x]").unwrap_err();
+        assert_eq!((e.kind, e.field.as_deref()), (ErrorKind::WrongType, Some(".[1]")), "{e}");
+        assert_eq!(e.at, Some(Position { line: 1, column: 5 }));
+        let _: serde_yaml::Error = ErrorKind::UnknownRole.fault("unknown role `x`").raise();
+        let e = from_str::<Vec<u16>>(Path::new("f.yaml"), "[1, ").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+        assert!(e.to_string().starts_with("f.yaml:"), "{e}");
+    }
+}
