@@ -270,7 +270,19 @@ pub const CLOCK: &str = "clock";
 
 #[cfg(test)]
 mod tests {
-    use super::CounterSlots;
+    use super::{CounterSlots, LoadError};
+
+    /// The messages `run` prints, causes included, as before the errors were typed.
+    #[test]
+    fn load_error_messages() {
+        let e = LoadError::TableTooLarge { map: "FLOWS", source: u32::try_from(u64::MAX).unwrap_err() };
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "table too large: out of range integral type conversion attempted");
+        assert_eq!(LoadError::MissingProgram("clock".into()).to_string(), "XDP program clock missing from the object");
+        let e = LoadError::Maps(anyhow::anyhow!("map CONFIG missing from the XDP object"));
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "map CONFIG missing from the XDP object");
+        assert!(LoadError::NoObject.to_string().ends_with("build it with `cargo xtask build`"));
+        assert_eq!(LoadError::NoObject.verifier_log(), None);
+    }
 
     #[test]
     fn counter_slots_keep_the_state_files_pair() {
