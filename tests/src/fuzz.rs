@@ -10,13 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
-use anyhow::Result;
 use dataplane::classify::Classifier;
 use dataplane::compile::compile;
 use dataplane::policy::{
     catalog::{catalog_files, load_catalogs, parse_catalog, Catalog},
     site::parse_site,
-    Policy,
+    Policy, PolicyError,
 };
 
 use crate::{
@@ -44,7 +43,7 @@ static CATALOGS: LazyLock<Catalogs> = LazyLock::new(|| {
 pub fn site(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (available, all) = &*CATALOGS;
-    let load = |paths: &[PathBuf]| -> Result<Vec<Catalog>> {
+    let load = |paths: &[PathBuf]| -> Result<Vec<Catalog>, PolicyError> {
         Ok(paths.iter().filter_map(|p| all.iter().find(|c| &c.path == p).cloned()).collect())
     };
     let parsed = parse_site(Path::new(SITE_NAME), text, available, load);
@@ -58,7 +57,7 @@ pub fn catalog(data: &[u8]) {
     let path = Path::new(CATALOG_NAME);
     let c = match parse_catalog(path, text, &Default::default()) {
         Ok(c) => c,
-        Err(e) => return named(&e, CATALOG_NAME),
+        Err(e) => return named(&e.into(), CATALOG_NAME),
     };
     let site = site_for(&c);
     let available = vec![(c.name.clone(), path.to_owned())];
@@ -84,8 +83,8 @@ fn site_for(c: &Catalog) -> String {
 }
 
 /// A policy compiles (and its tables build a classifier), or its error names the input.
-fn compile_or_explain(p: Result<Policy>, name: &str) {
-    match p.and_then(|p| compile(&p)) {
+fn compile_or_explain(p: Result<Policy, PolicyError>, name: &str) {
+    match p.map_err(anyhow::Error::from).and_then(|p| Ok(compile(&p)?)) {
         Ok(t) => drop(Classifier::new(&t)),
         Err(e) => named(&e, name),
     }

@@ -150,8 +150,8 @@ fn direction(
     dst: [dataplane::policy::Cidr; 2],
     src: [dataplane::policy::Cidr; 2],
     ports: [(u8, u16, u16, u32); 2],
-) -> dataplane::compile::tables::Direction {
-    use dataplane::compile::tables::{ClassRecord, Direction, PortTable, PortValue};
+) -> dataplane::compile::tables::DirectionTables {
+    use dataplane::compile::tables::{ClassRecord, DirectionTables, PortTable, PortValue};
     let table = |(_, a, b, slot): (u8, u16, u16, u32)| {
         let mut t = PortTable { starts: vec![0, a], values: vec![PortValue::NoFlow, PortValue::Flow { slot, deny: false }] };
         if b < u16::MAX {
@@ -162,7 +162,7 @@ fn direction(
     };
     let tcp = ports.iter().position(|p| p.0 == 6).map(|i| i as u32);
     let udp = ports.iter().position(|p| p.0 == 17).map(|i| i as u32);
-    Direction {
+    DirectionTables {
         dst_v4: vec![(dst[0], 1)],
         dst_v6: vec![(dst[1], 1)],
         classes: vec![ClassRecord { src_v4: 0, src_v6: 1 }],

@@ -242,13 +242,8 @@ pub fn reference(policy: &Policy, p: &Probe) -> Verdict {
 /// The first matching deny flow of `flows`, else the first matching allow flow.
 fn first_match(policy: &Policy, flows: &[Flow], p: &Probe) -> Verdict {
     let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
-    let in_ranges = |r: &[(u16, u16)], x: u16| r.iter().any(|&(a, b)| (a..=b).contains(&x));
     let matching = flows.iter().enumerate().filter(|(_, f)| {
-        f.proto == p.proto
-            && has(f.to, p.dst)
-            && has(f.from, p.src)
-            && in_ranges(&f.dport, p.dport)
-            && in_ranges(&f.sport, p.sport)
+        f.proto == p.proto && has(f.to, p.dst) && has(f.from, p.src) && f.dport.contains(p.dport) && f.sport.contains(p.sport)
     });
     let (mut first_allow, mut first_deny) = (None, None);
     for (slot, f) in matching {

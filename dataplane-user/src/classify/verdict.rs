@@ -8,45 +8,10 @@ use std::fmt;
 
 use dataplane_common::walk::{self, NO_SLOT};
 use dataplane_common::Reason;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
-pub use crate::policy::Action;
-use crate::policy::{Flow, FlowKey, Policy};
-
-/// Which way a packet goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// To a protected address: the inbound policy.
-    #[default]
-    In,
-    /// Sent by a protected server: the outbound flows (connection tracking).
-    Out,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::In, Direction::Out];
-
-    /// The policy's flows of this direction.
-    pub fn flows(self, p: &Policy) -> &[Flow] {
-        match self {
-            Direction::In => &p.flows,
-            Direction::Out => &p.out_flows,
-        }
-    }
-
-    /// `inbound` or `outbound`, as reports name the direction.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Direction::In => "inbound",
-            Direction::Out => "outbound",
-        }
-    }
-
-    pub fn is_in(&self) -> bool {
-        *self == Direction::In
-    }
-}
+use crate::policy::FlowKey;
+pub use crate::policy::{Action, Direction};
 
 /// What a walk's verdict means in userspace, where no reply slot occurs (nothing is tracked).
 pub trait Outcome {

@@ -34,7 +34,7 @@ impl SiteArgs {
 
     /// Reads and resolves the site (errors name file:line:column and field).
     pub fn read(&self) -> Result<Loaded> {
-        self.files().read()
+        Ok(self.files().read()?)
     }
 }
 
@@ -47,7 +47,7 @@ impl CatalogDirArg {
 
 /// Reads and resolves `site` with the catalogs of `dir`.
 pub fn read_site(site: &Path, dir: &CatalogDirArg) -> Result<Loaded> {
-    dir.files(site).read()
+    Ok(dir.files(site).read()?)
 }
 
 /// `--state FILE`: the running dataplane's state file.

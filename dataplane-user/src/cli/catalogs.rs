@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::args::{read_site, CatalogDirArg};
 use crate::compile::{compile_with_summary, Summary};
 use crate::policy::ports::format_ranges;
-use crate::policy::{catalog_dir, load_all_catalogs, Catalog, Policy};
+use crate::policy::{catalog_dir, load_all_catalogs, Catalog, Direction, Policy};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct CatalogsArgs {
@@ -235,14 +235,14 @@ fn print_summary(p: &Policy, s: &Summary) {
     println!("site {} ({}): catalogs {}", p.name, p.path.display(), cats.join(", "));
     println!("roles: {} ({} protected)", s.roles, s.protected_roles);
     println!("flows: {} catalog flows enforced, {} counter slots", s.catalog_flows, s.slots);
-    println!("{}", counts_line("", &s.counts));
+    println!("{}", counts_line(Direction::In, &s.counts));
     match &s.outbound {
         Some(o) => {
             println!(
                 "outbound: {} catalog flows from protected roles, {} slots, {} peer roles",
                 o.catalog_flows, o.slots, o.peer_roles
             );
-            println!("{}", counts_line("outbound ", &o.counts));
+            println!("{}", counts_line(Direction::Out, &o.counts));
         }
         None => println!("outbound: no flow starts at a protected role (no connection is tracked)"),
     }
@@ -256,9 +256,14 @@ fn print_summary(p: &Policy, s: &Summary) {
 }
 
 /// The classes, tries, policies and port tables of one direction.
-fn counts_line(kind: &str, c: &crate::compile::Counts) -> String {
+fn counts_line(dir: Direction, c: &crate::compile::Counts) -> String {
     format!(
-        "{kind}destination classes: {}, source tries: {}, policies: {}, port tables: {} ({} of source ports)",
-        c.dst_classes, c.src_tries, c.policies, c.port_tables, c.sport_tables
+        "{}destination classes: {}, source tries: {}, policies: {}, port tables: {} ({} of source ports)",
+        dir.qualifier(),
+        c.dst_classes,
+        c.src_tries,
+        c.policies,
+        c.port_tables,
+        c.sport_tables
     )
 }

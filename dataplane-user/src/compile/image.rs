@@ -1,4 +1,4 @@
-//! The policy image: `Direction` tables as the words the walk reads (layout and encodings in
+//! The policy image: `DirectionTables` tables as the words the walk reads (layout and encodings in
 //! `dataplane_common::image`).
 
 use std::collections::HashMap;
@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use dataplane_common::image::*;
 use dataplane_common::Config;
 
-use crate::compile::tables::{Direction, PortTable, PortValue, Prefixes};
+use crate::compile::tables::{DirectionTables, PortTable, PortValue, Prefixes};
 use crate::policy::Cidr;
 
 /// Words of each kind of structure in an image, for `compile`'s size report.
@@ -27,16 +27,20 @@ impl Breakdown {
 }
 
 /// The image of both directions (`outbound` None: no outbound flow, nothing is tracked).
-pub fn build(config: &Config, inbound: &Direction, outbound: Option<&Direction>) -> Vec<u64> {
+pub fn build(config: &Config, inbound: &DirectionTables, outbound: Option<&DirectionTables>) -> Vec<u64> {
     build_with_breakdown(config, inbound, outbound).0
 }
 
-pub fn build_with_breakdown(config: &Config, inbound: &Direction, outbound: Option<&Direction>) -> (Vec<u64>, Breakdown) {
+pub fn build_with_breakdown(
+    config: &Config,
+    inbound: &DirectionTables,
+    outbound: Option<&DirectionTables>,
+) -> (Vec<u64>, Breakdown) {
     let mut w = Writer { words: vec![0; IMAGE_MIN_WORDS as usize], sizes: Breakdown::default() };
     w.words[..SETTINGS_WORDS as usize].copy_from_slice(&settings(config));
     w.sizes.header = (IMAGE_MIN_WORDS - 2 * PORT_FILTER_WORDS) as usize;
     w.sizes.port_filters = 2 * PORT_FILTER_WORDS as usize;
-    let dirs: Vec<(u32, &Direction)> =
+    let dirs: Vec<(u32, &DirectionTables)> =
         [(INBOUND, Some(inbound)), (OUTBOUND, outbound)].into_iter().filter_map(|(dir, d)| d.map(|d| (dir, d))).collect();
     // What every packet reads first, so that it lies in the first page (see `PAGE_WORDS`): the
     // records and the destination tries of both directions; then the source tries; then the
@@ -77,7 +81,7 @@ impl Writer {
 
     /// A direction's header, port filter, destination tries and (empty) records; returns where
     /// the class records and the policy records start.
-    fn head(&mut self, dir: u32, d: &Direction) -> (u32, u32) {
+    fn head(&mut self, dir: u32, d: &DirectionTables) -> (u32, u32) {
         for &(proto, a, b) in &d.filter {
             let base = port_filter_word(dir, proto_index(proto), 0) as usize;
             set_bits(&mut self.words[base..base + PORT_FILTER_PROTO_WORDS as usize], a as usize, b as usize);
@@ -98,7 +102,7 @@ impl Writer {
     }
 
     /// The source tries' root entries.
-    fn src_tries(&mut self, d: &Direction) -> Vec<u64> {
+    fn src_tries(&mut self, d: &DirectionTables) -> Vec<u64> {
         let before = self.words.len();
         let roots = d.src.iter().map(|t| self.trie(t)).collect();
         self.sizes.src_tries += self.words.len() - before;
@@ -106,7 +110,7 @@ impl Writer {
     }
 
     /// The port tables' offsets: source-port tables before the tables whose values name them.
-    fn port_tables(&mut self, d: &Direction) -> Vec<u32> {
+    fn port_tables(&mut self, d: &DirectionTables) -> Vec<u32> {
         let before = self.words.len();
         let mut tables = vec![0u32; d.ports.len()];
         for i in sport_first(d) {
@@ -276,7 +280,7 @@ fn encode(v: PortValue, offsets: &[u32]) -> u32 {
 }
 
 /// Table indices with every source-port table before the tables that name it.
-fn sport_first(d: &Direction) -> Vec<usize> {
+fn sport_first(d: &DirectionTables) -> Vec<usize> {
     let named = |t: &PortTable| t.values.iter().any(|v| matches!(v, PortValue::Sport(_)));
     let (dport, sport): (Vec<usize>, Vec<usize>) = (0..d.ports.len()).partition(|&i| named(&d.ports[i]));
     sport.into_iter().chain(dport).collect()

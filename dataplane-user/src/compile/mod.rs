@@ -39,8 +39,8 @@ use std::collections::HashMap;
 pub(crate) type FastMap<K, V> = HashMap<K, V, intern::FastHash>;
 use std::time::{Duration, Instant};
 
-use crate::compile::tables::{Direction, Outbound, Prefixes, Tables};
-use crate::policy::{Cidr, Policy};
+use crate::compile::tables::{DirectionTables, Outbound, Prefixes, Tables};
+use crate::policy::{Cidr, Direction, Policy};
 use classes::{label, Labeled, Sets};
 use intern::Interner;
 use ports::PortTables;
@@ -57,6 +57,19 @@ pub mod limits {
     /// Words of the policy image (8 bytes each): 4 GiB, and source-port table offsets fit in
     /// the 29 bits of a verdict value.
     pub const MAX_IMAGE_WORDS: usize = 1 << 29;
+}
+
+/// A policy the compiler refuses: past one of the [`limits`].
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{count} {}flow slots exceed the limit of {limit}", dir.qualifier())]
+    TooManyFlows { dir: Direction, count: usize, limit: usize },
+    #[error("{count} {}destination classes exceed the limit of {limit}", dir.qualifier())]
+    TooManyClasses { dir: Direction, count: usize, limit: usize },
+    #[error("{count} {}policies exceed the limit of {limit}", dir.qualifier())]
+    TooManyPolicies { dir: Direction, count: usize, limit: usize },
+    #[error("the policy image would take {words} words ({} MiB), above the limit of {limit} words", words >> 17)]
+    ImageTooLarge { words: usize, limit: usize },
 }
 
 /// What `compile` prints besides the map sizes.
@@ -108,19 +121,19 @@ fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Compiles a policy into its tables.
-pub fn compile(p: &Policy) -> anyhow::Result<Tables> {
+pub fn compile(p: &Policy) -> Result<Tables, CompileError> {
     compile_with_summary(p).map(|(t, _)| t)
 }
 
-pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
+pub fn compile_with_summary(p: &Policy) -> Result<(Tables, Summary), CompileError> {
     let start = Instant::now();
     // The two directions, and the flows' labels, side by side.
     let ((inbound, flows), outbound) = rayon::join(
-        || rayon::join(|| compile_direction(p, ""), || flow_infos(&p.flows)),
+        || rayon::join(|| compile_direction(p, Direction::In), || flow_infos(&p.flows)),
         || {
             (!p.out_flows.is_empty()).then(|| {
                 let out = p.outbound_policy();
-                (compile_direction(&out, "outbound "), flow_infos(&out.flows), out)
+                (compile_direction(&out, Direction::Out), flow_infos(&out.flows), out)
             })
         },
     );
@@ -140,11 +153,7 @@ pub fn compile_with_summary(p: &Policy) -> anyhow::Result<(Tables, Summary)> {
     let maps = map_sizes(&t);
     let words: usize = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
     if words > limits::MAX_IMAGE_WORDS {
-        anyhow::bail!(
-            "the policy image would take {words} words ({} MiB), above the limit of {} words",
-            words >> 17,
-            limits::MAX_IMAGE_WORDS
-        );
+        return Err(CompileError::ImageTooLarge { words, limit: limits::MAX_IMAGE_WORDS });
     }
     let summary = Summary {
         roles: p.roles.len(),
@@ -164,11 +173,11 @@ fn flow_infos(flows: &[crate::policy::Flow]) -> Vec<crate::policy::FlowInfo> {
     flows.iter().map(|f| f.info.clone()).collect()
 }
 
-/// The tables of one direction: `p.flows` against `p`'s protected roles. `kind` names the
-/// direction in errors ("" inbound, "outbound ").
-fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Direction, Counts)> {
+/// The tables of one direction: `p.flows` against `p`'s protected roles. `dir` names the
+/// direction in errors.
+fn compile_direction(p: &Policy, dir: Direction) -> Result<(DirectionTables, Counts), CompileError> {
     if p.flows.len() > limits::MAX_FLOWS {
-        anyhow::bail!("{} {kind}flow slots exceed the limit of {}", p.flows.len(), limits::MAX_FLOWS);
+        return Err(CompileError::TooManyFlows { dir, count: p.flows.len(), limit: limits::MAX_FLOWS });
     }
     let mut dsets = Sets::default();
     let protected: Vec<(Cidr, u32)> = role_cidrs(p, |i| p.roles[i].protected);
@@ -190,15 +199,15 @@ fn compile_direction(p: &Policy, kind: &'static str) -> anyhow::Result<(Directio
         })
         .collect();
     if classes.len() > limits::MAX_CLASSES {
-        anyhow::bail!("{} {kind}destination classes exceed the limit of {}", classes.len(), limits::MAX_CLASSES);
+        return Err(CompileError::TooManyClasses { dir, count: classes.len(), limit: limits::MAX_CLASSES });
     }
 
-    let mut d = Direction::default();
+    let mut d = DirectionTables::default();
     (d.dst_v4, d.dst_v6) = split_family(prefix_values(&dst, |set| class_of_set[set as usize]));
     let sources = parts::build(classes.items(), |s: &mut Sources, flows| s.add_class(p, flows), Sources::merge);
     let policies = sources.policies.sets();
     if policies.len() > limits::MAX_POLICIES {
-        anyhow::bail!("{} {kind}policies exceed the limit of {}", policies.len(), limits::MAX_POLICIES);
+        return Err(CompileError::TooManyPolicies { dir, count: policies.len(), limit: limits::MAX_POLICIES });
     }
     let mut pt = parts::build(&policies[1..], |t: &mut PortTables, slots| t.push_policy(slots, &p.flows), PortTables::merge);
     d.policies = std::mem::take(&mut pt.policies);
@@ -273,6 +282,17 @@ mod tests {
                 (one_ports.tables(), &one_ports.policies, one_ports.sport_tables())
             );
         }
+    }
+
+    /// The limits' messages, as `dataplane compile` prints them.
+    #[test]
+    fn limit_messages() {
+        let e = CompileError::TooManyFlows { dir: Direction::Out, count: 3, limit: 2 };
+        assert_eq!(e.to_string(), "3 outbound flow slots exceed the limit of 2");
+        let e = CompileError::TooManyClasses { dir: Direction::In, count: 3, limit: 2 };
+        assert_eq!(e.to_string(), "3 destination classes exceed the limit of 2");
+        let e = CompileError::ImageTooLarge { words: 3 << 17, limit: 2 };
+        assert_eq!(e.to_string(), "the policy image would take 393216 words (3 MiB), above the limit of 2 words");
     }
 
     /// The compiled tables do not depend on the number of threads.

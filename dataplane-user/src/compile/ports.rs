@@ -204,7 +204,15 @@ mod tests {
             document: String::new(),
             table: String::new(),
         };
-        Flow { info, from: 0, to: 0, proto: 6, sport: sport.to_vec(), dport: dport.to_vec(), deny }
+        Flow {
+            info,
+            from: 0,
+            to: 0,
+            proto: 6,
+            sport: sport.iter().copied().collect(),
+            dport: dport.iter().copied().collect(),
+            deny,
+        }
     }
 
     /// The slot (with the deny bit as in the image) for (dport, sport).

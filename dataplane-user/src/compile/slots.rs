@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::compile::tables::{Direction, FlowInfo, PortValue, Tables};
+use crate::compile::tables::{DirectionTables, FlowInfo, PortValue, Tables};
 use crate::policy::FlowKey;
 
 /// Stable slots of one direction: `flows[slot]` is the flow counted in `slot`.
@@ -35,7 +35,7 @@ impl Slots {
     }
 
     /// Rewrites one direction's `flows` and the port tables of its classifier `dir` onto stable slots.
-    fn apply(&mut self, flows: &mut Vec<FlowInfo>, dir: &mut Direction) {
+    fn apply(&mut self, flows: &mut Vec<FlowInfo>, dir: &mut DirectionTables) {
         let map = self.assign(flows);
         for v in dir.ports.iter_mut().flat_map(|p| p.values.iter_mut()) {
             // The other kinds name no flow (a source-port table's id is not a slot).

@@ -14,7 +14,7 @@ pub enum PortValue {
     NoFlow,
     /// The flow in `slot` matches; `deny`: a documented prohibition.
     Flow { slot: u32, deny: bool },
-    /// The source port decides: source-port table `id` (an index into `Direction::ports`).
+    /// The source port decides: source-port table `id` (an index into `DirectionTables::ports`).
     Sport(u32),
 }
 
@@ -48,7 +48,7 @@ pub struct ClassRecord {
 /// The classifier of one direction (inbound: packets to the protected servers; outbound: the
 /// packets they send), as the image holds it (see `dataplane_common::image`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Direction {
+pub struct DirectionTables {
     /// Destination address -> destination class (1 ..); other addresses are not destinations of
     /// this direction (inbound: unprotected).
     pub dst_v4: Prefixes,
@@ -73,7 +73,7 @@ pub struct Direction {
 pub struct Tables {
     /// Inbound flows: `flows[slot]` is the flow counted in `slot`.
     pub flows: Vec<FlowInfo>,
-    pub dir: Direction,
+    pub dir: DirectionTables,
     pub config: Config,
     /// Packets a protected server sends (egress). None when no selected flow starts at a
     /// protected role.
@@ -87,7 +87,7 @@ pub struct Tables {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outbound {
     pub flows: Vec<FlowInfo>,
-    pub dir: Direction,
+    pub dir: DirectionTables,
 }
 
 impl Tables {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::classify::{IPPROTO_TCP, IPPROTO_UDP};
-use crate::policy::{self, Cidr, Policy, Ranges};
+use crate::policy::{Cidr, Policy, PortRanges};
 
 /// How to render the ruleset.
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ fn is_all(cidrs: &[Cidr]) -> bool {
     cidrs.iter().any(|c| c.len == 0)
 }
 
-fn ports(r: &Ranges) -> String {
+fn ports(r: &PortRanges) -> String {
     let item = |&(a, b): &(u16, u16)| {
         if a == b {
             a.to_string()
@@ -116,9 +116,9 @@ pub struct Group {
     pub from: usize,
     pub to: usize,
     pub proto: u8,
-    pub sport: Ranges,
+    pub sport: PortRanges,
     pub deny: bool,
-    pub dport: Vec<(u16, u16)>,
+    pub dport: PortRanges,
     pub ids: Vec<String>,
     pub slots: usize,
 }
@@ -128,7 +128,9 @@ pub struct Group {
 /// both in slot order of their first flow.
 pub fn groups(p: &Policy) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<(usize, usize, u8, Ranges, bool), usize> = HashMap::new();
+    // Each group's destination ports, gathered before they are merged.
+    let mut dports: Vec<Vec<(u16, u16)>> = Vec::new();
+    let mut index: HashMap<(usize, usize, u8, PortRanges, bool), usize> = HashMap::new();
     for f in &p.flows {
         if f.dport.is_empty() || f.sport.is_empty() {
             continue;
@@ -136,8 +138,8 @@ pub fn groups(p: &Policy) -> Vec<Group> {
         let key = (f.from, f.to, f.proto, f.sport.clone(), f.deny);
         match index.get(&key) {
             Some(&g) => {
+                dports[g].extend_from_slice(&f.dport);
                 let g = &mut groups[g];
-                g.dport.extend_from_slice(&f.dport);
                 if !g.ids.contains(&f.info.id) {
                     g.ids.push(f.info.id.clone());
                 }
@@ -145,21 +147,22 @@ pub fn groups(p: &Policy) -> Vec<Group> {
             }
             None => {
                 index.insert(key, groups.len());
+                dports.push(f.dport.to_vec());
                 groups.push(Group {
                     from: f.from,
                     to: f.to,
                     proto: f.proto,
                     sport: f.sport.clone(),
                     deny: f.deny,
-                    dport: f.dport.clone(),
+                    dport: PortRanges::default(),
                     ids: vec![f.info.id.clone()],
                     slots: 1,
                 });
             }
         }
     }
-    for g in &mut groups {
-        g.dport = policy::ports::normalize(std::mem::take(&mut g.dport));
+    for (g, d) in groups.iter_mut().zip(dports) {
+        g.dport = PortRanges::new(d);
     }
     groups.sort_by_key(|g| !g.deny); // stable: deny groups first, slot order kept
     groups
@@ -229,10 +232,10 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
                 write!(r, "{ip} saddr @{} ", use_set(g.from, v6, &mut used_sets))?;
             }
             write!(r, "{ip} daddr @{} ", use_set(g.to, v6, &mut used_sets))?;
-            if g.sport != [(0, u16::MAX)] {
+            if !g.sport.is_any() {
                 write!(r, "{proto} sport {} ", ports(&g.sport))?;
             }
-            if g.dport == [(0, u16::MAX)] {
+            if g.dport.is_any() {
                 write!(r, "meta l4proto {proto} ")?;
             } else {
                 write!(r, "{proto} dport {} ", ports(&g.dport))?;

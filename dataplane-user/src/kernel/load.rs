@@ -1,9 +1,10 @@
 //! Loading: the embedded XDP object, its maps sized for compiled `Tables`, the first policy image
 //! written (through the typed handles of `images`), and the programs verified.
 
-use anyhow::{bail, Context, Result};
-
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfError, EbpfLoader,
+};
 use dataplane_common::{image::PAGE_WORDS, RunConfig, CONFIG_FORWARD, CONFIG_MONITOR};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,62 @@ use crate::{
 
 /// The XDP object built by `cargo xtask build` (empty when the controller was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
+
+/// Why the programs could not be loaded; printed (with `{:#}`, causes included) as before.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary was built without `cargo xtask build`: its embedded object is empty.
+    #[error("this dataplane binary was built without the XDP object: build it with `cargo xtask build`")]
+    NoObject,
+    /// A map sized past what the kernel takes (entries are a u32).
+    #[error("table too large")]
+    TableTooLarge {
+        map: &'static str,
+        #[source]
+        source: std::num::TryFromIntError,
+    },
+    /// The object could not be loaded: maps not created (memory, an incompatible pin), BTF,
+    /// relocations.
+    #[error("loading the XDP object")]
+    Object(#[source] EbpfError),
+    /// The kernel verifier refused a program (`program`: `XDP`, `tc egress`); the cause holds
+    /// its log ([`LoadError::verifier_log`]).
+    #[error("the kernel verifier rejected the {program} program")]
+    Verifier {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("XDP program {0} missing from the object")]
+    MissingProgram(String),
+    #[error("tc program missing from the object")]
+    MissingEgress,
+    /// The clock program (which measures the kernel's HZ) failed at `step` (`loading`, `running`).
+    #[error("{step} the clock program")]
+    Clock {
+        step: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A program of the wrong type, or a failed operation on one.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The policy maps: missing, of the wrong type, or not written.
+    #[error(transparent)]
+    Maps(#[from] anyhow::Error),
+}
+
+impl LoadError {
+    /// The verifier's log, when the verifier refused a program.
+    pub fn verifier_log(&self) -> Option<String> {
+        match self {
+            LoadError::Verifier { source: ProgramError::LoadError { verifier_log, .. }, .. } => Some(verifier_log.to_string()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, LoadError>;
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "dataplane";
@@ -87,7 +144,7 @@ pub fn outbound_slots(tables: &Tables) -> usize {
 
 pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
     if OBJECT.is_empty() {
-        bail!("this dataplane binary was built without the XDP object: build it with `cargo xtask build`");
+        return Err(LoadError::NoObject);
     }
     let image = tables.image();
     let ct = if tables.conntrack_size == 0 { DEFAULT_CONNTRACK } else { tables.conntrack_size };
@@ -112,7 +169,8 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
     loader.override_global("IMAGE_PAGES", &image_pages, true);
     for (name, len) in sizes {
         // A map cannot have zero entries; an empty table is a map nobody finds anything in.
-        loader.map_max_entries(name, u32::try_from(len.max(1)).context("table too large")?);
+        let max = u32::try_from(len.max(1)).map_err(|source| LoadError::TableTooLarge { map: name, source })?;
+        loader.map_max_entries(name, max);
     }
     let pins: Vec<(&str, std::path::PathBuf)> = match &shared.pin_dir {
         Some(dir) => SHARED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -121,7 +179,7 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
     let mut policy = PolicyMaps::take(&mut ebpf)?;
     policy.write_image(0, &image)?;
     // What belongs to the run, with `POLICY_A` in force; the site's own settings are in the image.
@@ -133,8 +191,9 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
         generation: c.generation,
     };
     policy.write_run_config(run)?;
-    program(&mut ebpf)?.load().context("the kernel verifier rejected the XDP program")?;
-    egress(&mut ebpf)?.load().context("the kernel verifier rejected the tc egress program")?;
+    let verifier = |program| move |source| LoadError::Verifier { program, source };
+    program(&mut ebpf)?.load().map_err(verifier("XDP"))?;
+    egress(&mut ebpf)?.load().map_err(verifier("tc egress"))?;
     Ok(Object { ebpf, policy })
 }
 
@@ -155,7 +214,7 @@ pub fn image_capacity(words: usize) -> usize {
 }
 
 pub fn egress(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
-    Ok(ebpf.program_mut(EGRESS).context("tc program missing from the object")?.try_into()?)
+    Ok(ebpf.program_mut(EGRESS).ok_or(LoadError::MissingEgress)?.try_into()?)
 }
 
 /// The controller's log level as aya-log numbers it (0: off, 1: error ... 5: trace).
@@ -175,7 +234,7 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 pub fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("XDP program {name} missing from the object"))?.try_into()?)
+    Ok(ebpf.program_mut(name).ok_or_else(|| LoadError::MissingProgram(name.to_owned()))?.try_into()?)
 }
 
 /// The kernel's clock ticks per second (its HZ), measured once per process with the `clock`
@@ -186,11 +245,12 @@ fn clock_hz(ebpf: &mut Ebpf) -> Result<u32> {
         return Ok(hz);
     }
     let prog = program_named(ebpf, CLOCK)?;
-    prog.load().context("loading the clock program")?;
+    let clock = |step| move |source| LoadError::Clock { step, source };
+    prog.load().map_err(clock("loading"))?;
     let tick = || -> Result<(u32, std::time::Instant)> {
         use aya::programs::{TestRun, TestRunOptions};
         let opts = TestRunOptions { data_in: Some(&[0u8; 64]), ..Default::default() };
-        Ok((prog.test_run(opts).context("running the clock program")?.return_value, std::time::Instant::now()))
+        Ok((prog.test_run(opts).map_err(clock("running"))?.return_value, std::time::Instant::now()))
     };
     let (t0, at0) = tick()?;
     std::thread::sleep(std::time::Duration::from_millis(40));
@@ -205,7 +265,19 @@ pub const CLOCK: &str = "clock";
 
 #[cfg(test)]
 mod tests {
-    use super::CounterSlots;
+    use super::{CounterSlots, LoadError};
+
+    /// The messages `run` prints, causes included, as before the errors were typed.
+    #[test]
+    fn load_error_messages() {
+        let e = LoadError::TableTooLarge { map: "FLOWS", source: u32::try_from(u64::MAX).unwrap_err() };
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "table too large: out of range integral type conversion attempted");
+        assert_eq!(LoadError::MissingProgram("clock".into()).to_string(), "XDP program clock missing from the object");
+        let e = LoadError::Maps(anyhow::anyhow!("map CONFIG missing from the XDP object"));
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "map CONFIG missing from the XDP object");
+        assert!(LoadError::NoObject.to_string().ends_with("build it with `cargo xtask build`"));
+        assert_eq!(LoadError::NoObject.verifier_log(), None);
+    }
 
     #[test]
     fn counter_slots_keep_the_state_files_pair() {

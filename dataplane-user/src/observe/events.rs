@@ -63,11 +63,7 @@ fn nearest(policy: &Policy, dst: IpAddr, proto: u8, dport: u16) -> Option<String
     policy
         .flows
         .iter()
-        .find(|f| {
-            f.proto == proto
-                && f.dport.iter().any(|&(lo, hi)| (lo..=hi).contains(&dport))
-                && policy.roles[f.to].cidrs.iter().any(|c| c.contains_ip(dst))
-        })
+        .find(|f| f.proto == proto && f.dport.contains(dport) && policy.roles[f.to].cidrs.iter().any(|c| c.contains_ip(dst)))
         .map(|f| f.info.id.clone())
 }
 

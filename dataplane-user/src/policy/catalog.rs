@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::error::{ErrorKind, PolicyError};
 use super::options::{OptionDecl, OptionDecls, OptionValues, When};
 use super::ports::{DportSpec, PortSpec, SportSpec};
-use super::yaml::{catalog_ctx, check_kebab, with_catalog_ctx, yaml_error, CatalogCtx, StrWith};
+use super::yaml::{catalog_ctx, check_kebab, check_not_empty, from_str, with_catalog_ctx, CatalogCtx, Fault, StrWith};
 
 #[derive(Clone, Debug)]
 pub struct Catalog {
@@ -145,7 +145,7 @@ struct CatalogFile {
 
 fn catalog_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     StrWith("a catalog name", |s: &str| match catalog_ctx(|c| c.stem.clone()) {
-        Some(stem) if stem != s => Err(format!("name `{s}` must equal the file name `{stem}`")),
+        Some(stem) if stem != s => Err(ErrorKind::NameMismatch.fault(format!("name `{s}` must equal the file name `{stem}`"))),
         _ => Ok(s.to_owned()),
     })
     .deserialize(d)
@@ -155,7 +155,7 @@ fn role_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     StrWith("a role id", |s: &str| {
         check_kebab("role id", s)?;
         if catalog_ctx(|c| !c.seen_roles.insert(s.to_owned())) == Some(true) {
-            return Err(format!("role `{s}` is declared twice"));
+            return Err(ErrorKind::DuplicateRole.fault(format!("role `{s}` is declared twice")));
         }
         Ok(s.to_owned())
     })
@@ -167,10 +167,11 @@ fn flow_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         check_kebab("flow id", s)?;
         catalog_ctx(|c| {
             if let Some(other) = c.prior_flows.get(s) {
-                return Err(format!("flow id `{s}` is already used by catalog `{other}` (flow ids are unique across catalogs)"));
+                return Err(ErrorKind::DuplicateFlow
+                    .fault(format!("flow id `{s}` is already used by catalog `{other}` (flow ids are unique across catalogs)")));
             }
             if !c.seen_flows.insert(s.to_owned()) {
-                return Err(format!("flow id `{s}` is used twice in this catalog"));
+                return Err(ErrorKind::DuplicateFlow.fault(format!("flow id `{s}` is used twice in this catalog")));
             }
             Ok(())
         })
@@ -188,7 +189,8 @@ fn role_ref<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             }
             let mut known: Vec<&str> = c.roles.iter().map(String::as_str).collect();
             known.sort();
-            Err(format!("unknown role `{s}` (roles of this catalog: {})", super::options::list_or_none(&known)))
+            let known = super::options::list_or_none(&known);
+            Err(ErrorKind::UnknownRole.fault(format!("unknown role `{s}` (roles of this catalog: {known})")))
         })
         .transpose()?;
         Ok(s.to_owned())
@@ -205,23 +207,27 @@ fn protocols<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Proto>, D::Error> {
             f.write_str("tcp, udp or [tcp, udp]")
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<Proto>, E> {
-            Proto::parse(s).map(|p| vec![p]).map_err(E::custom)
+            parse_proto(s).map(|p| vec![p]).map_err(Fault::raise)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Proto>, A::Error> {
             let mut out: Vec<Proto> = Vec::new();
-            while let Some(p) = seq.next_element_seed(StrWith("tcp or udp", Proto::parse))? {
+            while let Some(p) = seq.next_element_seed(StrWith("tcp or udp", parse_proto))? {
                 if out.contains(&p) {
-                    return Err(de::Error::custom(format!("protocol {} is listed twice", p.name())));
+                    return Err(ErrorKind::Duplicate.fault(format!("protocol {} is listed twice", p.name())).raise());
                 }
                 out.push(p);
             }
             if out.is_empty() {
-                return Err(de::Error::custom("the protocol list is empty"));
+                return Err(ErrorKind::EmptyList.fault("the protocol list is empty").raise());
             }
             Ok(out)
         }
     }
     d.deserialize_any(V)
+}
+
+fn parse_proto(s: &str) -> Result<Proto, Fault> {
+    Proto::parse(s).map_err(|e| ErrorKind::BadProtocol.fault(e))
 }
 
 impl Catalog {
@@ -232,11 +238,11 @@ impl Catalog {
 }
 
 /// Catalog files in `dir`: name (file stem) -> path, sorted by name.
-pub fn catalog_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let rd = std::fs::read_dir(dir).with_context(|| format!("reading catalog directory {}", dir.display()))?;
+pub fn catalog_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, PolicyError> {
+    let io = |e| PolicyError::io("catalog directory", dir, e);
     let mut out = Vec::new();
-    for e in rd {
-        let p = e?.path();
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let p = e.map_err(io)?.path();
         if p.extension().is_some_and(|x| x == "yaml") {
             if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
                 out.push((stem.to_owned(), p.clone()));
@@ -248,16 +254,16 @@ pub fn catalog_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Loads one catalog; `prior_flows` (flow id -> catalog) are ids taken by catalogs loaded before.
-pub fn load_catalog(path: &Path, prior_flows: &HashMap<String, String>) -> anyhow::Result<Catalog> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?;
+pub fn load_catalog(path: &Path, prior_flows: &HashMap<String, String>) -> Result<Catalog, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io("catalog", path, e))?;
     parse_catalog(path, &text, prior_flows)
 }
 
 /// Parses and checks a catalog's text; `path` names it in errors.
-pub fn parse_catalog(path: &Path, text: &str, prior_flows: &HashMap<String, String>) -> anyhow::Result<Catalog> {
+pub fn parse_catalog(path: &Path, text: &str, prior_flows: &HashMap<String, String>) -> Result<Catalog, PolicyError> {
     let ctx = first_pass(path, text, prior_flows)?;
-    let (r, _) = with_catalog_ctx(ctx, || serde_yaml::from_str::<CatalogFile>(text));
-    let f = r.map_err(|e| yaml_error(path, e))?;
+    let (r, _) = with_catalog_ctx(ctx, || from_str::<CatalogFile>(path, text));
+    let f = r?;
     Ok(Catalog {
         name: f.name,
         path: path.to_owned(),
@@ -270,7 +276,7 @@ pub fn parse_catalog(path: &Path, text: &str, prior_flows: &HashMap<String, Stri
 }
 
 /// Loads catalogs in order; flow ids must be unique across all of them.
-pub fn load_catalogs(paths: &[PathBuf]) -> anyhow::Result<Vec<Catalog>> {
+pub fn load_catalogs(paths: &[PathBuf]) -> Result<Vec<Catalog>, PolicyError> {
     let mut prior = HashMap::new();
     let mut out = Vec::new();
     for p in paths {
@@ -294,10 +300,8 @@ struct FirstPass {
 
 /// Role ids and option kinds, read leniently so that the second pass can check references. Any
 /// error here (syntax, types) is left for the second pass, which reports it with its position.
-fn first_pass(path: &Path, text: &str, prior: &HashMap<String, String>) -> anyhow::Result<CatalogCtx> {
-    if text.trim().is_empty() {
-        anyhow::bail!("{}:1:1: the file is empty", path.display());
-    }
+fn first_pass(path: &Path, text: &str, prior: &HashMap<String, String>) -> Result<CatalogCtx, PolicyError> {
+    check_not_empty(path, text)?;
     let v: FirstPass = serde_yaml::from_str(text).unwrap_or_default();
     let mut ctx = CatalogCtx {
         stem: path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned(),

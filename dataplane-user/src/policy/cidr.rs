@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::de::{DeserializeSeed, Deserializer};
 use serde::Deserialize;
 
+use super::error::ErrorKind;
 use super::yaml::StrWith;
 
 /// A prefix; IPv4 addresses live in the low 32 bits of `addr`.
@@ -107,7 +108,8 @@ impl fmt::Display for Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        StrWith("a CIDR like 10.0.0.0/8 or fd00::/16", Cidr::parse).deserialize(d)
+        StrWith("a CIDR like 10.0.0.0/8 or fd00::/16", |s: &str| Cidr::parse(s).map_err(|e| ErrorKind::BadCidr.fault(e)))
+            .deserialize(d)
     }
 }
 

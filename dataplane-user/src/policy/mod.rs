@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cidr;
+pub mod error;
 pub mod options;
 pub mod ports;
 pub mod site;
@@ -20,9 +21,55 @@ use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 
 pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
+pub use error::{ErrorKind, PolicyError, Position};
 pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
-pub use ports::{PortSpec, Ranges};
+pub use ports::{PortRanges, PortSpec};
 pub use site::Site;
+
+/// Which way a packet goes: to a protected address (the inbound flows), or sent by a protected
+/// server (the outbound flows, whose connections are tracked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// To a protected address: the inbound policy.
+    #[default]
+    In,
+    /// Sent by a protected server: the outbound flows (connection tracking).
+    Out,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::In, Direction::Out];
+
+    /// The policy's flows of this direction.
+    pub fn flows(self, p: &Policy) -> &[Flow] {
+        match self {
+            Direction::In => &p.flows,
+            Direction::Out => &p.out_flows,
+        }
+    }
+
+    /// `inbound` or `outbound`, as reports name the direction.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::In => "inbound",
+            Direction::Out => "outbound",
+        }
+    }
+
+    pub fn is_in(&self) -> bool {
+        *self == Direction::In
+    }
+
+    /// What messages put before a noun of this direction's tables: nothing inbound (the tables
+    /// a site is about), `outbound ` for the others.
+    pub const fn qualifier(self) -> &'static str {
+        match self {
+            Direction::In => "",
+            Direction::Out => "outbound ",
+        }
+    }
+}
 
 /// A role as the site sees it.
 #[derive(Clone, Debug)]
@@ -42,8 +89,8 @@ pub struct Flow {
     pub from: usize,
     pub to: usize,
     pub proto: u8,
-    pub sport: Ranges,
-    pub dport: Ranges,
+    pub sport: PortRanges,
+    pub dport: PortRanges,
     pub deny: bool,
 }
 
@@ -125,7 +172,7 @@ impl Policy {
     }
 
     /// Builds a policy from a checked site and its catalogs (in the site's order).
-    pub fn resolve(site: &Site, catalogs: Vec<Catalog>) -> anyhow::Result<Policy> {
+    pub fn resolve(site: &Site, catalogs: Vec<Catalog>) -> Result<Policy, PolicyError> {
         let mut roles: Vec<Role> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for r in catalogs.iter().flat_map(|c| &c.roles) {
@@ -137,7 +184,9 @@ impl Policy {
                 }
             }
         }
-        let role_of = |id: &str| index.get(id).copied().ok_or_else(|| anyhow::anyhow!("unknown role `{id}`"));
+        let role_of = |id: &str| {
+            index.get(id).copied().ok_or_else(|| PolicyError::new(ErrorKind::UnknownRole, format!("unknown role `{id}`")))
+        };
         for r in roles.iter_mut().filter(|r| r.any) {
             r.cidrs = vec![Cidr::ANY_V4, Cidr::ANY_V6];
         }
@@ -147,7 +196,8 @@ impl Policy {
         for id in &site.protect {
             let i = role_of(id)?;
             if roles[i].cidrs.is_empty() {
-                anyhow::bail!("protected role `{id}` has no addresses");
+                let msg = format!("protected role `{id}` has no addresses");
+                return Err(PolicyError::new(ErrorKind::ProtectedRoleUnbound, msg));
             }
             roles[i].protected = true;
         }
@@ -264,18 +314,18 @@ pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
 }
 
 /// Loads and checks a site with its catalogs from the default catalog directory ([`catalog_dir`]).
-pub fn load_site(path: &Path) -> anyhow::Result<Policy> {
+pub fn load_site(path: &Path) -> Result<Policy, PolicyError> {
     load_site_from(path, &sources::SiteFiles::new(path, None).catalog_dir)
 }
 
 /// Loads and checks a site with its catalogs from `catalog_dir`.
-pub fn load_site_from(path: &Path, catalog_dir: &Path) -> anyhow::Result<Policy> {
+pub fn load_site_from(path: &Path, catalog_dir: &Path) -> Result<Policy, PolicyError> {
     let (site, catalogs) = site::load_site_file(path, catalog_dir)?;
     Policy::resolve(&site, catalogs)
 }
 
 /// Every catalog in `dir`, sorted by name (flow ids unique across them).
-pub fn load_all_catalogs(dir: &Path) -> anyhow::Result<Vec<Catalog>> {
+pub fn load_all_catalogs(dir: &Path) -> Result<Vec<Catalog>, PolicyError> {
     let files = catalog_files(dir)?;
     catalog::load_catalogs(&files.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
 }

@@ -6,7 +6,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::yaml::{catalog_ctx, checked_map, site_ctx, StrWith};
+use super::error::ErrorKind;
+use super::yaml::{catalog_ctx, checked_map, site_ctx, Fault, StrWith};
 
 /// Option names the dataplane itself reads from a site; catalogs may not declare them.
 pub const DATAPLANE_OPTIONS: [&str; 6] =
@@ -136,7 +137,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
 impl ValueSeed<'_> {
     fn done<E: de::Error>(self, v: OptValue) -> Result<OptValue, E> {
         match self.0 {
-            Some(k) => k.check(&v).map_err(E::custom),
+            Some(k) => k.check(&v).map_err(|e| ErrorKind::BadValue.fault(e).raise()),
             None => Ok(v),
         }
     }
@@ -157,7 +158,7 @@ macro_rules! option_value_visitor {
                 self.done(OptValue::Int(n))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<OptValue, E> {
-                let n = i64::try_from(n).map_err(|_| E::custom("integer too large"))?;
+                let n = i64::try_from(n).map_err(|_| ErrorKind::BadValue.fault("integer too large").raise())?;
                 self.done(OptValue::Int(n))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<OptValue, E> {
@@ -204,24 +205,25 @@ struct IntRange {
 impl<'de> Deserialize<'de> for OptionDecl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_map(d, |r: RawDecl| {
+            let bad = |msg: &str| Err(ErrorKind::BadOptionDecl.fault(msg));
             let kind = match (r.values, r.integer, r.bool) {
                 (Some(v), None, None) => {
                     if v.is_empty() {
-                        return Err("`values` must list at least one value".into());
+                        return Err(ErrorKind::EmptyList.fault("`values` must list at least one value"));
                     }
                     if let Some(dup) = v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)) {
-                        return Err(format!("value `{}` is listed twice", dup.1));
+                        return Err(ErrorKind::Duplicate.fault(format!("value `{}` is listed twice", dup.1)));
                     }
                     OptionKind::Enum(v)
                 }
                 (None, Some(IntRange { min, max }), None) if min <= max => OptionKind::Int { min, max },
-                (None, Some(_), None) => return Err("`integer`: min is above max".into()),
+                (None, Some(_), None) => return bad("`integer`: min is above max"),
                 (None, None, Some(true)) => OptionKind::Bool,
-                (None, None, Some(false)) => return Err("`bool:` must be `true` (it marks a boolean option)".into()),
-                _ => return Err("an option needs exactly one of `values`, `integer` or `bool`".into()),
+                (None, None, Some(false)) => return bad("`bool:` must be `true` (it marks a boolean option)"),
+                _ => return bad("an option needs exactly one of `values`, `integer` or `bool`"),
             };
-            let default = r.default.ok_or("missing field `default`")?;
-            let default = kind.check(&default).map_err(|e| format!("default: {e}"))?;
+            let default = r.default.ok_or_else(|| ErrorKind::MissingField.fault("missing field `default`"))?;
+            let default = kind.check(&default).map_err(|e| ErrorKind::BadValue.fault(format!("default: {e}")))?;
             Ok(OptionDecl { description: r.description, kind, default })
         })
     }
@@ -254,10 +256,10 @@ impl When {
 
 /// A catalog option name (checked against the catalog being read): returns its kind.
 /// `seen`: names already listed in the same mapping (a repeat is an error).
-pub(crate) fn catalog_option(seen: Vec<String>) -> StrWith<impl FnOnce(&str) -> Result<NamedKind, String>> {
+pub(crate) fn catalog_option(seen: Vec<String>) -> StrWith<impl FnOnce(&str) -> Result<NamedKind, Fault>> {
     StrWith("an option name", move |s: &str| {
         if seen.iter().any(|n| n == s) {
-            return Err(format!("option `{s}` is listed twice"));
+            return Err(ErrorKind::Duplicate.fault(format!("option `{s}` is listed twice")));
         }
         check_catalog_option(s)
     })
@@ -267,12 +269,12 @@ pub(crate) fn catalog_option(seen: Vec<String>) -> StrWith<impl FnOnce(&str) -> 
 pub(crate) type NamedKind = (String, Option<OptionKind>);
 
 /// The kind of catalog option `s`, or why it is not an option.
-pub(crate) fn check_catalog_option(s: &str) -> Result<NamedKind, String> {
+pub(crate) fn check_catalog_option(s: &str) -> Result<NamedKind, Fault> {
     let kind = catalog_ctx(|c| {
         c.options.get(s).cloned().ok_or_else(|| {
             let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
             known.sort();
-            format!("`{s}` is not an option of this catalog (options: {})", list_or_none(&known))
+            ErrorKind::UnknownOption.fault(format!("`{s}` is not an option of this catalog (options: {})", list_or_none(&known)))
         })
     })
     .transpose()?;
@@ -320,7 +322,7 @@ impl<'de> Visitor<'de> for AcceptedSeed<'_> {
             out.push(v);
         }
         if out.is_empty() {
-            return Err(de::Error::custom("the list of accepted values is empty"));
+            return Err(ErrorKind::EmptyList.fault("the list of accepted values is empty").raise());
         }
         Ok(out)
     }
@@ -396,7 +398,7 @@ impl SiteOptions {
 
 /// Every kind a site option name must satisfy, with the catalog declaring it ("" for the
 /// dataplane's own options).
-fn site_option_kinds(s: &str) -> Result<Vec<(String, OptionKind)>, String> {
+fn site_option_kinds(s: &str) -> Result<Vec<(String, OptionKind)>, Fault> {
     if let Some(k) = dataplane_kind(s) {
         return Ok(vec![(String::new(), k)]);
     }
@@ -406,7 +408,9 @@ fn site_option_kinds(s: &str) -> Result<Vec<(String, OptionKind)>, String> {
             let mut known: Vec<&str> = c.options.keys().map(String::as_str).collect();
             known.extend(DATAPLANE_OPTIONS);
             known.sort();
-            Err(format!("unknown option `{s}` (options of the selected catalogs and the dataplane: {})", known.join(", ")))
+            let known = known.join(", ");
+            Err(ErrorKind::UnknownOption
+                .fault(format!("unknown option `{s}` (options of the selected catalogs and the dataplane: {known})")))
         }
     })
     .unwrap_or(Ok(Vec::new()))
@@ -426,10 +430,13 @@ impl MultiValueSeed {
     fn done<E: de::Error>(self, v: OptValue) -> Result<OptValue, E> {
         let mut out = v.clone();
         for (catalog, k) in &self.0 {
-            out = k.check(&v).map_err(|e| match catalog.as_str() {
-                "" => E::custom(e),
-                c => E::custom(format!("{e} in catalog `{c}`")),
-            })?;
+            out = k
+                .check(&v)
+                .map_err(|e| match catalog.as_str() {
+                    "" => ErrorKind::BadValue.fault(e),
+                    c => ErrorKind::BadValue.fault(format!("{e} in catalog `{c}`")),
+                })
+                .map_err(Fault::raise)?;
         }
         Ok(out)
     }
@@ -451,7 +458,7 @@ impl<'de> Deserialize<'de> for SiteOptions {
                     let out_ref = &out;
                     let key = StrWith("an option name", |s: &str| {
                         if out_ref.iter().any(|(n, _)| n == s) {
-                            return Err(format!("option `{s}` is set twice"));
+                            return Err(ErrorKind::Duplicate.fault(format!("option `{s}` is set twice")));
                         }
                         site_option_kinds(s).map(|k| (s.to_owned(), k))
                     });
@@ -487,10 +494,11 @@ impl<'de> Deserialize<'de> for OptionDecls {
                     let key = StrWith("an option name", |s: &str| {
                         super::yaml::check_kebab("option name", s)?;
                         if DATAPLANE_OPTIONS.contains(&s) {
-                            return Err(format!("option name `{s}` is reserved for the dataplane"));
+                            let msg = format!("option name `{s}` is reserved for the dataplane");
+                            return Err(ErrorKind::ReservedOption.fault(msg));
                         }
                         if out_ref.iter().any(|(n, _)| n == s) {
-                            return Err(format!("option `{s}` is declared twice"));
+                            return Err(ErrorKind::Duplicate.fault(format!("option `{s}` is declared twice")));
                         }
                         Ok(s.to_owned())
                     });

@@ -6,11 +6,112 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::error::ErrorKind;
 use super::options::{check_catalog_option, OptValue, OptionKind, OptionValues, ValueSeed};
-use super::yaml::key_of;
+use super::yaml::{key_of, Fault};
 
-/// Sorted, disjoint, non-adjacent inclusive port ranges.
-pub type Ranges = Vec<(u16, u16)>;
+/// Sorted, disjoint, non-adjacent inclusive port ranges: the ports a flow matches. Serialized
+/// as the list of `[first, last]` pairs; reads as a slice of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PortRanges(Vec<(u16, u16)>);
+
+impl PortRanges {
+    /// Every port, 0-65535.
+    pub fn any() -> Self {
+        PortRanges(vec![(0, u16::MAX)])
+    }
+
+    /// The ranges `v` covers: sorted, overlapping or adjacent ones merged.
+    pub fn new(mut v: Vec<(u16, u16)>) -> Self {
+        v.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
+        for (a, b) in v {
+            match out.last_mut() {
+                Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        PortRanges(out)
+    }
+
+    /// Whether `port` is in one of the ranges.
+    pub fn contains(&self, port: u16) -> bool {
+        let i = self.0.partition_point(|&(_, last)| last < port);
+        self.0.get(i).is_some_and(|&(first, _)| first <= port)
+    }
+
+    /// Whether this is every port.
+    pub fn is_any(&self) -> bool {
+        self.0 == [(0, u16::MAX)]
+    }
+
+    pub fn as_slice(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<(u16, u16)> {
+        self.0
+    }
+}
+
+impl std::ops::Deref for PortRanges {
+    type Target = [(u16, u16)];
+    fn deref(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+}
+
+impl AsRef<[(u16, u16)]> for PortRanges {
+    fn as_ref(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a PortRanges {
+    type Item = &'a (u16, u16);
+    type IntoIter = std::slice::Iter<'a, (u16, u16)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(u16, u16)> for PortRanges {
+    fn from_iter<I: IntoIterator<Item = (u16, u16)>>(iter: I) -> Self {
+        PortRanges::new(iter.into_iter().collect())
+    }
+}
+
+impl From<Vec<(u16, u16)>> for PortRanges {
+    fn from(v: Vec<(u16, u16)>) -> Self {
+        PortRanges::new(v)
+    }
+}
+
+impl PartialEq<[(u16, u16)]> for PortRanges {
+    fn eq(&self, other: &[(u16, u16)]) -> bool {
+        self.0 == other
+    }
+}
+
+impl<const N: usize> PartialEq<[(u16, u16); N]> for PortRanges {
+    fn eq(&self, other: &[(u16, u16); N]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<Vec<(u16, u16)>> for PortRanges {
+    fn eq(&self, other: &Vec<(u16, u16)>) -> bool {
+        &self.0 == other
+    }
+}
+
+/// `any`, `443`, `80,443,1024-65535`; `none` for no port (as [`format_ranges`]).
+impl fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&format_ranges(&self.0))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSpec {
@@ -32,10 +133,10 @@ pub enum PortSpec {
 
 impl PortSpec {
     /// The ports this spec names under `values`.
-    pub fn resolve(&self, values: &OptionValues) -> Ranges {
+    pub fn resolve(&self, values: &OptionValues) -> PortRanges {
         let mut out = Vec::new();
         self.collect(values, &mut out);
-        normalize(out)
+        PortRanges::new(out)
     }
 
     fn collect(&self, values: &OptionValues, out: &mut Vec<(u16, u16)>) {
@@ -59,19 +160,6 @@ impl PortSpec {
             }
         }
     }
-}
-
-/// Sorts and merges overlapping or adjacent ranges.
-pub fn normalize(mut v: Vec<(u16, u16)>) -> Ranges {
-    v.sort_unstable();
-    let mut out: Ranges = Vec::with_capacity(v.len());
-    for (a, b) in v {
-        match out.last_mut() {
-            Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }
 
 /// `any`, `443`, `80,443,1024-65535`; `none` for no port.
@@ -130,6 +218,11 @@ fn parse_port_str(s: &str, sport: bool) -> Result<PortSpec, String> {
     }
 }
 
+/// A port spec error, raised with its kind.
+fn bad_ports<E: de::Error>(msg: impl Into<String>) -> E {
+    ErrorKind::BadPorts.fault(msg).raise()
+}
+
 /// Reads any port spec; `sport` allows `any`.
 #[derive(Clone, Copy)]
 pub(crate) struct SpecSeed {
@@ -149,14 +242,14 @@ impl<'de> Visitor<'de> for SpecSeed {
         f.write_str("a port spec: a port, a range like \"36000-59999\", a list, {by, cases} or {base, count}")
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortSpec, E> {
-        let p = port(n).map_err(E::custom)?;
+        let p = port(n).map_err(bad_ports)?;
         Ok(PortSpec::Range(p, p))
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortSpec, E> {
         self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<PortSpec, E> {
-        parse_port_str(s, self.sport).map_err(E::custom)
+        parse_port_str(s, self.sport).map_err(bad_ports)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PortSpec, A::Error> {
         let mut out = Vec::new();
@@ -164,7 +257,7 @@ impl<'de> Visitor<'de> for SpecSeed {
             out.push(s);
         }
         if out.is_empty() {
-            return Err(de::Error::custom("the port list is empty"));
+            return Err(ErrorKind::EmptyList.fault("the port list is empty").raise());
         }
         Ok(PortSpec::List(out))
     }
@@ -186,40 +279,41 @@ impl<'de> Visitor<'de> for SpecSeed {
         }
         match (by, cases, base, count) {
             (Some((option, kind)), Some(cases), None, None) => {
-                check_cases(&option, kind.as_ref(), &cases).map_err(de::Error::custom)?;
+                check_cases(&option, kind.as_ref(), &cases).map_err(Fault::raise)?;
                 Ok(PortSpec::By { option, cases })
             }
             (None, None, Some(base), Some((option, kind))) => {
                 if let Some(OptionKind::Int { max, .. }) = kind {
                     if base as i64 + max - 1 > 65535 {
-                        return Err(de::Error::custom(format!("base {base} + {option} (up to {max}) - 1 goes above port 65535")));
+                        return Err(bad_ports(format!("base {base} + {option} (up to {max}) - 1 goes above port 65535")));
                     }
                 }
                 Ok(PortSpec::Count { base, option })
             }
-            _ => Err(de::Error::custom(
-                "a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`",
-            )),
+            _ => {
+                Err(bad_ports("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`"))
+            }
         }
     }
 }
 
 /// Every value of the `by` option has exactly one case and every case is a value.
-fn check_cases(option: &str, kind: Option<&OptionKind>, cases: &[(OptValue, PortSpec)]) -> Result<(), String> {
+fn check_cases(option: &str, kind: Option<&OptionKind>, cases: &[(OptValue, PortSpec)]) -> Result<(), Fault> {
     let Some(kind) = kind else { return Ok(()) };
     let mut canon = Vec::new();
     for (v, _) in cases {
-        canon.push(kind.check(v).map_err(|e| format!("cases: {e}"))?);
+        canon.push(kind.check(v).map_err(|e| ErrorKind::BadValue.fault(format!("cases: {e}")))?);
     }
     for (i, v) in canon.iter().enumerate() {
         if canon[..i].contains(v) {
-            return Err(format!("cases: `{v}` is listed twice"));
+            return Err(ErrorKind::Duplicate.fault(format!("cases: `{v}` is listed twice")));
         }
     }
     let missing: Vec<String> =
         kind.values().unwrap_or_default().into_iter().filter(|v| !canon.contains(v)).map(|v| v.to_string()).collect();
     if !missing.is_empty() {
-        return Err(format!("cases: every value of `{option}` needs a case; missing: {}", missing.join(", ")));
+        let missing = missing.join(", ");
+        return Err(ErrorKind::BadPorts.fault(format!("cases: every value of `{option}` needs a case; missing: {missing}")));
     }
     Ok(())
 }
@@ -241,7 +335,7 @@ impl<'de> DeserializeSeed<'de> for OptionOf {
         let seed = super::yaml::StrWith("an option name", move |s: &str| {
             let (name, kind) = check_catalog_option(s)?;
             match &kind {
-                Some(k) if !ok(k) => Err(format!("option `{s}` is not {want} option")),
+                Some(k) if !ok(k) => Err(ErrorKind::BadPorts.fault(format!("option `{s}` is not {want} option"))),
                 _ => Ok((name, kind)),
             }
         });
@@ -265,7 +359,7 @@ impl<'de> Visitor<'de> for PortSeed {
         f.write_str("a port number 1-65535")
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<u16, E> {
-        port(n).map_err(E::custom)
+        port(n).map_err(bad_ports)
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<u16, E> {
         self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
@@ -329,10 +423,16 @@ impl<'de> Deserialize<'de> for DportSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::error::PolicyError;
+    use crate::policy::yaml::from_str;
 
-    fn parse(sport: bool, y: &str) -> Result<PortSpec, String> {
-        let d = serde_yaml::Deserializer::from_str(y);
-        SpecSeed { sport }.deserialize(d).map_err(|e| e.to_string())
+    fn parse(sport: bool, y: &str) -> Result<PortSpec, PolicyError> {
+        let file = std::path::Path::new("spec.yaml");
+        if sport {
+            from_str::<SportSpec>(file, y).map(|s| s.0)
+        } else {
+            from_str::<DportSpec>(file, y).map(|s| s.0)
+        }
     }
 
     #[test]
@@ -348,21 +448,24 @@ mod tests {
 
     #[test]
     fn errors() {
-        for (sport, y, want) in [
-            (false, "0", "port 0"),
-            (false, "65536", "above 65535"),
-            (false, "-1", "negative"),
-            (false, "200-100", "reversed"),
-            (false, "any", "only allowed for sport"),
-            (true, "1-70000", "above 65535"),
-            (false, "http", "not a port"),
-            (false, "[]", "empty"),
-            (false, "1.5", "port spec"),
-            (false, "{ by: x }", "either"),
-            (false, "{ foo: 1 }", "unknown key `foo`"),
+        use ErrorKind::*;
+        // The kind, and what the message says of the port.
+        for (sport, y, kind, want) in [
+            (false, "0", BadPorts, "port 0"),
+            (false, "65536", BadPorts, "above 65535"),
+            (false, "-1", BadPorts, "negative"),
+            (false, "200-100", BadPorts, "reversed"),
+            (false, "any", BadPorts, "only allowed for sport"),
+            (true, "1-70000", BadPorts, "above 65535"),
+            (false, "http", BadPorts, "not a port"),
+            (false, "[]", EmptyList, "empty"),
+            (false, "1.5", WrongType, "port spec"),
+            (false, "{ by: x }", BadPorts, "either"),
+            (false, "{ foo: 1 }", UnknownField, "unknown key `foo`"),
         ] {
             let e = parse(sport, y).unwrap_err();
-            assert!(e.contains(want), "{y}: {e}");
+            assert_eq!(e.kind, kind, "{y}: {e}");
+            assert!(e.message.contains(want), "{y}: {e}");
         }
     }
 
@@ -383,6 +486,21 @@ mod tests {
         assert_eq!(count.resolve(&v), vec![(7001, 7003)]);
         v.0.insert("zones".into(), OptValue::Int(0));
         assert_eq!(count.resolve(&v), vec![]);
+    }
+
+    #[test]
+    fn port_ranges() {
+        let r = PortRanges::new(vec![(443, 443), (80, 81), (82, 90), (1024, 65535), (85, 86)]);
+        assert_eq!(r, [(80, 90), (443, 443), (1024, 65535)]);
+        for (port, inside) in
+            [(0, false), (79, false), (80, true), (90, true), (91, false), (443, true), (1023, false), (65535, true)]
+        {
+            assert_eq!(r.contains(port), inside, "{port}");
+        }
+        assert!(!PortRanges::default().contains(0));
+        assert!(PortRanges::any().contains(0) && PortRanges::any().is_any());
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[80,90],[443,443],[1024,65535]]");
+        assert_eq!(r.to_string(), "80-90,443,1024-65535");
     }
 
     #[test]

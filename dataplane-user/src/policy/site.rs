@@ -5,14 +5,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::catalog::{catalog_files, load_catalogs, Catalog};
 use super::cidr::Cidr;
+use super::error::{ErrorKind, PolicyError};
 use super::options::{list_or_none, SiteOptions};
-use super::yaml::{parse_value, seq_with, site_ctx, with_site_ctx, yaml_error, SiteCtx, StrWith};
+use super::yaml::{from_str, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
 
 /// A site as written, references checked.
 #[derive(Clone, Debug)]
@@ -46,10 +46,11 @@ fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
             site_ctx(|c| {
                 if !c.available.iter().any(|a| a == s) {
                     let known: Vec<&str> = c.available.iter().map(String::as_str).collect();
-                    return Err(format!("unknown catalog `{s}` (catalogs: {})", list_or_none(&known)));
+                    let known = list_or_none(&known);
+                    return Err(ErrorKind::UnknownCatalog.fault(format!("unknown catalog `{s}` (catalogs: {known})")));
                 }
                 if !c.seen_catalogs.insert(s.to_owned()) {
-                    return Err(format!("catalog `{s}` is listed twice"));
+                    return Err(ErrorKind::Duplicate.fault(format!("catalog `{s}` is listed twice")));
                 }
                 Ok(())
             })
@@ -59,10 +60,10 @@ fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     })
 }
 
-fn unknown_role(c: &SiteCtx, s: &str) -> String {
+fn unknown_role(c: &SiteCtx, s: &str) -> Fault {
     let mut known: Vec<&str> = c.roles.keys().map(String::as_str).collect();
     known.sort();
-    format!("unknown role `{s}` (roles of the selected catalogs: {})", list_or_none(&known))
+    ErrorKind::UnknownRole.fault(format!("unknown role `{s}` (roles of the selected catalogs: {})", list_or_none(&known)))
 }
 
 fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -77,13 +78,14 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
                 let Some(bound) = &c.bound else { return Ok(()) };
                 let has = bound.get(s).copied().unwrap_or(any);
                 if !has {
-                    return Err(format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"));
+                    let msg = format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`");
+                    return Err(ErrorKind::ProtectedRoleUnbound.fault(msg));
                 }
                 Ok(())
             })
             .transpose()?;
             if !seen.borrow_mut().insert(s.to_owned()) {
-                return Err(format!("role `{s}` is listed twice"));
+                return Err(ErrorKind::DuplicateRole.fault(format!("role `{s}` is listed twice")));
             }
             Ok(s.to_owned())
         })
@@ -105,7 +107,7 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
                 let key = StrWith("a role id", |s: &str| {
                     site_ctx(|c| if c.roles.contains_key(s) { Ok(()) } else { Err(unknown_role(c, s)) }).transpose()?;
                     if out_ref.iter().any(|(r, _)| r == s) {
-                        return Err(format!("role `{s}` is bound twice"));
+                        return Err(ErrorKind::DuplicateRole.fault(format!("role `{s}` is bound twice")));
                     }
                     Ok(s.to_owned())
                 });
@@ -133,7 +135,7 @@ impl<'de> Deserialize<'de> for CidrList {
                 f.write_str("a CIDR or a list of CIDRs")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<CidrList, E> {
-                Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(E::custom)
+                Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(|e| ErrorKind::BadCidr.fault(e).raise())
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CidrList, A::Error> {
                 let mut out = Vec::new();
@@ -148,8 +150,8 @@ impl<'de> Deserialize<'de> for CidrList {
 }
 
 /// Loads a site and the catalogs it selects from `catalog_dir`.
-pub fn load_site_file(path: &Path, catalog_dir: &Path) -> anyhow::Result<(Site, Vec<Catalog>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading site {}", path.display()))?;
+pub fn load_site_file(path: &Path, catalog_dir: &Path) -> Result<(Site, Vec<Catalog>), PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io("site", path, e))?;
     let available = catalog_files(catalog_dir)?;
     parse_site(path, &text, &available, load_catalogs)
 }
@@ -160,8 +162,8 @@ pub fn parse_site(
     path: &Path,
     text: &str,
     available: &[(String, PathBuf)],
-    load: impl FnOnce(&[PathBuf]) -> anyhow::Result<Vec<Catalog>>,
-) -> anyhow::Result<(Site, Vec<Catalog>)> {
+    load: impl FnOnce(&[PathBuf]) -> Result<Vec<Catalog>, PolicyError>,
+) -> Result<(Site, Vec<Catalog>), PolicyError> {
     let v = parse_value(path, text)?;
     // First pass: the catalogs it names (unknown ones are reported by the second pass).
     let mut wanted: Vec<PathBuf> = Vec::new();
@@ -174,7 +176,7 @@ pub fn parse_site(
     }
     let catalogs = load(&wanted)?;
     let ctx = site_context(&v, available, &catalogs);
-    let f = with_site_ctx(ctx, || serde_yaml::from_str::<SiteFile>(text)).map_err(|e| yaml_error(path, e))?;
+    let f = with_site_ctx(ctx, || from_str::<SiteFile>(path, text))?;
     // Keep the catalogs in the site's order.
     let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
     let site = Site {

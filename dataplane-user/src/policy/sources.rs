@@ -6,14 +6,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::catalog::{catalog_files, parse_catalog, Catalog};
 #[cfg(doc)]
 use crate::policy::catalog_dir;
+use crate::policy::error::PolicyError;
 use crate::policy::site::{parse_site, Site};
 use crate::policy::Policy;
+
+type Result<T> = std::result::Result<T, PolicyError>;
 
 /// One file as it was read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +51,7 @@ impl SiteFiles {
     /// and field.
     pub fn read(&self) -> Result<Loaded> {
         let site = self.site.as_path();
-        let text = std::fs::read_to_string(site).with_context(|| format!("reading site {}", site.display()))?;
+        let text = std::fs::read_to_string(site).map_err(|e| PolicyError::io("site", site, e))?;
         let available = catalog_files(&self.catalog_dir)?;
         let mut read = Vec::new();
         let (parsed, catalogs) = parse_site(site, &text, &available, |paths| {
@@ -105,7 +107,7 @@ fn stem(p: &Path) -> String {
 }
 
 fn read_file(p: &Path, what: &str) -> Result<SourceFile> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
+    let text = std::fs::read_to_string(p).map_err(|e| PolicyError::io(what, p, e))?;
     Ok(SourceFile { path: p.to_owned(), text })
 }
 

@@ -175,7 +175,7 @@ fn spec_yaml(s: &PortSpec) -> String {
 
 /// Writes the synthetic site as `DIR/catalog/synthetic.yaml` and `DIR/sites/synthetic.yaml`
 /// (for timing `dataplane compile --site` on it); returns the site path.
-pub fn write_synthetic(dir: &Path, flows: usize, cidrs: usize, seed: u64) -> anyhow::Result<std::path::PathBuf> {
+pub fn write_synthetic(dir: &Path, flows: usize, cidrs: usize, seed: u64) -> std::io::Result<std::path::PathBuf> {
     let s = synthetic(flows, cidrs, seed);
     let mut c = String::from("name: synthetic\ndocument: synthetic\ntitle: synthetic\nroles:\n");
     for r in &s.catalog.roles {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dataplane::policy::{load_site_from, Policy};
+use dataplane::policy::{load_site_from, Policy, PolicyError};
 
 pub fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -36,13 +36,13 @@ pub fn edit(dir: &Path, catalog: &str, from: &str, to: &str) {
     std::fs::write(&p, text.replacen(from, to, 1)).expect("write catalog");
 }
 
-/// Writes `text` as `sites/s.yaml` and loads it; returns the error message.
-pub fn site_error(dir: &Path, text: &str) -> String {
+/// Writes `text` as `sites/s.yaml` and loads it; returns the error.
+pub fn site_error(dir: &Path, text: &str) -> PolicyError {
     let site = dir.join("sites/s.yaml");
     std::fs::write(&site, text).expect("write site");
     match load_site_from(&site, &dir.join("catalog")) {
         Ok(_) => panic!("site loaded but should fail:\n{text}"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => e,
     }
 }
 

@@ -114,7 +114,7 @@ impl Objects {
     fn program(&mut self, key: &str) -> Result<&mut Xdp> {
         match key {
             "floor" => bench_object::program(&mut self.bench, Program::CountDrop),
-            "xdp" => load::program(&mut self.product),
+            "xdp" => Ok(load::program(&mut self.product)?),
             _ => bench_object::program(&mut self.bench, Program::CountPass),
         }
     }

@@ -70,7 +70,7 @@ impl Rig {
     /// The program, loaded.
     fn xdp(&mut self, t: Timed) -> Result<&mut Xdp> {
         match t {
-            Timed::Program => load::program(&mut self.ebpf),
+            Timed::Program => Ok(load::program(&mut self.ebpf)?),
             Timed::Empty => bench_object::program(&mut self.bench, bench_object::Program::Baseline),
             Timed::Floor => bench_object::program(&mut self.bench, bench_object::Program::Floor),
         }

@@ -76,7 +76,7 @@ impl Way {
     /// count-and-pass of the bench's object.
     fn program<'a>(self, product: &'a mut Ebpf, bench: &'a mut Ebpf) -> Result<&'a mut Xdp> {
         match self {
-            Way::XdpForward | Way::XdpPass => load::program(product),
+            Way::XdpForward | Way::XdpPass => Ok(load::program(product)?),
             Way::Nft => bench_object::program(bench, Program::CountPass),
         }
     }

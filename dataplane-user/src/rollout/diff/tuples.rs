@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::classify::{Probe, DEFAULT_SPORT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::policy::cidr::mask;
-use crate::policy::{Cidr, Flow, Policy};
+use crate::policy::{Cidr, Flow, Policy, PortRanges};
 
 /// Addresses to try in a CIDR list: the first of each CIDR (the first host of a longer one;
 /// a documentation address for `/0`), then those just outside each.
@@ -58,11 +58,11 @@ fn sample_ports(ranges: &[(u16, u16)]) -> Vec<u16> {
 }
 
 /// A source port in the ranges (the first IANA ephemeral port when it is in), then the others.
-fn sample_sports(ranges: &[(u16, u16)]) -> Vec<u16> {
-    let inside = |p: u16| ranges.iter().any(|&(a, b)| (a..=b).contains(&p));
+fn sample_sports(ranges: &PortRanges) -> Vec<u16> {
+    let inside = |p: u16| ranges.contains(p);
     let first = if inside(DEFAULT_SPORT) { DEFAULT_SPORT } else { ranges.first().map_or(DEFAULT_SPORT, |r| r.0) };
     let mut v = vec![first];
-    if ranges != [(0, u16::MAX)] {
+    if !ranges.is_any() {
         v.extend(sample_ports(ranges));
     }
     dedup(v)

@@ -44,7 +44,7 @@ use dataplane_common::Reason;
 
 use crate::classify::{Classifier, Outcome, Probe, IPPROTO_TCP};
 use crate::compile::tables::Tables;
-use crate::policy::{Action, Cidr, Flow, Policy, Proto};
+use crate::policy::{Action, Cidr, Flow, Policy, PortRanges, Proto};
 pub use ssh::{ssh_session_from_env, SshSession};
 
 /// The role id the catalogs give the administrators' workstations.
@@ -115,16 +115,12 @@ impl std::error::Error for LockoutError {}
 /// Whether `f` is a management flow (see the module documentation): allow, TCP, and from
 /// [`MANAGEMENT_ROLE`] or to port 22.
 pub fn is_management(policy: &Policy, f: &Flow) -> bool {
-    !f.deny && f.proto == IPPROTO_TCP && (policy.roles[f.from].id == MANAGEMENT_ROLE || in_ranges(&f.dport, SSH_PORT))
-}
-
-fn in_ranges(r: &[(u16, u16)], x: u16) -> bool {
-    r.iter().any(|&(a, b)| (a..=b).contains(&x))
+    !f.deny && f.proto == IPPROTO_TCP && (policy.roles[f.from].id == MANAGEMENT_ROLE || f.dport.contains(SSH_PORT))
 }
 
 /// A port of `r`: the first of `preferred` it contains, else its first port.
-fn pick(r: &[(u16, u16)], preferred: &[u16]) -> Option<u16> {
-    preferred.iter().copied().find(|&p| in_ranges(r, p)).or_else(|| r.first().map(|&(a, _)| a))
+fn pick(r: &PortRanges, preferred: &[u16]) -> Option<u16> {
+    preferred.iter().copied().find(|&p| r.contains(p)).or_else(|| r.first().map(|&(a, _)| a))
 }
 
 fn first_addr(c: &Cidr) -> IpAddr {
@@ -216,7 +212,7 @@ impl<'a> Hints<'a> {
             let management = match resolved {
                 Some(f) => is_management(policy, f),
                 // Off: judged on its catalog's default option values (the port of a `by` spec).
-                None => fd.from == MANAGEMENT_ROLE || in_ranges(&fd.dport().resolve(&cat.default_values()), SSH_PORT),
+                None => fd.from == MANAGEMENT_ROLE || fd.dport().resolve(&cat.default_values()).contains(SSH_PORT),
             };
             if !management || !seen.insert(fd.id.clone()) {
                 continue;

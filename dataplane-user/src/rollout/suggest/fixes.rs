@@ -56,7 +56,7 @@ fn apply(base: &Loaded, fix: &Fix, hosts: &[IpAddr]) -> Result<Policy> {
             None => site.roles.push((role.clone(), add)),
         }
     }
-    Policy::resolve(&site, base.policy.catalogs.clone())
+    Ok(Policy::resolve(&site, base.policy.catalogs.clone())?)
 }
 
 /// Every (option, other value) of the selected catalogs: each value of an enum or boolean; for an
@@ -146,10 +146,8 @@ pub(super) fn single_options(base: &Loaded, open: &[(Probe, u64)]) -> Result<Fou
         let policy = apply(base, &fix, &[])?;
         let added = new_flows(&base.policy, &policy);
         // Only tuples an added flow could match are worth a compile.
-        let maybe: Vec<&(Probe, u64)> = open
-            .iter()
-            .filter(|(t, _)| added.iter().any(|f| f.proto == t.proto && f.dport.iter().any(|&(a, b)| (a..=b).contains(&t.dport))))
-            .collect();
+        let maybe: Vec<&(Probe, u64)> =
+            open.iter().filter(|(t, _)| added.iter().any(|f| f.proto == t.proto && f.dport.contains(t.dport))).collect();
         if maybe.is_empty() {
             continue;
         }
@@ -192,8 +190,7 @@ fn candidate_fixes(base: &Loaded, t: &Probe) -> Vec<Fix> {
                     v.0.insert(name.clone(), accepted[0].clone());
                 }
             }
-            let within = |r: &[(u16, u16)], x: u16| r.iter().any(|&(a, b)| (a..=b).contains(&x));
-            if !within(&f.dport().resolve(&v), t.dport) || !within(&f.sport().resolve(&v), t.sport) {
+            if !f.dport().resolve(&v).contains(t.dport) || !f.sport().resolve(&v).contains(t.sport) {
                 continue;
             }
             let covered = role(&f.from).is_some_and(|r| r.cidrs.iter().any(|x| x.contains_ip(t.src)));

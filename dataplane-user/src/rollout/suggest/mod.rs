@@ -257,7 +257,7 @@ fn in_force(p: &Policy, proto: u8, port: u16) -> Vec<String> {
     let mut out: Vec<String> = p
         .flows
         .iter()
-        .filter(|f| !f.deny && f.proto == proto && f.dport.iter().any(|&(a, b)| (a..=b).contains(&port)))
+        .filter(|f| !f.deny && f.proto == proto && f.dport.contains(port))
         .map(|f| {
             format!("{} (from {}, source ports {})", f.info.id, p.roles[f.from].id, crate::policy::ports::format_ranges(&f.sport))
         })
@@ -275,7 +275,7 @@ fn documented_by(all: &[crate::policy::Catalog], selected: &[&str], protected: &
         let values = c.default_values();
         for f in c.flows.iter().filter(|f| protected.contains(&f.to.as_str())) {
             let ports = f.dport().resolve(&values);
-            if f.protocols.iter().any(|p| p.number() == proto) && ports.iter().any(|&(a, b)| (a..=b).contains(&port)) {
+            if f.protocols.iter().any(|p| p.number() == proto) && ports.contains(port) {
                 out.push(format!("{}/{}", c.name, f.id));
             }
         }
