@@ -16,7 +16,7 @@ use aya::{
 };
 use dataplane::{
     compile::tables::{Outbound, Tables},
-    kernel::{images::PolicyMaps, load},
+    kernel::{images::ImageMaps, load},
     observe::counters::Counters,
 };
 use dataplane_common::{Counter, Reason};
@@ -28,13 +28,13 @@ pub const XDP_PASS: u32 = 2;
 pub struct Harness {
     pub ebpf: Ebpf,
     /// Its policy images and run config (a reload's swap).
-    pub policy: PolicyMaps,
+    pub images: ImageMaps,
 }
 
 impl Harness {
     pub fn new(tables: &Tables) -> Result<Self> {
-        let load::Object { ebpf, policy } = load::load(tables)?;
-        Ok(Self { ebpf, policy })
+        let load::Object { ebpf, images } = load::load(tables)?;
+        Ok(Self { ebpf, images })
     }
 
     /// Runs one frame through the program; returns the XDP action.

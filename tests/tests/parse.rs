@@ -182,6 +182,6 @@ fn every_packet_is_judged_by_the_image_in_force() {
     // Take TCP 80 out of the policy: the same flow's next packet is dropped.
     let mut without = tables.clone();
     without.dir.policies[0][0] = None;
-    assert!(h.policy.swap_image(&without).unwrap(), "the image fits the map not in force");
+    assert!(h.images.swap_image(&without).unwrap(), "the image fits the map not in force");
     expect(&mut h, &frame, XDP_DROP, Reason::DropNoFlow, None);
 }

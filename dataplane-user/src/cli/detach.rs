@@ -14,7 +14,7 @@ pub struct DetachArgs {
 
 /// `dataplane detach`: removes what a persisted (or killed) `run` left enforcing.
 pub fn detach(a: DetachArgs) -> Result<()> {
-    let st = state::State::read()?;
+    let st = state::StateFile::read()?;
     if std::path::Path::new(&format!("/proc/{}", st.pid)).exists() {
         bail!("dataplane (pid {}) is still running: stop it (SIGTERM) first, then detach", st.pid);
     }

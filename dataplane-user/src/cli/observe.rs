@@ -15,7 +15,7 @@ pub struct StatsArgs {
 }
 
 pub fn stats(a: StatsArgs) -> Result<()> {
-    let st = state::State::read()?;
+    let st = state::StateFile::read()?;
     let mut report = Stats::read_pinned(&st.flows, &st.outbound)?;
     report.monitor = st.monitor;
     if a.json {

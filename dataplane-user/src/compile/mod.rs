@@ -30,7 +30,7 @@ mod parts;
 pub mod ports;
 pub mod size;
 pub mod slots;
-mod sources;
+mod source_tries;
 pub mod tables;
 
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ use classes::{label, Labeled, Sets};
 use intern::Interner;
 use ports::PortTables;
 pub use size::{map_sizes, MapSize};
-use sources::Sources;
+use source_tries::SourceTries;
 
 /// Sizes past which a policy is refused: the image would not load or would waste memory.
 /// `dataplane compile` shows a site's image size before anything is loaded.
@@ -204,7 +204,7 @@ fn compile_direction(p: &Policy, dir: Direction) -> Result<(DirectionTables, Cou
 
     let mut d = DirectionTables::default();
     (d.dst_v4, d.dst_v6) = split_family(prefix_values(&dst, |set| class_of_set[set as usize]));
-    let sources = parts::build(classes.items(), |s: &mut Sources, flows| s.add_class(p, flows), Sources::merge);
+    let sources = parts::build(classes.items(), |s: &mut SourceTries, flows| s.add_class(p, flows), SourceTries::merge);
     let policies = sources.policies.sets();
     if policies.len() > limits::MAX_POLICIES {
         return Err(CompileError::TooManyPolicies { dir, count: policies.len(), limit: limits::MAX_POLICIES });
@@ -260,7 +260,8 @@ mod tests {
         // Any lists of flows will do as classes: overlapping windows of slots, so that classes
         // share policies and policies share port tables.
         let classes: Vec<Vec<u32>> = (0..60u32).map(|k| (k * 40..k * 40 + 200).collect()).collect();
-        let sources = |n, c: &[Vec<u32>]| parts::build_in(n, c, |s: &mut Sources, flows| s.add_class(&p, flows), Sources::merge);
+        let sources =
+            |n, c: &[Vec<u32>]| parts::build_in(n, c, |s: &mut SourceTries, flows| s.add_class(&p, flows), SourceTries::merge);
         let one = sources(1, &classes);
         let policies = &one.policies.sets()[1..];
         let ports =

@@ -13,7 +13,7 @@ use crate::{
     kernel::{
         attach::{self, if_index, Attached, Mode},
         forward,
-        images::PolicyMaps,
+        images::ImageMaps,
         load::{self, CounterSlots, Object},
         netns, pins, state,
     },
@@ -132,7 +132,7 @@ impl Attachment {
 pub struct Enforcer {
     pub ebpf: aya::Ebpf,
     /// The policy images and the run config of `ebpf`.
-    pub(super) policy: PolicyMaps,
+    pub(super) images: ImageMaps,
     /// The tables enforced now, on stable counter slots; their config carries the generation
     /// and the run's flags.
     pub tables: Tables,
@@ -192,10 +192,10 @@ impl Enforcer {
                 capacity = old.capacity;
             }
         }
-        let Object { mut ebpf, policy } = load::load_with(&tables, &shared(capacity))?;
+        let Object { mut ebpf, images } = load::load_with(&tables, &shared(capacity))?;
         fault::point("start:loaded");
         let sources = opts.sources.or_else(|| files.read().ok().map(|l| l.sources));
-        pins.record(&ebpf, &policy, &files, &tables, ifaces, capacity, sources.as_ref())?;
+        pins.record(&ebpf, &images, &files, &tables, ifaces, capacity, sources.as_ref())?;
         fault::point("start:recorded");
         let in_ns = |f: &mut dyn FnMut() -> Result<()>| match netns {
             Some(ns) => netns::in_netns(ns, f)?,
@@ -223,7 +223,7 @@ impl Enforcer {
         fault::point("start:attached");
         let enforcer = Self {
             ebpf,
-            policy,
+            images,
             tables,
             attachments,
             mode,
@@ -263,7 +263,7 @@ impl Enforcer {
 }
 
 /// Whether a policy, on the counter slots a dead run left, fits that run's counter maps.
-fn fits(old: &state::State, tables: &Tables) -> bool {
+fn fits(old: &state::StateFile, tables: &Tables) -> bool {
     let mut t = tables.clone();
     StableSlots::from_flows(&old.flows, &old.outbound).apply(&mut t);
     old.capacity.flows == 0 || old.capacity.fits(&t)

@@ -43,9 +43,9 @@ impl Enforcer {
         if let Some(at) = self.swapped {
             std::thread::sleep(SWAP_SPACING.saturating_sub(at.elapsed()));
         }
-        if let Some(swap) = self.policy.write_inactive(&tables)? {
+        if let Some(swap) = self.images.write_inactive(&tables)? {
             fault::point("reload:written");
-            swap.commit(&mut self.policy)?;
+            swap.commit(&mut self.images)?;
             self.swapped = Some(std::time::Instant::now());
             fault::point("reload:switched");
         } else {
@@ -57,7 +57,7 @@ impl Enforcer {
         self.sources = Some(sources);
         self.pins.record(
             &self.ebpf,
-            &self.policy,
+            &self.images,
             &self.files,
             &self.tables,
             &self.ifaces(),
@@ -69,7 +69,7 @@ impl Enforcer {
     /// A new program with larger policy maps replaces the old one behind each link
     /// (BPF_LINK_UPDATE), XDP then tc.
     fn reload_program(&mut self, tables: &Tables) -> Result<()> {
-        let Object { ebpf: mut new, policy } = load::load_with(tables, &enforcer::shared(self.capacity))?;
+        let Object { ebpf: mut new, images } = load::load_with(tables, &enforcer::shared(self.capacity))?;
         fault::point("reload:loaded");
         // An interface removed since the last look has a link the kernel detached: updating it
         // would fail; it is attached anew when the interface comes back (`watch_interfaces`).
@@ -89,7 +89,7 @@ impl Enforcer {
         }
         // The old program has no link left: dropping it detaches nothing.
         self.ebpf = new;
-        self.policy = policy;
+        self.images = images;
         self.in_netns(|e| e.fill_forward_ports())??;
         self.swapped = None;
         fault::point("reload:switched");

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// `POLICY_A`, `POLICY_B` and `CONFIG` of one loaded program.
-pub struct PolicyMaps {
+pub struct ImageMaps {
     images: [MapData; 2],
     config: Array<MapData, RunConfig>,
 }
@@ -41,7 +41,7 @@ fn array(map: Map, name: &str) -> Result<MapData> {
     }
 }
 
-impl PolicyMaps {
+impl ImageMaps {
     /// Takes the maps out of a freshly loaded object (the programs keep their own references).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let images = [array(take(ebpf, MAP_POLICY[0])?, MAP_POLICY[0])?, array(take(ebpf, MAP_POLICY[1])?, MAP_POLICY[1])?];
@@ -120,7 +120,7 @@ pub struct Swap {
 impl Swap {
     /// Puts the written image in force with one 32-bit store of `RunConfig::active`: every packet
     /// (XDP and tc alike) reads it once, so it is judged wholly by the old image or the new one.
-    pub fn commit(self, maps: &mut PolicyMaps) -> Result<()> {
+    pub fn commit(self, maps: &mut ImageMaps) -> Result<()> {
         let mapping = Mapping::new(maps.config.map(), size_of::<RunConfig>())?;
         // Safety: `active` is the first field of the RunConfig in the mapping, 4-byte aligned.
         let active = unsafe { &*(mapping.at as *const AtomicU32) };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     compile::tables::Tables,
-    kernel::{images::PolicyMaps, maps::*},
+    kernel::{images::ImageMaps, maps::*},
 };
 
 /// The XDP object built by `cargo xtask build` (empty when the controller was built without it).
@@ -84,7 +84,7 @@ const DEFAULT_CONNTRACK: u32 = 65536;
 /// it once after the load as typed handles.
 pub struct Object {
     pub ebpf: Ebpf,
-    pub policy: PolicyMaps,
+    pub images: ImageMaps,
 }
 
 /// Loads the program into the kernel with its maps sized for and filled with `tables`.
@@ -180,8 +180,8 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
-    let mut policy = PolicyMaps::take(&mut ebpf)?;
-    policy.write_image(0, &image)?;
+    let mut images = ImageMaps::take(&mut ebpf)?;
+    images.write_image(0, &image)?;
     // What belongs to the run, with `POLICY_A` in force; the site's own settings are in the image.
     let c = tables.config;
     let run = RunConfig {
@@ -190,11 +190,11 @@ pub fn load_with(tables: &Tables, shared: &Shared) -> Result<Object> {
         hz: clock_hz(&mut ebpf)?,
         generation: c.generation,
     };
-    policy.write_run_config(run)?;
+    images.write_run_config(run)?;
     let verifier = |program| move |source| LoadError::Verifier { program, source };
     program(&mut ebpf)?.load().map_err(verifier("XDP"))?;
     egress(&mut ebpf)?.load().map_err(verifier("tc egress"))?;
-    Ok(Object { ebpf, policy })
+    Ok(Object { ebpf, images })
 }
 
 /// Pages of the `POLICY_*` maps an image of `words` words takes.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compile::tables::{FlowInfo, Tables},
     kernel::{
-        images::PolicyMaps,
+        images::ImageMaps,
         load::CounterSlots,
         maps::SHARED_MAPS,
         pins::{self, PIN_DIR},
@@ -24,7 +24,7 @@ pub const STATE_FILE: &str = "/run/dataplane/state.json";
 pub const STATE_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
-pub struct State {
+pub struct StateFile {
     /// [`STATE_FORMAT`] of the run that wrote it (0: before formats were numbered).
     #[serde(default)]
     pub format: u32,
@@ -58,7 +58,7 @@ pub struct State {
     pub sources: Option<Sources>,
 }
 
-impl State {
+impl StateFile {
     pub fn read() -> Result<Self> {
         let text = std::fs::read_to_string(STATE_FILE)
             .with_context(|| format!("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)"))?;
@@ -81,7 +81,7 @@ impl Pins {
     /// (pinned links) is taken over; its counters and tracked connections are returned to be
     /// adopted when its state is of this format. Everything else it left is removed, so that the
     /// shared maps (`maps::SHARED_MAPS`, pinned at load) start empty.
-    pub fn prepare(persist: bool) -> Result<(Self, Option<State>)> {
+    pub fn prepare(persist: bool) -> Result<(Self, Option<StateFile>)> {
         pins::ensure_bpffs()?;
         let text = std::fs::read_to_string(STATE_FILE).ok();
         let value = text.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
@@ -92,7 +92,7 @@ impl Pins {
             }
         }
         let links = pins::pinned_links();
-        let state = text.as_deref().and_then(|t| serde_json::from_str::<State>(t).ok());
+        let state = text.as_deref().and_then(|t| serde_json::from_str::<StateFile>(t).ok());
         let adopt = match state {
             _ if links.is_empty() => None,
             Some(old) if old.format == STATE_FORMAT => Some(old),
@@ -117,7 +117,7 @@ impl Pins {
     pub fn record(
         &self,
         ebpf: &Ebpf,
-        policy: &PolicyMaps,
+        images: &ImageMaps,
         files: &SiteFiles,
         tables: &Tables,
         interfaces: &[String],
@@ -129,8 +129,8 @@ impl Pins {
         for (name, map) in own {
             pins::replace_pin(name, |p| map.pin(p))?;
         }
-        policy.pin()?;
-        let state = State {
+        images.pin()?;
+        let state = StateFile {
             format: STATE_FORMAT,
             pid: std::process::id(),
             site: files.site.clone(),
@@ -201,7 +201,7 @@ impl Enforced {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())
         })?;
-        let st: State = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
+        let st: StateFile = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
         let running = Path::new(&format!("/proc/{}", st.pid)).exists();
         let files = st.files();
         let (loaded, recorded) = match &st.sources {
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn states_without_a_catalog_dir_still_parse() {
-        let st: State = serde_json::from_str(OLD).expect("a state of an earlier version parses");
+        let st: StateFile = serde_json::from_str(OLD).expect("a state of an earlier version parses");
         assert_eq!(st.catalog_dir, None);
         assert_eq!(st.files().site, Path::new("/etc/dataplane/sites/edge.yaml"));
     }
@@ -240,7 +240,7 @@ mod tests {
     fn the_recorded_catalog_dir_is_the_one_used() {
         let mut v: serde_json::Value = serde_json::from_str(OLD).unwrap();
         v["catalog_dir"] = "/srv/catalog".into();
-        let st: State = serde_json::from_value(v).unwrap();
+        let st: StateFile = serde_json::from_value(v).unwrap();
         assert_eq!(st.files(), SiteFiles { site: st.site.clone(), catalog_dir: "/srv/catalog".into() });
     }
 }

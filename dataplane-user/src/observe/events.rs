@@ -74,7 +74,7 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Event {
-    fn new(e: &DropEvent, st: &state::State, policy: Option<&Policy>) -> Self {
+    fn new(e: &DropEvent, st: &state::StateFile, policy: Option<&Policy>) -> Self {
         let (src, dst) = (addr(e.src, e.v6 != 0), addr(e.dst, e.v6 != 0));
         let age = Duration::from_nanos(monotonic_ns().saturating_sub(e.time_ns));
         let time = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(age);
@@ -132,7 +132,7 @@ fn proto_name(p: u8) -> String {
 /// Follows the drop events of the running dataplane from now on, handing each to `each` until
 /// it returns false or `timeout` has passed (`dataplane events`, `dataplane suggest --follow`).
 pub fn follow(timeout: Option<Duration>, mut each: impl FnMut(&Event) -> Result<bool>) -> Result<()> {
-    let st = state::State::read()?;
+    let st = state::StateFile::read()?;
     // Only for the nearest-flow hint: events are shown without it if the site no longer loads.
     let policy = st.files().read().ok().map(|l| l.policy);
     let path = pins::pin_path(MAP_DROP_EVENTS);

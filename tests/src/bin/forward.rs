@@ -39,7 +39,7 @@ use aya::{
 };
 use dataplane::{
     daemon::compile_site,
-    kernel::{images::PolicyMaps, load, netns::in_netns},
+    kernel::{images::ImageMaps, load, netns::in_netns},
     lab::gateway::{Gateway, Plan, CLIENT_IF, INSIDE_IF, OUTSIDE_IF, SERVER_IF},
 };
 use dataplane_common::{forward::FWD_STAT_REDIRECTED, CONFIG_FORWARD};
@@ -124,7 +124,7 @@ fn main() -> Result<()> {
 
     let tables = compile_site(&dataplane::policy::sources::SiteFiles::new(&site, None))?;
     let nft = nft_forward_ruleset(&site)?;
-    let load::Object { mut ebpf, mut policy } = load::load(&tables)?;
+    let load::Object { mut ebpf, images: mut policy } = load::load(&tables)?;
     let mut bench = bench_object::load()?;
     // Count-and-drop on the server's end: counts what crossed, and lets that veth take frames
     // redirected to its peer.
@@ -216,7 +216,7 @@ fn nft_forward_ruleset(site: &Path) -> Result<String> {
     Ok(text.replace(hook, "type filter hook forward priority filter;"))
 }
 
-fn setup(ebpf: &mut Ebpf, bench: &mut Ebpf, policy: &mut PolicyMaps, gw: &Gateway, way: Way, nft: &str) -> Result<XdpLinkId> {
+fn setup(ebpf: &mut Ebpf, bench: &mut Ebpf, policy: &mut ImageMaps, gw: &Gateway, way: Way, nft: &str) -> Result<XdpLinkId> {
     match way {
         Way::XdpForward | Way::XdpPass => {
             let mut run = policy.run_config()?;

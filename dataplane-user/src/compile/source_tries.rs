@@ -9,7 +9,7 @@ use super::classes::{label, Sets};
 
 /// The source tries and policies of a run of classes, in class order.
 #[derive(Default)]
-pub struct Sources {
+pub struct SourceTries {
     /// Policies: lists of flow slots, ascending (id 0: the empty list, no flow).
     pub policies: Sets,
     /// Source tries (prefix -> policy id), each stored once.
@@ -18,7 +18,7 @@ pub struct Sources {
     pub classes: Vec<ClassRecord>,
 }
 
-impl Sources {
+impl SourceTries {
     /// Adds the class whose flows are `flows` (slots, ascending): only the roles those flows come
     /// from matter. Their prefixes are labeled with the set of those roles containing them, and
     /// a set's policy is the class's flows from a role of the set.
@@ -53,7 +53,7 @@ impl Sources {
 
     /// Appends `other` (built from the classes that follow this one's): its policies, then its
     /// tries on those policies' ids, interned in its order.
-    pub fn merge(&mut self, other: Sources) {
+    pub fn merge(&mut self, other: SourceTries) {
         let policy: Vec<u32> = other.policies.into_sets().into_iter().map(|list| self.policies.intern(list)).collect();
         let trie: Vec<u32> = other
             .tries
