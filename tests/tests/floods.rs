@@ -254,7 +254,7 @@ fn run_logs_once_when_the_connection_table_passes_90_percent() {
                     s.send_to(b"query", "10.203.0.5:53").unwrap();
                 }
             })
-            .unwrap()
+            .unwrap();
         })
         .join()
         .unwrap();

@@ -113,9 +113,8 @@ impl Request {
 
 impl Quoted {
     fn quote(&self, error_dst: IpAddr) -> Result<Quote, BadRequest> {
-        let proto = match self.proto.number(error_dst.is_ipv6()) {
-            p @ (IPPROTO_TCP | IPPROTO_UDP) => p,
-            _ => return Err(BadRequest("field \"quoted.proto\": the quoted packet must be tcp or udp".into())),
+        let proto @ (IPPROTO_TCP | IPPROTO_UDP) = self.proto.number(error_dst.is_ipv6()) else {
+            return Err(BadRequest("field \"quoted.proto\": the quoted packet must be tcp or udp".into()));
         };
         let src = self.src.map_or(error_dst, |s| s.0);
         Ok(Quote { src, dst: self.dst.0, proto, sport: self.sport.0, dport: self.dport.0 })

@@ -81,7 +81,7 @@ fn sweep(ranges: &[&[(u16, u16)]], mut f: impl FnMut(u16, u16, &[usize])) {
     // (position, is_start, candidate); ends are at last + 1.
     let mut events: Vec<(u32, bool, usize)> = Vec::new();
     for (k, rs) in ranges.iter().enumerate() {
-        for &(a, b) in rs.iter() {
+        for &(a, b) in *rs {
             events.push((a as u32, true, k));
             events.push((b as u32 + 1, false, k));
         }

@@ -119,7 +119,7 @@ pub(super) fn reload_logged(enforcer: &mut Enforcer, info: &metrics::MetricsInfo
         }
         Err(e) => {
             info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}")
+            log::error!("reload ({why}) failed, the previous policy keeps enforcing: {e:#}");
         }
     }
 }

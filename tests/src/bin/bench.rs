@@ -316,7 +316,7 @@ fn measure_case(
             prog / base,
             prog / floor
         );
-        figures.push(Figure { label: label.to_string(), kind: kind.to_string(), prog, base, floor });
+        figures.push(Figure { label: label.to_string(), kind: kind.clone(), prog, base, floor });
     }
     Ok(())
 }
@@ -821,7 +821,7 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
             .configure_mesh()
             .x_desc("synthetic site: flows (CIDRs = flows / 10)")
             .y_desc("ns per packet")
-            .x_label_formatter(&|x| format!("{:.0}", x))
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .draw()?;
         let lines: [(&str, &str, u8, RGBColor); 9] = [
             ("allow v4", "allowed v4 (every packet, the first too)", 0, RGBColor(30, 90, 200)),
@@ -877,7 +877,7 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d((lo..hi).log_scale(), (0.1f64..tmax).log_scale())?;
-        c.configure_mesh().x_desc("flows").y_desc("ms").x_label_formatter(&|x| format!("{:.0}", x)).draw()?;
+        c.configure_mesh().x_desc("flows").y_desc("ms").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
         for (name, color, f) in [
             ("compile", RGBColor(30, 90, 200), (|s: &Scale| s.compile) as fn(&Scale) -> Duration),
             ("load (maps + verifier)", RGBColor(200, 40, 40), |s: &Scale| s.load),
@@ -900,7 +900,7 @@ fn plot(dir: &Path, scale: &[Scale], figures: &[Figure], xdpf: Option<&Xdpf>) ->
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d((lo..hi).log_scale(), (0.01f64..mmax).log_scale())?;
-        c.configure_mesh().x_desc("flows").y_desc("MiB").x_label_formatter(&|x| format!("{:.0}", x)).draw()?;
+        c.configure_mesh().x_desc("flows").y_desc("MiB").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
         let pts: Vec<(f64, f64)> = scale.iter().map(|s| (s.flows as f64, s.bytes as f64 / (1 << 20) as f64)).collect();
         c.draw_series(LineSeries::new(pts.clone(), RGBColor(0, 150, 60).stroke_width(2)))?;
         c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, RGBColor(0, 150, 60).filled())))?;

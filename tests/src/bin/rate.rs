@@ -107,7 +107,7 @@ fn main() -> Result<()> {
         };
         match live_rate::run(&root, &opts) {
             Err(e) if live::refused(&e) => {
-                println!("\nlive frames: {}: no packet-rate figures from them on this host", live::REFUSED)
+                println!("\nlive frames: {}: no packet-rate figures from them on this host", live::REFUSED);
             }
             r => {
                 r?;
@@ -203,12 +203,12 @@ fn packet_rate(root: &Path, run: Duration) -> Result<()> {
             _ => None,
         };
         if system == "nftables" && !load_nft(&lab.server, &site)? {
-            println!("{:<22} (skipped: no `dataplane export --format nft` in this build)", system);
+            println!("{system:<22} (skipped: no `dataplane export --format nft` in this build)");
             continue;
         }
         if system == "iptables" {
             let Some((v4, v6, backend)) = &ipt else {
-                println!("{:<22} (skipped: no iptables-restore; apt-get install iptables)", system);
+                println!("{system:<22} (skipped: no iptables-restore; apt-get install iptables)");
                 continue;
             };
             let rules = iptables::render(&dataplane::policy::load_site(&site)?);
