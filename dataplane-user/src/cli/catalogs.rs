@@ -20,16 +20,29 @@ pub struct CatalogsArgs {
     pub catalogs: CatalogDirArg,
 }
 
+/// `--catalog NAME` and the directory the catalogs are read from.
+#[derive(clap::Args, Debug, Default)]
+pub struct OneCatalog {
+    /// Only what this catalog declares.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[command(flatten)]
+    pub dir: CatalogDirArg,
+}
+
+impl OneCatalog {
+    fn read(&self) -> anyhow::Result<Vec<Catalog>> {
+        catalogs_in(self.dir.catalog_dir.as_deref(), self.catalog.as_deref())
+    }
+}
+
 #[derive(clap::Args, Debug, Default)]
 pub struct RolesArgs {
     /// Print JSON: [{"id", "aliases", "any", ...}].
     #[arg(long)]
     pub json: bool,
-    /// Only the roles of this catalog.
-    #[arg(long, value_name = "NAME")]
-    pub catalog: Option<String>,
     #[command(flatten)]
-    pub catalogs: CatalogDirArg,
+    pub catalogs: OneCatalog,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -37,11 +50,8 @@ pub struct FlowsArgs {
     /// Print JSON: every flow with its ports resolved at the options' defaults.
     #[arg(long)]
     pub json: bool,
-    /// Only the flows of this catalog.
-    #[arg(long, value_name = "NAME")]
-    pub catalog: Option<String>,
     #[command(flatten)]
-    pub catalogs: CatalogDirArg,
+    pub catalogs: OneCatalog,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -112,7 +122,7 @@ struct RoleRow {
 }
 
 pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
-    let cats = catalogs_in(a.catalogs.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let cats = a.catalogs.read()?;
     let mut rows: Vec<RoleRow> = Vec::new();
     for c in &cats {
         for r in &c.roles {
@@ -151,7 +161,7 @@ pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
 }
 
 pub fn flows(a: FlowsArgs) -> anyhow::Result<()> {
-    let cats = catalogs_in(a.catalogs.catalog_dir.as_deref(), a.catalog.as_deref())?;
+    let cats = a.catalogs.read()?;
     let rows: Vec<Value> = cats.iter().flat_map(flow_rows).collect();
     if a.json {
         return print_json(&rows);
