@@ -259,7 +259,7 @@ fn print_summary(p: &Policy, s: &Summary) {
     println!("connection tracking: {} entries per IP version", s.conntrack_size);
     println!("{:20} {:>10} {:>12}", "MAP", "ENTRIES", "BYTES");
     for m in &s.maps {
-        let note = if m.kind == "percpu_array" { " per CPU" } else { "" };
+        let note = if m.kind == crate::compile::size::MapKind::PercpuArray { " per CPU" } else { "" };
         println!("{:20} {:>10} {:>12}{note}", m.name, m.entries, m.bytes);
     }
     println!("compiled in {:.1} ms", s.elapsed.as_secs_f64() * 1000.0);

@@ -151,7 +151,7 @@ pub fn compile_with_summary(p: &Policy) -> Result<(Tables, Summary), CompileErro
         });
     }
     let maps = map_sizes(&t);
-    let words: usize = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
+    let words: usize = maps.iter().filter(|m| m.kind == size::MapKind::Array).map(|m| m.entries).sum();
     if words > limits::MAX_IMAGE_WORDS {
         return Err(CompileError::ImageTooLarge { words, limit: limits::MAX_IMAGE_WORDS });
     }

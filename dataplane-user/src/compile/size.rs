@@ -8,10 +8,20 @@ use dataplane_common::Counter;
 
 use crate::compile::tables::Tables;
 
+/// The kind of BPF map a size is of, as `compile --json` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapKind {
+    /// One value per index (the policy image's words).
+    Array,
+    /// One value per index and per CPU (the counters).
+    PercpuArray,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MapSize {
     pub name: &'static str,
-    pub kind: &'static str,
+    pub kind: MapKind,
     pub entries: usize,
     pub key_bytes: usize,
     pub value_bytes: usize,
@@ -23,12 +33,12 @@ pub struct MapSize {
 pub const WORD: usize = 8;
 
 fn words(name: &'static str, entries: usize) -> MapSize {
-    MapSize { name, kind: "array", entries, key_bytes: 4, value_bytes: WORD, bytes: entries * WORD }
+    MapSize { name, kind: MapKind::Array, entries, key_bytes: 4, value_bytes: WORD, bytes: entries * WORD }
 }
 
 fn counters(name: &'static str, entries: usize) -> MapSize {
     let value = size_of::<Counter>();
-    MapSize { name, kind: "percpu_array", entries, key_bytes: 4, value_bytes: value, bytes: entries * value }
+    MapSize { name, kind: MapKind::PercpuArray, entries, key_bytes: 4, value_bytes: value, bytes: entries * value }
 }
 
 /// The `POLICY` image by structure (both directions; their sum is the map's size), then the

@@ -286,7 +286,7 @@ fn single_run(rig: &mut Rig, program: Timed, frame: &[u8]) -> Result<(u32, f64)>
 /// Words of the policy image, and bytes of the image and the flow counters (one CPU).
 fn map_memory(t: &Tables) -> (usize, usize) {
     let maps = compile::map_sizes(t);
-    let words = maps.iter().filter(|m| m.kind == "array").map(|m| m.entries).sum();
+    let words = maps.iter().filter(|m| m.kind == compile::size::MapKind::Array).map(|m| m.entries).sum();
     (words, maps.iter().map(|m| m.bytes).sum())
 }
 
