@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod error;
 pub mod options;
 pub mod ports;
+pub mod scaffold;
 pub mod site;
 pub mod sources;
 pub mod synth;
