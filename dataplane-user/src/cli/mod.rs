@@ -7,6 +7,7 @@ pub mod catalogs;
 pub mod detach;
 pub mod explain;
 pub mod export;
+pub mod generate;
 pub mod init;
 pub mod lab;
 pub mod observe;
@@ -65,6 +66,9 @@ pub enum Command {
     /// aliases, description and the placeholder [REPLACE-ME] for its addresses: `compile` names each
     /// role still to bind (file:line:column) until addresses replace it.
     Init(init::InitArgs),
+    /// Write the man pages and shell completions (the package build).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Runs one subcommand (none runs the lab) and says how the process exits: 0 done, 1 error;
@@ -97,5 +101,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Detach(a) => done(detach::detach(a)),
         Command::Lab(a) => done(lab::lab(a)),
         Command::Init(a) => done(init::init(&a)),
+        Command::Generate(a) => done(generate::generate(&a)),
     }
 }
