@@ -1,6 +1,7 @@
 //! The Debian package `cargo xtask package` builds (`cargo xtask test` builds it before the
-//! tests): unpacked into a throwaway root, its binary runs with no flags and finds the installed
-//! catalogs, `man` reads an installed page, and its unit passes `systemd-analyze verify`.
+//! tests): installed by dpkg into a throwaway root, its binary runs with no flags and finds the
+//! installed catalogs, `man` reads an installed page, its unit passes `systemd-analyze verify`,
+//! and dpkg removes it again.
 
 use std::{
     path::{Path, PathBuf},
@@ -31,17 +32,32 @@ fn deb() -> PathBuf {
     deb
 }
 
-/// The package unpacked into a new directory: what `dpkg -i` puts in `/`, rooted there.
+/// The package installed by dpkg into a new root (`dpkg --root`, with a database of its own; the
+/// maintainer scripts run outside a chroot and leave the host alone), deleted on drop.
 struct Root(PathBuf);
 
 impl Root {
     /// `tag` tells apart the roots of tests running at the same time.
-    fn unpack(deb: &Path, tag: &str) -> Root {
+    fn install(deb: &Path, tag: &str) -> Root {
         let dir = std::env::temp_dir().join(format!("dataplane-package-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&dir));
-        Root(dir)
+        for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("var/lib/dpkg/status"), "").unwrap();
+        let root = Root(dir);
+        // The root has no libc6 to depend on: the binary runs with the host's.
+        ok(root.dpkg(&["--force-depends", "--install"]).arg(deb));
+        root
+    }
+
+    /// dpkg on this root.
+    fn dpkg(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("dpkg");
+        cmd.arg(format!("--root={}", self.0.display()))
+            .args(["--log=/dev/null", "--force-script-chrootless", "--force-not-root"])
+            .args(args);
+        cmd
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -77,7 +93,7 @@ fn the_package_installs_what_it_says() {
     let deb = deb();
     let fields = ok(Command::new("dpkg-deb").args(["--field"]).arg(&deb).args(["Package", "Version"]));
     assert_eq!(fields, format!("Package: dataplane\nVersion: {}\n", env!("CARGO_PKG_VERSION")));
-    let root = Root::unpack(&deb, "contents");
+    let root = Root::install(&deb, "contents");
     assert_eq!(yaml_names(&root.path("/usr/share/dataplane/catalog")), yaml_names(&workspace().join("policies/catalog")));
     assert_eq!(yaml_names(&root.path("/usr/share/doc/dataplane/examples")), yaml_names(&workspace().join("policies/sites")));
     for file in [
@@ -101,6 +117,11 @@ fn the_package_installs_what_it_says() {
     assert!(!root.path("/usr/share/man/man1/dataplane-generate.1.gz").exists());
     let bash = std::fs::read_to_string(root.path("/usr/share/bash-completion/completions/dataplane")).unwrap();
     assert!(bash.contains("--protect") && bash.contains("--site"), "the bash completion knows the flags");
+    // dpkg knows every file, and removes them all.
+    let listed = ok(&mut root.dpkg(&["--listfiles", "dataplane"]));
+    assert!(listed.lines().any(|l| l == "/usr/share/dataplane/catalog/vcs-x8.2.yaml"), "{listed}");
+    ok(&mut root.dpkg(&["--remove", "dataplane"]));
+    assert!(!root.path("/usr/bin/dataplane").exists() && !root.path("/usr/share/dataplane").exists());
 }
 
 /// With no flag and no environment, the installed binary reads the installed catalogs (found next
@@ -108,7 +129,7 @@ fn the_package_installs_what_it_says() {
 /// DATAPLANE_CATALOG_DIR still overrides.
 #[test]
 fn the_installed_binary_finds_its_catalogs() {
-    let root = Root::unpack(&deb(), "catalogs");
+    let root = Root::install(&deb(), "catalogs");
     let installed = root.path("/usr/share/dataplane/catalog");
     let listed: serde_json::Value = serde_json::from_str(&ok(&mut root.dataplane(&["catalogs", "--json"]))).unwrap();
     let paths: Vec<&str> = listed.as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
@@ -135,7 +156,7 @@ fn the_installed_binary_finds_its_catalogs() {
 /// `man` reads an installed page (the one of `init`, with its flags).
 #[test]
 fn man_reads_an_installed_page() {
-    let root = Root::unpack(&deb(), "man");
+    let root = Root::install(&deb(), "man");
     let page = root.path("/usr/share/man/man1/dataplane-init.1.gz");
     let out = ok(Command::new("man").args(["-P", "cat", "-l"]).arg(&page).env("MANWIDTH", "100"));
     for want in ["dataplane-init", "SYNOPSIS", "--protect", "--force", "REPLACE-ME"] {
@@ -147,7 +168,7 @@ fn man_reads_an_installed_page() {
 /// of the root (verify checks that the command exists).
 #[test]
 fn the_installed_unit_verifies() {
-    let root = Root::unpack(&deb(), "unit");
+    let root = Root::install(&deb(), "unit");
     let unit = std::fs::read_to_string(root.path("/usr/lib/systemd/system/dataplane.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/dataplane run "), "{unit}");
     let dir = root.path("/tmp-verify");

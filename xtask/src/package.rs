@@ -42,9 +42,10 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// `systemctl daemon-reload` after the unit is installed, changed or removed; the service is
-/// neither enabled nor started: it needs a site first.
+/// neither enabled nor started: it needs a site first. Nothing when dpkg installs into another
+/// root (`dpkg --root`, which sets DPKG_ROOT): that root's systemd is not this one.
 const MAINTAINER_SCRIPT: &str =
-    "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n    systemctl daemon-reload >/dev/null || true\nfi\n";
+    "#!/bin/sh\nset -e\nif [ -z \"$DPKG_ROOT\" ] && [ -d /run/systemd/system ]; then\n    systemctl daemon-reload >/dev/null || true\nfi\n";
 
 /// The path of the package `build` writes for this version and `arch`.
 pub fn deb_path(workspace: &Path, arch: &str) -> PathBuf {
