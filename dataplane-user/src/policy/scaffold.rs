@@ -332,6 +332,42 @@ mod tests {
         assert_eq!(out, "#\n");
     }
 
+    /// A catalog named `name` with one option `zones` (default `default`), a server, a peer
+    /// reached by a flow, an `any` role and a role no flow of the server names.
+    fn catalog(name: &str, default: u32) -> Catalog {
+        let text = format!(
+            "name: {name}\ndocument: d.txt\ntitle: t\noptions:\n  zones:\n    description: zone count\n    \
+             integer: {{ min: 1, max: 9 }}\n    default: {default}\nroles:\n  - id: server\n    aliases: [Server, Srv]\n    \
+             description: the server\n  - id: peer\n  - id: internet\n    any: true\n  - id: far\nflows:\n  - id: {name}-in\n    \
+             description: d\n    from: peer\n    to: server\n    protocol: tcp\n    dport: 443\n    table: t\n  - id: {name}-far\n    \
+             description: d\n    from: internet\n    to: far\n    protocol: tcp\n    dport: 80\n    table: t\n"
+        );
+        super::super::catalog::parse_catalog(std::path::Path::new(&format!("{name}.yaml")), &text, &HashMap::new()).unwrap()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn roles_in_sections_and_options_once() {
+        let all = [catalog("a", 1), catalog("b", 1), catalog("c", 2)];
+        let text = scaffold("s", &all, &names(&["a", "b"]), &names(&["server"])).unwrap();
+        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} in:\n{text}"));
+        assert!(at("  server: [REPLACE-ME]") < at("  peer: [REPLACE-ME]"));
+        assert!(at("  peer: [REPLACE-ME]") < at("  far: [REPLACE-ME]"));
+        assert!(at("  # server: Server, Srv\n  # the server\n  server:") > 0);
+        // An `any` role is left to stand for every address, but it is shown.
+        assert!(text.contains("  # internet: [0.0.0.0/0, \"::/0\"]\n"), "{text}");
+        assert!(text.contains("  # zones (a, b): zone count\n  # an integer 1..9; default 1\n  zones: 1\n"), "{text}");
+        assert_eq!(text.matches("zones:").count(), 1);
+        // Defaults that differ are left to each catalog.
+        let text = scaffold("s", &all, &names(&["a", "c"]), &names(&["internet"])).unwrap();
+        assert!(text.contains("  # zones: 1\n") && text.contains("(1 in a, 2 in c)"), "{text}");
+        // A protected `any` role must be bound.
+        assert!(text.contains("  internet: [REPLACE-ME]\n"), "{text}");
+    }
+
     #[test]
     fn scalars_that_yaml_would_read_otherwise_are_quoted() {
         assert_eq!(quoted("vcs-x8.2"), "vcs-x8.2");
