@@ -109,7 +109,7 @@ fn verify_unit(unit: &str) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!("dataplane-unit-{}-{}", std::process::id(), unit.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dataplane.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/dataplane", env!("CARGO_BIN_EXE_dataplane"))).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/dataplane", env!("CARGO_BIN_EXE_dataplane"))).unwrap();
     let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.expect("systemd-analyze is missing: install systemd (cargo xtask test does)");
@@ -119,7 +119,7 @@ fn verify_unit(unit: &str) -> (bool, String) {
 #[test]
 fn systemd_unit_verifies() {
     let unit = std::fs::read_to_string(root().join("deploy/dataplane.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/dataplane run "));
+    assert!(unit.contains("ExecStart=/usr/bin/dataplane run "));
     let (ok, log) = verify_unit(&unit);
     // Unknown keys and bad values are warnings (exit 0): any output is a problem.
     assert!(ok && log.trim().is_empty(), "systemd-analyze verify deploy/dataplane.service:\n{log}");

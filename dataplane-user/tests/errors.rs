@@ -291,3 +291,22 @@ fn bad_conntrack_options() {
     let e = catalog_error("alpha", "  zones:\n", "  conntrack-udp:\n");
     expect(&e, ErrorKind::ReservedOption, "catalog/alpha.yaml", 10, 3, "options");
 }
+
+/// `dataplane init`'s placeholder, alone or in a list, is named as a role still to bind, at the
+/// placeholder; the other roles still bound to it follow, one line each with its own position.
+#[test]
+fn placeholder_roles_are_still_to_bind() {
+    let site = "name: s\ncatalogs: [alpha]\nprotect: [server]\nroles:\n  server: [10.0.0.1, REPLACE-ME]\n  lan: REPLACE-ME\n";
+    let e = site_error(&scratch(), site);
+    expect(&e, ErrorKind::Placeholder, "sites/s.yaml", 5, 22, "roles.server[1]");
+    assert!(e.message.starts_with("role `server` is still to bind: replace [REPLACE-ME]"), "{e}");
+    let printed = e.to_string();
+    let second = printed.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.ends_with(
+            "s.yaml:6:8: roles.lan: role `lan` is still to bind: replace [REPLACE-ME] with its addresses (CIDRs), or [] for none"
+        ),
+        "{printed}"
+    );
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds the eBPF objects and the controller, and runs the project's jobs.
 
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -48,6 +49,9 @@ enum Cmd {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// The Debian package: target/debian/dataplane_VERSION_ARCH.deb (binary, catalogs, example
+    /// sites, systemd unit, Grafana dashboard, man pages, shell completions).
+    Package,
     /// Run `dataplane` as root with ARGS; with no ARGS, the built-in lab.
     Run {
         #[arg(last = true)]
@@ -72,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf()?;
             cargo(&["build", "--release", "-p", "dataplane-user"])
         }
+        Cmd::Package => package().map(|_| ()),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick } => {
             setup::check_kernel()?;
@@ -112,6 +117,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Builds the eBPF objects, the release binary and the Debian package; returns the package's path.
+fn package() -> Result<PathBuf> {
+    setup::apt_install(&["binutils"], "strip, which drops the debug info from the packaged binary")?;
+    build_ebpf()?;
+    cargo(&["build", "--release", "-p", "dataplane-user"])?;
+    package::build(&workspace(), &workspace().join("target/release/dataplane"))
+}
+
 fn test(args: &[String]) -> Result<()> {
     // Kernel tests are never skipped: without root, BTF or bpffs they cannot mean anything.
     setup::check_kernel()?;
@@ -120,9 +133,12 @@ fn test(args: &[String]) -> Result<()> {
     setup::apt_install(&["prometheus"], "promtool for the metrics test, the Prometheus server the prometheus test runs")?;
     setup::apt_install(&["nftables"], "nft, for the export's differential test against the XDP program")?;
     setup::apt_install(&["systemd", "python3-venv"], "systemd-analyze and a venv for kubernetes-validate, which check deploy/")?;
+    setup::apt_install(&["man-db"], "man, which the package test runs on an installed page")?;
     build_ebpf()?;
     let started = Instant::now();
     lint()?;
+    // The package test (dataplane-user/tests/package.rs) unpacks and runs the package built here.
+    package()?;
     let mut unit = vec!["test", "--workspace", "--exclude", "dataplane-tests", "--"];
     unit.extend(args.iter().map(String::as_str));
     cargo(&unit)?;

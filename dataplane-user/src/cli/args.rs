@@ -11,7 +11,7 @@ use crate::policy::sources::{Loaded, SiteFiles};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CatalogDirArg {
     /// Catalog directory (default: $DATAPLANE_CATALOG_DIR, <site dir>/../catalog,
-    /// ./policies/catalog, the source tree's).
+    /// ./policies/catalog, the installed /usr/share/dataplane/catalog, the source tree's).
     #[arg(long, value_name = "DIR")]
     pub catalog_dir: Option<PathBuf>,
 }

@@ -7,6 +7,8 @@ pub mod catalogs;
 pub mod detach;
 pub mod explain;
 pub mod export;
+pub mod generate;
+pub mod init;
 pub mod lab;
 pub mod observe;
 pub mod rollout;
@@ -58,6 +60,15 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// The built-in lab: namespaces, a veth pair, a real site, real traffic, live counters.
     Lab(lab::LabArgs),
+    /// Write a commented site to start from: the roles of the catalogs, their options, the dataplane's.
+    ///
+    /// The protected roles and every role their flows name come first, then the rest, each with its
+    /// aliases, description and the placeholder [REPLACE-ME] for its addresses: `compile` names each
+    /// role still to bind (file:line:column) until addresses replace it.
+    Init(init::InitArgs),
+    /// Write the man pages and shell completions (the package build).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Runs one subcommand (none runs the lab) and says how the process exits: 0 done, 1 error;
@@ -89,5 +100,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Suggest(a) => done(rollout::suggest(a)),
         Command::Detach(a) => done(detach::detach(a)),
         Command::Lab(a) => done(lab::lab(a)),
+        Command::Init(a) => done(init::init(&a)),
+        Command::Generate(a) => done(generate::generate(&a)),
     }
 }

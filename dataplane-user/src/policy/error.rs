@@ -47,6 +47,8 @@ pub enum ErrorKind {
     Duplicate,
     /// A protected role with no addresses.
     ProtectedRoleUnbound,
+    /// A role still bound to the placeholder `dataplane init` writes (`[REPLACE-ME]`).
+    Placeholder,
 }
 
 /// A line and column, both from 1.

@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod error;
 pub mod options;
 pub mod ports;
+pub mod scaffold;
 pub mod site;
 pub mod sources;
 pub mod synth;
@@ -289,8 +290,14 @@ pub fn flow_info(c: &Catalog, f: &FlowDecl, p: Proto) -> FlowInfo {
     }
 }
 
+/// Where the Debian package installs the catalogs (`cargo xtask package`).
+pub const INSTALLED_CATALOG_DIR: &str = "/usr/share/dataplane/catalog";
+
 /// The catalog directory: `explicit`, else `$DATAPLANE_CATALOG_DIR`, else `<site dir>/../catalog`,
-/// else `./policies/catalog`, else the source tree's `policies/catalog`.
+/// else `./policies/catalog`, else the installed catalogs (`<binary dir>/../share/dataplane/catalog`,
+/// which is [`INSTALLED_CATALOG_DIR`] for the package's `/usr/bin/dataplane` and holds for an
+/// unpacked or `/usr/local` tree too, then [`INSTALLED_CATALOG_DIR`] itself), else the source
+/// tree's `policies/catalog`.
 pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
     if let Some(d) = explicit {
         return d.to_owned();
@@ -307,6 +314,10 @@ pub fn catalog_dir(explicit: Option<&Path>, site: Option<&Path>) -> PathBuf {
         });
     }
     candidates.push(PathBuf::from("policies/catalog"));
+    if let Some(prefix) = std::env::current_exe().ok().as_deref().and_then(Path::parent).and_then(Path::parent) {
+        candidates.push(prefix.join("share/dataplane/catalog"));
+    }
+    candidates.push(PathBuf::from(INSTALLED_CATALOG_DIR));
     candidates
         .into_iter()
         .find(|d| d.is_dir())

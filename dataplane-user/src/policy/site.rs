@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::catalog::{catalog_files, load_catalogs, Catalog};
 use super::cidr::Cidr;
-use super::error::{ErrorKind, PolicyError};
+use super::error::{ErrorKind, PolicyError, Position};
 use super::options::{list_or_none, SiteOptions};
+use super::scaffold::PLACEHOLDER;
 use super::yaml::{from_str, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
 
 /// A site as written, references checked.
@@ -114,8 +115,8 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
                 let Some(role) = map.next_key_seed(key)? else {
                     break;
                 };
-                let cidrs: CidrList = map.next_value()?;
-                out.push((role, cidrs.0));
+                let cidrs = map.next_value_seed(CidrList(&role))?;
+                out.push((role, cidrs));
             }
             Ok(out)
         }
@@ -123,30 +124,91 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
     d.deserialize_map(V)
 }
 
-/// One CIDR or a list of them (possibly empty: the role then has no addresses).
-struct CidrList(Vec<Cidr>);
+/// One CIDR or a list of them (possibly empty: the role then has no addresses), bound to the
+/// role it names; the placeholder of `dataplane init` is an error of its own.
+struct CidrList<'a>(&'a str);
 
-impl<'de> Deserialize<'de> for CidrList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CidrList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a CIDR or a list of CIDRs")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<CidrList, E> {
-                Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(|e| ErrorKind::BadCidr.fault(e).raise())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CidrList, A::Error> {
-                let mut out = Vec::new();
-                while let Some(c) = seq.next_element::<Cidr>()? {
-                    out.push(c);
-                }
-                Ok(CidrList(out))
-            }
-        }
-        d.deserialize_any(V)
+impl<'de> DeserializeSeed<'de> for CidrList<'_> {
+    type Value = Vec<Cidr>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Cidr>, D::Error> {
+        d.deserialize_any(self)
     }
+}
+
+impl<'de> Visitor<'de> for CidrList<'_> {
+    type Value = Vec<Cidr>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a CIDR or a list of CIDRs")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<Cidr>, E> {
+        parse_cidr(self.0, s).map(|c| vec![c]).map_err(Fault::raise)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Cidr>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(c) =
+            seq.next_element_seed(StrWith("a CIDR like 10.0.0.0/8 or fd00::/16", |s: &str| parse_cidr(self.0, s)))?
+        {
+            out.push(c);
+        }
+        Ok(out)
+    }
+}
+
+/// One CIDR of `role`'s binding.
+fn parse_cidr(role: &str, s: &str) -> Result<Cidr, Fault> {
+    if s == PLACEHOLDER {
+        return Err(ErrorKind::Placeholder.fault(placeholder_message(role)));
+    }
+    Cidr::parse(s).map_err(|e| ErrorKind::BadCidr.fault(e))
+}
+
+/// What is said of a role still bound to the placeholder.
+fn placeholder_message(role: &str) -> String {
+    format!("role `{role}` is still to bind: replace [{PLACEHOLDER}] with its addresses (CIDRs), or [] for none")
+}
+
+/// `e` (the first placeholder met) followed by a line for every other role still bound to the
+/// placeholder, each with its own `file:line:column`: one compile lists all that is left to do.
+fn with_other_placeholders(mut e: PolicyError, path: &Path, text: &str, v: &serde_yaml::Value) -> PolicyError {
+    if e.kind != ErrorKind::Placeholder {
+        return e;
+    }
+    for (role, field, at) in placeholders(text, v) {
+        if at.is_some_and(|at| Some(at.line) == e.at.map(|p| p.line)) {
+            continue;
+        }
+        let at = at.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default();
+        e.message.push_str(&format!("\n{}{at}: {field}: {}", path.display(), placeholder_message(&role)));
+    }
+    e
+}
+
+/// The roles bound to the placeholder (alone or in a list), in file order, each with its field
+/// and where the placeholder is when its line can be found (`ROLE: [REPLACE-ME]`, as `init`
+/// writes it).
+fn placeholders(text: &str, v: &serde_yaml::Value) -> Vec<(String, String, Option<Position>)> {
+    let Some(roles) = v.get("roles").and_then(serde_yaml::Value::as_mapping) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (role, binding) in roles {
+        let Some(role) = role.as_str() else { continue };
+        let field = match binding {
+            serde_yaml::Value::String(s) if s == PLACEHOLDER => format!("roles.{role}"),
+            serde_yaml::Value::Sequence(l) => match l.iter().position(|x| x.as_str() == Some(PLACEHOLDER)) {
+                Some(i) => format!("roles.{role}[{i}]"),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let at = text.lines().enumerate().find_map(|(i, line)| {
+            let rest = line.trim_start().strip_prefix(role)?.strip_prefix(':')?;
+            let column = line.len() - rest.len() + rest.find(PLACEHOLDER)? + 1;
+            Some(Position { line: i + 1, column })
+        });
+        out.push((role.to_owned(), field, at));
+    }
+    out
 }
 
 /// Loads a site and the catalogs it selects from `catalog_dir`.
@@ -176,7 +238,7 @@ pub fn parse_site(
     }
     let catalogs = load(&wanted)?;
     let ctx = site_context(&v, available, &catalogs);
-    let f = with_site_ctx(ctx, || from_str::<SiteFile>(path, text))?;
+    let f = with_site_ctx(ctx, || from_str::<SiteFile>(path, text)).map_err(|e| with_other_placeholders(e, path, text, &v))?;
     // Keep the catalogs in the site's order.
     let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
     let site = Site {
