@@ -291,4 +291,28 @@ mod tests {
         let st: StateFile = serde_json::from_value(v).unwrap();
         assert_eq!(st.files(), SiteFiles { site: st.site.clone(), catalog_dir: "/srv/catalog".into() });
     }
+
+    /// A state file that is absent and one that is not JSON are different errors, printed as
+    /// before (with the cause after `{:#}`).
+    #[test]
+    fn absent_and_unreadable_states_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("dataplane-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("none.json");
+        let e = Enforced::read(Some(&missing)).err().expect("no state file");
+        assert!(matches!(&e, StateError::NoEnforced { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{e:?}");
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        let want = format!(
+            "no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE): ",
+            missing.display()
+        );
+        assert!(shown.starts_with(&want), "{shown}");
+        let garbage = dir.join("garbage.json");
+        std::fs::write(&garbage, "{ not json").unwrap();
+        let e = Enforced::read(Some(&garbage)).err().expect("not a state");
+        assert!(matches!(&e, StateError::Unreadable { path, .. } if path == &garbage), "{e:?}");
+        assert!(format!("{:#}", anyhow::Error::from(e))
+            .starts_with(&format!("{} is unreadable: key must be a string", garbage.display())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
