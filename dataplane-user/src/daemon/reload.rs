@@ -27,7 +27,8 @@ impl Enforcer {
     /// or wholly by the new one, and nothing is verified again. Only a policy that outgrows the
     /// image maps takes a new program with larger ones (`reload_program`). Counters, tracked
     /// connections and fragments live in the shared maps and carry over. On any error nothing
-    /// changes: the running policy keeps enforcing.
+    /// changes: the running policy keeps enforcing; except [`DaemonError::Unrecorded`]: the new
+    /// policy is in force, but the state does not say so.
     pub fn reload(&mut self) -> Result<()> {
         let (mut tables, sources) = compile_guarded(&self.files, self.guard)?;
         fault::point("reload:compiled");
