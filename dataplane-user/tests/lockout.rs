@@ -257,8 +257,7 @@ fn force_overrides() {
     let (p, t) = site("db-unmanaged");
     let s = ssh("10.8.0.1 50123 10.1.0.10 22");
     guard(&p, &t, Some(&s), true).expect("--force");
-    let e = guard(&p, &t, Some(&s), false).expect_err("refused");
-    let e = e.downcast::<LockoutError>().expect("a LockoutError");
+    let e: LockoutError = guard(&p, &t, Some(&s), false).expect_err("refused");
     assert_eq!(e.problems.len(), 2);
     let (p, t) = site("ok");
     guard(&p, &t, Some(&ssh("10.9.0.7 50123 10.1.0.10 22")), false).expect("ok");

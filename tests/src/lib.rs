@@ -62,7 +62,7 @@ impl Harness {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        Counters::read(&self.ebpf)
+        Ok(Counters::read(&self.ebpf)?)
     }
 
     /// Runs a frame and returns the action and which reason and flow counters moved.

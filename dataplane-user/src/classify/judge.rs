@@ -2,13 +2,15 @@
 //! walk over the same image), both ways: `explain` prints its answers, and `diff` and `suggest`
 //! reason with them, so whatever they claim about a tuple, `explain` on it agrees.
 
-use anyhow::Result;
 use dataplane_common::walk::Verdict;
 use dataplane_common::Reason;
 
 use super::verdict::{Answer, Direction, Explained, Outcome, Why};
 use super::{Classifier, Probe};
-use crate::compile::tables::{FlowInfo, Tables};
+use crate::compile::{
+    tables::{FlowInfo, Tables},
+    CompileError,
+};
 use crate::policy::Policy;
 
 /// The compiled tables of a policy and a classifier per direction.
@@ -21,7 +23,7 @@ pub struct Judge {
 
 impl Judge {
     /// Compiles `p`.
-    pub fn new(p: &Policy) -> Result<Judge> {
+    pub fn new(p: &Policy) -> Result<Judge, CompileError> {
         Ok(Judge::of(crate::compile::compile(p)?))
     }
 

@@ -83,7 +83,7 @@ pub fn suggest(a: SuggestArgs) -> Result<()> {
         (Some(file), _) => drops.read_file(file)?,
         (None, Some(secs)) => crate::observe::events::follow(Some(std::time::Duration::from_secs(secs)), |e| {
             drops.add_line(&serde_json::to_string(e)?).map_err(|(_, m)| anyhow::anyhow!(m))?;
-            Ok(true)
+            Ok::<_, anyhow::Error>(true)
         })?,
         (None, None) => bail!("give --events FILE or --follow SECONDS"),
     }

@@ -41,7 +41,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     // The catalog directory is found once, here: reloads read the same one.
     let files = a.site.files();
     let RunArgs { ifaces, mode, metrics, monitor, force, persist, forward, .. } = a;
-    daemon::run(files, RunOptions { ifaces, mode, metrics, monitor, force, persist, forward })
+    Ok(daemon::run(files, RunOptions { ifaces, mode, metrics, monitor, force, persist, forward })?)
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
 //! The enforcer: the program loaded with a policy, attached to each interface, its maps pinned
 //! and its state recorded; what `run`, the lab and the tests hold while they enforce.
 
-use anyhow::Result;
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use log::{info, warn};
 
 use dataplane_common::{CONFIG_FORWARD, CONFIG_MONITOR};
 
-use super::fault;
+use super::{fault, DaemonError};
 use crate::{
     compile::{self, slots::StableSlots, tables::Tables},
     kernel::{
@@ -20,6 +19,8 @@ use crate::{
     policy::sources::{Loaded, SiteFiles, Sources},
     rollout::lockout,
 };
+
+type Result<T> = std::result::Result<T, DaemonError>;
 
 /// How `Enforcer::start` runs the policy.
 #[derive(Clone, Default)]
@@ -215,7 +216,7 @@ impl Enforcer {
         }
         if opts.forward {
             let ifindex: Vec<u32> = attachments.iter().map(|a| a.ifindex).collect();
-            in_ns(&mut || forward::fill(&mut ebpf, &ifindex))?;
+            in_ns(&mut || Ok(forward::fill(&mut ebpf, &ifindex)?))?;
         }
         for gone in pins::remove_other_links(ifaces) {
             info!("detached {gone}, which a previous run left enforcing on an interface this run does not name");
@@ -281,13 +282,13 @@ impl Enforcer {
             return Ok(());
         }
         let now: Vec<u32> = self.attachments.iter().map(|a| if_index(&a.iface)).collect();
-        forward::fill(&mut self.ebpf, &now)
+        Ok(forward::fill(&mut self.ebpf, &now)?)
     }
 
     /// Runs `f` in the interfaces' network namespace.
     pub(super) fn in_netns<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T> {
         match self.netns.clone() {
-            Some(ns) => netns::in_netns(&ns, || f(self)),
+            Some(ns) => Ok(netns::in_netns(&ns, || f(self))?),
             None => Ok(f(self)),
         }
     }

@@ -7,13 +7,13 @@
 //! fault tests.
 
 pub mod enforcer;
+pub mod error;
 mod fault;
 pub mod reload;
 pub mod watch;
 
 use std::net::SocketAddr;
 
-use anyhow::{bail, Context, Result};
 use log::{info, warn};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 
@@ -25,8 +25,11 @@ use crate::{
 };
 use enforcer::compile_guarded;
 pub use enforcer::{compile_site, Enforcer, Guard, StartOptions};
+pub use error::DaemonError;
 use reload::reload_logged;
 use watch::Fingerprint;
+
+type Result<T> = std::result::Result<T, DaemonError>;
 
 /// How `run` enforces a site (`cli::run::RunArgs` says what each means).
 #[derive(Clone, Debug)]
@@ -43,7 +46,7 @@ pub struct RunOptions {
 /// `dataplane run`: enforces the site of `files` until SIGINT or SIGTERM.
 pub fn run(files: SiteFiles, a: RunOptions) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("`dataplane run` loads an XDP program: run it as root (CAP_BPF and CAP_NET_ADMIN)");
+        return Err(DaemonError::NotRoot);
     }
     // Links are pinned from the moment they attach and only a clean stop unpins them: hold the
     // stop signals until `serve` handles them, so that a SIGTERM during start-up stops cleanly
@@ -52,7 +55,7 @@ pub fn run(files: SiteFiles, a: RunOptions) -> Result<()> {
     // Before anything is loaded: a mistyped interface name must not leave half a run behind.
     for iface in &a.ifaces {
         if if_index(iface) == 0 {
-            bail!("no interface named {iface} in this network namespace (see `ip link`)");
+            return Err(DaemonError::NoInterface { iface: iface.clone() });
         }
     }
     if a.forward && a.ifaces.len() < 2 {
@@ -122,7 +125,7 @@ fn serve(
             tokio::select! {
                 _ = int.recv() => return Ok(enforcer),
                 _ = term.recv() => return Ok(enforcer),
-                r = &mut serving => return Err(r.context("the metrics server stopped").unwrap_err()),
+                r = &mut serving => return Err(DaemonError::MetricsStopped(r.err())),
                 _ = hup.recv() => {
                     reload_logged(&mut enforcer, &info, "SIGHUP");
                     logs = program_log(&mut enforcer)?;
@@ -188,5 +191,5 @@ fn program_log(enforcer: &mut Enforcer) -> Result<Option<ProgramLog>> {
         return Ok(None);
     };
     // Safety: the logger owns its ring buffer's descriptor for as long as the AsyncFd lives.
-    Ok(Some(unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("{e}"))?))
+    Ok(Some(unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(std::io::Error::from)?))
 }

@@ -1,19 +1,24 @@
 //! Reloading: the site compiled again and put in force on every interface at once, with
 //! nothing verified again; on any error the running policy keeps enforcing.
 
-use anyhow::{bail, Context, Result};
 use log::info;
 
 use super::{
     enforcer::{self, compile_guarded, Enforcer},
-    fault,
+    fault, DaemonError,
 };
 use crate::{
     compile::tables::Tables,
-    kernel::load::{self, Object},
+    kernel::{
+        load::{self, Object},
+        pins::LinkKind,
+        KernelError,
+    },
     observe::metrics,
     rollout::diff,
 };
+
+type Result<T> = std::result::Result<T, DaemonError>;
 
 impl Enforcer {
     /// Compiles the site again and switches every interface to it at once. The running programs
@@ -22,19 +27,19 @@ impl Enforcer {
     /// or wholly by the new one, and nothing is verified again. Only a policy that outgrows the
     /// image maps takes a new program with larger ones (`reload_program`). Counters, tracked
     /// connections and fragments live in the shared maps and carry over. On any error nothing
-    /// changes: the running policy keeps enforcing.
+    /// changes: the running policy keeps enforcing; except [`DaemonError::Unrecorded`]: the new
+    /// policy is in force, but the state does not say so.
     pub fn reload(&mut self) -> Result<()> {
         let (mut tables, sources) = compile_guarded(&self.files, self.guard)?;
         fault::point("reload:compiled");
         self.slots.apply(&mut tables);
         if !self.capacity.fits(&tables) {
-            bail!(
-                "the new policy needs {} flow and {} outbound counter slots, more than the {} and {} this run made room for: restart dataplane run",
-                tables.flows.len(),
-                load::outbound_slots(&tables),
-                self.capacity.flows,
-                self.capacity.outbound
-            );
+            return Err(DaemonError::CapacityExceeded {
+                flows: tables.flows.len(),
+                outbound: load::outbound_slots(&tables),
+                room_flows: self.capacity.flows,
+                room_outbound: self.capacity.outbound,
+            });
         }
         tables.config.flags |= self.run_flags();
         tables.config.generation = self.generation() + 1;
@@ -55,15 +60,9 @@ impl Enforcer {
         // In force from here on, whether or not the state can be written.
         self.tables = tables;
         self.sources = Some(sources);
-        self.pins.record(
-            &self.ebpf,
-            &self.images,
-            &self.files,
-            &self.tables,
-            &self.ifaces(),
-            self.capacity,
-            self.sources.as_ref(),
-        )
+        self.pins
+            .record(&self.ebpf, &self.images, &self.files, &self.tables, &self.ifaces(), self.capacity, self.sources.as_ref())
+            .map_err(DaemonError::Unrecorded)
     }
 
     /// A new program with larger policy maps replaces the old one behind each link
@@ -76,15 +75,15 @@ impl Enforcer {
         self.watch_interfaces();
         for a in &mut self.attachments {
             if let Some(l) = a.xdp.take() {
-                let l = load::program(&mut self.ebpf)?.take_link(l)?;
-                a.xdp = Some(load::program(&mut new)?.attach_to_link(l).context("switching an XDP link")?);
+                let l = load::program(&mut self.ebpf)?.take_link(l).map_err(KernelError::from)?;
+                a.xdp = Some(switch(load::program(&mut new)?.attach_to_link(l), LinkKind::Xdp)?);
             }
         }
         fault::point("reload:switched-xdp");
         for a in &mut self.attachments {
             if let Some(l) = a.egress.take() {
-                let l = load::egress(&mut self.ebpf)?.take_link(l)?;
-                a.egress = Some(load::egress(&mut new)?.attach_to_link(l).context("switching a tc link")?);
+                let l = load::egress(&mut self.ebpf)?.take_link(l).map_err(KernelError::from)?;
+                a.egress = Some(switch(load::egress(&mut new)?.attach_to_link(l), LinkKind::Tc)?);
             }
         }
         // The old program has no link left: dropping it detaches nothing.
@@ -97,6 +96,11 @@ impl Enforcer {
     }
 }
 
+/// A link moved to the new program, or why not.
+fn switch<T>(moved: std::result::Result<T, aya::programs::ProgramError>, kind: LinkKind) -> Result<T> {
+    moved.map_err(|source| DaemonError::SwitchLink { kind, source })
+}
+
 /// The least time between two image swaps: a packet walks an image for microseconds, and the
 /// image a swap leaves is the one the next swap overwrites.
 const SWAP_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
@@ -105,17 +109,23 @@ const SWAP_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 pub(super) fn reload_logged(enforcer: &mut Enforcer, info: &metrics::MetricsInfo, why: &str) {
     let started = std::time::Instant::now();
     let before = enforcer.sources.clone();
+    let reloaded = |enforcer: &Enforcer| {
+        info.set_policy(metrics::PolicyInfo::new(&enforcer.files.site, &enforcer.tables));
+        info.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(
+            "reloaded ({why}) in {:.1?}: generation {}, {} flows",
+            started.elapsed(),
+            enforcer.generation(),
+            enforcer.tables.flows.len()
+        );
+        info!("{}", diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));
+    };
     match enforcer.reload() {
-        Ok(()) => {
-            info.set_policy(metrics::PolicyInfo::new(&enforcer.files.site, &enforcer.tables));
-            info.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(
-                "reloaded ({why}) in {:.1?}: generation {}, {} flows",
-                started.elapsed(),
-                enforcer.generation(),
-                enforcer.tables.flows.len()
-            );
-            info!("{}", diff::reload_summary(before.as_ref(), enforcer.sources.as_ref()));
+        Ok(()) => reloaded(enforcer),
+        // In force all the same: only `stats`, `diff` and a later adoption see the previous one.
+        Err(DaemonError::Unrecorded(e)) => {
+            reloaded(enforcer);
+            log::error!("reload ({why}): the new policy is in force, but recording it in the state failed: {e:#}");
         }
         Err(e) => {
             info.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

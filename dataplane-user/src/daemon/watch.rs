@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
 use log::warn;
 
-use super::enforcer::{Attachment, Enforcer};
+use super::{
+    enforcer::{Attachment, Enforcer},
+    DaemonError,
+};
 use crate::{
     kernel::attach::{if_index, Attached},
     policy::sources::SiteFiles,
@@ -43,7 +45,7 @@ impl Enforcer {
         }
     }
 
-    fn attach_again(&mut self, i: usize) -> Result<Attached> {
+    fn attach_again(&mut self, i: usize) -> Result<Attached, DaemonError> {
         self.attachments[i].drop_links(&mut self.ebpf);
         self.in_netns(|e| {
             let mode = e.attachments[i].attach_xdp(&mut e.ebpf, e.mode)?;

@@ -168,6 +168,16 @@ pub fn groups(p: &Policy) -> Vec<Group> {
     groups
 }
 
+/// Why a policy has no nftables form.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// A flow of a protocol the ruleset has no match for (the policy reader admits TCP and UDP only).
+    #[error("flow protocol {0} is neither TCP nor UDP")]
+    Protocol(u8),
+    #[error(transparent)]
+    Write(#[from] std::fmt::Error),
+}
+
 /// Renders the ruleset. Layout of the chain (hook prerouting, priority raw = -300):
 ///
 /// 1. traffic from interfaces the dataplane does not enforce on passes;
@@ -177,7 +187,7 @@ pub fn groups(p: &Policy) -> Vec<Group> {
 ///    any other protocol than TCP and UDP (other ICMP included) is dropped;
 /// 4. deny flows (drop), then allow flows (accept), in slot order;
 /// 5. the rest is dropped (`no_flow`).
-pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
+pub fn render(p: &Policy, o: &NftOptions) -> Result<NftExport, NftError> {
     let t = ident(&o.table);
     let groups = groups(p);
 
@@ -218,7 +228,7 @@ pub fn render(p: &Policy, o: &NftOptions) -> anyhow::Result<NftExport> {
         let proto = match g.proto {
             IPPROTO_TCP => "tcp",
             IPPROTO_UDP => "udp",
-            n => anyhow::bail!("flow protocol {n} is neither TCP nor UDP"),
+            n => return Err(NftError::Protocol(n)),
         };
         let mut any = false;
         for v6 in [false, true] {

@@ -7,7 +7,6 @@
 //! to keep enforcing. The next `run` takes each pinned link over with BPF_LINK_UPDATE: no packet
 //! goes unjudged in between. `dataplane detach` removes what is left.
 
-use anyhow::{Context, Result};
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, SchedClassifierLinkId},
@@ -16,7 +15,12 @@ use aya::programs::{
 };
 use log::warn;
 
-use crate::kernel::pins::{self, LinkKind};
+use crate::kernel::{
+    pins::{self, LinkKind},
+    KernelError,
+};
+
+type Result<T> = std::result::Result<T, KernelError>;
 
 /// The XDP mode `run --mode` asks for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +71,8 @@ pub fn xdp(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<(XdpLinkId, Attach
         }
     }
     let (id, used) = attach_xdp(prog, iface, mode)?;
-    let fd = FdLink::try_from(prog.take_link(id)?).context("only bpf_link attachments can be persisted")?;
-    let pinned = fd.pin(&path).with_context(|| format!("pinning the XDP link of {iface}"))?;
+    let fd = FdLink::try_from(prog.take_link(id)?).map_err(KernelError::NotBpfLink)?;
+    let pinned = fd.pin(&path).map_err(|source| KernelError::PinLink { kind: LinkKind::Xdp, iface: iface.to_owned(), source })?;
     Ok((prog.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?, used))
 }
 
@@ -83,8 +87,8 @@ pub fn tc(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLink
         }
     }
     let id = attach_egress(prog, iface)?;
-    let fd = FdLink::try_from(prog.take_link(id)?).context("only bpf_link attachments can be persisted")?;
-    let pinned = fd.pin(&path).with_context(|| format!("pinning the tc link of {iface}"))?;
+    let fd = FdLink::try_from(prog.take_link(id)?).map_err(KernelError::NotBpfLink)?;
+    let pinned = fd.pin(&path).map_err(|source| KernelError::PinLink { kind: LinkKind::Tc, iface: iface.to_owned(), source })?;
     Ok(prog.attach_to_link(SchedClassifierLink::try_from(FdLink::from(pinned))?)?)
 }
 
@@ -102,10 +106,10 @@ fn attach_xdp(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<(XdpLinkId, Att
             Err(e) if mode == Mode::Auto => {
                 warn!("{iface}: native XDP is not available ({e}); falling back to generic (skb) mode, which runs later and costs more per packet");
             }
-            Err(e) => return Err(e).with_context(|| format!("attaching natively to {iface} (try --mode skb)")),
+            Err(source) => return Err(KernelError::AttachNative { iface: iface.to_owned(), source }),
         }
     }
-    let link = prog.attach(iface, XdpMode::Skb).with_context(|| format!("attaching to {iface} in skb mode"))?;
+    let link = prog.attach(iface, XdpMode::Skb).map_err(|source| KernelError::AttachSkb { iface: iface.to_owned(), source })?;
     Ok((link, Attached::Skb))
 }
 
@@ -115,7 +119,8 @@ fn attach_egress(prog: &mut SchedClassifier, iface: &str) -> Result<SchedClassif
         Ok(link) => Ok(link),
         Err(_) => {
             let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            prog.attach(iface, TcAttachType::Egress).with_context(|| format!("attaching the egress program to {iface}"))
+            prog.attach(iface, TcAttachType::Egress)
+                .map_err(|source| KernelError::AttachEgress { iface: iface.to_owned(), source })
         }
     }
 }

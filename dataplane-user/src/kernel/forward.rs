@@ -2,18 +2,21 @@
 //! `FORWARD_PORTS` device map), and what the program did with the allowed packets it tried to
 //! forward (`FORWARD_STATS`). See `dataplane-ebpf/src/forward.rs`.
 
-use anyhow::{Context, Result};
 use aya::{maps::DevMapHash, Ebpf};
 use dataplane_common::forward::{FWD_STAT_COUNT, FWD_STAT_NAMES};
 
-use crate::kernel::maps::{MAP_FORWARD_PORTS, MAP_FORWARD_STATS};
+use crate::kernel::{
+    maps::{MAP_FORWARD_PORTS, MAP_FORWARD_STATS},
+    KernelError,
+};
 
 /// Puts the interfaces of `ifindex` (0: gone) in the device map. Run in the interfaces'
 /// network namespace: the kernel resolves an index in the namespace of whoever writes it.
-pub fn fill(ebpf: &mut Ebpf, ifindex: &[u32]) -> Result<()> {
-    let mut ports: DevMapHash<_> = DevMapHash::try_from(ebpf.map_mut(MAP_FORWARD_PORTS).context("FORWARD_PORTS map missing")?)?;
+pub fn fill(ebpf: &mut Ebpf, ifindex: &[u32]) -> Result<(), KernelError> {
+    let mut ports: DevMapHash<_> =
+        DevMapHash::try_from(ebpf.map_mut(MAP_FORWARD_PORTS).ok_or(KernelError::MissingForwardPorts)?)?;
     for &i in ifindex.iter().filter(|&&i| i != 0) {
-        ports.insert(i, i, None, 0).with_context(|| format!("adding interface index {i} to {MAP_FORWARD_PORTS}"))?;
+        ports.insert(i, i, None, 0).map_err(|source| KernelError::ForwardPort { ifindex: i, source })?;
     }
     Ok(())
 }

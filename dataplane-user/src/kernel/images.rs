@@ -9,7 +9,6 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, IterableMap, Map, MapData},
     Ebpf,
@@ -20,9 +19,11 @@ use crate::{
     compile::tables::Tables,
     kernel::{
         maps::{MAP_CONFIG, MAP_POLICY},
-        pins,
+        pins, KernelError,
     },
 };
+
+type Result<T> = std::result::Result<T, KernelError>;
 
 /// `POLICY_A`, `POLICY_B` and `CONFIG` of one loaded program.
 pub struct ImageMaps {
@@ -31,13 +32,13 @@ pub struct ImageMaps {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name).with_context(|| format!("map {name} missing from the XDP object"))
+    ebpf.take_map(name).ok_or_else(|| KernelError::MissingMap(name.to_owned()))
 }
 
-fn array(map: Map, name: &str) -> Result<MapData> {
+fn array(map: Map, name: &'static str) -> Result<MapData> {
     match map {
         Map::Array(data) => Ok(data),
-        _ => bail!("{name} is not an array map"),
+        _ => Err(KernelError::NotArray(name)),
     }
 }
 
@@ -45,17 +46,13 @@ impl ImageMaps {
     /// Takes the maps out of a freshly loaded object (the programs keep their own references).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let images = [array(take(ebpf, MAP_POLICY[0])?, MAP_POLICY[0])?, array(take(ebpf, MAP_POLICY[1])?, MAP_POLICY[1])?];
-        let config =
-            Array::try_from(take(ebpf, MAP_CONFIG)?).with_context(|| format!("{MAP_CONFIG}: not an array of RunConfig"))?;
+        let config = Array::try_from(take(ebpf, MAP_CONFIG)?).map_err(KernelError::ConfigType)?;
         Ok(Self { images, config })
     }
 
     /// Pages image map `which` holds.
     fn pages(&self, which: usize) -> Result<usize> {
-        self.images[which]
-            .info()
-            .map(|i| i.max_entries() as usize)
-            .with_context(|| format!("reading {}'s size", MAP_POLICY[which]))
+        self.images[which].info().map(|i| i.max_entries() as usize).map_err(|e| KernelError::MapSize(MAP_POLICY[which], e))
     }
 
     /// Copies a policy image into image map `which` through a shared mapping of it: one copy,
@@ -63,7 +60,7 @@ impl ImageMaps {
     pub fn write_image(&mut self, which: usize, image: &[u64]) -> Result<()> {
         let room = self.pages(which)? * PAGE_WORDS;
         if image.len() > room {
-            bail!("a policy image of {} words does not fit the {} map of {room}", image.len(), MAP_POLICY[which]);
+            return Err(KernelError::ImageTooLarge { words: image.len(), map: MAP_POLICY[which], room });
         }
         let bytes = size_of_val(image);
         let mapping = Mapping::new(&self.images[which], bytes)?;
@@ -73,11 +70,11 @@ impl ImageMaps {
     }
 
     pub fn run_config(&self) -> Result<RunConfig> {
-        self.config.get(&0, 0).with_context(|| format!("reading {MAP_CONFIG}"))
+        self.config.get(&0, 0).map_err(KernelError::ReadConfig)
     }
 
     pub fn write_run_config(&mut self, run: RunConfig) -> Result<()> {
-        self.config.set(0, run, 0).with_context(|| format!("writing {MAP_CONFIG}"))
+        self.config.set(0, run, 0).map_err(KernelError::WriteConfig)
     }
 
     /// Writes a new policy's image into the image map not in force, without loading or verifying
@@ -145,7 +142,7 @@ impl Mapping {
         // Safety: a fresh shared mapping of the map's own memory.
         let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
         if at == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping an array map ({len} bytes)"));
+            return Err(KernelError::Mmap { len, source: std::io::Error::last_os_error() });
         }
         Ok(Mapping { at, len })
     }

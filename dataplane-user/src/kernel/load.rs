@@ -57,7 +57,7 @@ pub enum LoadError {
     Program(#[from] ProgramError),
     /// The policy maps: missing, of the wrong type, or not written.
     #[error(transparent)]
-    Maps(#[from] anyhow::Error),
+    Maps(#[from] crate::kernel::KernelError),
 }
 
 impl LoadError {
@@ -273,7 +273,7 @@ mod tests {
         let e = LoadError::TableTooLarge { map: "FLOWS", source: u32::try_from(u64::MAX).unwrap_err() };
         assert_eq!(format!("{:#}", anyhow::Error::from(e)), "table too large: out of range integral type conversion attempted");
         assert_eq!(LoadError::MissingProgram("clock".into()).to_string(), "XDP program clock missing from the object");
-        let e = LoadError::Maps(anyhow::anyhow!("map CONFIG missing from the XDP object"));
+        let e = LoadError::Maps(crate::kernel::KernelError::MissingMap("CONFIG".into()));
         assert_eq!(format!("{:#}", anyhow::Error::from(e)), "map CONFIG missing from the XDP object");
         assert!(LoadError::NoObject.to_string().ends_with("build it with `cargo xtask build`"));
         assert_eq!(LoadError::NoObject.verifier_log(), None);

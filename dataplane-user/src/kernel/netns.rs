@@ -4,16 +4,18 @@
 
 use std::fs::File;
 
-use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
+
+use super::KernelError;
 
 /// Runs `f` on this thread inside namespace `ns` (`ip netns` names it, /var/run/netns/NS), then
 /// returns to the original namespace.
-pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T> {
-    let original = File::open("/proc/thread-self/ns/net")?;
-    let target = File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    setns(&target, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns({ns})"))?;
+pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, KernelError> {
+    let original = File::open("/proc/thread-self/ns/net").map_err(KernelError::OwnNetns)?;
+    let target =
+        File::open(format!("/var/run/netns/{ns}")).map_err(|source| KernelError::NoNetns { ns: ns.to_owned(), source })?;
+    setns(&target, CloneFlags::CLONE_NEWNET).map_err(|source| KernelError::EnterNetns { ns: ns.to_owned(), source })?;
     let out = f();
-    setns(&original, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns back from {ns}"))?;
+    setns(&original, CloneFlags::CLONE_NEWNET).map_err(|source| KernelError::LeaveNetns { ns: ns.to_owned(), source })?;
     Ok(out)
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use super::KernelError;
+
+type Result<T> = std::result::Result<T, KernelError>;
 
 pub const PIN_DIR: &str = "/sys/fs/bpf/dataplane";
 
@@ -13,10 +15,10 @@ pub fn pin_path(map: &str) -> PathBuf {
 
 /// Pins a map as `name` under [`PIN_DIR`] (`pin`: the map's own `pin`), in place of what a
 /// previous program pinned there.
-pub fn replace_pin(name: &str, pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>) -> Result<()> {
+pub fn replace_pin(name: &str, pin: impl FnOnce(&Path) -> std::result::Result<(), aya::pin::PinError>) -> Result<()> {
     let path = pin_path(name);
     let _ = std::fs::remove_file(&path);
-    pin(&path).with_context(|| format!("pinning {name} under {PIN_DIR}"))
+    pin(&path).map_err(|source| KernelError::PinMap { name: name.to_owned(), source })
 }
 
 /// The two links a run makes on each interface.
@@ -50,7 +52,7 @@ pub fn link_pin(iface: &str, kind: LinkKind) -> PathBuf {
 
 /// Makes the directory links are pinned in.
 pub fn create_links_dir() -> Result<()> {
-    std::fs::create_dir_all(links_dir()).with_context(|| format!("creating {PIN_DIR}"))
+    std::fs::create_dir_all(links_dir()).map_err(KernelError::CreatePinDir)
 }
 
 /// Detaches the link pinned at `path` at once and removes the pin. Unpinning alone lets the
@@ -109,5 +111,5 @@ pub fn ensure_bpffs() -> Result<()> {
     }
     log::info!("mounting bpffs at /sys/fs/bpf");
     nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .context("could not mount bpffs at /sys/fs/bpf: maps cannot be pinned")
+        .map_err(KernelError::MountBpffs)
 }

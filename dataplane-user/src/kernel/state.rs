@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use aya::Ebpf;
 use serde::{Deserialize, Serialize};
 
@@ -14,9 +13,60 @@ use crate::{
         load::CounterSlots,
         maps::SHARED_MAPS,
         pins::{self, PIN_DIR},
+        KernelError,
     },
-    policy::sources::{Loaded, SiteFiles, Sources},
+    policy::{
+        error::PolicyError,
+        sources::{Loaded, SiteFiles, Sources},
+    },
 };
+
+/// Why the state file could not be read or written, or a run cannot start beside another.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No state file at [`STATE_FILE`] (or it cannot be opened): no dataplane runs.
+    #[error("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)")]
+    NotRunning(#[source] std::io::Error),
+    /// No state file where the enforced policy was looked for.
+    #[error("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())]
+    NoEnforced {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file that is not one (or not of a version this one reads).
+    #[error("{} is unreadable", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A live process (not this one) wrote the state: two runs would fight over the links.
+    #[error("another dataplane (pid {pid}) is enforcing {site}; stop it first")]
+    AnotherRun { pid: u64, site: String },
+    #[error("writing {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state's directory could not be made.
+    #[error(transparent)]
+    Directory(std::io::Error),
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    /// The sources the state recorded do not make a policy (any more).
+    #[error("the policy recorded in the state")]
+    Recorded(#[source] PolicyError),
+    /// The site, read as it is now (a state that recorded no sources).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Pinning the maps, making the pin directory.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+type Result<T> = std::result::Result<T, StateError>;
 
 pub const STATE_FILE: &str = "/run/dataplane/state.json";
 /// Version of the state file and of the pinned maps' layout. A run adopts counters and tracked
@@ -60,9 +110,8 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn read() -> Result<Self> {
-        let text = std::fs::read_to_string(STATE_FILE)
-            .with_context(|| format!("no running dataplane: {STATE_FILE} is missing (start one with `dataplane run`)"))?;
-        serde_json::from_str(&text).with_context(|| format!("{STATE_FILE} is unreadable"))
+        let text = std::fs::read_to_string(STATE_FILE).map_err(StateError::NotRunning)?;
+        serde_json::from_str(&text).map_err(|source| StateError::Unreadable { path: STATE_FILE.into(), source })
     }
 
     /// The site and catalog directory the run reads its policy from.
@@ -88,7 +137,7 @@ impl Pins {
         if let Some(pid) = value.as_ref().and_then(|v| v.get("pid")).and_then(|p| p.as_u64()) {
             if Path::new(&format!("/proc/{pid}")).exists() && pid != u64::from(std::process::id()) {
                 let site = value.as_ref().and_then(|v| v.get("site")).and_then(|s| s.as_str()).unwrap_or("a site");
-                bail!("another dataplane (pid {pid}) is enforcing {site}; stop it first");
+                return Err(StateError::AnotherRun { pid, site: site.to_owned() });
             }
         }
         let links = pins::pinned_links();
@@ -144,11 +193,12 @@ impl Pins {
             monitor: tables.config.flags & dataplane_common::CONFIG_MONITOR != 0,
             sources: sources.cloned(),
         };
-        std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run")))?;
+        std::fs::create_dir_all(Path::new(STATE_FILE).parent().unwrap_or(Path::new("/run"))).map_err(StateError::Directory)?;
         // Written whole then renamed: a reader never sees half a file.
         let tmp = format!("{STATE_FILE}.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, STATE_FILE).with_context(|| format!("writing {STATE_FILE}"))?;
+        let json = serde_json::to_vec_pretty(&state).map_err(StateError::Encode)?;
+        std::fs::write(&tmp, json).map_err(|source| StateError::Write { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, STATE_FILE).map_err(|source| StateError::Write { path: STATE_FILE.into(), source })?;
         Ok(())
     }
 }
@@ -198,14 +248,12 @@ impl Enforced {
     /// Reads `state` (default [`STATE_FILE`]).
     pub fn read(state: Option<&Path>) -> Result<Enforced> {
         let path = state.unwrap_or(Path::new(STATE_FILE));
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE)", path.display())
-        })?;
-        let st: StateFile = serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| StateError::NoEnforced { path: path.into(), source })?;
+        let st: StateFile = serde_json::from_str(&text).map_err(|source| StateError::Unreadable { path: path.into(), source })?;
         let running = Path::new(&format!("/proc/{}", st.pid)).exists();
         let files = st.files();
         let (loaded, recorded) = match &st.sources {
-            Some(s) => (s.load().context("the policy recorded in the state")?, true),
+            Some(s) => (s.load().map_err(StateError::Recorded)?, true),
             None => (files.read()?, false),
         };
         Ok(Enforced { loaded, files, pid: st.pid, running, recorded, monitor: st.monitor })
@@ -242,5 +290,29 @@ mod tests {
         v["catalog_dir"] = "/srv/catalog".into();
         let st: StateFile = serde_json::from_value(v).unwrap();
         assert_eq!(st.files(), SiteFiles { site: st.site.clone(), catalog_dir: "/srv/catalog".into() });
+    }
+
+    /// A state file that is absent and one that is not JSON are different errors, printed as
+    /// before (with the cause after `{:#}`).
+    #[test]
+    fn absent_and_unreadable_states_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("dataplane-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("none.json");
+        let e = Enforced::read(Some(&missing)).err().expect("no state file");
+        assert!(matches!(&e, StateError::NoEnforced { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{e:?}");
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        let want = format!(
+            "no enforced policy: {} is missing (start one with `dataplane run`, or give --from FILE): ",
+            missing.display()
+        );
+        assert!(shown.starts_with(&want), "{shown}");
+        let garbage = dir.join("garbage.json");
+        std::fs::write(&garbage, "{ not json").unwrap();
+        let e = Enforced::read(Some(&garbage)).err().expect("not a state");
+        assert!(matches!(&e, StateError::Unreadable { path, .. } if path == &garbage), "{e:?}");
+        assert!(format!("{:#}", anyhow::Error::from(e))
+            .starts_with(&format!("{} is unreadable: key must be a string", garbage.display())));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,6 @@
 //! The counters a program keeps, summed over CPUs: per flow, per outbound flow and per reason,
 //! and the connection-tracking events; read from a loaded program or from its pinned maps.
 
-use anyhow::{Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
@@ -12,6 +11,10 @@ use crate::{
     kernel::{maps::*, pins},
     observe::fill::TableFill,
 };
+
+use super::ObserveError;
+
+type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 /// A per-CPU counter array, summed over CPUs.
 pub fn read_array(map: &aya::maps::Map) -> Result<Vec<Counter>> {
@@ -43,7 +46,7 @@ impl ConntrackStats {
         use dataplane_common::{CT_STAT_INSERTS, CT_STAT_REFUSED, CT_STAT_REMOVALS};
         let (ipv4, ipv6) = (TableFill::read_pinned(MAP_FLOW_V4)?, TableFill::read_pinned(MAP_FLOW_V6)?);
         let path = pins::pin_path(MAP_CT_STATS);
-        let pinned = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let pinned = MapData::from_pin(&path).map_err(|source| ObserveError::OpenPinned { path, source })?;
         let events: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(pinned))?;
         let sum = |i: u32| -> Result<u64> { Ok(events.get(&i, 0)?.iter().sum()) };
         let (inserts, removals, refused) = (sum(CT_STAT_INSERTS)?, sum(CT_STAT_REMOVALS)?, sum(CT_STAT_REFUSED)?);
@@ -62,7 +65,7 @@ impl ConntrackStats {
 pub fn read_counters(map: &PerCpuArray<impl std::borrow::Borrow<MapData>, Counter>) -> Result<Vec<Counter>> {
     let mut out = Vec::with_capacity(map.len() as usize);
     for values in map.iter() {
-        let values = values.context("reading a per-CPU counter")?;
+        let values = values.map_err(ObserveError::ReadCounter)?;
         out.push(
             values
                 .iter()
@@ -84,7 +87,7 @@ pub struct Counters {
 impl Counters {
     /// From a program loaded by this process.
     pub fn read(ebpf: &Ebpf) -> Result<Self> {
-        Self::read_with(|name| ebpf.map(name).with_context(|| format!("map {name} missing")).map(read_array)?)
+        Self::read_with(|name| ebpf.map(name).ok_or_else(|| ObserveError::MissingCounters(name.to_owned())).map(read_array)?)
     }
 
     /// From maps found by name (`read_array` on a loaded or a pinned map).

@@ -6,7 +6,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use dataplane_common::{DropEvent, Reason};
 use serde::Serialize;
@@ -15,6 +14,10 @@ use crate::{
     kernel::{maps::MAP_DROP_EVENTS, pins, state},
     policy::Policy,
 };
+
+use super::ObserveError;
+
+type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 #[derive(Serialize)]
 pub struct Event {
@@ -131,13 +134,18 @@ fn proto_name(p: u8) -> String {
 
 /// Follows the drop events of the running dataplane from now on, handing each to `each` until
 /// it returns false or `timeout` has passed (`dataplane events`, `dataplane suggest --follow`).
-pub fn follow(timeout: Option<Duration>, mut each: impl FnMut(&Event) -> Result<bool>) -> Result<()> {
-    let st = state::StateFile::read()?;
+///
+/// `each` may fail with an error of the caller's (writing the event out), which ends following.
+pub fn follow<E: From<ObserveError>>(
+    timeout: Option<Duration>,
+    mut each: impl FnMut(&Event) -> Result<bool, E>,
+) -> Result<(), E> {
+    let st = state::StateFile::read().map_err(ObserveError::from)?;
     // Only for the nearest-flow hint: events are shown without it if the site no longer loads.
     let policy = st.files().read().ok().map(|l| l.policy);
     let path = pins::pin_path(MAP_DROP_EVENTS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data))?;
+    let data = MapData::from_pin(&path).map_err(|source| ObserveError::OpenEvents { path, source })?;
+    let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data)).map_err(ObserveError::from)?;
     // Follow from now on: what the ring holds from before is skipped.
     while ring.next().is_some() {}
     let deadline = timeout.map(|t| Instant::now() + t);

@@ -7,7 +7,6 @@
 //! `run` calls [`watch`] every second: it logs once when a table passes [`WARN_AT`] of its
 //! capacity, and once more when it falls back under [`CLEAR_AT`].
 
-use anyhow::{Context, Result};
 use aya::maps::{Map, MapData};
 use serde::Serialize;
 
@@ -15,6 +14,10 @@ use crate::kernel::{
     maps::{self, MAP_FRAGS},
     pins,
 };
+
+use super::ObserveError;
+
+type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 /// Fill ratio past which `run` logs that a table is nearly full.
 pub const WARN_AT: f64 = 0.9;
@@ -37,21 +40,21 @@ impl TableFill {
 
     /// Of a loaded or pinned hash map.
     pub fn read(map: &MapData) -> Result<Self> {
-        let info = map.info().context("reading a map's size")?;
+        let info = map.info().map_err(ObserveError::MapSize)?;
         Ok(Self::new(count_entries(map)?, u64::from(info.max_entries())))
     }
 
     /// Of a map the running program pinned (see `state`).
     pub fn read_pinned(name: &str) -> Result<Self> {
         let path = pins::pin_path(name);
-        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-        Self::read(&map).with_context(|| format!("counting the entries of {name}"))
+        let map = MapData::from_pin(&path).map_err(|source| ObserveError::OpenPinned { path, source })?;
+        Self::read(&map).map_err(|e| ObserveError::CountEntries { name: name.to_owned(), source: Box::new(e) })
     }
 
     /// Of a map of a loaded program (`run`'s own object, a test's).
     pub fn read_loaded(ebpf: &aya::Ebpf, name: &str) -> Result<Self> {
-        let map = ebpf.map(name).with_context(|| format!("map {name} missing from the XDP object"))?;
-        Self::read(hash_map_data(map).with_context(|| format!("{name} is not a hash map"))?)
+        let map = ebpf.map(name).ok_or_else(|| ObserveError::MissingMap(name.to_owned()))?;
+        Self::read(hash_map_data(map).ok_or_else(|| ObserveError::NotHashMap(name.to_owned()))?)
     }
 }
 
@@ -64,9 +67,9 @@ fn hash_map_data(map: &Map) -> Option<&MapData> {
 
 /// Entries in a hash map (not per-CPU) now.
 pub fn count_entries(map: &MapData) -> Result<u64> {
-    let info = map.info().context("reading a map's key and value sizes")?;
+    let info = map.info().map_err(ObserveError::KeyValueSizes)?;
     crate::kernel::bpf::count_entries(map.fd(), info.key_size() as usize, info.value_size() as usize)
-        .context("BPF_MAP_LOOKUP_BATCH")
+        .map_err(ObserveError::LookupBatch)
 }
 
 /// The tables `run` watches, as the log names them, with their map names.

@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
 use dataplane_common::CONFIG_MONITOR;
 use http_body_util::Full;
 use hyper::{
@@ -135,6 +134,10 @@ impl MetricsInfo {
 
 pub use crate::compile::hash::policy_hash;
 
+use super::ObserveError;
+
+type Result<T, E = ObserveError> = std::result::Result<T, E>;
+
 /// Reads the pinned maps and encodes every metric (what `GET /metrics` returns), in the
 /// Prometheus text format ([`CONTENT_TYPE`]).
 pub fn scrape(info: &MetricsInfo) -> Result<String> {
@@ -142,7 +145,7 @@ pub fn scrape(info: &MetricsInfo) -> Result<String> {
     let text = encode(Box::new(collector.clone()));
     text.map_err(|_| {
         let failure = collector.failure.lock().unwrap_or_else(|e| e.into_inner()).take();
-        failure.unwrap_or_else(|| anyhow::anyhow!("encoding the metrics failed"))
+        failure.unwrap_or(ObserveError::Encode)
     })
 }
 
@@ -159,7 +162,7 @@ fn encode(collector: Box<dyn Collector>) -> Result<String, std::fmt::Error> {
 /// scrape. An error reading them is kept in `failure` (the encoder's error carries no message).
 struct PinnedMaps {
     info: MetricsInfo,
-    failure: Mutex<Option<anyhow::Error>>,
+    failure: Mutex<Option<ObserveError>>,
 }
 
 impl std::fmt::Debug for PinnedMaps {
@@ -385,7 +388,7 @@ pub struct Server {
 
 impl Server {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
-        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("metrics: listening on {addr}"))?;
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| ObserveError::Listen { addr, source })?;
         listener.set_nonblocking(true)?;
         Ok(Self { listener })
     }
@@ -454,7 +457,7 @@ async fn respond(req: Request<Incoming>, info: MetricsInfo) -> Result<Response<F
     }
     // Reading the maps is a series of system calls (and a walk over the connection table):
     // off the runtime's thread, so that signals and the program's log are not held up.
-    let scraped = tokio::task::spawn_blocking(move || scrape(&info)).await.context("scrape task").and_then(|r| r);
+    let scraped = tokio::task::spawn_blocking(move || scrape(&info)).await.map_err(ObserveError::ScrapeTask).and_then(|r| r);
     Ok(match scraped {
         Ok(metrics) => {
             let mut r = Response::new(Full::new(Bytes::from(metrics)));

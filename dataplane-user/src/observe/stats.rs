@@ -1,7 +1,6 @@
 //! `dataplane stats`: per-flow packets and bytes and the reasons for every verdict, read from the
 //! maps a running `dataplane run` pinned (summed over CPUs).
 
-use anyhow::{Context, Result};
 use aya::maps::{Map, MapData};
 use dataplane_common::{Counter, Reason};
 use serde::Serialize;
@@ -15,6 +14,10 @@ use crate::{
         fill::TableFill,
     },
 };
+
+use super::ObserveError;
+
+type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 #[derive(Serialize)]
 pub struct Stats {
@@ -64,7 +67,7 @@ pub struct ReasonStats {
 
 fn read_pinned(name: &str) -> Result<Vec<Counter>> {
     let path = pins::pin_path(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path).map_err(|source| ObserveError::OpenPinned { path, source })?;
     counters::read_array(&Map::PerCpuArray(data))
 }
 

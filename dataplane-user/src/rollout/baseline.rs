@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-
 use crate::kernel::state::Enforced;
 use crate::policy::sources::{Loaded, SiteFiles};
+use crate::rollout::RolloutError;
+
+type Result<T> = std::result::Result<T, RolloutError>;
 
 /// The side a site is compared with, and how to name it in a report.
 pub struct Baseline {

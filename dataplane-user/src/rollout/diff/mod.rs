@@ -16,7 +16,6 @@ pub mod tuples;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -27,6 +26,9 @@ use crate::classify::Probe;
 use crate::policy::ports::{format_ranges, PortSpec};
 use crate::policy::sources::{Loaded, Sources};
 use crate::policy::{Catalog, Cidr, Flow, FlowDecl, FlowKey, OptionValues, Policy, Proto};
+use crate::rollout::RolloutError;
+
+type Result<T> = std::result::Result<T, RolloutError>;
 use tuples::{echo_tuples, tuples, unprotected_tuples};
 
 /// The one line `run` logs on a reload: what the new policy changed.

@@ -305,7 +305,7 @@ pub fn check(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>) -> Resu
 
 /// [`check`] as `run` uses it: with `force`, every problem is logged as a warning and `Ok` is
 /// returned; without, the [`LockoutError`] (its message names each role or tuple and `--force`).
-pub fn guard(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>, force: bool) -> anyhow::Result<()> {
+pub fn guard(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>, force: bool) -> Result<(), LockoutError> {
     match check(policy, tables, ssh) {
         Ok(()) => Ok(()),
         Err(e) if force => {
@@ -314,6 +314,6 @@ pub fn guard(policy: &Policy, tables: &Tables, ssh: Option<&SshSession>, force: 
             }
             Ok(())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }

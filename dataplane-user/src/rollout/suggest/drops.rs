@@ -6,12 +6,12 @@ use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use dataplane_common::Reason;
 use serde_json::Value;
 
 use crate::classify::verdict::drop_reason;
 use crate::classify::{Probe, IPPROTO_TCP, IPPROTO_UDP};
+use crate::rollout::RolloutError;
 
 /// The drop events read, with a bound on the distinct tuples kept.
 pub struct Drops {
@@ -35,16 +35,16 @@ impl Drops {
 
     /// Reads JSON lines from `file` (`-`: stdin); a bad line is reported as FILE:LINE:COLUMN and
     /// skipped.
-    pub fn read_file(&mut self, file: &Path) -> Result<()> {
+    pub fn read_file(&mut self, file: &Path) -> Result<(), RolloutError> {
         let reader: Box<dyn BufRead> = match file.to_str() {
             Some("-") => Box::new(std::io::stdin().lock()),
             _ => Box::new(std::io::BufReader::new(
-                std::fs::File::open(file).with_context(|| format!("reading events {}", file.display()))?,
+                std::fs::File::open(file).map_err(|source| RolloutError::OpenEvents { path: file.into(), source })?,
             )),
         };
         let name = if file.to_str() == Some("-") { "stdin".into() } else { file.display().to_string() };
         for (i, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("reading {name}"))?;
+            let line = line.map_err(|source| RolloutError::ReadEvents { name: name.clone(), source })?;
             if line.trim().is_empty() {
                 continue;
             }

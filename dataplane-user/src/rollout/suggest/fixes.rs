@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use anyhow::Result;
 use dataplane_common::Reason;
 
 use super::{FlowRef, Suggestion};
@@ -18,6 +17,9 @@ use crate::policy::options::OptionKind;
 use crate::policy::ports::PortSpec;
 use crate::policy::sources::Loaded;
 use crate::policy::{Action, Cidr, FlowKey, OptValue, OptionValues, Policy};
+use crate::rollout::RolloutError;
+
+type Result<T> = std::result::Result<T, RolloutError>;
 
 /// A change to try: options to set and source addresses to add to a role.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

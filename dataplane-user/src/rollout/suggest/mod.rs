@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::Result;
 use dataplane_common::Reason;
 use serde::Serialize;
 use serde_json::Value;
@@ -37,6 +36,9 @@ use crate::classify::Probe;
 use crate::compile::tables::FlowInfo;
 use crate::policy::sources::Loaded;
 use crate::policy::{load_all_catalogs, Policy};
+use crate::rollout::RolloutError;
+
+type Result<T> = std::result::Result<T, RolloutError>;
 use drops::Drops;
 use fixes::{flow_fixes, single_options, suggestions};
 
