@@ -9,6 +9,7 @@
 //! namespaces, see `gateway`): `dataplane` enforces on the gateway's outside interface, for an
 //! address that is not the gateway's own.
 
+pub mod calls;
 pub mod gateway;
 pub mod netns;
 
