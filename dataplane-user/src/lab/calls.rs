@@ -194,6 +194,9 @@ pub fn install() -> std::result::Result<(), String> {
             names.join(" ")
         ));
     }
+    if let Some((_, bin, _)) = PACKAGES.iter().find(|(_, bin, _)| !have(bin)) {
+        return Err(format!("{bin} is not on the PATH after installing: skipping the calls and the TURN relay"));
+    }
     // Debian's coturn enables a turnserver service listening on every address of the host: the
     // lab runs its own inside its namespace, so the one the package started is stopped again.
     if names.contains(&"coturn")
