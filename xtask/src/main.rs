@@ -129,7 +129,8 @@ fn test(args: &[String]) -> Result<()> {
     // Kernel tests are never skipped: without root, BTF or bpffs they cannot mean anything.
     setup::check_kernel()?;
     setup::apt_install(&["iproute2"], "network namespaces and veth pairs for the kernel tests")?;
-    setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test")?;
+    setup::apt_install(&["sip-tester"], "sipp, the real SIP client of the end-to-end test and the calls test")?;
+    setup::apt_install(&["coturn"], "turnserver and turnutils, the TURN relay of the lab and of the calls test")?;
     setup::apt_install(&["prometheus"], "promtool for the metrics test, the Prometheus server the prometheus test runs")?;
     setup::apt_install(&["nftables"], "nft, for the export's differential test against the XDP program")?;
     setup::apt_install(&["systemd", "python3-venv"], "systemd-analyze and a venv for kubernetes-validate, which check deploy/")?;

@@ -65,6 +65,17 @@ impl Enforcer {
             .map_err(DaemonError::Unrecorded)
     }
 
+    /// Puts another site in force, as `reload` does (the lab switches an option on this way);
+    /// on any error the running policy and the files it was read from stay.
+    pub fn reload_from(&mut self, files: crate::policy::sources::SiteFiles) -> Result<()> {
+        let old = std::mem::replace(&mut self.files, files);
+        let reloaded = self.reload();
+        if reloaded.is_err() {
+            self.files = old;
+        }
+        reloaded
+    }
+
     /// A new program with larger policy maps replaces the old one behind each link
     /// (BPF_LINK_UPDATE), XDP then tc.
     fn reload_program(&mut self, tables: &Tables) -> Result<()> {

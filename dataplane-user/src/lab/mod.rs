@@ -2,13 +2,16 @@
 //! the server side is protected by the lab site; a client with addresses in several roles sends
 //! documented and undocumented TCP and UDP; what got through is compared with what `explain`
 //! predicts, next to the live counters; the protected server also queries a DNS server itself, and
-//! only the documented query gets its answer back. Everything is torn down at the end, on Ctrl-C
-//! too.
+//! only the documented query gets its answer back. Then real calls (`call_rounds`): SIP with RTP
+//! on a documented and an undocumented media port, and a TURN relay. Everything is torn down at
+//! the end, on Ctrl-C too.
 //!
 //! `dataplane lab --gateway`: the same, with the protected server behind a gateway (three
 //! namespaces, see `gateway`): `dataplane` enforces on the gateway's outside interface, for an
 //! address that is not the gateway's own.
 
+pub mod call_rounds;
+pub mod calls;
 pub mod gateway;
 pub mod netns;
 
@@ -67,6 +70,8 @@ const CLIENTS: [(&str, &str); 6] = [
     ("fd00:200::3", "VCS Control"),
     ("fd00:200::9", "no named role"),
 ];
+/// The caller of the real calls and the TURN client: the address in no named role (any-ip).
+const CALLER: &str = "10.200.0.9";
 /// Documented and undocumented ports the clients try.
 const PROBES: [(u8, u16); 10] =
     [(6, 22), (6, 443), (6, 5061), (6, 7001), (6, 8080), (17, 161), (17, 5060), (17, 3478), (17, 36000), (17, 9999)];
@@ -118,7 +123,7 @@ pub fn lab(site: Option<PathBuf>, rounds: u32, topology: Topology) -> Result<()>
         &client_addrs.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
 
-    let (enforcer, modes) =
+    let (mut enforcer, modes) =
         Enforcer::start(files, tables, &[SERVER_IF.to_string()], Mode::Auto, Some(&lab.server), Default::default())?;
     let tables = &enforcer.tables;
     println!(
@@ -128,10 +133,24 @@ pub fn lab(site: Option<PathBuf>, rounds: u32, topology: Topology) -> Result<()>
         tables.dir.dst_v4.len() + tables.dir.dst_v6.len()
     );
     let mismatches = traffic(&Net { client: &lab.client, server: &lab.server, addrs: &DIRECT }, tables, rounds)?;
+    let mut failed_calls = 0;
+    if !STOP.load(Ordering::Relaxed) {
+        let net = calls::CallNet {
+            client_ns: &lab.client,
+            server_ns: &lab.server,
+            caller: CALLER.parse()?,
+            server: SERVER[0].parse()?,
+        };
+        failed_calls = call_rounds::run(&mut enforcer, &net)?;
+    }
     drop(enforcer);
     println!("\nlab: tearing down namespaces");
     drop(lab);
-    verdict(mismatches)
+    verdict(mismatches)?;
+    if failed_calls > 0 {
+        bail!("{failed_calls} calls or relays did not go as the catalog documents");
+    }
+    Ok(())
 }
 
 /// The end of a lab: every probe as explain predicted, or an error saying how many were not.
