@@ -47,6 +47,10 @@ pub enum ErrorKind {
     Duplicate,
     /// A protected role with no addresses.
     ProtectedRoleUnbound,
+    /// A binding's `except` prefix that lies outside its `cidrs`.
+    ExceptOutside,
+    /// Roles whose `except-roles` lead back to themselves.
+    ExceptCycle,
 }
 
 /// A line and column, both from 1.

@@ -1,18 +1,18 @@
 //! Site files (`policies/sites/NAME.yaml`): role bindings, catalogs, protected roles, options.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::catalog::{catalog_files, load_catalogs, Catalog};
 use super::cidr::Cidr;
 use super::error::{ErrorKind, PolicyError};
 use super::options::{list_or_none, SiteOptions};
-use super::yaml::{from_str, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
+use super::yaml::{from_str, key_of, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
 
 /// A site as written, references checked.
 #[derive(Clone, Debug)]
@@ -20,10 +20,27 @@ pub struct Site {
     pub name: String,
     pub path: PathBuf,
     pub catalogs: Vec<String>,
-    /// Role id -> CIDRs, in file order.
+    /// Role id -> CIDRs, in file order (the `cidrs` of a binding with exceptions).
     pub roles: Vec<(String, Vec<Cidr>)>,
+    /// Roles bound with exceptions (`{ cidrs, except, except-roles }`), in file order.
+    pub exceptions: Vec<(String, Exceptions)>,
     pub protect: Vec<String>,
     pub options: SiteOptions,
+}
+
+/// What a role bound as `{ cidrs, except, except-roles }` leaves out of its `cidrs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exceptions {
+    /// Prefixes inside the `cidrs`.
+    pub except: Vec<Cidr>,
+    /// Roles whose addresses (their own effective binding) are left out.
+    pub except_roles: Vec<String>,
+}
+
+impl Exceptions {
+    pub fn is_empty(&self) -> bool {
+        self.except.is_empty() && self.except_roles.is_empty()
+    }
 }
 
 #[derive(Deserialize)]
@@ -33,7 +50,7 @@ struct SiteFile {
     #[serde(deserialize_with = "catalog_refs")]
     catalogs: Vec<String>,
     #[serde(default, deserialize_with = "bindings")]
-    roles: Vec<(String, Vec<Cidr>)>,
+    roles: Vec<(String, Binding)>,
     #[serde(deserialize_with = "protect_refs")]
     protect: Vec<String>,
     #[serde(default)]
@@ -92,16 +109,16 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     })
 }
 
-/// `roles:` role id -> a CIDR or a list of CIDRs.
-fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>, D::Error> {
+/// `roles:` role id -> a CIDR, a list of CIDRs, or `{ cidrs, except, except-roles }`.
+fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Binding)>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<(String, Vec<Cidr>)>;
+        type Value = Vec<(String, Binding)>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a mapping of role id to CIDRs")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<(String, Vec<Cidr>)> = Vec::new();
+            let mut out: Vec<(String, Binding)> = Vec::new();
             loop {
                 let out_ref = &out;
                 let key = StrWith("a role id", |s: &str| {
@@ -114,8 +131,8 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
                 let Some(role) = map.next_key_seed(key)? else {
                     break;
                 };
-                let cidrs: CidrList = map.next_value()?;
-                out.push((role, cidrs.0));
+                let binding = map.next_value_seed(BindingSeed(&role))?;
+                out.push((role, binding));
             }
             Ok(out)
         }
@@ -123,8 +140,151 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
     d.deserialize_map(V)
 }
 
+/// One role's binding as written.
+struct Binding {
+    cidrs: Vec<Cidr>,
+    exceptions: Exceptions,
+}
+
+/// A binding of the role named: the plain forms (one CIDR, a list) or the mapping with
+/// exceptions, each `except` and `except-roles` entry checked where it is written.
+struct BindingSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for BindingSeed<'_> {
+    type Value = Binding;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Binding, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BindingSeed<'_> {
+    type Value = Binding;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a CIDR, a list of CIDRs, or { cidrs, except, except-roles }")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Binding, E> {
+        CidrList::visit(s).map(|c| Binding { cidrs: c.0, exceptions: Exceptions::default() })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Binding, A::Error> {
+        let cidrs = CidrList::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Binding { cidrs: cidrs.0, exceptions: Exceptions::default() })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Binding, A::Error> {
+        let role = self.0;
+        let (mut cidrs, mut exceptions) = (None, Exceptions::default());
+        while let Some(key) = map.next_key_seed(key_of(&["cidrs", "except", "except-roles"]))? {
+            match key {
+                "cidrs" => cidrs = Some(map.next_value::<CidrList>()?.0),
+                "except" => exceptions.except = map.next_value_seed(ExceptSeed(role))?,
+                _ => exceptions.except_roles = map.next_value_seed(ExceptRolesSeed(role))?,
+            }
+        }
+        let cidrs = cidrs.ok_or_else(|| ErrorKind::MissingField.fault("missing field `cidrs`").raise())?;
+        Ok(Binding { cidrs, exceptions })
+    }
+}
+
+/// `except:` of `role`: CIDRs, each inside one of the role's `cidrs`.
+struct ExceptSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ExceptSeed<'_> {
+    type Value = Vec<Cidr>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Cidr>, D::Error> {
+        let role = self.0;
+        let seen = RefCell::new(Vec::new());
+        seq_with(d, "CIDR", || {
+            let seen = &seen;
+            StrWith("a CIDR like 10.0.0.0/8 or fd00::/16", move |s: &str| {
+                let c = Cidr::parse(s).map_err(|e| ErrorKind::BadCidr.fault(e))?;
+                site_ctx(|x| match x.written.get(role) {
+                    Some(cidrs) if !cidrs.iter().any(|b| b.contains(&c)) => {
+                        let list: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+                        let msg = format!("except `{c}` is outside the `cidrs` of `{role}` ({})", list_or_none(&as_strs(&list)));
+                        Err(ErrorKind::ExceptOutside.fault(msg))
+                    }
+                    _ => Ok(()),
+                })
+                .transpose()?;
+                if seen.borrow().contains(&c) {
+                    return Err(ErrorKind::Duplicate.fault(format!("except `{c}` is listed twice")));
+                }
+                seen.borrow_mut().push(c);
+                Ok(c)
+            })
+        })
+    }
+}
+
+/// `except-roles:` of `role`: known roles, no cycle back to `role`.
+struct ExceptRolesSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ExceptRolesSeed<'_> {
+    type Value = Vec<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        let role = self.0;
+        let seen = RefCell::new(Vec::new());
+        seq_with(d, "role", || {
+            let seen = &seen;
+            StrWith("a role id", move |s: &str| {
+                site_ctx(|c| {
+                    if !c.roles.contains_key(s) {
+                        return Err(unknown_role(c, s));
+                    }
+                    match except_cycle(&c.except_roles, role, s) {
+                        Some(path) => {
+                            let msg = format!("a cycle of except-roles: {}", path.join(" -> "));
+                            Err(ErrorKind::ExceptCycle.fault(msg))
+                        }
+                        None => Ok(()),
+                    }
+                })
+                .transpose()?;
+                if seen.borrow().iter().any(|r| r == s) {
+                    return Err(ErrorKind::DuplicateRole.fault(format!("role `{s}` is listed twice")));
+                }
+                seen.borrow_mut().push(s.to_owned());
+                Ok(s.to_owned())
+            })
+        })
+    }
+}
+
+/// The path `role -> next -> ... -> role` when `next` (one of `role`'s except-roles) leads back
+/// to `role` through the except-roles of `graph`; None when it does not.
+pub(crate) fn except_cycle(graph: &HashMap<String, Vec<String>>, role: &str, next: &str) -> Option<Vec<String>> {
+    fn walk(graph: &HashMap<String, Vec<String>>, goal: &str, path: &mut Vec<String>, seen: &mut HashSet<String>) -> bool {
+        let at = path.last().expect("a path starts somewhere").clone();
+        if at == goal {
+            return true;
+        }
+        if !seen.insert(at.clone()) {
+            return false;
+        }
+        for n in graph.get(&at).into_iter().flatten() {
+            path.push(n.clone());
+            if walk(graph, goal, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![role.to_owned(), next.to_owned()];
+    walk(graph, role, &mut path, &mut HashSet::new()).then_some(path)
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// One CIDR or a list of them (possibly empty: the role then has no addresses).
 struct CidrList(Vec<Cidr>);
+
+impl CidrList {
+    fn visit<E: de::Error>(s: &str) -> Result<CidrList, E> {
+        Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(|e| ErrorKind::BadCidr.fault(e).raise())
+    }
+}
 
 impl<'de> Deserialize<'de> for CidrList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -135,7 +295,7 @@ impl<'de> Deserialize<'de> for CidrList {
                 f.write_str("a CIDR or a list of CIDRs")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<CidrList, E> {
-                Cidr::parse(s).map(|c| CidrList(vec![c])).map_err(|e| ErrorKind::BadCidr.fault(e).raise())
+                CidrList::visit(s)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CidrList, A::Error> {
                 let mut out = Vec::new();
@@ -179,11 +339,14 @@ pub fn parse_site(
     let f = with_site_ctx(ctx, || from_str::<SiteFile>(path, text))?;
     // Keep the catalogs in the site's order.
     let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
+    let exceptions = f.roles.iter().filter(|(_, b)| !b.exceptions.is_empty()).map(|(r, b)| (r.clone(), b.exceptions.clone()));
+    let exceptions = exceptions.collect();
     let site = Site {
         name: f.name,
         path: path.to_owned(),
         catalogs: f.catalogs,
-        roles: f.roles,
+        roles: f.roles.into_iter().map(|(r, b)| (r, b.cidrs)).collect(),
+        exceptions,
         protect: f.protect,
         options: f.options,
     };
@@ -202,17 +365,34 @@ fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs
     }
     let roles = v.get("roles");
     if let Some(m) = roles.map_or(Some(&serde_yaml::Mapping::new()), |r| r.as_mapping()) {
-        let bound = ctx.bound.get_or_insert_with(Default::default);
+        let mut bound = HashMap::new();
         for (k, b) in m {
-            let has = match b {
-                serde_yaml::Value::Sequence(s) => !s.is_empty(),
-                serde_yaml::Value::String(_) => true,
+            let Some(k) = k.as_str() else { continue };
+            let strs = |v: Option<&serde_yaml::Value>| -> Vec<String> {
+                match v {
+                    Some(serde_yaml::Value::Sequence(s)) => s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+                    Some(serde_yaml::Value::String(x)) => vec![x.clone()],
+                    _ => Vec::new(),
+                }
+            };
+            let cidrs = match b {
+                serde_yaml::Value::Mapping(m) => m.get("cidrs"),
+                other => Some(other),
+            };
+            let has = match cidrs {
+                Some(serde_yaml::Value::Sequence(s)) => !s.is_empty(),
+                Some(serde_yaml::Value::String(_)) => true,
                 _ => false,
             };
-            if let Some(k) = k.as_str() {
-                bound.insert(k.to_owned(), has);
+            bound.insert(k.to_owned(), has);
+            if let serde_yaml::Value::Mapping(m) = b {
+                if cidrs.is_some() {
+                    ctx.written.insert(k.to_owned(), strs(cidrs).iter().filter_map(|c| Cidr::parse(c).ok()).collect());
+                }
+                ctx.except_roles.insert(k.to_owned(), strs(m.get("except-roles")));
             }
         }
+        ctx.bound = Some(bound);
     }
     ctx
 }
