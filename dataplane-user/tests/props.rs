@@ -399,3 +399,42 @@ proptest! {
         }
     }
 }
+
+/// A site built in memory is not checked as a file is: resolving still refuses a cycle of
+/// except-roles instead of recursing.
+#[test]
+fn a_cycle_of_except_roles_is_refused_in_memory() {
+    let bound = |except_roles: Vec<u8>| RoleSpec {
+        any: false,
+        cidrs: Some(vec![(false, 0, 1)]),
+        protect: false,
+        except: Vec::new(),
+        except_roles,
+    };
+    let roles = [bound(vec![]), bound(vec![0])];
+    let mut x = exceptions(&roles);
+    assert_eq!(x.len(), 1, "r1 excepts r0");
+    x.push(("r0".into(), Exceptions { except: Vec::new(), except_roles: vec!["r1".into()] }));
+    let catalog = Catalog {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        document: String::new(),
+        title: String::new(),
+        options: vec![],
+        roles: (0..2)
+            .map(|i| RoleDecl { id: format!("r{i}"), aliases: vec![], description: String::new(), any: false })
+            .collect(),
+        flows: vec![],
+    };
+    let site = Site {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        catalogs: vec!["prop".into()],
+        roles: vec![("r0".into(), vec![cidr((false, 0, 1))]), ("r1".into(), vec![cidr((false, 0, 1))])],
+        exceptions: x,
+        protect: Vec::new(),
+        options: SiteOptions::default(),
+    };
+    let e = Policy::resolve(&site, vec![catalog]).expect_err("a cycle");
+    assert_eq!(e.kind, dataplane::policy::ErrorKind::ExceptCycle, "{e}");
+}
