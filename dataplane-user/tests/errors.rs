@@ -331,6 +331,14 @@ fn cycle_of_except_roles() {
 }
 
 #[test]
+fn protected_role_emptied_by_its_exceptions() {
+    let text = "name: s\ncatalogs: [alpha]\nroles:\n  lan: [10.0.0.0/9]\n  server: { cidrs: [10.0.0.0/8], except: [10.128.0.0/9], except-roles: [lan] }\nprotect: [server]\n";
+    let e = site_error(&scratch(), text);
+    expect(&e, ErrorKind::ProtectedRoleUnbound, "sites/s.yaml", 6, 11, "protect[0]");
+    names(&e, &["`server`", "exceptions"]);
+}
+
+#[test]
 fn binding_map_keys() {
     let e = except_site("  internet: { cidr: [0.0.0.0/0] }\n", "");
     expect(&e, ErrorKind::UnknownField, "sites/s.yaml", 5, 15, "roles.internet");

@@ -95,7 +95,10 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
                 let Some(bound) = &c.bound else { return Ok(()) };
                 let has = bound.get(s).copied().unwrap_or(any);
                 if !has {
-                    let msg = format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`");
+                    let msg = match c.written.contains_key(s) {
+                        true => format!("protected role `{s}` has no addresses: its exceptions leave none of its `cidrs`"),
+                        false => format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"),
+                    };
                     return Err(ErrorKind::ProtectedRoleUnbound.fault(msg));
                 }
                 Ok(())
@@ -353,6 +356,36 @@ pub fn parse_site(
     Ok((site, catalogs))
 }
 
+/// The bindings as the first pass reads them, to tell a role its exceptions empty.
+struct FirstPass<'a> {
+    /// Roles of the catalogs: id -> `any`.
+    roles: &'a HashMap<String, bool>,
+    plain: &'a HashMap<String, Vec<Cidr>>,
+    except: &'a HashMap<String, Vec<Cidr>>,
+    except_roles: &'a HashMap<String, Vec<String>>,
+}
+
+impl FirstPass<'_> {
+    /// A role's addresses; `busy`: the roles being resolved (a cycle, reported elsewhere,
+    /// takes nothing away).
+    fn effective(&self, role: &str, busy: &mut Vec<String>) -> Vec<Cidr> {
+        let Some(cidrs) = self.plain.get(role) else {
+            return if self.roles.get(role) == Some(&true) { vec![Cidr::ANY_V4, Cidr::ANY_V6] } else { Vec::new() };
+        };
+        let Some(except) = self.except.get(role) else { return cidrs.clone() };
+        if busy.iter().any(|r| r == role) {
+            return cidrs.clone();
+        }
+        busy.push(role.to_owned());
+        let mut minus = except.clone();
+        for r in self.except_roles.get(role).into_iter().flatten() {
+            minus.extend(self.effective(r, busy));
+        }
+        busy.pop();
+        super::cidr::difference(cidrs, &minus)
+    }
+}
+
 fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs: &[Catalog]) -> SiteCtx {
     let mut ctx = SiteCtx { available: available.iter().map(|(n, _)| n.clone()).collect(), ..Default::default() };
     for c in catalogs {
@@ -365,7 +398,7 @@ fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs
     }
     let roles = v.get("roles");
     if let Some(m) = roles.map_or(Some(&serde_yaml::Mapping::new()), |r| r.as_mapping()) {
-        let mut bound = HashMap::new();
+        let (mut bound, mut plain, mut except) = (HashMap::new(), HashMap::new(), HashMap::new());
         for (k, b) in m {
             let Some(k) = k.as_str() else { continue };
             let strs = |v: Option<&serde_yaml::Value>| -> Vec<String> {
@@ -385,11 +418,22 @@ fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs
                 _ => false,
             };
             bound.insert(k.to_owned(), has);
+            let parsed =
+                |v: Option<&serde_yaml::Value>| -> Vec<Cidr> { strs(v).iter().filter_map(|c| Cidr::parse(c).ok()).collect() };
+            plain.insert(k.to_owned(), parsed(cidrs));
             if let serde_yaml::Value::Mapping(m) = b {
                 if cidrs.is_some() {
-                    ctx.written.insert(k.to_owned(), strs(cidrs).iter().filter_map(|c| Cidr::parse(c).ok()).collect());
+                    ctx.written.insert(k.to_owned(), parsed(cidrs));
                 }
+                except.insert(k.to_owned(), parsed(m.get("except")));
                 ctx.except_roles.insert(k.to_owned(), strs(m.get("except-roles")));
+            }
+        }
+        // A binding whose exceptions leave nothing has no addresses (for `protect:`'s check).
+        let first = FirstPass { roles: &ctx.roles, plain: &plain, except: &except, except_roles: &ctx.except_roles };
+        for k in except.keys() {
+            if bound.get(k) == Some(&true) && first.effective(k, &mut Vec::new()).is_empty() {
+                bound.insert(k.clone(), false);
             }
         }
         ctx.bound = Some(bound);
