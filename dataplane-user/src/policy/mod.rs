@@ -165,7 +165,8 @@ impl Policy {
             }
             let by = match x.except.iter().find(|c| c.contains_ip(ip)) {
                 Some(c) => c.to_string(),
-                None => match x.except_roles.iter().find(|&&j| self.role_holds(j, ip)) {
+                // An except-role's prefixes are its exact addresses (and need no recursion).
+                None => match x.except_roles.iter().find(|&&j| self.roles[j].cidrs.iter().any(|c| c.contains_ip(ip))) {
                     Some(&j) => format!("role {}", self.roles[j].id),
                     None => continue,
                 },

@@ -363,6 +363,8 @@ struct FirstPass<'a> {
     plain: &'a HashMap<String, Vec<Cidr>>,
     except: &'a HashMap<String, Vec<Cidr>>,
     except_roles: &'a HashMap<String, Vec<String>>,
+    /// Roles resolved already (except-roles may share roles: no work twice).
+    done: RefCell<HashMap<String, Vec<Cidr>>>,
 }
 
 impl FirstPass<'_> {
@@ -376,13 +378,18 @@ impl FirstPass<'_> {
         if busy.iter().any(|r| r == role) {
             return cidrs.clone();
         }
+        if let Some(v) = self.done.borrow().get(role) {
+            return v.clone();
+        }
         busy.push(role.to_owned());
         let mut minus = except.clone();
         for r in self.except_roles.get(role).into_iter().flatten() {
             minus.extend(self.effective(r, busy));
         }
         busy.pop();
-        super::cidr::difference(cidrs, &minus)
+        let v = super::cidr::difference(cidrs, &minus);
+        self.done.borrow_mut().insert(role.to_owned(), v.clone());
+        v
     }
 }
 
@@ -430,7 +437,13 @@ fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs
             }
         }
         // A binding whose exceptions leave nothing has no addresses (for `protect:`'s check).
-        let first = FirstPass { roles: &ctx.roles, plain: &plain, except: &except, except_roles: &ctx.except_roles };
+        let first = FirstPass {
+            roles: &ctx.roles,
+            plain: &plain,
+            except: &except,
+            except_roles: &ctx.except_roles,
+            done: RefCell::default(),
+        };
         for k in except.keys() {
             if bound.get(k) == Some(&true) && first.effective(k, &mut Vec::new()).is_empty() {
                 bound.insert(k.clone(), false);

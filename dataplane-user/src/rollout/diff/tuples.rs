@@ -152,7 +152,10 @@ pub(super) fn source_port_tuples(o: &Policy, n: &Policy) -> Vec<Probe> {
     for f in p.flows.iter().filter(|f| !f.sport.is_any()) {
         let Some(&(dport, _)) = f.dport.first() else { continue };
         let held = |role: usize| -> Vec<IpAddr> {
-            sample_addresses(&p.roles[role].cidrs).into_iter().filter(|a| p.role_holds(role, *a)).collect()
+            sample_addresses(&p.roles[role].cidrs)
+                .into_iter()
+                .filter(|a| p.roles[role].cidrs.iter().any(|c| c.contains_ip(*a)))
+                .collect()
         };
         let (srcs, dsts) = (held(f.from), held(f.to));
         let pair = [false, true].into_iter().find_map(|v6| {
