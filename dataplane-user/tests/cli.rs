@@ -230,3 +230,50 @@ fn explain_outbound_one_packet() {
     let out = run(&[&base[..], &["--direction", "up"]].concat(), "");
     assert!(!out.status.success());
 }
+
+/// The site settings through the binary: `roles --site` shows the effective binding, `explain`
+/// says `source-ports: any` is in force and which exception leaves a source out.
+#[test]
+fn site_settings_in_roles_and_explain() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let site = root.join("policies/sites/vcs-expressway-nat.yaml").display().to_string();
+    let out = run(&["roles", "--site", &site, "--json"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let role = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("role {id}")).clone();
+    let any = role("any-ip");
+    assert_eq!(any["binding"]["except"], serde_json::json!(["10.0.0.0/8", "fd00::/8"]));
+    assert_eq!(any["binding"]["except_roles"], serde_json::json!(["vcs-control"]));
+    let effective: Vec<&str> = any["binding"]["effective"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+    assert!(effective.contains(&"11.0.0.0/8") && effective.contains(&"8.0.0.0/7"), "{effective:?}");
+    assert!(!effective.iter().any(|c| c.starts_with("10.") || *c == "0.0.0.0/0"), "{effective:?}");
+    assert_eq!(role("vcs-expressway")["binding"]["protected"], true);
+    // Without --site, the listing has no bindings (its keys are unchanged).
+    let out = run(&["roles", "--json"], "");
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(rows.iter().all(|r| r.get("binding").is_none()));
+
+    let input = [
+        r#"{"src": "10.1.2.3", "dst": "192.0.2.10", "proto": "udp", "sport": 5060, "dport": 5060}"#,
+        r#"{"src": "11.0.0.0", "dst": "192.0.2.10", "proto": "udp", "sport": 1023, "dport": 5060}"#,
+        r#"{"src": "2001:db8:10:1::10", "dst": "2001:db8:1::10", "proto": "udp", "sport": 5060, "dport": 5060}"#,
+    ]
+    .join("\n");
+    let out = run(&["explain", "--site", &site], &input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> =
+        out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("JSON")).collect();
+    assert_eq!(answers.len(), 3);
+    assert_eq!((&answers[0]["verdict"], &answers[0]["reason"]), (&"deny".into(), &"no_flow".into()));
+    assert_eq!(answers[0]["src_excepted"], serde_json::json!([{"role": "any-ip", "by": "10.0.0.0/8"}]));
+    assert_eq!(answers[1]["flow"], "vcs-sip-public-in-udp");
+    assert_eq!(answers[1]["source_ports"], "any");
+    assert!(answers[1].get("src_excepted").is_none());
+    assert_eq!(answers[2]["src_excepted"], serde_json::json!([{"role": "any-ip", "by": "role vcs-control"}]));
+    // At the defaults the answer has none of these keys.
+    let site = root.join("policies/sites/vcs-expressway.yaml").display().to_string();
+    let out = run(&["explain", "--site", &site], &input);
+    let first: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().expect("a line")).expect("JSON");
+    assert_eq!(first["verdict"], "allow");
+    assert!(first.get("source_ports").is_none() && first.get("src_excepted").is_none(), "{first}");
+}

@@ -310,3 +310,66 @@ fn placeholder_roles_are_still_to_bind() {
     );
     assert_eq!(printed.lines().count(), 2, "{printed}");
 }
+
+/// A site binding `internet` with exceptions (`server` protected), `rest` appended.
+fn except_site(binding: &str, rest: &str) -> PolicyError {
+    let text = format!("name: s\ncatalogs: [alpha]\nroles:\n  server: 10.0.0.1\n{binding}protect: [server]\n{rest}");
+    site_error(&scratch(), &text)
+}
+
+#[test]
+fn except_outside_the_cidrs() {
+    let e = except_site("  internet: { cidrs: [10.0.0.0/8], except: [10.1.0.0/16, 11.0.0.0/8] }\n", "");
+    expect(&e, ErrorKind::ExceptOutside, "sites/s.yaml", 5, 58, "roles.internet.except[1]");
+    names(&e, &["`11.0.0.0/8`", "`internet`", "10.0.0.0/8"]);
+    // Another family is outside too; the block form points at the item.
+    let e = except_site("  internet:\n    cidrs: [0.0.0.0/0]\n    except:\n      - \"fd00::/8\"\n", "");
+    expect(&e, ErrorKind::ExceptOutside, "sites/s.yaml", 8, 9, "roles.internet.except[0]");
+    let e = except_site("  internet: { cidrs: [10.0.0.0/8], except: [10.0.0.1/8] }\n", "");
+    expect(&e, ErrorKind::BadCidr, "sites/s.yaml", 5, 45, "roles.internet.except[0]");
+}
+
+#[test]
+fn unknown_except_role() {
+    let e = except_site("  internet: { cidrs: [0.0.0.0/0], except-roles: [lan, lann] }\n", "");
+    expect(&e, ErrorKind::UnknownRole, "sites/s.yaml", 5, 55, "roles.internet.except-roles[1]");
+    names(&e, &["`lann`", "admin-pc, internet, lan"]);
+}
+
+#[test]
+fn cycle_of_except_roles() {
+    let e = except_site(
+        "  internet: { cidrs: [0.0.0.0/0], except-roles: [lan] }\n  lan: { cidrs: [10.0.0.0/8], except-roles: [internet] }\n",
+        "",
+    );
+    expect(&e, ErrorKind::ExceptCycle, "sites/s.yaml", 5, 50, "roles.internet.except-roles[0]");
+    names(&e, &["internet -> lan -> internet"]);
+    let e = except_site("  internet: { cidrs: [0.0.0.0/0], except-roles: [internet] }\n", "");
+    expect(&e, ErrorKind::ExceptCycle, "sites/s.yaml", 5, 50, "roles.internet.except-roles[0]");
+    names(&e, &["internet -> internet"]);
+}
+
+#[test]
+fn protected_role_emptied_by_its_exceptions() {
+    let text = "name: s\ncatalogs: [alpha]\nroles:\n  lan: [10.0.0.0/9]\n  server: { cidrs: [10.0.0.0/8], except: [10.128.0.0/9], except-roles: [lan] }\nprotect: [server]\n";
+    let e = site_error(&scratch(), text);
+    expect(&e, ErrorKind::ProtectedRoleUnbound, "sites/s.yaml", 6, 11, "protect[0]");
+    names(&e, &["`server`", "exceptions"]);
+}
+
+#[test]
+fn binding_map_keys() {
+    let e = except_site("  internet: { cidr: [0.0.0.0/0] }\n", "");
+    expect(&e, ErrorKind::UnknownField, "sites/s.yaml", 5, 15, "roles.internet");
+    names(&e, &["cidrs, except, except-roles"]);
+    let e = except_site("  internet: { except: [10.0.0.0/8] }\n", "");
+    assert_eq!(e.kind, ErrorKind::MissingField, "{e}");
+    assert_eq!(e.at.map(|p| p.line), Some(5), "{e}");
+}
+
+#[test]
+fn source_ports_values() {
+    let e = except_site("", "options:\n  source-ports: anything\n");
+    expect(&e, ErrorKind::BadValue, "sites/s.yaml", 7, 17, "options.source-ports");
+    names(&e, &["as-documented, any"]);
+}

@@ -2,15 +2,18 @@
 //! source-port constraints, deny flows) and random packets biased to boundaries, walking the
 //! compiled tables gives exactly the reference evaluator's decision (verdict, flow, reason); and
 //! the same for the outbound tables (packets a protected server sends) against
-//! `reference_outbound` over `Policy::out_flows`.
+//! `reference_outbound` over `Policy::out_flows`. Roles may be bound with exceptions (`except`
+//! prefixes and `except-roles`): the compiler is given their exact difference as prefixes, the
+//! reference evaluates them by set membership; `bindings_with_exceptions_match_sets` holds both
+//! against a set evaluation written here.
 
 use std::net::IpAddr;
 
-use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Probe};
+use dataplane::classify::{classify_outbound, reference, reference_outbound, Classifier, Outcome, Probe};
 use dataplane::compile::compile;
 use dataplane::policy::options::When;
 use dataplane::policy::ports::{DportSpec, PortSpec, SportSpec};
-use dataplane::policy::{Action, Catalog, Cidr, FlowDecl, OptValue, Policy, Proto, RoleDecl, Site, SiteOptions};
+use dataplane::policy::{Action, Catalog, Cidr, Exceptions, FlowDecl, OptValue, Policy, Proto, RoleDecl, Site, SiteOptions};
 use proptest::prelude::*;
 
 /// Ports around which flows and packets cluster.
@@ -22,6 +25,9 @@ struct RoleSpec {
     /// (IPv6, host 0..16, prefix length choice); None: not bound by the site.
     cidrs: Option<Vec<(bool, u8, u8)>>,
     protect: bool,
+    /// Exceptions of a bound role: prefixes, and roles of lower index (so no cycle).
+    except: Vec<(bool, u8, u8)>,
+    except_roles: Vec<u8>,
 }
 
 #[derive(Clone, Debug)]
@@ -43,9 +49,40 @@ fn range() -> impl Strategy<Value = (u16, u16)> {
 }
 
 fn role() -> impl Strategy<Value = RoleSpec> {
-    let cidr = (any::<bool>(), 0u8..16, 0u8..7);
-    (prop::bool::weighted(0.2), prop::option::weighted(0.8, prop::collection::vec(cidr, 0..4)), prop::bool::weighted(0.6))
-        .prop_map(|(any, cidrs, protect)| RoleSpec { any, cidrs, protect })
+    let cidr = || (any::<bool>(), 0u8..16, 0u8..7);
+    let except = prop_oneof![2 => Just(Vec::new()), 1 => prop::collection::vec(cidr(), 1..3)];
+    let except_roles = prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec(0u8..6, 1..3)];
+    (
+        prop::bool::weighted(0.2),
+        prop::option::weighted(0.8, prop::collection::vec(cidr(), 0..4)),
+        prop::bool::weighted(0.6),
+        except,
+        except_roles,
+    )
+        .prop_map(|(any, cidrs, protect, except, except_roles)| RoleSpec { any, cidrs, protect, except, except_roles })
+}
+
+/// The site's exceptions for `roles`: a bound role's `except` prefixes and its except-roles,
+/// taken among the roles before it.
+fn exceptions(roles: &[RoleSpec]) -> Vec<(String, Exceptions)> {
+    let mut out = Vec::new();
+    for (i, r) in roles.iter().enumerate() {
+        let except_roles: Vec<String> = match i {
+            0 => Vec::new(),
+            _ => r.except_roles.iter().map(|&j| format!("r{}", j as usize % i)).collect(),
+        };
+        let mut except_roles_unique = Vec::new();
+        for e in except_roles {
+            if !except_roles_unique.contains(&e) {
+                except_roles_unique.push(e);
+            }
+        }
+        let x = Exceptions { except: r.except.iter().copied().map(cidr).collect(), except_roles: except_roles_unique };
+        if r.cidrs.is_some() && !x.is_empty() {
+            out.push((format!("r{i}"), x));
+        }
+    }
+    out
 }
 
 fn flow() -> impl Strategy<Value = FlowSpec> {
@@ -118,18 +155,24 @@ fn build(roles: &[RoleSpec], flows: &[FlowSpec], drop: bool, echo: bool) -> Poli
         .enumerate()
         .filter_map(|(i, r)| r.cidrs.as_ref().map(|c| (format!("r{i}"), c.iter().copied().map(cidr).collect())))
         .collect();
-    let has_addresses = |i: usize| match &roles[i].cidrs {
-        Some(c) => !c.is_empty(),
-        None => roles[i].any,
-    };
-    let protect = (0..n).filter(|&i| roles[i].protect && has_addresses(i)).map(|i| format!("r{i}")).collect();
     let s = |v: &str| OptValue::Str(v.into());
     let options = SiteOptions(vec![
         ("unprotected".into(), s(if drop { "drop" } else { "pass" })),
         ("icmp-echo".into(), s(if echo { "allow" } else { "deny" })),
     ]);
-    let site =
-        Site { name: "prop".into(), path: "prop.yaml".into(), catalogs: vec!["prop".into()], roles: bindings, protect, options };
+    let mut site = Site {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        catalogs: vec!["prop".into()],
+        roles: bindings,
+        exceptions: exceptions(roles),
+        protect: Vec::new(),
+        options,
+    };
+    // Protect only roles left with addresses once their exceptions are taken away.
+    let unprotected = Policy::resolve(&site, vec![catalog.clone()]).expect("generated sites are consistent");
+    let has_addresses = |i: usize| !unprotected.roles[i].cidrs.is_empty();
+    site.protect = (0..n).filter(|&i| roles[i].protect && has_addresses(i)).map(|i| format!("r{i}")).collect();
     Policy::resolve(&site, vec![catalog]).expect("generated sites are consistent")
 }
 
@@ -289,4 +332,109 @@ proptest! {
             prop_assert_eq!(d, reference_outbound(&policy, &p), "packet {:?}", p);
         }
     }
+}
+
+/// Whether role `i` of `roles` holds `ip`, by sets: in its `cidrs`, in none of its `except`,
+/// held by none of its except-roles (unbound roles hold everything if `any`, else nothing).
+fn holds(roles: &[RoleSpec], i: usize, ip: IpAddr) -> bool {
+    let r = &roles[i];
+    let inside = |v: &[(bool, u8, u8)]| v.iter().any(|&c| cidr(c).contains_ip(ip));
+    match &r.cidrs {
+        None => r.any,
+        Some(c) => {
+            let except_roles = if i == 0 { Vec::new() } else { r.except_roles.iter().map(|&j| j as usize % i).collect() };
+            inside(c) && !inside(&r.except) && !except_roles.into_iter().any(|j| holds(roles, j, ip))
+        }
+    }
+}
+
+/// An address of the pools [`cidr`] draws from, with random low bits.
+fn pool_addr(v6: bool, low: u8, high: bool) -> IpAddr {
+    let base: u128 = if v6 { 0xfd00u128 << 112 } else { 10u128 << 24 };
+    let a = base | low as u128 | if high { 1u128 << 20 } else { 0 };
+    if v6 {
+        IpAddr::V6(a.into())
+    } else {
+        IpAddr::V4((a as u32).into())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Bindings with exceptions: every role gets a flow to a protected host on its own port, so
+    /// the compiled walk admits a packet from an address iff the role holds it; that, the
+    /// reference's answer and the effective prefixes all agree with the set evaluation above.
+    #[test]
+    fn bindings_with_exceptions_match_sets(
+        roles in prop::collection::vec(role(), 1..6),
+        addrs in prop::collection::vec((any::<bool>(), 0u8..40, any::<bool>()), 48),
+    ) {
+        let mut roles = roles;
+        roles.iter_mut().for_each(|r| r.protect = false);
+        // The protected host: its own role, last, one address of each family.
+        let host = vec![(false, 3, 2), (true, 3, 2)];
+        roles.push(RoleSpec { any: false, cidrs: Some(host.clone()), protect: true, except: Vec::new(), except_roles: Vec::new() });
+        let n = roles.len();
+        let flows: Vec<FlowSpec> = (0..n - 1)
+            .map(|i| {
+                let port = 1000 + i as u16;
+                FlowSpec { from: i, to: n - 1, protos: 1, dport: vec![(port, port)], sport: None, deny: false }
+            })
+            .collect();
+        let policy = build(&roles, &flows, true, false);
+        let dst = |v6: bool| if v6 { cidr(host[1]) } else { cidr(host[0]) };
+        let tables = compile(&policy).expect("compiles");
+        let cls = Classifier::new(&tables);
+        for &(v6, low, high) in &addrs {
+            let ip = pool_addr(v6, low, high);
+            for i in 0..n - 1 {
+                let want = holds(&roles, i, ip);
+                prop_assert_eq!(policy.role_holds(i, ip), want, "reference, role r{} address {}", i, ip);
+                prop_assert_eq!(policy.roles[i].cidrs.iter().any(|c| c.contains_ip(ip)), want, "prefixes of r{}: {:?}", i, policy.roles[i].cidrs);
+                let to = dst(v6);
+                let to = if v6 { IpAddr::V6(to.addr.into()) } else { IpAddr::V4((to.addr as u32).into()) };
+                let p = Probe::ported(ip, to, 6, 40000, 1000 + i as u16);
+                prop_assert_eq!(cls.classify(&p).allows(), want, "walk, role r{} address {}", i, ip);
+            }
+        }
+    }
+}
+
+/// A site built in memory is not checked as a file is: resolving still refuses a cycle of
+/// except-roles instead of recursing.
+#[test]
+fn a_cycle_of_except_roles_is_refused_in_memory() {
+    let bound = |except_roles: Vec<u8>| RoleSpec {
+        any: false,
+        cidrs: Some(vec![(false, 0, 1)]),
+        protect: false,
+        except: Vec::new(),
+        except_roles,
+    };
+    let roles = [bound(vec![]), bound(vec![0])];
+    let mut x = exceptions(&roles);
+    assert_eq!(x.len(), 1, "r1 excepts r0");
+    x.push(("r0".into(), Exceptions { except: Vec::new(), except_roles: vec!["r1".into()] }));
+    let catalog = Catalog {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        document: String::new(),
+        title: String::new(),
+        options: vec![],
+        roles: (0..2)
+            .map(|i| RoleDecl { id: format!("r{i}"), aliases: vec![], description: String::new(), any: false })
+            .collect(),
+        flows: vec![],
+    };
+    let site = Site {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        catalogs: vec!["prop".into()],
+        roles: vec![("r0".into(), vec![cidr((false, 0, 1))]), ("r1".into(), vec![cidr((false, 0, 1))])],
+        exceptions: x,
+        protect: Vec::new(),
+        options: SiteOptions::default(),
+    };
+    let e = Policy::resolve(&site, vec![catalog]).expect_err("a cycle");
+    assert_eq!(e.kind, dataplane::policy::ErrorKind::ExceptCycle, "{e}");
 }

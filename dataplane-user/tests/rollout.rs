@@ -547,3 +547,35 @@ fn suggest_bounds_memory_and_reports_bad_lines() {
     let out = run(&["suggest", "--site", &p[0]], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The site settings of vcs-expressway-nat.yaml against the example site at its defaults:
+/// `source-ports` is a setting with flips at the edge port and the cause of every flow whose
+/// source ports it widens; the binding with exceptions is a role change by its effective
+/// prefixes, with allow -> deny flips from the excepted addresses; `explain` agrees with all.
+#[test]
+fn diff_of_site_settings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let (from, site) = (root.join("sites/vcs-expressway.yaml"), root.join("sites/vcs-expressway-nat.yaml"));
+    let (from, site, cat) = (from.display().to_string(), site.display().to_string(), root.join("catalog").display().to_string());
+    let (code, d) = diff_json(&root, &from, &site);
+    assert_eq!(code, 1);
+    let setting = d["settings"].as_array().unwrap().iter().find(|s| s["name"] == "source-ports").expect("source-ports").clone();
+    assert_eq!((&setting["old"], &setting["new"]), (&json!("as-documented"), &json!("any")));
+    let first = &setting["flips"][0];
+    assert_eq!(
+        (&first["packet"]["sport"], &first["old"]["verdict"], &first["new"]["verdict"]),
+        (&json!(1023), &json!("deny"), &json!("allow"))
+    );
+    let changed = entries(&d, "inbound", "changed");
+    let https = changed.iter().find(|f| f["id"] == "vcs-admin-https").expect("vcs-admin-https changed");
+    assert_eq!(https["changes"][0], json!({"field": "sport", "old": "1024-65535", "new": "any"}));
+    assert_eq!(https["causes"], json!([{"kind": "setting", "setting": "source-ports", "old": "as-documented", "new": "any"}]));
+    let role = d["roles"].as_array().unwrap().iter().find(|r| r["role"] == "any-ip").expect("any-ip changed");
+    assert_eq!(role["removed"], json!(["0.0.0.0/0", "::/0"]));
+    assert!(role["added"].as_array().unwrap().contains(&json!("11.0.0.0/8")));
+    assert!(d["flips"]["allow_to_deny"].as_u64().unwrap() > 0, "{}", d["flips"]);
+    let excepted =
+        flips(&d).into_iter().any(|(p, o, n)| p["src"] == "10.0.0.1" && o["verdict"] == "allow" && n["verdict"] == "deny");
+    assert!(excepted, "a flip from an address of the except 10.0.0.0/8");
+    assert!(flips_agree_with_explain(&d, &from, &site, &cat) > 0);
+}

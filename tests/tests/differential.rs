@@ -528,6 +528,8 @@ fn sites() -> Vec<Site> {
     vec![
         Site::file("all-documents"),
         Site::file("vcs-expressway"),
+        // source-ports: any, and "Any IP" bound with exceptions (its prefixes split around them).
+        Site::file("vcs-expressway-nat"),
         Site::file("lab"),
         Site::file("meeting-server"),
         Site::synthetic(200, 48, 11, true, false),

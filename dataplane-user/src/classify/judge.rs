@@ -11,7 +11,7 @@ use crate::compile::{
     tables::{FlowInfo, Tables},
     CompileError,
 };
-use crate::policy::Policy;
+use crate::policy::{Policy, SourcePorts};
 
 /// The compiled tables of a policy and a classifier per direction.
 pub struct Judge {
@@ -55,6 +55,16 @@ impl Judge {
         self.explain(dir, p).answer
     }
 
+    /// `explain`'s whole line for a packet, with what the site's settings of `policy` (the policy
+    /// these tables were compiled from) add: `source-ports` and the exceptions of bindings.
+    pub fn explain_in<'a>(&'a self, policy: &Policy, dir: Direction, p: &Probe) -> Explained<'a> {
+        let mut e = self.explain(dir, p);
+        e.source_ports = policy.source_ports;
+        e.src_excepted = policy.excepted(p.src);
+        e.dst_excepted = policy.excepted(p.dst);
+        e
+    }
+
     /// `explain`'s whole line for a packet.
     pub fn explain(&self, dir: Direction, p: &Probe) -> Explained<'_> {
         let v = self.decide(dir, p);
@@ -69,6 +79,9 @@ impl Judge {
             catalog: info.map(|f| f.catalog.as_str()),
             description: info.map(|f| f.description.as_str()),
             direction: dir,
+            source_ports: SourcePorts::default(),
+            src_excepted: Vec::new(),
+            dst_excepted: Vec::new(),
         }
     }
 }

@@ -212,9 +212,10 @@ pub fn reference_outbound(policy: &Policy, p: &Probe) -> Verdict {
 /// The semantics stated directly over the policy's flows, without tables: the packet is allowed
 /// iff a flow to a protected role containing the destination, from a role containing the source,
 /// matches protocol and ports; the first matching deny flow wins, else the first allow flow.
+/// A role bound with exceptions contains an address by set membership on its binding as
+/// written ([`Policy::role_holds`]), not through the prefixes the compiler is given.
 pub fn reference(policy: &Policy, p: &Probe) -> Verdict {
-    let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
-    let protected = policy.roles.iter().enumerate().any(|(i, r)| r.protected && has(i, p.dst));
+    let protected = policy.roles.iter().enumerate().any(|(i, r)| r.protected && policy.role_holds(i, p.dst));
     if !protected {
         let r = if policy.drop_unprotected { Reason::DropUnprotected } else { Reason::PassUnprotected };
         return Verdict::new(r);
@@ -241,7 +242,7 @@ pub fn reference(policy: &Policy, p: &Probe) -> Verdict {
 
 /// The first matching deny flow of `flows`, else the first matching allow flow.
 fn first_match(policy: &Policy, flows: &[Flow], p: &Probe) -> Verdict {
-    let has = |role: usize, ip: IpAddr| policy.roles[role].cidrs.iter().any(|c| c.contains_ip(ip));
+    let has = |role: usize, ip: IpAddr| policy.role_holds(role, ip);
     let matching = flows.iter().enumerate().filter(|(_, f)| {
         f.proto == p.proto && has(f.to, p.dst) && has(f.from, p.src) && f.dport.contains(p.dport) && f.sport.contains(p.sport)
     });

@@ -10,8 +10,8 @@ use dataplane_common::walk::{self, NO_SLOT};
 use dataplane_common::Reason;
 use serde::{Serialize, Serializer};
 
-use crate::policy::FlowKey;
 pub use crate::policy::{Action, Direction};
+use crate::policy::{Excepted, FlowKey, SourcePorts};
 
 /// What a walk's verdict means in userspace, where no reply slot occurs (nothing is tracked).
 pub trait Outcome {
@@ -140,4 +140,14 @@ pub struct Explained<'a> {
     pub description: Option<&'a str>,
     #[serde(skip_serializing_if = "Direction::is_in")]
     pub direction: Direction,
+    /// `"source_ports": "any"` when the site's `source-ports: any` is in force (no flow's
+    /// documented source ports were checked); absent as documented.
+    #[serde(skip_serializing_if = "SourcePorts::is_documented")]
+    pub source_ports: SourcePorts,
+    /// Roles bound with exceptions whose `cidrs` hold the source (destination) but whose
+    /// exceptions leave it out, and the exception that does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub src_excepted: Vec<Excepted>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dst_excepted: Vec<Excepted>,
 }

@@ -43,6 +43,10 @@ pub struct RolesArgs {
     pub json: bool,
     #[command(flatten)]
     pub catalogs: OneCatalog,
+    /// The roles of this site's catalogs, each with its binding: the CIDRs, exceptions and the
+    /// effective prefixes the compiler is given.
+    #[arg(long, value_name = "FILE")]
+    pub site: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -119,10 +123,48 @@ struct RoleRow {
     any: bool,
     description: String,
     catalogs: Vec<String>,
+    /// With `--site`: the role's binding in that site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binding: Option<BindingRow>,
+}
+
+/// A role's binding in a site: as written, and the exact prefixes it comes to.
+#[derive(Serialize)]
+struct BindingRow {
+    /// The `cidrs` (or the plain list); for an unbound `any` role 0.0.0.0/0 and ::/0.
+    cidrs: Vec<String>,
+    except: Vec<String>,
+    except_roles: Vec<String>,
+    /// The addresses the role holds, as the fewest prefixes: `cidrs` minus the exceptions.
+    effective: Vec<String>,
+    protected: bool,
+}
+
+fn binding_row(p: &Policy, r: &crate::policy::Role) -> BindingRow {
+    let strs = |v: &[crate::policy::Cidr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let (cidrs, except, except_roles) = match &r.exceptions {
+        Some(x) => (strs(&x.cidrs), strs(&x.except), x.except_roles.iter().map(|&j| p.roles[j].id.clone()).collect()),
+        None => (strs(&r.cidrs), Vec::new(), Vec::new()),
+    };
+    BindingRow { cidrs, except, except_roles, effective: strs(&r.cidrs), protected: r.protected }
 }
 
 pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
-    let cats = a.catalogs.read()?;
+    let policy = match &a.site {
+        Some(site) => Some(read_site(site, &a.catalogs.dir)?.policy),
+        None => None,
+    };
+    let cats = match &policy {
+        Some(p) => {
+            let only = a.catalogs.catalog.as_deref();
+            let cats: Vec<Catalog> = p.catalogs.iter().filter(|c| only.is_none_or(|n| c.name == n)).cloned().collect();
+            if let (Some(name), true) = (only, cats.is_empty()) {
+                anyhow::bail!("the site selects no catalog `{name}`");
+            }
+            cats
+        }
+        None => a.catalogs.read()?,
+    };
     let mut rows: Vec<RoleRow> = Vec::new();
     for c in &cats {
         for r in &c.roles {
@@ -135,6 +177,7 @@ pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
                         any: false,
                         description: r.description.clone(),
                         catalogs: vec![],
+                        binding: policy.as_ref().and_then(|p| p.roles.iter().find(|x| x.id == r.id).map(|x| binding_row(p, x))),
                     };
                     rows.push(row);
                     rows.last_mut().expect("just pushed")
@@ -156,8 +199,31 @@ pub fn roles(a: RolesArgs) -> anyhow::Result<()> {
     println!("{:w$}  ANY  CATALOGS / ALIASES", "ID");
     for r in &rows {
         println!("{:w$}  {:3}  {} / {}", r.id, if r.any { "yes" } else { "" }, r.catalogs.join(","), r.aliases.join("; "));
+        if let Some(b) = &r.binding {
+            println!("{:w$}       {}", "", binding_text(b));
+        }
     }
     Ok(())
+}
+
+/// `bound to 0.0.0.0/0 ::/0 except 10.0.0.0/8, role vcs-control = 0.0.0.0/5 ...`.
+fn binding_text(b: &BindingRow) -> String {
+    let prot = if b.protected { " (protected)" } else { "" };
+    if b.cidrs.is_empty() {
+        return format!("no addresses{prot}");
+    }
+    let mut s = format!("bound to {}", b.cidrs.join(" "));
+    if b.except.is_empty() && b.except_roles.is_empty() {
+        return s + prot;
+    }
+    let mut except = b.except.clone();
+    except.extend(b.except_roles.iter().map(|r| format!("role {r}")));
+    let effective = match b.effective.len() {
+        0..=8 => b.effective.join(" "),
+        n => format!("{n} prefixes (--json lists them)"),
+    };
+    s.push_str(&format!(" except {} = {effective}{prot}", except.join(", ")));
+    s
 }
 
 pub fn flows(a: FlowsArgs) -> anyhow::Result<()> {

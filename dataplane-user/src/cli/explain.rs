@@ -48,7 +48,7 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
     let judge = Judge::of(tables);
     let line = |r: &Request| -> Result<String> {
         let p = r.probe()?;
-        Ok(serde_json::to_string(&judge.explain(r.direction, &p))?)
+        Ok(serde_json::to_string(&judge.explain_in(&policy, r.direction, &p))?)
     };
     if let Some(r) = flags_request(&a)? {
         println!("{}", line(&r)?);

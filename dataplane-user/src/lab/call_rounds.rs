@@ -233,5 +233,5 @@ fn turn_on(enforcer: &mut Enforcer, dir: &Workdir) -> Result<()> {
         "  TURN is off in {} (option turn): reloading it with turn: true, as `dataplane run` reloads an edited site",
         files.site.display()
     );
-    enforcer.reload_from(SiteFiles { site: copy, catalog_dir: files.catalog_dir })
+    Ok(enforcer.reload_from(SiteFiles { site: copy, catalog_dir: files.catalog_dir })?)
 }

@@ -96,6 +96,75 @@ impl Cidr {
     }
 }
 
+/// The addresses of `base` that are in none of `minus`, as the fewest prefixes that hold exactly
+/// them (sorted; siblings merged, nested prefixes dropped). A prefix of `minus` that only
+/// partly covers one of `base` splits it: the halves on the way down to the exception stay.
+pub fn difference(base: &[Cidr], minus: &[Cidr]) -> Vec<Cidr> {
+    let mut out: Vec<Cidr> = aggregate(base.to_vec());
+    for m in aggregate(minus.to_vec()) {
+        out = out.into_iter().flat_map(|c| subtract(c, m)).collect();
+    }
+    aggregate(out)
+}
+
+/// `c` without the addresses of `m`.
+fn subtract(c: Cidr, m: Cidr) -> Vec<Cidr> {
+    if m.contains(&c) {
+        return Vec::new();
+    }
+    if !c.contains(&m) {
+        return vec![c];
+    }
+    // Walk down from `c` to `m`, keeping the half that does not hold `m` at each step.
+    let w = c.width();
+    let mut out = Vec::with_capacity(usize::from(m.len - c.len));
+    let mut at = c;
+    while at.len < m.len {
+        let bit = 1u128 << (w - at.len - 1);
+        let len = at.len + 1;
+        let (low, high) = (Cidr { len, ..at }, Cidr { addr: at.addr | bit, len, ..at });
+        let (keep, down) = if m.addr & bit == 0 { (high, low) } else { (low, high) };
+        out.push(keep);
+        at = down;
+    }
+    out
+}
+
+/// The same addresses as the fewest prefixes: nested ones dropped, sibling halves merged.
+fn aggregate(mut v: Vec<Cidr>) -> Vec<Cidr> {
+    loop {
+        v.sort_unstable();
+        v.dedup();
+        let mut kept: Vec<Cidr> = Vec::with_capacity(v.len());
+        for c in v {
+            if !kept.last().is_some_and(|k| k.contains(&c)) {
+                kept.push(c);
+            }
+        }
+        let mut merged: Vec<Cidr> = Vec::with_capacity(kept.len());
+        let mut changed = false;
+        for c in kept {
+            match merged.last_mut() {
+                Some(p) if p.len == c.len && p.len > 0 && p.v6 == c.v6 && sibling(p, &c) => {
+                    p.len -= 1;
+                    changed = true;
+                }
+                _ => merged.push(c),
+            }
+        }
+        v = merged;
+        if !changed {
+            return v;
+        }
+    }
+}
+
+/// Whether `b` is the upper half of the prefix whose lower half is `a` (same length, same family).
+fn sibling(a: &Cidr, b: &Cidr) -> bool {
+    let bit = 1u128 << (a.width() - a.len);
+    a.addr & bit == 0 && b.addr == a.addr | bit
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         if self.v6 {
@@ -127,6 +196,40 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0-32"));
         assert!(Cidr::parse("10.0.0/8").unwrap_err().contains("not an IPv4"));
         assert!(Cidr::parse("10.0.0.0/+8").is_err());
+    }
+
+    fn list(v: &[Cidr]) -> Vec<String> {
+        v.iter().map(Cidr::to_string).collect()
+    }
+
+    fn cs(v: &[&str]) -> Vec<Cidr> {
+        v.iter().map(|s| Cidr::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn difference_splits_around_the_exception() {
+        let d = difference(&cs(&["0.0.0.0/0"]), &cs(&["10.0.0.0/8"]));
+        assert_eq!(
+            list(&d),
+            ["0.0.0.0/5", "8.0.0.0/7", "11.0.0.0/8", "12.0.0.0/6", "16.0.0.0/4", "32.0.0.0/3", "64.0.0.0/2", "128.0.0.0/1"]
+        );
+        assert_eq!(list(&difference(&cs(&["10.0.0.0/8"]), &cs(&["10.0.0.0/8"]))), Vec::<String>::new());
+        assert_eq!(list(&difference(&cs(&["10.0.0.0/8"]), &cs(&["0.0.0.0/0"]))), Vec::<String>::new());
+        // Another family or a disjoint prefix takes nothing away.
+        assert_eq!(list(&difference(&cs(&["10.0.0.0/8", "::/0"]), &cs(&["11.0.0.0/8"]))), ["10.0.0.0/8", "::/0"]);
+        let d = difference(&cs(&["::/0"]), &cs(&["fd00::/8"]));
+        assert_eq!(d.len(), 8);
+        assert!(d.iter().all(|c| !c.contains_ip("fd00::1".parse().unwrap())));
+        assert!(d.iter().any(|c| c.contains_ip("fe00::1".parse().unwrap())));
+    }
+
+    #[test]
+    fn difference_merges_what_is_left() {
+        // Two exceptions that together are a /7: what remains of the /6 is its other half.
+        let d = difference(&cs(&["8.0.0.0/6"]), &cs(&["8.0.0.0/8", "9.0.0.0/8"]));
+        assert_eq!(list(&d), ["10.0.0.0/7"]);
+        // Nested and sibling bases come out as one prefix.
+        assert_eq!(list(&difference(&cs(&["10.0.0.0/9", "10.128.0.0/9", "10.1.0.0/16"]), &[])), ["10.0.0.0/8"]);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum ErrorKind {
     ProtectedRoleUnbound,
     /// A role still bound to the placeholder `dataplane init` writes (`[REPLACE-ME]`).
     Placeholder,
+    /// A binding's `except` prefix that lies outside its `cidrs`.
+    ExceptOutside,
+    /// Roles whose `except-roles` lead back to themselves.
+    ExceptCycle,
 }
 
 /// A line and column, both from 1.

@@ -16,6 +16,7 @@ pub mod synth;
 mod yaml;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
@@ -23,9 +24,9 @@ use dataplane_common::{Config, CONFIG_ALLOW_ECHO, CONFIG_DROP_UNPROTECTED};
 pub use catalog::{Action, Catalog, FlowDecl, Proto, RoleDecl};
 pub use cidr::Cidr;
 pub use error::{ErrorKind, PolicyError, Position};
-pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions};
+pub use options::{ConntrackOptions, OptValue, OptionValues, SiteOptions, SourcePorts};
 pub use ports::{PortRanges, PortSpec};
-pub use site::Site;
+pub use site::{Exceptions, Site};
 
 /// Which way a packet goes: to a protected address (the inbound flows), or sent by a protected
 /// server (the outbound flows, whose connections are tracked).
@@ -77,9 +78,30 @@ impl Direction {
 pub struct Role {
     pub id: String,
     pub any: bool,
-    /// The site's binding; for an unbound `any` role 0.0.0.0/0 and ::/0; else none.
+    /// The site's binding; for an unbound `any` role 0.0.0.0/0 and ::/0; else none. For a
+    /// binding with exceptions, the exact difference as prefixes (what everything compiles).
     pub cidrs: Vec<Cidr>,
     pub protected: bool,
+    /// The binding as written when it has exceptions: what `reference` evaluates directly.
+    pub exceptions: Option<RoleExceptions>,
+}
+
+/// A binding with exceptions: the role holds what `cidrs` holds, except what `except` and the
+/// roles of `except_roles` hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleExceptions {
+    pub cidrs: Vec<Cidr>,
+    pub except: Vec<Cidr>,
+    /// Indices into `Policy::roles`.
+    pub except_roles: Vec<usize>,
+}
+
+/// An address a role's `cidrs` hold that its exceptions leave out (`explain` shows why).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Excepted {
+    pub role: String,
+    /// The `except` prefix that holds the address, or `role ID` for an except-role.
+    pub by: String,
 }
 
 /// One compiled flow (one protocol of a catalog flow); its index in `Policy::flows` is its slot.
@@ -118,9 +140,43 @@ pub struct Policy {
     pub allow_echo: bool,
     /// `conntrack-*` site options.
     pub conntrack: ConntrackOptions,
+    /// `source-ports`: with `any`, every flow's `sport` above is 0-65535.
+    pub source_ports: SourcePorts,
 }
 
 impl Policy {
+    /// Whether `role` holds `ip`, by set membership on the binding as written (no prefix list
+    /// is computed): in its `cidrs`, in no `except`, held by no except-role.
+    pub fn role_holds(&self, role: usize, ip: IpAddr) -> bool {
+        let r = &self.roles[role];
+        let any = |v: &[Cidr]| v.iter().any(|c| c.contains_ip(ip));
+        match &r.exceptions {
+            None => any(&r.cidrs),
+            Some(x) => any(&x.cidrs) && !any(&x.except) && !x.except_roles.iter().any(|&j| self.role_holds(j, ip)),
+        }
+    }
+
+    /// The roles whose `cidrs` hold `ip` but whose exceptions leave it out, with the exception.
+    pub fn excepted(&self, ip: IpAddr) -> Vec<Excepted> {
+        let mut out = Vec::new();
+        for r in &self.roles {
+            let Some(x) = &r.exceptions else { continue };
+            if !x.cidrs.iter().any(|c| c.contains_ip(ip)) {
+                continue;
+            }
+            let by = match x.except.iter().find(|c| c.contains_ip(ip)) {
+                Some(c) => c.to_string(),
+                // An except-role's prefixes are its exact addresses (and need no recursion).
+                None => match x.except_roles.iter().find(|&&j| self.roles[j].cidrs.iter().any(|c| c.contains_ip(ip))) {
+                    Some(&j) => format!("role {}", self.roles[j].id),
+                    None => continue,
+                },
+            };
+            out.push(Excepted { role: r.id.clone(), by });
+        }
+        out
+    }
+
     pub fn config(&self) -> Config {
         let mut flags = 0;
         if self.drop_unprotected {
@@ -165,6 +221,7 @@ impl Policy {
             drop_unprotected: self.drop_unprotected,
             allow_echo: self.allow_echo,
             conntrack: self.conntrack,
+            source_ports: self.source_ports,
         }
     }
 
@@ -181,7 +238,7 @@ impl Policy {
                 Some(&i) => roles[i].any |= r.any,
                 None => {
                     index.insert(r.id.clone(), roles.len());
-                    roles.push(Role { id: r.id.clone(), any: r.any, cidrs: Vec::new(), protected: false });
+                    roles.push(Role { id: r.id.clone(), any: r.any, cidrs: Vec::new(), protected: false, exceptions: None });
                 }
             }
         }
@@ -194,6 +251,13 @@ impl Policy {
         for (id, cidrs) in &site.roles {
             roles[role_of(id)?].cidrs = cidrs.clone();
         }
+        for (id, x) in &site.exceptions {
+            let i = role_of(id)?;
+            let except_roles = x.except_roles.iter().map(|r| role_of(r)).collect::<Result<_, _>>()?;
+            roles[i].exceptions = Some(RoleExceptions { cidrs: roles[i].cidrs.clone(), except: x.except.clone(), except_roles });
+        }
+        effective_bindings(&mut roles)?;
+        let source_ports = SourcePorts::from_site(&site.options);
         for id in &site.protect {
             let i = role_of(id)?;
             if roles[i].cidrs.is_empty() {
@@ -214,7 +278,11 @@ impl Policy {
                 }
                 catalog_flows += usize::from(inbound);
                 out_catalog_flows += usize::from(outbound);
-                let (sport, dport) = (f.sport().resolve(&values), f.dport().resolve(&values));
+                let sport = match source_ports {
+                    SourcePorts::AsDocumented => f.sport().resolve(&values),
+                    SourcePorts::Any => PortRanges::any(),
+                };
+                let dport = f.dport().resolve(&values);
                 for p in &f.protocols {
                     let flow = Flow {
                         info: flow_info(c, f, *p),
@@ -247,8 +315,42 @@ impl Policy {
             drop_unprotected: opt("unprotected").as_deref() == Some("drop"),
             allow_echo: opt("icmp-echo").as_deref() == Some("allow"),
             conntrack: ConntrackOptions::from_site(&site.options),
+            source_ports,
         })
     }
+}
+
+/// Sets the `cidrs` of every role bound with exceptions to the exact difference, except-roles
+/// first (their own effective binding is what they take away).
+fn effective_bindings(roles: &mut [Role]) -> Result<(), PolicyError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Todo,
+        Busy,
+        Done,
+    }
+    fn visit(roles: &mut [Role], state: &mut [State], i: usize) -> Result<(), PolicyError> {
+        match state[i] {
+            State::Done => return Ok(()),
+            State::Busy => {
+                let msg = format!("a cycle of except-roles through `{}`", roles[i].id);
+                return Err(PolicyError::new(ErrorKind::ExceptCycle, msg));
+            }
+            State::Todo => state[i] = State::Busy,
+        }
+        if let Some(x) = roles[i].exceptions.clone() {
+            let mut minus = x.except.clone();
+            for &j in &x.except_roles {
+                visit(roles, state, j)?;
+                minus.extend(roles[j].cidrs.iter().copied());
+            }
+            roles[i].cidrs = cidr::difference(&x.cidrs, &minus);
+        }
+        state[i] = State::Done;
+        Ok(())
+    }
+    let mut state = vec![State::Todo; roles.len()];
+    (0..roles.len()).try_for_each(|i| visit(roles, &mut state, i))
 }
 
 /// One flow of a policy in force, as counters, the state and metrics name it; its position in

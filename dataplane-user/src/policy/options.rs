@@ -10,8 +10,58 @@ use super::error::ErrorKind;
 use super::yaml::{catalog_ctx, checked_map, site_ctx, Fault, StrWith};
 
 /// Option names the dataplane itself reads from a site; catalogs may not declare them.
-pub const DATAPLANE_OPTIONS: [&str; 6] =
-    ["unprotected", "icmp-echo", "conntrack-size", "conntrack-tcp-established", "conntrack-tcp-transitory", "conntrack-udp"];
+pub const DATAPLANE_OPTIONS: [&str; 7] = [
+    "unprotected",
+    "icmp-echo",
+    "source-ports",
+    "conntrack-size",
+    "conntrack-tcp-established",
+    "conntrack-tcp-transitory",
+    "conntrack-udp",
+];
+
+/// `source-ports`: whether flows keep the source ports their document gives. The documents
+/// write "S = Source port, typically >= 1024": a NAT that rewrites source ports, or a client
+/// below 1024, is outside that reading, and `any` is the site's way to say so without editing
+/// a catalog.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourcePorts {
+    /// Every flow's `sport` as its catalog gives it.
+    #[default]
+    AsDocumented,
+    /// Every flow's `sport` is 0-65535, in every catalog of the site.
+    Any,
+}
+
+impl SourcePorts {
+    pub const OPTION: &'static str = "source-ports";
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SourcePorts::AsDocumented => "as-documented",
+            SourcePorts::Any => "any",
+        }
+    }
+
+    /// The site's value (checked when the site was read); the default when it sets none.
+    pub fn from_site(options: &SiteOptions) -> Self {
+        match options.get(Self::OPTION) {
+            Some(OptValue::Str(s)) if s == "any" => SourcePorts::Any,
+            _ => SourcePorts::AsDocumented,
+        }
+    }
+
+    pub fn is_documented(&self) -> bool {
+        *self == SourcePorts::AsDocumented
+    }
+}
+
+impl fmt::Display for SourcePorts {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Connection tracking (replies to connections a protected server opens): the table size and
 /// the idle timeouts, from the site's `conntrack-*` options.
@@ -386,6 +436,7 @@ fn dataplane_kind(name: &str) -> Option<OptionKind> {
     match name {
         "unprotected" => Some(OptionKind::Enum(vec!["pass".into(), "drop".into()])),
         "icmp-echo" => Some(OptionKind::Enum(vec!["allow".into(), "deny".into()])),
+        SourcePorts::OPTION => Some(OptionKind::Enum(vec!["as-documented".into(), "any".into()])),
         _ => ConntrackOptions::LIMITS.iter().find(|l| l.0 == name).map(|&(_, min, max, _)| OptionKind::Int { min, max }),
     }
 }

@@ -1,7 +1,7 @@
 //! Site files (`policies/sites/NAME.yaml`): role bindings, catalogs, protected roles, options.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ use super::cidr::Cidr;
 use super::error::{ErrorKind, PolicyError, Position};
 use super::options::{list_or_none, SiteOptions};
 use super::scaffold::PLACEHOLDER;
-use super::yaml::{from_str, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
+use super::yaml::{from_str, key_of, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
 
 /// A site as written, references checked.
 #[derive(Clone, Debug)]
@@ -21,10 +21,27 @@ pub struct Site {
     pub name: String,
     pub path: PathBuf,
     pub catalogs: Vec<String>,
-    /// Role id -> CIDRs, in file order.
+    /// Role id -> CIDRs, in file order (the `cidrs` of a binding with exceptions).
     pub roles: Vec<(String, Vec<Cidr>)>,
+    /// Roles bound with exceptions (`{ cidrs, except, except-roles }`), in file order.
+    pub exceptions: Vec<(String, Exceptions)>,
     pub protect: Vec<String>,
     pub options: SiteOptions,
+}
+
+/// What a role bound as `{ cidrs, except, except-roles }` leaves out of its `cidrs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exceptions {
+    /// Prefixes inside the `cidrs`.
+    pub except: Vec<Cidr>,
+    /// Roles whose addresses (their own effective binding) are left out.
+    pub except_roles: Vec<String>,
+}
+
+impl Exceptions {
+    pub fn is_empty(&self) -> bool {
+        self.except.is_empty() && self.except_roles.is_empty()
+    }
 }
 
 #[derive(Deserialize)]
@@ -34,7 +51,7 @@ struct SiteFile {
     #[serde(deserialize_with = "catalog_refs")]
     catalogs: Vec<String>,
     #[serde(default, deserialize_with = "bindings")]
-    roles: Vec<(String, Vec<Cidr>)>,
+    roles: Vec<(String, Binding)>,
     #[serde(deserialize_with = "protect_refs")]
     protect: Vec<String>,
     #[serde(default)]
@@ -79,7 +96,10 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
                 let Some(bound) = &c.bound else { return Ok(()) };
                 let has = bound.get(s).copied().unwrap_or(any);
                 if !has {
-                    let msg = format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`");
+                    let msg = match c.written.contains_key(s) {
+                        true => format!("protected role `{s}` has no addresses: its exceptions leave none of its `cidrs`"),
+                        false => format!("protected role `{s}` has no addresses: bind it to CIDRs under `roles:`"),
+                    };
                     return Err(ErrorKind::ProtectedRoleUnbound.fault(msg));
                 }
                 Ok(())
@@ -93,16 +113,16 @@ fn protect_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     })
 }
 
-/// `roles:` role id -> a CIDR or a list of CIDRs.
-fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>, D::Error> {
+/// `roles:` role id -> a CIDR, a list of CIDRs, or `{ cidrs, except, except-roles }`.
+fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Binding)>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<(String, Vec<Cidr>)>;
+        type Value = Vec<(String, Binding)>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a mapping of role id to CIDRs")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<(String, Vec<Cidr>)> = Vec::new();
+            let mut out: Vec<(String, Binding)> = Vec::new();
             loop {
                 let out_ref = &out;
                 let key = StrWith("a role id", |s: &str| {
@@ -115,13 +135,149 @@ fn bindings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<Cidr>)>,
                 let Some(role) = map.next_key_seed(key)? else {
                     break;
                 };
-                let cidrs = map.next_value_seed(CidrList(&role))?;
-                out.push((role, cidrs));
+                let binding = map.next_value_seed(BindingSeed(&role))?;
+                out.push((role, binding));
             }
             Ok(out)
         }
     }
     d.deserialize_map(V)
+}
+
+/// One role's binding as written.
+struct Binding {
+    cidrs: Vec<Cidr>,
+    exceptions: Exceptions,
+}
+
+/// A binding of the role named: the plain forms (one CIDR, a list) or the mapping with
+/// exceptions, each `except` and `except-roles` entry checked where it is written.
+struct BindingSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for BindingSeed<'_> {
+    type Value = Binding;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Binding, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BindingSeed<'_> {
+    type Value = Binding;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a CIDR, a list of CIDRs, or { cidrs, except, except-roles }")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Binding, E> {
+        CidrList(self.0).visit_str(s).map(|cidrs| Binding { cidrs, exceptions: Exceptions::default() })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Binding, A::Error> {
+        CidrList(self.0).visit_seq(seq).map(|cidrs| Binding { cidrs, exceptions: Exceptions::default() })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Binding, A::Error> {
+        let role = self.0;
+        let (mut cidrs, mut exceptions) = (None, Exceptions::default());
+        while let Some(key) = map.next_key_seed(key_of(&["cidrs", "except", "except-roles"]))? {
+            match key {
+                "cidrs" => cidrs = Some(map.next_value_seed(CidrList(role))?),
+                "except" => exceptions.except = map.next_value_seed(ExceptSeed(role))?,
+                _ => exceptions.except_roles = map.next_value_seed(ExceptRolesSeed(role))?,
+            }
+        }
+        let cidrs = cidrs.ok_or_else(|| ErrorKind::MissingField.fault("missing field `cidrs`").raise())?;
+        Ok(Binding { cidrs, exceptions })
+    }
+}
+
+/// `except:` of `role`: CIDRs, each inside one of the role's `cidrs`.
+struct ExceptSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ExceptSeed<'_> {
+    type Value = Vec<Cidr>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Cidr>, D::Error> {
+        let role = self.0;
+        let seen = RefCell::new(Vec::new());
+        seq_with(d, "CIDR", || {
+            let seen = &seen;
+            StrWith("a CIDR like 10.0.0.0/8 or fd00::/16", move |s: &str| {
+                let c = Cidr::parse(s).map_err(|e| ErrorKind::BadCidr.fault(e))?;
+                site_ctx(|x| match x.written.get(role) {
+                    Some(cidrs) if !cidrs.iter().any(|b| b.contains(&c)) => {
+                        let list: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+                        let msg = format!("except `{c}` is outside the `cidrs` of `{role}` ({})", list_or_none(&as_strs(&list)));
+                        Err(ErrorKind::ExceptOutside.fault(msg))
+                    }
+                    _ => Ok(()),
+                })
+                .transpose()?;
+                if seen.borrow().contains(&c) {
+                    return Err(ErrorKind::Duplicate.fault(format!("except `{c}` is listed twice")));
+                }
+                seen.borrow_mut().push(c);
+                Ok(c)
+            })
+        })
+    }
+}
+
+/// `except-roles:` of `role`: known roles, no cycle back to `role`.
+struct ExceptRolesSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ExceptRolesSeed<'_> {
+    type Value = Vec<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        let role = self.0;
+        let seen = RefCell::new(Vec::new());
+        seq_with(d, "role", || {
+            let seen = &seen;
+            StrWith("a role id", move |s: &str| {
+                site_ctx(|c| {
+                    if !c.roles.contains_key(s) {
+                        return Err(unknown_role(c, s));
+                    }
+                    match except_cycle(&c.except_roles, role, s) {
+                        Some(path) => {
+                            let msg = format!("a cycle of except-roles: {}", path.join(" -> "));
+                            Err(ErrorKind::ExceptCycle.fault(msg))
+                        }
+                        None => Ok(()),
+                    }
+                })
+                .transpose()?;
+                if seen.borrow().iter().any(|r| r == s) {
+                    return Err(ErrorKind::DuplicateRole.fault(format!("role `{s}` is listed twice")));
+                }
+                seen.borrow_mut().push(s.to_owned());
+                Ok(s.to_owned())
+            })
+        })
+    }
+}
+
+/// The path `role -> next -> ... -> role` when `next` (one of `role`'s except-roles) leads back
+/// to `role` through the except-roles of `graph`; None when it does not.
+pub(crate) fn except_cycle(graph: &HashMap<String, Vec<String>>, role: &str, next: &str) -> Option<Vec<String>> {
+    fn walk(graph: &HashMap<String, Vec<String>>, goal: &str, path: &mut Vec<String>, seen: &mut HashSet<String>) -> bool {
+        let at = path.last().expect("a path starts somewhere").clone();
+        if at == goal {
+            return true;
+        }
+        if !seen.insert(at.clone()) {
+            return false;
+        }
+        for n in graph.get(&at).into_iter().flatten() {
+            path.push(n.clone());
+            if walk(graph, goal, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![role.to_owned(), next.to_owned()];
+    walk(graph, role, &mut path, &mut HashSet::new()).then_some(path)
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// One CIDR or a list of them (possibly empty: the role then has no addresses), bound to the
@@ -241,15 +397,55 @@ pub fn parse_site(
     let f = with_site_ctx(ctx, || from_str::<SiteFile>(path, text)).map_err(|e| with_other_placeholders(e, path, text, &v))?;
     // Keep the catalogs in the site's order.
     let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
+    let exceptions = f.roles.iter().filter(|(_, b)| !b.exceptions.is_empty()).map(|(r, b)| (r.clone(), b.exceptions.clone()));
+    let exceptions = exceptions.collect();
     let site = Site {
         name: f.name,
         path: path.to_owned(),
         catalogs: f.catalogs,
-        roles: f.roles,
+        roles: f.roles.into_iter().map(|(r, b)| (r, b.cidrs)).collect(),
+        exceptions,
         protect: f.protect,
         options: f.options,
     };
     Ok((site, catalogs))
+}
+
+/// The bindings as the first pass reads them, to tell a role its exceptions empty.
+struct FirstPass<'a> {
+    /// Roles of the catalogs: id -> `any`.
+    roles: &'a HashMap<String, bool>,
+    plain: &'a HashMap<String, Vec<Cidr>>,
+    except: &'a HashMap<String, Vec<Cidr>>,
+    except_roles: &'a HashMap<String, Vec<String>>,
+    /// Roles resolved already (except-roles may share roles: no work twice).
+    done: RefCell<HashMap<String, Vec<Cidr>>>,
+}
+
+impl FirstPass<'_> {
+    /// A role's addresses; `busy`: the roles being resolved (a cycle, reported elsewhere,
+    /// takes nothing away).
+    fn effective(&self, role: &str, busy: &mut Vec<String>) -> Vec<Cidr> {
+        let Some(cidrs) = self.plain.get(role) else {
+            return if self.roles.get(role) == Some(&true) { vec![Cidr::ANY_V4, Cidr::ANY_V6] } else { Vec::new() };
+        };
+        let Some(except) = self.except.get(role) else { return cidrs.clone() };
+        if busy.iter().any(|r| r == role) {
+            return cidrs.clone();
+        }
+        if let Some(v) = self.done.borrow().get(role) {
+            return v.clone();
+        }
+        busy.push(role.to_owned());
+        let mut minus = except.clone();
+        for r in self.except_roles.get(role).into_iter().flatten() {
+            minus.extend(self.effective(r, busy));
+        }
+        busy.pop();
+        let v = super::cidr::difference(cidrs, &minus);
+        self.done.borrow_mut().insert(role.to_owned(), v.clone());
+        v
+    }
 }
 
 fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs: &[Catalog]) -> SiteCtx {
@@ -264,17 +460,51 @@ fn site_context(v: &serde_yaml::Value, available: &[(String, PathBuf)], catalogs
     }
     let roles = v.get("roles");
     if let Some(m) = roles.map_or(Some(&serde_yaml::Mapping::new()), |r| r.as_mapping()) {
-        let bound = ctx.bound.get_or_insert_with(Default::default);
+        let (mut bound, mut plain, mut except) = (HashMap::new(), HashMap::new(), HashMap::new());
         for (k, b) in m {
-            let has = match b {
-                serde_yaml::Value::Sequence(s) => !s.is_empty(),
-                serde_yaml::Value::String(_) => true,
+            let Some(k) = k.as_str() else { continue };
+            let strs = |v: Option<&serde_yaml::Value>| -> Vec<String> {
+                match v {
+                    Some(serde_yaml::Value::Sequence(s)) => s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+                    Some(serde_yaml::Value::String(x)) => vec![x.clone()],
+                    _ => Vec::new(),
+                }
+            };
+            let cidrs = match b {
+                serde_yaml::Value::Mapping(m) => m.get("cidrs"),
+                other => Some(other),
+            };
+            let has = match cidrs {
+                Some(serde_yaml::Value::Sequence(s)) => !s.is_empty(),
+                Some(serde_yaml::Value::String(_)) => true,
                 _ => false,
             };
-            if let Some(k) = k.as_str() {
-                bound.insert(k.to_owned(), has);
+            bound.insert(k.to_owned(), has);
+            let parsed =
+                |v: Option<&serde_yaml::Value>| -> Vec<Cidr> { strs(v).iter().filter_map(|c| Cidr::parse(c).ok()).collect() };
+            plain.insert(k.to_owned(), parsed(cidrs));
+            if let serde_yaml::Value::Mapping(m) = b {
+                if cidrs.is_some() {
+                    ctx.written.insert(k.to_owned(), parsed(cidrs));
+                }
+                except.insert(k.to_owned(), parsed(m.get("except")));
+                ctx.except_roles.insert(k.to_owned(), strs(m.get("except-roles")));
             }
         }
+        // A binding whose exceptions leave nothing has no addresses (for `protect:`'s check).
+        let first = FirstPass {
+            roles: &ctx.roles,
+            plain: &plain,
+            except: &except,
+            except_roles: &ctx.except_roles,
+            done: RefCell::default(),
+        };
+        for k in except.keys() {
+            if bound.get(k) == Some(&true) && first.effective(k, &mut Vec::new()).is_empty() {
+                bound.insert(k.clone(), false);
+            }
+        }
+        ctx.bound = Some(bound);
     }
     ctx
 }

@@ -90,6 +90,7 @@ pub fn synthetic(flows: usize, cidrs: usize, seed: u64) -> Synthetic {
         path: "synthetic-site.yaml".into(),
         catalogs: vec!["synthetic".into()],
         roles: bindings.into_iter().filter(|(_, c)| !c.is_empty()).collect(),
+        exceptions: Vec::new(),
         protect,
         options: SiteOptions::default(),
     };

@@ -137,6 +137,11 @@ pub(crate) struct SiteCtx {
     /// Roles the site binds: id -> the binding has at least one CIDR. `None` when `roles:` is
     /// not a mapping (its own error is the one to report).
     pub bound: Option<HashMap<String, bool>>,
+    /// Per role bound in the `{ cidrs, except, except-roles }` form, from the first pass: the
+    /// CIDRs of its `cidrs` that parse (an `except` must lie inside one of them) and the roles
+    /// its `except-roles` name (a cycle through them is an error).
+    pub written: HashMap<String, Vec<super::cidr::Cidr>>,
+    pub except_roles: HashMap<String, Vec<String>>,
     /// Catalog options by name: every (catalog, kind) declaring it.
     pub options: HashMap<String, Vec<(String, OptionKind)>>,
 }

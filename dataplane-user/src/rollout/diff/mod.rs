@@ -25,11 +25,11 @@ use crate::classify::verdict::{Action, Answer, Direction};
 use crate::classify::Probe;
 use crate::policy::ports::{format_ranges, PortSpec};
 use crate::policy::sources::{Loaded, Sources};
-use crate::policy::{Catalog, Cidr, Flow, FlowDecl, FlowKey, OptionValues, Policy, Proto};
+use crate::policy::{Catalog, Cidr, Flow, FlowDecl, FlowKey, OptionValues, Policy, Proto, SourcePorts};
 use crate::rollout::RolloutError;
 
 type Result<T> = std::result::Result<T, RolloutError>;
-use tuples::{echo_tuples, tuples, unprotected_tuples};
+use tuples::{echo_tuples, source_port_tuples, tuples, unprotected_tuples};
 
 /// The one line `run` logs on a reload: what the new policy changed.
 pub fn reload_summary(before: Option<&Sources>, after: Option<&Sources>) -> String {
@@ -200,6 +200,8 @@ pub enum Cause {
     Protect { role: String, protected: bool },
     /// The site binds one of the flow's roles to other addresses.
     Binding { role: String },
+    /// A setting of the dataplane changed the flow (`source-ports`: its source ports).
+    Setting { setting: &'static str, old: Value, new: Value },
     /// None of the above: the catalog file itself differs.
     CatalogEdit { catalog: String },
 }
@@ -233,7 +235,9 @@ pub fn compute(old: &Loaded, new: &Loaded, examples: Option<usize>) -> Result<Di
     let order_changed = Direction::BOTH.iter().any(|&d| order_changed(d.flows(&old.policy), d.flows(&new.policy)));
     let mut flips = FlipCount::default();
     let all = inbound.all().chain(outbound.all()).flat_map(|f| &f.flips);
-    for f in all.chain(settings.iter().flat_map(|s| &s.flips)) {
+    // A tuple a setting flips may be a flow's example too (`source-ports`): counted once.
+    let mut seen = HashSet::new();
+    for f in all.chain(settings.iter().flat_map(|s| &s.flips)).filter(|f| seen.insert((f.packet.direction, f.probe))) {
         match f.new.verdict {
             Action::Allow => flips.deny_to_allow += 1,
             Action::Deny => flips.allow_to_deny += 1,
@@ -426,10 +430,14 @@ impl Ctx<'_> {
             let now = protected(self.new);
             out.push(Cause::Protect { role: role_id, protected: now });
         }
+        let (os, ns) = (self.old.policy.source_ports, self.new.policy.source_ports);
         for c in changes {
             match c.field {
                 Field::FromAddresses => out.push(Cause::Binding { role: f.info.from.clone() }),
                 Field::ToAddresses => out.push(Cause::Binding { role: f.info.to.clone() }),
+                Field::Sport if os != ns => {
+                    out.push(Cause::Setting { setting: SourcePorts::OPTION, old: os.name().into(), new: ns.name().into() });
+                }
                 _ => {}
             }
         }
@@ -497,6 +505,14 @@ impl Ctx<'_> {
                 old: word(o.allow_echo, "allow", "deny"),
                 new: word(n.allow_echo, "allow", "deny"),
                 flips: self.setting_flips(echo_tuples(o, n)),
+            });
+        }
+        if o.source_ports != n.source_ports {
+            out.push(Setting {
+                name: SourcePorts::OPTION,
+                old: o.source_ports.name().into(),
+                new: n.source_ports.name().into(),
+                flips: self.setting_flips(source_port_tuples(o, n)),
             });
         }
         let ct = |c: &crate::policy::ConntrackOptions| [c.size, c.tcp_established, c.tcp_transitory, c.udp];

@@ -22,6 +22,7 @@ impl std::fmt::Display for Cause {
             Cause::Protect { role, protected: true } => write!(f, "role {role} now protected"),
             Cause::Protect { role, protected: false } => write!(f, "role {role} no longer protected"),
             Cause::Binding { role } => write!(f, "role {role} bound to other addresses"),
+            Cause::Setting { setting, old, new } => write!(f, "setting {setting}: {} -> {}", show(old), show(new)),
             Cause::CatalogEdit { catalog } => write!(f, "catalog {catalog} edited"),
         }
     }

@@ -32,6 +32,20 @@ pub fn sample_addresses(cidrs: &[Cidr]) -> Vec<IpAddr> {
     dedup(inside.into_iter().chain(outside).collect())
 }
 
+/// Addresses to try for a role: for a binding with exceptions, first an address of each
+/// exception (what the binding leaves out, so that a flip it makes is shown), then
+/// [`sample_addresses`] of its prefixes.
+fn role_addresses(p: &Policy, role: usize) -> Vec<IpAddr> {
+    let r = &p.roles[role];
+    let mut v = Vec::new();
+    if let Some(x) = &r.exceptions {
+        let except = x.except.iter().chain(x.except_roles.iter().filter_map(|&j| p.roles[j].cidrs.first()));
+        v.extend(except.filter_map(|c| sample_addresses(std::slice::from_ref(c)).into_iter().next()));
+    }
+    v.extend(sample_addresses(&r.cidrs));
+    dedup(v)
+}
+
 fn ip(v6: bool, a: u128) -> IpAddr {
     if v6 {
         IpAddr::V6(Ipv6Addr::from(a))
@@ -75,8 +89,8 @@ pub fn tuples(versions: &[(&Policy, &Flow)]) -> Vec<Probe> {
     let collect = |pick: &dyn Fn(&Policy, &Flow) -> Vec<IpAddr>| -> Vec<IpAddr> {
         dedup(versions.iter().flat_map(|(p, f)| pick(p, f)).collect())
     };
-    let dsts = collect(&|p, f| sample_addresses(&p.roles[f.to].cidrs));
-    let srcs = collect(&|p, f| sample_addresses(&p.roles[f.from].cidrs));
+    let dsts = collect(&|p, f| role_addresses(p, f.to));
+    let srcs = collect(&|p, f| role_addresses(p, f.from));
     let dports = dedup(versions.iter().flat_map(|(_, f)| sample_ports(&f.dport)).collect());
     let sports = dedup(versions.iter().flat_map(|(_, f)| sample_sports(&f.sport)).collect());
     let (Some(&dp0), Some(&sp0)) = (dports.first(), sports.first()) else { return Vec::new() };
@@ -127,4 +141,30 @@ pub(super) fn echo_tuples(o: &Policy, n: &Policy) -> Vec<Probe> {
             Probe::ported(any_source(dst), dst, proto, 0, 0)
         })
         .collect()
+}
+
+/// For each inbound flow whose source ports the document names: a tuple from its `from` role to
+/// its `to` role at the source ports just outside them (1023 for `>= 1024`), on the side that
+/// keeps them as documented (`source-ports` decides them).
+pub(super) fn source_port_tuples(o: &Policy, n: &Policy) -> Vec<Probe> {
+    let p = if o.source_ports.is_documented() { o } else { n };
+    let mut out = Vec::new();
+    for f in p.flows.iter().filter(|f| !f.sport.is_any()) {
+        let Some(&(dport, _)) = f.dport.first() else { continue };
+        let held = |role: usize| -> Vec<IpAddr> {
+            sample_addresses(&p.roles[role].cidrs)
+                .into_iter()
+                .filter(|a| p.roles[role].cidrs.iter().any(|c| c.contains_ip(*a)))
+                .collect()
+        };
+        let (srcs, dsts) = (held(f.from), held(f.to));
+        let pair = [false, true].into_iter().find_map(|v6| {
+            let first = |v: &[IpAddr]| v.iter().copied().find(|a| a.is_ipv6() == v6);
+            Some((first(&srcs)?, first(&dsts)?))
+        });
+        let Some((src, dst)) = pair else { continue };
+        let outside = sample_ports(&f.sport).into_iter().filter(|sp| !f.sport.contains(*sp));
+        out.extend(outside.map(|sp| Probe::ported(src, dst, f.proto, sp, dport)));
+    }
+    dedup(out)
 }

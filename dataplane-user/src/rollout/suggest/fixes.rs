@@ -16,7 +16,7 @@ use crate::policy::cidr::mask;
 use crate::policy::options::OptionKind;
 use crate::policy::ports::PortSpec;
 use crate::policy::sources::Loaded;
-use crate::policy::{Action, Cidr, FlowKey, OptValue, OptionValues, Policy};
+use crate::policy::{Action, Cidr, Exceptions, FlowKey, OptValue, OptionValues, Policy};
 use crate::rollout::RolloutError;
 
 type Result<T> = std::result::Result<T, RolloutError>;
@@ -314,10 +314,28 @@ fn lines(base: &Loaded, fix: &Fix, bind: &[Cidr]) -> String {
         // What a new prefix covers needs no entry of its own.
         all.retain(|c| !bind.iter().any(|b| b != c && b.contains(c)));
         all.extend(bind.iter().filter(|c| !all.contains(c)).copied().collect::<Vec<_>>());
-        let quoted: Vec<String> = all.iter().map(|c| if c.v6 { format!("\"{c}\"") } else { c.to_string() }).collect();
-        s.push_str(&format!("roles:\n  {role}: [{}]\n", quoted.join(", ")));
+        let except = base.site.exceptions.iter().find(|(r, _)| r == role).map(|(_, x)| x);
+        s.push_str(&format!("roles:\n  {role}: {}\n", binding_yaml(&all, except)));
     }
     s
+}
+
+/// A binding as the site writes it: `[CIDRs]`, or `{ cidrs, except, except-roles }` when the
+/// role has exceptions (a suggestion keeps them).
+fn binding_yaml(cidrs: &[Cidr], except: Option<&Exceptions>) -> String {
+    let list = |v: &[Cidr]| {
+        let quoted: Vec<String> = v.iter().map(|c| if c.v6 { format!("\"{c}\"") } else { c.to_string() }).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let Some(x) = except.filter(|x| !x.is_empty()) else { return list(cidrs) };
+    let mut parts = vec![format!("cidrs: {}", list(cidrs))];
+    if !x.except.is_empty() {
+        parts.push(format!("except: {}", list(&x.except)));
+    }
+    if !x.except_roles.is_empty() {
+        parts.push(format!("except-roles: [{}]", x.except_roles.join(", ")));
+    }
+    format!("{{ {} }}", parts.join(", "))
 }
 
 fn yaml_value(v: &OptValue) -> String {
@@ -327,5 +345,21 @@ fn yaml_value(v: &OptValue) -> String {
             format!("\"{s}\"")
         }
         v => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_keeps_its_exceptions() {
+        let c = |s: &str| Cidr::parse(s).unwrap();
+        assert_eq!(binding_yaml(&[c("10.0.0.0/8"), c("fd00::/8")], None), "[10.0.0.0/8, \"fd00::/8\"]");
+        let x = Exceptions { except: vec![c("10.1.0.0/16")], except_roles: vec!["vcs-control".into()] };
+        assert_eq!(
+            binding_yaml(&[c("10.0.0.0/8"), c("192.0.2.7/32")], Some(&x)),
+            "{ cidrs: [10.0.0.0/8, 192.0.2.7/32], except: [10.1.0.0/16], except-roles: [vcs-control] }"
+        );
     }
 }
