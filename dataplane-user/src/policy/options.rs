@@ -432,7 +432,8 @@ impl OptionValues {
 #[derive(Clone, Debug, Default)]
 pub struct SiteOptions(pub Vec<(String, OptValue)>);
 
-fn dataplane_kind(name: &str) -> Option<OptionKind> {
+/// The kind of a dataplane option (one of [`DATAPLANE_OPTIONS`]); None for any other name.
+pub(crate) fn dataplane_kind(name: &str) -> Option<OptionKind> {
     match name {
         "unprotected" => Some(OptionKind::Enum(vec!["pass".into(), "drop".into()])),
         "icmp-echo" => Some(OptionKind::Enum(vec!["allow".into(), "deny".into()])),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::catalog::Catalog;
-use super::options::{ConntrackOptions, OptValue, OptionDecl, OptionKind, DATAPLANE_OPTIONS};
+use super::options::{dataplane_kind, ConntrackOptions, OptValue, OptionDecl, OptionKind, SourcePorts, DATAPLANE_OPTIONS};
 
 /// What `init` writes where a role's addresses go, inside a list: `ROLE: [REPLACE-ME]`.
 pub const PLACEHOLDER: &str = "REPLACE-ME";
@@ -248,29 +248,30 @@ fn write_dataplane_options(out: &mut String) {
     }
 }
 
-/// A dataplane option's kind, default and description (policies/README.md, docs/policy.md).
+/// A dataplane option's kind (as the site reader checks it), default and description
+/// (policies/README.md, docs/policy.md).
 fn dataplane_option(name: &str) -> (OptionKind, OptValue, &'static str) {
-    let choice = |a: &str, b: &str| OptionKind::Enum(vec![a.into(), b.into()]);
-    match name {
-        "unprotected" => (
-            choice("pass", "drop"),
-            OptValue::Str("pass".into()),
-            "traffic to addresses no protected role holds: passed, or dropped",
+    let kind = dataplane_kind(name).expect("one of DATAPLANE_OPTIONS");
+    let word = |s: &str| OptValue::Str(s.into());
+    let (default, what) = match name {
+        "unprotected" => (word("pass"), "traffic to addresses no protected role holds: passed, or dropped"),
+        "icmp-echo" => (word("deny"), "ICMP echo requests and replies to protected addresses"),
+        SourcePorts::OPTION => (
+            word("as-documented"),
+            "the source ports flows admit: as each document gives them (\"S = Source port, typically >= 1024\"), or any (a NAT that rewrites them)",
         ),
-        "icmp-echo" => {
-            (choice("allow", "deny"), OptValue::Str("deny".into()), "ICMP echo requests and replies to protected addresses")
-        }
         _ => {
-            let (_, min, max, default) = ConntrackOptions::LIMITS.iter().find(|l| l.0 == name).copied().unwrap_or_default();
+            let (_, _, _, default) = ConntrackOptions::LIMITS.iter().find(|l| l.0 == name).copied().expect("a conntrack option");
             let what = match name {
                 "conntrack-size" => "connections tracked per IP version (replies to connections the protected servers open)",
                 "conntrack-tcp-established" => "idle timeout (s) of an established TCP connection",
                 "conntrack-tcp-transitory" => "idle timeout (s) of a TCP connection opening or closing",
                 _ => "idle timeout (s) of a UDP exchange",
             };
-            (OptionKind::Int { min, max }, OptValue::Int(i64::from(default)), what)
+            (OptValue::Int(i64::from(default)), what)
         }
-    }
+    };
+    (kind, default, what)
 }
 
 /// An option value as YAML: strings quoted (an enum value such as `8.5` must stay a string).
