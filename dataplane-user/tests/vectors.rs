@@ -1,12 +1,18 @@
 //! Runs every `policies/vectors/*.yaml` through load_site + compile + classify and reports every
-//! mismatch with its `why`. Passes vacuously only when the directory holds no vector file.
+//! mismatch with its `why`. A vector file names its `site:` and may override that site's
+//! `options:` (to check one reading under each of its values). Passes vacuously only when the
+//! directory holds no vector file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dataplane::classify::request::Request;
 use dataplane::classify::{Classifier, Outcome};
 use dataplane::compile::compile;
-use dataplane::policy::load_site;
+use dataplane::policy::options::OptValue;
+use dataplane::policy::site::load_site_file;
+use dataplane::policy::sources::SiteFiles;
+use dataplane::policy::{load_site, Policy};
 
 fn vector_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/vectors");
@@ -33,6 +39,30 @@ fn case_lines(text: &str) -> Vec<usize> {
     out
 }
 
+/// Loads `site`, its `options:` overridden (or added) by the vector file's own `options:` map, so that
+/// one site can be checked under every value of a reading.
+fn load_with_options(site: &Path, options: Option<&serde_yaml::Value>) -> Result<Policy, String> {
+    let Some(options) = options else {
+        return load_site(site).map_err(|e| format!("{e:#}"));
+    };
+    let opts: BTreeMap<String, OptValue> = serde_yaml::from_value(options.clone()).map_err(|e| format!("`options:`: {e}"))?;
+    let dir = SiteFiles::new(site, None).catalog_dir;
+    let (mut site, catalogs) = load_site_file(site, &dir).map_err(|e| format!("{e:#}"))?;
+    for (name, value) in opts {
+        let decls: Vec<_> = catalogs.iter().flat_map(|c| &c.options).filter(|(n, _)| *n == name).collect();
+        if decls.is_empty() {
+            return Err(format!("`options:`: no selected catalog declares `{name}`"));
+        }
+        let mut canonical = value.clone();
+        for (_, d) in decls {
+            canonical = d.kind.check(&value).map_err(|e| format!("`options:` {name}: {e}"))?;
+        }
+        site.options.0.retain(|(n, _)| *n != name);
+        site.options.0.push((name, canonical));
+    }
+    Policy::resolve(&site, catalogs).map_err(|e| format!("{e:#}"))
+}
+
 /// Checks one vector file; returns (cases, mismatch descriptions).
 fn check_file(path: &Path) -> (usize, Vec<String>) {
     let fail = |msg: String| (0, vec![format!("{}: {msg}", path.display())]);
@@ -48,9 +78,9 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
         return fail("no `site:`".into());
     };
     let site = path.parent().unwrap_or(Path::new(".")).join(site);
-    let policy = match load_site(&site) {
+    let policy = match load_with_options(&site, doc.get("options")) {
         Ok(p) => p,
-        Err(e) => return fail(format!("{e:#}")),
+        Err(e) => return fail(e),
     };
     let tables = match compile(&policy) {
         Ok(t) => t,
