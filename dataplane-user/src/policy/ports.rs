@@ -129,6 +129,10 @@ pub enum PortSpec {
         base: u16,
         option: String,
     },
+    /// The one port an integer option names (a port the document lets the site configure).
+    Port {
+        option: String,
+    },
 }
 
 impl PortSpec {
@@ -148,6 +152,13 @@ impl PortSpec {
                 let chosen = values.get(option);
                 if let Some((_, s)) = cases.iter().find(|(v, _)| Some(v) == chosen) {
                     s.collect(values, out);
+                }
+            }
+            PortSpec::Port { option } => {
+                if let Some(&OptValue::Int(n)) = values.get(option) {
+                    if let Ok(n) = u16::try_from(n) {
+                        out.push((n, n));
+                    }
                 }
             }
             PortSpec::Count { base, option } => {
@@ -266,7 +277,8 @@ impl<'de> Visitor<'de> for SpecSeed {
         let mut cases: Option<Vec<(OptValue, PortSpec)>> = None;
         let mut base: Option<u16> = None;
         let mut count: Option<(String, Option<OptionKind>)> = None;
-        while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count"]))? {
+        let mut port: Option<(String, Option<OptionKind>)> = None;
+        while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count", "port"]))? {
             match k {
                 "by" => by = Some(map.next_value_seed(option_of(|k| k.values().is_some(), "an enum or bool"))?),
                 "cases" => {
@@ -274,8 +286,20 @@ impl<'de> Visitor<'de> for SpecSeed {
                     cases = Some(map.next_value_seed(CasesSeed { sport: self.sport, kind })?);
                 }
                 "base" => base = Some(map.next_value_seed(PortSeed)?),
+                "port" => port = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
                 _ => count = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
             }
+        }
+        if let Some((option, kind)) = port {
+            if by.is_some() || cases.is_some() || base.is_some() || count.is_some() {
+                return Err(bad_ports("`port: OPTION` stands alone"));
+            }
+            if let Some(OptionKind::Int { min, max }) = kind {
+                if min < 1 || max > 65535 {
+                    return Err(bad_ports(format!("`{option}` ({min}..{max}) must lie within ports 1..65535")));
+                }
+            }
+            return Ok(PortSpec::Port { option });
         }
         match (by, cases, base, count) {
             (Some((option, kind)), Some(cases), None, None) => {
@@ -291,7 +315,9 @@ impl<'de> Visitor<'de> for SpecSeed {
                 Ok(PortSpec::Count { base, option })
             }
             _ => {
-                Err(bad_ports("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`"))
+                Err(bad_ports(
+                    "a port spec mapping is either `{ by: OPTION, cases: {...} }`, `{ base: PORT, count: OPTION }` or `{ port: OPTION }`",
+                ))
             }
         }
     }
@@ -447,6 +473,16 @@ mod tests {
     }
 
     #[test]
+    fn port_option() {
+        let spec = parse(false, "[{ port: socks }, 443]").unwrap();
+        let mut v = OptionValues::default();
+        v.0.insert("socks".into(), OptValue::Int(1080));
+        assert_eq!(spec.resolve(&v), vec![(443, 443), (1080, 1080)]);
+        v.0.insert("socks".into(), OptValue::Int(65535));
+        assert_eq!(spec.resolve(&v), vec![(443, 443), (65535, 65535)]);
+    }
+
+    #[test]
     fn errors() {
         use ErrorKind::*;
         // The kind, and what the message says of the port.
@@ -462,6 +498,7 @@ mod tests {
             (false, "1.5", WrongType, "port spec"),
             (false, "{ by: x }", BadPorts, "either"),
             (false, "{ foo: 1 }", UnknownField, "unknown key `foo`"),
+            (false, "{ port: p, base: 1 }", BadPorts, "stands alone"),
         ] {
             let e = parse(sport, y).unwrap_err();
             assert_eq!(e.kind, kind, "{y}: {e}");
