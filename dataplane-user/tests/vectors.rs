@@ -102,10 +102,9 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
     }
     let mut compiled: BTreeMap<BTreeMap<String, OptValue>, Result<Tables, String>> = BTreeMap::new();
     for o in sets {
-        if !compiled.contains_key(&o) {
-            let t = load_with_options(&site, &o).and_then(|p| compile(&p).map_err(|e| format!("{e:#}")));
-            compiled.insert(o, t);
-        }
+        compiled
+            .entry(o)
+            .or_insert_with_key(|o| load_with_options(&site, o).and_then(|p| compile(&p).map_err(|e| format!("{e:#}"))));
     }
     if let Some(Err(e)) = compiled.get(&file_options) {
         return fail(e.clone());
