@@ -547,3 +547,18 @@ fn suggest_bounds_memory_and_reports_bad_lines() {
     let out = run(&["suggest", "--site", &p[0]], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A port the site configures (`{ port: OPTION }`): `suggest` names the option set to the dropped
+/// port itself (MeetingPlace 7.0's SOCKS proxy on 1081 instead of 1080).
+#[test]
+fn suggest_names_a_configured_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let cat = root.join("catalog").display().to_string();
+    let site = root.join("vectors/sites/readings-meetingplace-7.0.yaml").display().to_string();
+    let events = event("10.10.1.10", "192.0.2.80", 6, 40000, 1081, "no_flow");
+    let out = run(&["suggest", "--events", "-", "--site", &site, "--catalog-dir", &cat, "--json"], &events);
+    assert!(out.status.success(), "suggest: {}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sets: Vec<&Value> = r["switched_off"].as_array().unwrap().iter().map(|x| &x["set"]).collect();
+    assert!(sets.iter().any(|x| x["mp7-socks-port"] == 1081), "{sets:?}");
+}
