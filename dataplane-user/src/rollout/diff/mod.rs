@@ -545,7 +545,8 @@ fn spec_options(s: &PortSpec, out: &mut Vec<String>) {
             out.push(option.clone());
             cases.iter().for_each(|(_, c)| spec_options(c, out));
         }
-        PortSpec::Count { option, .. } | PortSpec::Port { option } => out.push(option.clone()),
+        PortSpec::Count { option, .. } => out.push(option.clone()),
+        PortSpec::Port { option, to } => out.extend(std::iter::once(option).chain(to).cloned()),
         PortSpec::List(v) => v.iter().for_each(|c| spec_options(c, out)),
         PortSpec::Any | PortSpec::Range(..) => {}
     }

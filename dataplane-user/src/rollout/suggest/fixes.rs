@@ -122,7 +122,7 @@ fn count_bases(s: &PortSpec, name: &str) -> Vec<u16> {
 /// Whether a port spec has a `{port: name}` part (the option's value is the port).
 fn names_port(s: &PortSpec, name: &str) -> bool {
     match s {
-        PortSpec::Port { option } => option == name,
+        PortSpec::Port { option, to: None } => option == name,
         PortSpec::List(v) => v.iter().any(|x| names_port(x, name)),
         PortSpec::By { cases, .. } => cases.iter().any(|(_, x)| names_port(x, name)),
         _ => false,
