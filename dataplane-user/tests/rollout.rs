@@ -336,7 +336,7 @@ fn diff_and_suggest_on_every_example_site() {
         assert_eq!(out.status.code(), Some(0), "{s} against itself: {}", text(&out.stdout));
         let mut events = String::new();
         let mut expected = Vec::new();
-        for (name, value) in option_variants(&site, 6) {
+        for (name, value) in option_variants(&site, 8) {
             let variant = with_option(&scratch, &site, &name, &value).display().to_string();
             variants += 1;
             let out = run(&["diff", "--from", &s, "--site", &variant, "--catalog-dir", &cat, "--json"], "");
