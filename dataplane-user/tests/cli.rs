@@ -107,6 +107,14 @@ fn listings() {
     assert_eq!(v[0]["name"], "alpha");
     assert_eq!(v[0]["document"], "alpha.txt");
     assert!(v[0]["path"].as_str().is_some_and(|p| p.ends_with("alpha.yaml")));
+    let release = v[0]["option_details"].as_array().expect("option_details").iter().find(|o| o["name"] == "release");
+    let release = release.expect("release option");
+    assert_eq!((release["values"].clone(), release["default"].as_str()), (serde_json::json!(["new", "upgraded"]), Some("new")));
+    assert_eq!(release["description"], "ephemeral media range");
+    let zones = v[0]["option_details"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "zones")).expect("zones");
+    assert_eq!((zones["integer"].clone(), zones["default"].as_i64()), (serde_json::json!({"min": 1, "max": 10}), Some(1)));
+    let turn = v[0]["option_details"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "turn")).expect("turn");
+    assert_eq!((turn["bool"].as_bool(), turn["default"].as_bool()), (Some(true), Some(false)));
 
     let out = run(&["roles", "--json", "--catalog-dir", &cat, "--catalog", "beta"], "");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");

@@ -336,7 +336,7 @@ fn diff_and_suggest_on_every_example_site() {
         assert_eq!(out.status.code(), Some(0), "{s} against itself: {}", text(&out.stdout));
         let mut events = String::new();
         let mut expected = Vec::new();
-        for (name, value) in option_variants(&site, 6) {
+        for (name, value) in option_variants(&site, 8) {
             let variant = with_option(&scratch, &site, &name, &value).display().to_string();
             variants += 1;
             let out = run(&["diff", "--from", &s, "--site", &variant, "--catalog-dir", &cat, "--json"], "");
@@ -578,4 +578,19 @@ fn diff_of_site_settings() {
         flips(&d).into_iter().any(|(p, o, n)| p["src"] == "10.0.0.1" && o["verdict"] == "allow" && n["verdict"] == "deny");
     assert!(excepted, "a flip from an address of the except 10.0.0.0/8");
     assert!(flips_agree_with_explain(&d, &from, &site, &cat) > 0);
+}
+
+/// A port the site configures (`{ port: OPTION }`): `suggest` names the option set to the dropped
+/// port itself (MeetingPlace 7.0's SOCKS proxy on 1081 instead of 1080).
+#[test]
+fn suggest_names_a_configured_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let cat = root.join("catalog").display().to_string();
+    let site = root.join("vectors/sites/readings-meetingplace-7.0.yaml").display().to_string();
+    let events = event("10.10.1.10", "192.0.2.80", 6, 40000, 1081, "no_flow");
+    let out = run(&["suggest", "--events", "-", "--site", &site, "--catalog-dir", &cat, "--json"], &events);
+    assert!(out.status.success(), "suggest: {}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sets: Vec<&Value> = r["switched_off"].as_array().unwrap().iter().map(|x| &x["set"]).collect();
+    assert!(sets.iter().any(|x| x["mp7-socks-port"] == 1081), "{sets:?}");
 }

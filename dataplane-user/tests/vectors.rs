@@ -1,12 +1,19 @@
 //! Runs every `policies/vectors/*.yaml` through load_site + compile + classify and reports every
-//! mismatch with its `why`. Passes vacuously only when the directory holds no vector file.
+//! mismatch with its `why`. A vector file names its `site:` and may override that site's
+//! `options:` (to check one reading under each of its values). Passes vacuously only when the
+//! directory holds no vector file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dataplane::classify::request::Request;
 use dataplane::classify::{Classifier, Outcome};
 use dataplane::compile::compile;
-use dataplane::policy::load_site;
+use dataplane::compile::tables::Tables;
+use dataplane::policy::options::OptValue;
+use dataplane::policy::site::load_site_file;
+use dataplane::policy::sources::SiteFiles;
+use dataplane::policy::{load_site, Policy};
 
 fn vector_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/vectors");
@@ -33,7 +40,40 @@ fn case_lines(text: &str) -> Vec<usize> {
     out
 }
 
-/// Checks one vector file; returns (cases, mismatch descriptions).
+/// Loads `site` with its `options:` overridden (or added) by `options` (a map of option name to
+/// value, checked against the catalogs' declarations), so that one site can be checked under every
+/// value of a reading.
+fn load_with_options(site: &Path, options: &BTreeMap<String, OptValue>) -> Result<Policy, String> {
+    if options.is_empty() {
+        return load_site(site).map_err(|e| format!("{e:#}"));
+    }
+    let dir = SiteFiles::new(site, None).catalog_dir;
+    let (mut site, catalogs) = load_site_file(site, &dir).map_err(|e| format!("{e:#}"))?;
+    for (name, value) in options {
+        let decls: Vec<_> = catalogs.iter().flat_map(|c| &c.options).filter(|(n, _)| n == name).collect();
+        if decls.is_empty() {
+            return Err(format!("`options:`: no selected catalog declares `{name}`"));
+        }
+        let mut canonical = value.clone();
+        for (_, d) in decls {
+            canonical = d.kind.check(value).map_err(|e| format!("`options:` {name}: {e}"))?;
+        }
+        site.options.0.retain(|(n, _)| n != name);
+        site.options.0.push((name.clone(), canonical));
+    }
+    Policy::resolve(&site, catalogs).map_err(|e| format!("{e:#}"))
+}
+
+/// An `options:` map of a vector file or case (none: empty).
+fn options_of(v: &serde_yaml::Value) -> Result<BTreeMap<String, OptValue>, String> {
+    match v.get("options") {
+        None => Ok(BTreeMap::new()),
+        Some(o) => serde_yaml::from_value(o.clone()).map_err(|e| format!("`options:`: {e}")),
+    }
+}
+
+/// Checks one vector file; returns (cases, mismatch descriptions). The file's `options:` apply to
+/// every case; a case's own `options:` override them for that case.
 fn check_file(path: &Path) -> (usize, Vec<String>) {
     let fail = |msg: String| (0, vec![format!("{}: {msg}", path.display())]);
     let text = match std::fs::read_to_string(path) {
@@ -48,23 +88,56 @@ fn check_file(path: &Path) -> (usize, Vec<String>) {
         return fail("no `site:`".into());
     };
     let site = path.parent().unwrap_or(Path::new(".")).join(site);
-    let policy = match load_site(&site) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("{e:#}")),
+    let file_options = match options_of(&doc) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
     };
-    let tables = match compile(&policy) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{e:#}")),
-    };
-    let cls = Classifier::new(&tables);
     let cases = doc.get("cases").and_then(|c| c.as_sequence()).cloned().unwrap_or_default();
+    // Every distinct set of options is compiled once, before the cases are classified.
+    let mut sets = vec![file_options.clone()];
+    for case in &cases {
+        let mut o = file_options.clone();
+        o.extend(options_of(case).unwrap_or_default());
+        sets.push(o);
+    }
+    let mut compiled: BTreeMap<BTreeMap<String, OptValue>, Result<Tables, String>> = BTreeMap::new();
+    for o in sets {
+        compiled
+            .entry(o)
+            .or_insert_with_key(|o| load_with_options(&site, o).and_then(|p| compile(&p).map_err(|e| format!("{e:#}"))));
+    }
+    if let Some(Err(e)) = compiled.get(&file_options) {
+        return fail(e.clone());
+    }
+    let classifiers: BTreeMap<_, _> =
+        compiled.iter().filter_map(|(o, t)| t.as_ref().ok().map(|t| (o.clone(), (Classifier::new(t), t)))).collect();
     let lines = case_lines(&text);
     let mut bad = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let at = format!("{}:{}", path.display(), lines.get(i).copied().unwrap_or(0));
         let s = |k: &str| case.get(k).map(|v| serde_yaml::to_string(v).unwrap_or_default().trim().to_owned());
         let why = s("why").unwrap_or_default();
-        let json = serde_json::to_string(case).unwrap_or_default();
+        let mut options = file_options.clone();
+        let found = options_of(case).and_then(|o| {
+            options.extend(o);
+            match (classifiers.get(&options), compiled.get(&options)) {
+                (Some(c), _) => Ok(c),
+                (None, Some(Err(e))) => Err(e.clone()),
+                (None, _) => Err("options not compiled".into()),
+            }
+        });
+        let (cls, tables) = match found {
+            Ok(c) => c,
+            Err(e) => {
+                bad.push(format!("{at}: {e} (why: {why})"));
+                continue;
+            }
+        };
+        let mut probe = case.clone();
+        if let Some(m) = probe.as_mapping_mut() {
+            m.remove("options");
+        }
+        let json = serde_json::to_string(&probe).unwrap_or_default();
         let packet = match Request::parse(&json).and_then(|r| r.probe()) {
             Ok(p) => p,
             Err(e) => {

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::args::{read_site, CatalogDirArg};
 use crate::compile::{compile_with_summary, Summary};
+use crate::policy::options::{OptionDecl, OptionKind};
 use crate::policy::ports::format_ranges;
 use crate::policy::{catalog_dir, load_all_catalogs, Catalog, Direction, Policy};
 
@@ -88,6 +89,17 @@ fn catalogs_in(dir: Option<&Path>, only: Option<&str>) -> anyhow::Result<Vec<Cat
     }
 }
 
+/// One declared option for `catalogs --json`: its name, kind (`values`, `bool` or `integer`), default and description.
+fn option_json(name: &str, d: &OptionDecl) -> Value {
+    let mut o = serde_json::json!({ "name": name, "default": d.default.to_json(), "description": d.description });
+    match &d.kind {
+        OptionKind::Enum(values) => o["values"] = serde_json::json!(values),
+        OptionKind::Bool => o["bool"] = true.into(),
+        OptionKind::Int { min, max } => o["integer"] = serde_json::json!({ "min": min, "max": max }),
+    }
+    o
+}
+
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -102,6 +114,7 @@ pub fn catalogs(a: CatalogsArgs) -> anyhow::Result<()> {
                 "name": c.name, "path": c.path, "document": c.document, "title": c.title,
                 "roles": c.roles.len(), "flows": c.flows.len(),
                 "options": c.options.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                "option_details": c.options.iter().map(|(n, d)| option_json(n, d)).collect::<Vec<_>>(),
             })
         })
         .collect();

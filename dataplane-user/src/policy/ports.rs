@@ -129,6 +129,12 @@ pub enum PortSpec {
         base: u16,
         option: String,
     },
+    /// The one port an integer option names (a port the document lets the site configure), or with
+    /// `to`, the range from that port to the port a second integer option names (none if reversed).
+    Port {
+        option: String,
+        to: Option<String>,
+    },
 }
 
 impl PortSpec {
@@ -148,6 +154,18 @@ impl PortSpec {
                 let chosen = values.get(option);
                 if let Some((_, s)) = cases.iter().find(|(v, _)| Some(v) == chosen) {
                     s.collect(values, out);
+                }
+            }
+            PortSpec::Port { option, to } => {
+                let port = |o: &str| match values.get(o) {
+                    Some(&OptValue::Int(n)) => u16::try_from(n).ok(),
+                    _ => None,
+                };
+                let last = to.as_deref().map_or(port(option), port);
+                if let (Some(a), Some(b)) = (port(option), last) {
+                    if a <= b {
+                        out.push((a, b));
+                    }
                 }
             }
             PortSpec::Count { base, option } => {
@@ -266,7 +284,9 @@ impl<'de> Visitor<'de> for SpecSeed {
         let mut cases: Option<Vec<(OptValue, PortSpec)>> = None;
         let mut base: Option<u16> = None;
         let mut count: Option<(String, Option<OptionKind>)> = None;
-        while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count"]))? {
+        let mut port: Option<(String, Option<OptionKind>)> = None;
+        let mut to: Option<(String, Option<OptionKind>)> = None;
+        while let Some(k) = map.next_key_seed(key_of(&["by", "cases", "base", "count", "port", "to"]))? {
             match k {
                 "by" => by = Some(map.next_value_seed(option_of(|k| k.values().is_some(), "an enum or bool"))?),
                 "cases" => {
@@ -274,8 +294,26 @@ impl<'de> Visitor<'de> for SpecSeed {
                     cases = Some(map.next_value_seed(CasesSeed { sport: self.sport, kind })?);
                 }
                 "base" => base = Some(map.next_value_seed(PortSeed)?),
+                "port" => port = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
+                "to" => to = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
                 _ => count = Some(map.next_value_seed(option_of(|k| matches!(k, OptionKind::Int { .. }), "an integer"))?),
             }
+        }
+        if let Some((option, kind)) = port {
+            if by.is_some() || cases.is_some() || base.is_some() || count.is_some() {
+                return Err(bad_ports("`port: OPTION` (with `to: OPTION`) stands alone"));
+            }
+            for (name, kind) in std::iter::once((&option, &kind)).chain(to.as_ref().map(|(n, k)| (n, k))) {
+                if let Some(OptionKind::Int { min, max }) = kind {
+                    if *min < 1 || *max > 65535 {
+                        return Err(bad_ports(format!("`{name}` ({min}..{max}) must lie within ports 1..65535")));
+                    }
+                }
+            }
+            return Ok(PortSpec::Port { option, to: to.map(|t| t.0) });
+        }
+        if to.is_some() {
+            return Err(bad_ports("`to: OPTION` goes with `port: OPTION`"));
         }
         match (by, cases, base, count) {
             (Some((option, kind)), Some(cases), None, None) => {
@@ -291,7 +329,9 @@ impl<'de> Visitor<'de> for SpecSeed {
                 Ok(PortSpec::Count { base, option })
             }
             _ => {
-                Err(bad_ports("a port spec mapping is either `{ by: OPTION, cases: {...} }` or `{ base: PORT, count: OPTION }`"))
+                Err(bad_ports(
+                    "a port spec mapping is either `{ by: OPTION, cases: {...} }`, `{ base: PORT, count: OPTION }` or `{ port: OPTION }`",
+                ))
             }
         }
     }
@@ -447,6 +487,22 @@ mod tests {
     }
 
     #[test]
+    fn port_option() {
+        let spec = parse(false, "[{ port: socks }, 443]").unwrap();
+        let mut v = OptionValues::default();
+        v.0.insert("socks".into(), OptValue::Int(1080));
+        assert_eq!(spec.resolve(&v), vec![(443, 443), (1080, 1080)]);
+        v.0.insert("socks".into(), OptValue::Int(65535));
+        assert_eq!(spec.resolve(&v), vec![(443, 443), (65535, 65535)]);
+        let range = parse(false, "{ port: first, to: last }").unwrap();
+        v.0.insert("first".into(), OptValue::Int(5000));
+        v.0.insert("last".into(), OptValue::Int(5020));
+        assert_eq!(range.resolve(&v), vec![(5000, 5020)]);
+        v.0.insert("last".into(), OptValue::Int(4999));
+        assert_eq!(range.resolve(&v), Vec::<(u16, u16)>::new(), "a reversed range names no port");
+    }
+
+    #[test]
     fn errors() {
         use ErrorKind::*;
         // The kind, and what the message says of the port.
@@ -462,6 +518,8 @@ mod tests {
             (false, "1.5", WrongType, "port spec"),
             (false, "{ by: x }", BadPorts, "either"),
             (false, "{ foo: 1 }", UnknownField, "unknown key `foo`"),
+            (false, "{ port: p, base: 1 }", BadPorts, "stands alone"),
+            (false, "{ to: p }", BadPorts, "goes with"),
         ] {
             let e = parse(sport, y).unwrap_err();
             assert_eq!(e.kind, kind, "{y}: {e}");

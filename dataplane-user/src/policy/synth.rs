@@ -170,7 +170,7 @@ fn spec_yaml(s: &PortSpec) -> String {
         PortSpec::Range(a, b) if a == b => a.to_string(),
         PortSpec::Range(a, b) => format!("{a}-{b}"),
         PortSpec::List(v) => format!("[{}]", v.iter().map(spec_yaml).collect::<Vec<_>>().join(", ")),
-        PortSpec::By { .. } | PortSpec::Count { .. } => unreachable!("synthetic specs are plain"),
+        PortSpec::By { .. } | PortSpec::Count { .. } | PortSpec::Port { .. } => unreachable!("synthetic specs are plain"),
     }
 }
 

@@ -564,6 +564,7 @@ fn spec_options(s: &PortSpec, out: &mut Vec<String>) {
             cases.iter().for_each(|(_, c)| spec_options(c, out));
         }
         PortSpec::Count { option, .. } => out.push(option.clone()),
+        PortSpec::Port { option, to } => out.extend(std::iter::once(option).chain(to).cloned()),
         PortSpec::List(v) => v.iter().for_each(|c| spec_options(c, out)),
         PortSpec::Any | PortSpec::Range(..) => {}
     }

@@ -103,6 +103,9 @@ fn int_candidates(base: &Loaded, name: &str, min: i64, max: i64, dports: &BTreeS
             for b in count_bases(spec, name) {
                 v.extend(dports.iter().filter(|&&p| p >= b).map(|&p| i64::from(p - b) + 1));
             }
+            if names_port(spec, name) {
+                v.extend(dports.iter().map(|&p| i64::from(p)));
+            }
         }
     }
     v.into_iter().filter(|n| (min..=max).contains(n)).take(16).map(OptValue::Int).collect()
@@ -115,6 +118,16 @@ fn count_bases(s: &PortSpec, name: &str) -> Vec<u16> {
         PortSpec::List(v) => v.iter().flat_map(|x| count_bases(x, name)).collect(),
         PortSpec::By { cases, .. } => cases.iter().flat_map(|(_, x)| count_bases(x, name)).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// Whether a port spec has a `{port: name}` part (the option's value is the port).
+fn names_port(s: &PortSpec, name: &str) -> bool {
+    match s {
+        PortSpec::Port { option, to: None } => option == name,
+        PortSpec::List(v) => v.iter().any(|x| names_port(x, name)),
+        PortSpec::By { cases, .. } => cases.iter().any(|(_, x)| names_port(x, name)),
+        _ => false,
     }
 }
 
