@@ -285,3 +285,26 @@ fn site_settings_in_roles_and_explain() {
     assert_eq!(first["verdict"], "allow");
     assert!(first.get("source_ports").is_none() && first.get("src_excepted").is_none(), "{first}");
 }
+
+/// `dataplane flows --json | head`: the reader goes away after a few bytes; the command ends
+/// quietly (SIGPIPE, as Unix tools do), without a panic on the failed write.
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    // The repository's catalogs: a listing far larger than a pipe holds.
+    let cat = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dataplane"))
+        .args(["flows", "--json", "--catalog-dir"])
+        .arg(&cat)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs dataplane");
+    let mut head = [0u8; 16];
+    child.stdout.take().expect("stdout").read_exact(&mut head).expect("the listing starts");
+    let out = child.wait_with_output().expect("waits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(13), "{:?}: {stderr}", out.status);
+}

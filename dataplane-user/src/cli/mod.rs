@@ -75,12 +75,25 @@ pub enum Command {
 /// `diff` as diff(1): 0 the same, 1 different, 2 error.
 pub fn run(command: Option<Command>) -> ExitCode {
     let error_code = if matches!(command, Some(Command::Diff(_))) { 2 } else { 1 };
-    match dispatch(command.unwrap_or(Command::Lab(lab::LabArgs::default()))) {
+    let command = command.unwrap_or(Command::Lab(lab::LabArgs::default()));
+    quiet_on_closed_pipe(&command);
+    match dispatch(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(error_code)
         }
+    }
+}
+
+/// A command that only prints ends quietly when its reader goes away (`dataplane flows | head`),
+/// as Unix tools do, instead of panicking on the failed write. `run` and the lab keep Rust's
+/// default (SIGPIPE ignored): a metrics client or a child that hangs up must not stop them.
+fn quiet_on_closed_pipe(command: &Command) {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    if !matches!(command, Command::Run(_) | Command::Lab(_)) {
+        // Safety: the default action is installed before any thread or handler exists.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
 }
 
