@@ -373,3 +373,28 @@ fn source_ports_values() {
     expect(&e, ErrorKind::BadValue, "sites/s.yaml", 7, 17, "options.source-ports");
     names(&e, &["as-documented, any"]);
 }
+
+/// `source-ports` written at the top level of a site is the same setting as under `options:`;
+/// set in both places it is refused where the top-level one is written, and a bad value names
+/// the two readings.
+#[test]
+fn source_ports_at_the_top_level() {
+    use dataplane::policy::{load_site_from, SourcePorts};
+    let dir = scratch();
+    let load = |text: &str| {
+        let site = dir.join("sites/s.yaml");
+        std::fs::write(&site, text).expect("write site");
+        load_site_from(&site, &dir.join("catalog")).expect("the site loads")
+    };
+    let top = load(&format!("{GOOD_SITE}source-ports: any\n"));
+    let under = load(&format!("{GOOD_SITE}options:\n  source-ports: any\n"));
+    assert_eq!(top.source_ports, SourcePorts::Any);
+    assert_eq!(under.source_ports, SourcePorts::Any);
+    let sports = |p: &dataplane::policy::Policy| p.flows.iter().map(|f| f.sport.clone()).collect::<Vec<_>>();
+    assert_eq!(sports(&top), sports(&under));
+    assert_eq!(load(GOOD_SITE).source_ports, SourcePorts::AsDocumented);
+    let e = site_error(&dir, &format!("{GOOD_SITE}options:\n  source-ports: any\nsource-ports: any\n"));
+    expect(&e, ErrorKind::Duplicate, "sites/s.yaml", 8, 1, "source-ports");
+    let e = site_error(&dir, &format!("{GOOD_SITE}source-ports: sideways\n"));
+    assert!(e.to_string().contains("sites/s.yaml:6:") && e.to_string().contains("as-documented"), "{e}");
+}

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::catalog::{catalog_files, load_catalogs, Catalog};
 use super::cidr::Cidr;
 use super::error::{ErrorKind, PolicyError, Position};
-use super::options::{list_or_none, SiteOptions};
+use super::options::{list_or_none, OptValue, SiteOptions, SourcePorts};
 use super::scaffold::PLACEHOLDER;
 use super::yaml::{from_str, key_of, parse_value, seq_with, site_ctx, with_site_ctx, Fault, SiteCtx, StrWith};
 
@@ -56,6 +56,9 @@ struct SiteFile {
     protect: Vec<String>,
     #[serde(default)]
     options: SiteOptions,
+    /// `source-ports:` written at the top level: the same setting as under `options:`.
+    #[serde(default, rename = "source-ports")]
+    source_ports: Option<SourcePorts>,
 }
 
 fn catalog_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -399,6 +402,17 @@ pub fn parse_site(
     let catalogs = f.catalogs.iter().filter_map(|n| catalogs.iter().find(|c| &c.name == n).cloned()).collect();
     let exceptions = f.roles.iter().filter(|(_, b)| !b.exceptions.is_empty()).map(|(r, b)| (r.clone(), b.exceptions.clone()));
     let exceptions = exceptions.collect();
+    let mut options = f.options;
+    if let Some(top) = f.source_ports {
+        if options.get(SourcePorts::OPTION).is_some() {
+            let msg = "`source-ports` is set twice: at the top level and under `options:`; keep one";
+            let line = text.lines().position(|l| l.starts_with("source-ports:"));
+            let mut e = PolicyError::at(ErrorKind::Duplicate, path, line.map(|i| Position { line: i + 1, column: 1 }), msg);
+            e.field = Some(SourcePorts::OPTION.into());
+            return Err(e);
+        }
+        options.0.push((SourcePorts::OPTION.into(), OptValue::Str(top.name().into())));
+    }
     let site = Site {
         name: f.name,
         path: path.to_owned(),
@@ -406,7 +420,7 @@ pub fn parse_site(
         roles: f.roles.into_iter().map(|(r, b)| (r, b.cidrs)).collect(),
         exceptions,
         protect: f.protect,
-        options: f.options,
+        options,
     };
     Ok((site, catalogs))
 }
