@@ -491,30 +491,20 @@ impl Ctx<'_> {
         let (o, n) = (&self.old.policy, &self.new.policy);
         let word = |b: bool, yes: &str, no: &str| Value::from(if b { yes } else { no });
         let mut out = Vec::new();
-        if o.drop_unprotected != n.drop_unprotected {
-            out.push(Setting {
-                name: "unprotected",
-                old: word(o.drop_unprotected, "drop", "pass"),
-                new: word(n.drop_unprotected, "drop", "pass"),
-                flips: self.setting_flips(unprotected_tuples(o, n)),
-            });
-        }
-        if o.allow_echo != n.allow_echo {
-            out.push(Setting {
-                name: "icmp-echo",
-                old: word(o.allow_echo, "allow", "deny"),
-                new: word(n.allow_echo, "allow", "deny"),
-                flips: self.setting_flips(echo_tuples(o, n)),
-            });
-        }
-        if o.source_ports != n.source_ports {
-            out.push(Setting {
-                name: SourcePorts::OPTION,
-                old: o.source_ports.name().into(),
-                new: n.source_ports.name().into(),
-                flips: self.setting_flips(source_port_tuples(o, n)),
-            });
-        }
+        // A switch that differs, with the tuples its flips are looked for in (only then built).
+        let mut switch = |name, old: Value, new: Value, tuples: fn(&Policy, &Policy) -> Vec<Probe>| {
+            if old != new {
+                out.push(Setting { name, old, new, flips: self.setting_flips(tuples(o, n)) });
+            }
+        };
+        switch(
+            "unprotected",
+            word(o.drop_unprotected, "drop", "pass"),
+            word(n.drop_unprotected, "drop", "pass"),
+            unprotected_tuples,
+        );
+        switch("icmp-echo", word(o.allow_echo, "allow", "deny"), word(n.allow_echo, "allow", "deny"), echo_tuples);
+        switch(SourcePorts::OPTION, o.source_ports.name().into(), n.source_ports.name().into(), source_port_tuples);
         let ct = |c: &crate::policy::ConntrackOptions| [c.size, c.tcp_established, c.tcp_transitory, c.udp];
         for (i, (a, b)) in ct(&o.conntrack).into_iter().zip(ct(&n.conntrack)).enumerate() {
             if a != b {
