@@ -141,15 +141,7 @@ fn build(roles: &[RoleSpec], flows: &[FlowSpec], drop: bool, echo: bool) -> Poli
             note: None,
         })
         .collect();
-    let catalog = Catalog {
-        name: "prop".into(),
-        path: "prop.yaml".into(),
-        document: String::new(),
-        title: String::new(),
-        options: vec![],
-        roles: decls,
-        flows,
-    };
+    let catalog = prop_catalog(decls, flows);
     let bindings: Vec<(String, Vec<Cidr>)> = roles
         .iter()
         .enumerate()
@@ -415,17 +407,8 @@ fn a_cycle_of_except_roles_is_refused_in_memory() {
     let mut x = exceptions(&roles);
     assert_eq!(x.len(), 1, "r1 excepts r0");
     x.push(("r0".into(), Exceptions { except: Vec::new(), except_roles: vec!["r1".into()] }));
-    let catalog = Catalog {
-        name: "prop".into(),
-        path: "prop.yaml".into(),
-        document: String::new(),
-        title: String::new(),
-        options: vec![],
-        roles: (0..2)
-            .map(|i| RoleDecl { id: format!("r{i}"), aliases: vec![], description: String::new(), any: false })
-            .collect(),
-        flows: vec![],
-    };
+    let roles = (0..2).map(|i| RoleDecl { id: format!("r{i}"), aliases: vec![], description: String::new(), any: false });
+    let catalog = prop_catalog(roles.collect(), vec![]);
     let site = Site {
         name: "prop".into(),
         path: "prop.yaml".into(),
@@ -437,4 +420,17 @@ fn a_cycle_of_except_roles_is_refused_in_memory() {
     };
     let e = Policy::resolve(&site, vec![catalog]).expect_err("a cycle");
     assert_eq!(e.kind, dataplane::policy::ErrorKind::ExceptCycle, "{e}");
+}
+
+/// The catalog the properties resolve their sites against: these roles and flows, no options.
+fn prop_catalog(roles: Vec<RoleDecl>, flows: Vec<FlowDecl>) -> Catalog {
+    Catalog {
+        name: "prop".into(),
+        path: "prop.yaml".into(),
+        document: String::new(),
+        title: String::new(),
+        options: vec![],
+        roles,
+        flows,
+    }
 }
